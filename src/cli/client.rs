@@ -1,0 +1,577 @@
+//! The client subcommands: one request (or a few pages), printed as text or
+//! JSON. Errors print one line on stderr and map to the documented exit code.
+
+use super::{exit, local_user, ClientOptions, Command, OutputFormat};
+use crate::grpc::pb::{self, registry_client::RegistryClient};
+use crate::time::{format_micros, from_timestamp, parse_rfc3339};
+use serde_json::{json, Value};
+use std::time::Duration;
+use tonic::transport::Channel;
+use tonic::Code;
+
+/// A failed client command: what to print and the exit code.
+struct Failure {
+    code: i32,
+    message: String,
+}
+
+impl Failure {
+    fn usage(message: impl Into<String>) -> Failure {
+        Failure {
+            code: exit::USAGE,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<tonic::Status> for Failure {
+    fn from(status: tonic::Status) -> Failure {
+        let code = match status.code() {
+            Code::Unavailable | Code::DeadlineExceeded | Code::Unknown if is_transport(&status) => {
+                exit::UNREACHABLE
+            }
+            Code::Unavailable => exit::UNREACHABLE,
+            _ => exit::REFUSED,
+        };
+        let kind = match status.code() {
+            Code::NotFound => "not found",
+            Code::InvalidArgument => "invalid argument",
+            Code::FailedPrecondition => "failed precondition",
+            Code::Unavailable => "unavailable",
+            _ => "refused",
+        };
+        Failure {
+            code,
+            message: format!("{kind}: {}", status.message()),
+        }
+    }
+}
+
+fn is_transport(status: &tonic::Status) -> bool {
+    std::error::Error::source(status).is_some()
+}
+
+/// Runs one client subcommand; returns the process exit code.
+pub async fn run_client(command: Command) -> i32 {
+    match dispatch(command).await {
+        Ok(()) => 0,
+        Err(failure) => {
+            eprintln!("error: {}", failure.message);
+            failure.code
+        }
+    }
+}
+
+async fn connect(options: &ClientOptions) -> Result<RegistryClient<Channel>, Failure> {
+    let endpoint = tonic::transport::Endpoint::from_shared(options.server.clone())
+        .map_err(|e| Failure::usage(format!("--server {:?} is not a URL: {e}", options.server)))?
+        .connect_timeout(Duration::from_secs(5));
+    let channel = endpoint.connect().await.map_err(|e| Failure {
+        code: exit::UNREACHABLE,
+        message: format!("cannot reach the registry at {}: {e}", options.server),
+    })?;
+    Ok(RegistryClient::new(channel))
+}
+
+/// Prints one result: text as given, or the JSON object on one line.
+fn emit(options: &ClientOptions, text: impl FnOnce() -> String, json: Value) {
+    match options.output {
+        OutputFormat::Text => println!("{}", text()),
+        OutputFormat::Json => println!("{json}"),
+    }
+}
+
+async fn dispatch(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Serve(_) => unreachable!("serve is dispatched by main"),
+        Command::Publish(args) => {
+            let template = read_template(&args)?;
+            let mut tags = std::collections::HashMap::new();
+            for tag in &args.tags {
+                let (k, v) = tag
+                    .split_once('=')
+                    .ok_or_else(|| Failure::usage(format!("--tag {tag:?} is not KEY=VALUE")))?;
+                tags.insert(k.to_string(), v.to_string());
+            }
+            let mut client = connect(&args.client).await?;
+            let request = pb::PublishVersionRequest {
+                name: args.name.clone(),
+                template: Some(template),
+                variables: args.vars.clone(),
+                model_config_json: args.model_config.clone().unwrap_or_default(),
+                author: args.author.clone().unwrap_or_else(local_user),
+                description: args.description.clone(),
+                tags,
+            };
+            let r = client.publish_version(request).await?.into_inner();
+            emit(
+                &args.client,
+                || {
+                    let what = if r.created {
+                        "published"
+                    } else {
+                        "already existed as"
+                    };
+                    format!(
+                        "{} {what} version {} ({}) at revision {}",
+                        args.name, r.version, r.digest, r.revision
+                    )
+                },
+                json!({"name": args.name, "version": r.version, "digest": r.digest, "revision": r.revision, "created": r.created}),
+            );
+        }
+        Command::Get(args) => {
+            use pb::get_version_request::Selector;
+            let selector = match (args.version, &args.digest, &args.label) {
+                (Some(v), _, _) => Some(Selector::Version(v)),
+                (_, Some(d), _) => Some(Selector::Digest(d.clone())),
+                (_, _, Some(l)) => Some(Selector::Label(l.clone())),
+                _ => None,
+            };
+            let mut client = connect(&args.client).await?;
+            let request = pb::GetVersionRequest {
+                name: args.name.clone(),
+                selector,
+            };
+            let response = client.get_version(request).await?.into_inner();
+            let version = response.version.unwrap_or_default();
+            emit(
+                &args.client,
+                || version_text(&version),
+                version_json(&version),
+            );
+        }
+        Command::List(args) => {
+            let mut client = connect(&args.client).await?;
+            let mut token = String::new();
+            loop {
+                let request = pb::ListPromptsRequest {
+                    prefix: args.prefix.clone(),
+                    page_size: 1000,
+                    page_token: token,
+                };
+                let page = client.list_prompts(request).await?.into_inner();
+                for p in &page.prompts {
+                    let updated = p
+                        .updated_at
+                        .as_ref()
+                        .map(|t| format_micros(from_timestamp(t)))
+                        .unwrap_or_default();
+                    emit(
+                        &args.client,
+                        || {
+                            format!(
+                                "{}\tv{}\t{}\t{updated}",
+                                p.name, p.latest_version, p.latest_digest
+                            )
+                        },
+                        json!({"name": p.name, "version": p.latest_version, "digest": p.latest_digest, "updated_at": updated}),
+                    );
+                }
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                token = page.next_page_token;
+            }
+        }
+        Command::Versions(args) => {
+            let mut client = connect(&args.client).await?;
+            let mut token = String::new();
+            loop {
+                let request = pb::ListVersionsRequest {
+                    name: args.name.clone(),
+                    page_size: 1000,
+                    page_token: token,
+                };
+                let page = client.list_versions(request).await?.into_inner();
+                for v in &page.versions {
+                    let created = time_text(&v.created_at);
+                    emit(
+                        &args.client,
+                        || {
+                            format!(
+                                "v{}\t{}\t{created}\t{}\t{}",
+                                v.version, v.digest, v.author, v.description
+                            )
+                        },
+                        json!({"name": v.name, "version": v.version, "digest": v.digest, "revision": v.revision,
+                               "author": v.author, "description": v.description, "created_at": created}),
+                    );
+                }
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                token = page.next_page_token;
+            }
+        }
+        Command::Labels(args) => {
+            let mut client = connect(&args.client).await?;
+            let response = client
+                .list_labels(pb::ListLabelsRequest {
+                    name: args.name.clone(),
+                })
+                .await?
+                .into_inner();
+            for l in &response.labels {
+                let updated = time_text(&l.updated_at);
+                emit(
+                    &args.client,
+                    || {
+                        format!(
+                            "{}\tv{}\t{}\trevision {}\t{updated}",
+                            l.label, l.version, l.digest, l.revision
+                        )
+                    },
+                    json!({"name": args.name, "label": l.label, "version": l.version, "digest": l.digest,
+                           "revision": l.revision, "updated_at": updated}),
+                );
+            }
+        }
+        Command::Promote(args) => {
+            let mut client = connect(&args.client).await?;
+            let request = pb::SetLabelRequest {
+                name: args.name.clone(),
+                label: args.label.clone(),
+                version: args.version,
+                actor: args.actor.clone().unwrap_or_else(local_user),
+                reason: args.reason.clone(),
+                expected_version: args.expect,
+            };
+            let r = client.set_label(request).await?.into_inner();
+            print_move(&args.client, &args.name, &args.label, &r);
+        }
+        Command::Rollback(args) => {
+            let mut client = connect(&args.client).await?;
+            let request = pb::RollbackRequest {
+                name: args.name.clone(),
+                label: args.label.clone(),
+                to_version: args.to,
+                actor: args.actor.clone().unwrap_or_else(local_user),
+                reason: args.reason.clone(),
+            };
+            let r = client.rollback(request).await?.into_inner();
+            print_move(&args.client, &args.name, &args.label, &r);
+        }
+        Command::Unlabel(args) => {
+            let mut client = connect(&args.client).await?;
+            let request = pb::RemoveLabelRequest {
+                name: args.name.clone(),
+                label: args.label.clone(),
+                actor: args.actor.clone().unwrap_or_else(local_user),
+                reason: args.reason.clone(),
+            };
+            let r = client.remove_label(request).await?.into_inner();
+            print_move(&args.client, &args.name, &args.label, &r);
+        }
+        Command::History(args) => {
+            let mut client = connect(&args.client).await?;
+            let mut token = String::new();
+            loop {
+                let request = pb::LabelHistoryRequest {
+                    name: args.name.clone(),
+                    label: args.label.clone(),
+                    page_size: 1000,
+                    page_token: token,
+                };
+                let page = client.label_history(request).await?.into_inner();
+                for m in &page.moves {
+                    emit(&args.client, || move_text(m), move_json(m));
+                }
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                token = page.next_page_token;
+            }
+        }
+        Command::Resolve(args) => {
+            let mut client = connect(&args.client).await?;
+            let at = match (&args.at, args.revision) {
+                (Some(at), _) => Some(pb::resolve_at_request::At::Time(crate::time::to_timestamp(
+                    parse_rfc3339(at).map_err(|e| Failure::usage(format!("--at: {e}")))?,
+                ))),
+                (None, Some(revision)) => Some(pb::resolve_at_request::At::Revision(revision)),
+                (None, None) => None,
+            };
+            let (version, mv) = match at {
+                Some(at) => {
+                    let request = pb::ResolveAtRequest {
+                        name: args.name.clone(),
+                        label: args.label.clone(),
+                        at: Some(at),
+                    };
+                    let r = client.resolve_at(request).await?.into_inner();
+                    (r.version.unwrap_or_default(), r.r#move)
+                }
+                None => {
+                    let request = pb::GetVersionRequest {
+                        name: args.name.clone(),
+                        selector: Some(pb::get_version_request::Selector::Label(
+                            args.label.clone(),
+                        )),
+                    };
+                    (
+                        client
+                            .get_version(request)
+                            .await?
+                            .into_inner()
+                            .version
+                            .unwrap_or_default(),
+                        None,
+                    )
+                }
+            };
+            let mut object = json!({"name": version.name, "label": args.label, "version": version.version,
+                                    "digest": version.digest, "revision": version.revision});
+            if let Some(m) = &mv {
+                object["revision"] = json!(m.revision);
+                object["move"] = move_json(m);
+            }
+            object["content"] = version_json(&version);
+            emit(
+                &args.client,
+                || {
+                    let mut text = format!(
+                        "{} {} -> v{} ({})",
+                        args.name, args.label, version.version, version.digest
+                    );
+                    if let Some(m) = &mv {
+                        text.push_str(&format!("\nset by: {}", move_text(m)));
+                    }
+                    text
+                },
+                object,
+            );
+        }
+        Command::Diff(args) => {
+            let mut client = connect(&args.client).await?;
+            let request = pb::DiffVersionsRequest {
+                name: args.name.clone(),
+                from_version: args.from,
+                to_version: args.to,
+            };
+            let d = client.diff_versions(request).await?.into_inner();
+            emit(
+                &args.client,
+                || diff_text(&args.name, args.from, args.to, &d),
+                json!({"name": args.name, "from_version": args.from, "to_version": args.to,
+                       "from_digest": d.from_digest, "to_digest": d.to_digest,
+                       "template_diff": d.template_diff, "variables_added": d.variables_added,
+                       "variables_removed": d.variables_removed, "model_config_diff": d.model_config_diff,
+                       "tags_changed": d.tags_changed}),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn read_template(args: &super::PublishArgs) -> Result<pb::Template, Failure> {
+    let read = |path: &std::path::Path, flag: &str| {
+        std::fs::read_to_string(path)
+            .map_err(|e| Failure::usage(format!("{flag} {}: {e}", path.display())))
+    };
+    let kind = if let Some(text) = &args.template {
+        pb::template::Kind::Text(text.clone())
+    } else if let Some(path) = &args.template_file {
+        pb::template::Kind::Text(read(path, "--template-file")?)
+    } else if let Some(path) = &args.chat_file {
+        let raw = read(path, "--chat-file")?;
+        pb::template::Kind::Chat(
+            parse_chat(&raw)
+                .map_err(|e| Failure::usage(format!("--chat-file {}: {e}", path.display())))?,
+        )
+    } else {
+        return Err(Failure::usage(
+            "one of --template, --template-file, --chat-file is required",
+        ));
+    };
+    Ok(pb::Template { kind: Some(kind) })
+}
+
+/// A chat file is a JSON array of `{"role", "content"}` objects, or an object
+/// with such an array under `messages`.
+fn parse_chat(raw: &str) -> Result<pb::ChatTemplate, String> {
+    let value: Value = serde_json::from_str(raw).map_err(|e| format!("not JSON: {e}"))?;
+    let list = match &value {
+        Value::Array(list) => list,
+        Value::Object(o) => match o.get("messages") {
+            Some(Value::Array(list)) => list,
+            _ => return Err("expected an array of messages, or {\"messages\": [...]}".into()),
+        },
+        _ => return Err("expected an array of messages".into()),
+    };
+    let messages = list
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let field = |name: &str| {
+                m.get(name)
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .ok_or_else(|| format!("message {i}: \"{name}\" must be a string"))
+            };
+            Ok(pb::ChatMessage {
+                role: field("role")?,
+                content: field("content")?,
+            })
+        })
+        .collect::<Result<_, String>>()?;
+    Ok(pb::ChatTemplate { messages })
+}
+
+fn time_text(ts: &Option<prost_types::Timestamp>) -> String {
+    ts.as_ref()
+        .map(|t| format_micros(from_timestamp(t)))
+        .unwrap_or_default()
+}
+
+fn version_or_null(version: u64) -> Value {
+    if version == 0 {
+        Value::Null
+    } else {
+        json!(version)
+    }
+}
+
+fn kind_name(kind: i32) -> &'static str {
+    match pb::MoveKind::try_from(kind) {
+        Ok(pb::MoveKind::Promote) => "promote",
+        Ok(pb::MoveKind::Rollback) => "rollback",
+        Ok(pb::MoveKind::Remove) => "remove",
+        _ => "unknown",
+    }
+}
+
+fn template_json(template: &Option<pb::Template>) -> Value {
+    match template.as_ref().and_then(|t| t.kind.as_ref()) {
+        Some(pb::template::Kind::Text(text)) => json!({"text": text}),
+        Some(pb::template::Kind::Chat(chat)) => json!({"chat": chat.messages.iter()
+            .map(|m| json!({"role": m.role, "content": m.content})).collect::<Vec<_>>()}),
+        None => Value::Null,
+    }
+}
+
+fn version_json(v: &pb::Version) -> Value {
+    let model_config: Value = serde_json::from_str(&v.model_config_json).unwrap_or(Value::Null);
+    json!({"name": v.name, "version": v.version, "digest": v.digest, "revision": v.revision,
+           "template": template_json(&v.template), "variables": v.variables, "model_config": model_config,
+           "author": v.author, "description": v.description, "tags": v.tags, "created_at": time_text(&v.created_at)})
+}
+
+fn version_text(v: &pb::Version) -> String {
+    let mut out = format!(
+        "{} v{} {}\nauthor: {}\ncreated: {}\nrevision: {}\n",
+        v.name,
+        v.version,
+        v.digest,
+        v.author,
+        time_text(&v.created_at),
+        v.revision
+    );
+    if !v.description.is_empty() {
+        out.push_str(&format!("description: {}\n", v.description));
+    }
+    if !v.variables.is_empty() {
+        out.push_str(&format!("variables: {}\n", v.variables.join(", ")));
+    }
+    out.push_str(&format!("model config: {}\n", v.model_config_json));
+    let mut tags: Vec<_> = v.tags.iter().collect();
+    tags.sort();
+    for (k, val) in tags {
+        out.push_str(&format!("tag: {k}={val}\n"));
+    }
+    out.push_str("---\n");
+    match v.template.as_ref().and_then(|t| t.kind.as_ref()) {
+        Some(pb::template::Kind::Text(text)) => out.push_str(text),
+        Some(pb::template::Kind::Chat(chat)) => {
+            for m in &chat.messages {
+                out.push_str(&format!("[{}]\n{}\n", m.role, m.content));
+            }
+        }
+        None => {}
+    }
+    out.trim_end().to_string()
+}
+
+fn move_json(m: &pb::LabelMove) -> Value {
+    json!({"name": m.name, "label": m.label, "revision": m.revision, "kind": kind_name(m.kind),
+           "from_version": version_or_null(m.from_version), "to_version": version_or_null(m.to_version),
+           "digest": m.digest, "actor": m.actor, "reason": m.reason, "time": time_text(&m.time)})
+}
+
+fn move_text(m: &pb::LabelMove) -> String {
+    let side = |v: u64| {
+        if v == 0 {
+            "-".to_string()
+        } else {
+            format!("v{v}")
+        }
+    };
+    format!(
+        "revision {}\t{}\t{}\t{} -> {}\t{}\t{}",
+        m.revision,
+        time_text(&m.time),
+        kind_name(m.kind),
+        side(m.from_version),
+        side(m.to_version),
+        m.actor,
+        m.reason
+    )
+}
+
+fn print_move(options: &ClientOptions, name: &str, label: &str, r: &pb::LabelMoveResponse) {
+    emit(
+        options,
+        || {
+            if !r.changed {
+                format!(
+                    "{name} {label} already points to v{} (revision {}): nothing changed",
+                    r.to_version, r.revision
+                )
+            } else if r.to_version == 0 {
+                format!(
+                    "{name} {label} removed (was v{}) at revision {}",
+                    r.from_version, r.revision
+                )
+            } else {
+                let from = if r.from_version == 0 {
+                    "unset".to_string()
+                } else {
+                    format!("v{}", r.from_version)
+                };
+                format!(
+                    "{name} {label}: {from} -> v{} ({}) at revision {}",
+                    r.to_version, r.digest, r.revision
+                )
+            }
+        },
+        json!({"name": name, "label": label, "changed": r.changed, "revision": r.revision,
+               "from_version": version_or_null(r.from_version), "to_version": version_or_null(r.to_version),
+               "version": version_or_null(r.to_version), "digest": r.digest}),
+    );
+}
+
+fn diff_text(name: &str, from: u64, to: u64, d: &pb::DiffVersionsResponse) -> String {
+    let mut out = format!(
+        "{name} v{from} ({}) -> v{to} ({})\n",
+        d.from_digest, d.to_digest
+    );
+    if d.template_diff.is_empty() {
+        out.push_str("template: unchanged\n");
+    } else {
+        out.push_str(&d.template_diff);
+    }
+    for v in &d.variables_added {
+        out.push_str(&format!("variable added: {v}\n"));
+    }
+    for v in &d.variables_removed {
+        out.push_str(&format!("variable removed: {v}\n"));
+    }
+    if !d.model_config_diff.is_empty() {
+        out.push_str("model config:\n");
+        out.push_str(&d.model_config_diff);
+    }
+    for t in &d.tags_changed {
+        out.push_str(&format!("tag {t}\n"));
+    }
+    out.trim_end().to_string()
+}

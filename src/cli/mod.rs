@@ -1,0 +1,266 @@
+//! The `promptreg` command line: `serve`, and the client subcommands that
+//! SREs run from runbooks. Flags are a stable contract; every client
+//! subcommand takes `--output json`.
+//!
+//! Exit codes: 0 success; 1 the server refused the request (not found,
+//! failed precondition, invalid argument); 2 a usage error; 3 the server
+//! could not be reached.
+
+mod client;
+mod serve;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+pub use client::run_client;
+pub use serve::{run_serve, ServeArgs};
+
+/// The process exit codes of the CLI.
+pub mod exit {
+    pub const REFUSED: i32 = 1;
+    pub const USAGE: i32 = 2;
+    pub const UNREACHABLE: i32 = 3;
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "promptreg",
+    version,
+    about = "A prompt version registry for fleets of LLM agents",
+    long_about = "A prompt version registry for fleets of LLM agents.\n\n\
+        `promptreg serve` runs the registry. Every other subcommand is a client of a running \
+        registry, reached at --server (env PROMPTREG_SERVER).\n\n\
+        Exit codes: 0 success; 1 the request was refused (not found, failed precondition, \
+        invalid argument); 2 usage error; 3 the server could not be reached."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every client subcommand takes.
+#[derive(Debug, Clone, Args)]
+pub struct ClientOptions {
+    /// The registry's gRPC address.
+    #[arg(
+        long,
+        env = "PROMPTREG_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub server: String,
+    /// Output format: human-readable text, or JSON (one object per result,
+    /// JSON lines for lists).
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the registry server.
+    Serve(ServeArgs),
+    /// Publish a new version of a prompt (identical content returns the existing version).
+    Publish(PublishArgs),
+    /// Show one version with its content (default: the `latest` label).
+    Get(GetArgs),
+    /// List prompts, optionally under a name prefix.
+    List(ListArgs),
+    /// List the versions of a prompt, newest first.
+    Versions(NameArgs),
+    /// List the labels of a prompt and where they point.
+    Labels(NameArgs),
+    /// Move a label to a version.
+    Promote(PromoteArgs),
+    /// Move a label back one step in its history, or to --to VERSION.
+    Rollback(RollbackArgs),
+    /// Remove a label (recorded in its history; it stops resolving).
+    Unlabel(UnlabelArgs),
+    /// Show every move of a label, newest first.
+    History(HistoryArgs),
+    /// Resolve a label now, or as it was at a time or revision.
+    Resolve(ResolveArgs),
+    /// Diff two versions of a prompt.
+    Diff(DiffArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NameArgs {
+    /// The prompt's name, e.g. support/triage.
+    pub name: String,
+    #[command(flatten)]
+    pub client: ClientOptions,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("body").required(true).args(["template_file", "template", "chat_file"])))]
+pub struct PublishArgs {
+    /// The prompt's name, e.g. support/triage.
+    pub name: String,
+    /// Read the text template from this file.
+    #[arg(long, value_name = "FILE")]
+    pub template_file: Option<PathBuf>,
+    /// The text template itself.
+    #[arg(long, value_name = "TEXT")]
+    pub template: Option<String>,
+    /// Read a chat template from this JSON file: [{"role": "system", "content": "..."}, ...].
+    #[arg(long, value_name = "FILE")]
+    pub chat_file: Option<PathBuf>,
+    /// A variable the template uses (repeat for each).
+    #[arg(long = "var", value_name = "NAME")]
+    pub vars: Vec<String>,
+    /// The model configuration, a JSON object: '{"model": "gpt-x", "temperature": 0.2}'.
+    #[arg(long, value_name = "JSON")]
+    pub model_config: Option<String>,
+    /// Why this version exists.
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    pub description: String,
+    /// Who publishes it (default: the local user name).
+    #[arg(long, value_name = "WHO")]
+    pub author: Option<String>,
+    /// A tag KEY=VALUE (repeat for each), e.g. runtime=agent-v3.
+    #[arg(long = "tag", value_name = "K=V")]
+    pub tags: Vec<String>,
+    #[command(flatten)]
+    pub client: ClientOptions,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("selector").args(["version", "digest", "label"])))]
+pub struct GetArgs {
+    /// The prompt's name.
+    pub name: String,
+    /// A version number.
+    #[arg(long)]
+    pub version: Option<u64>,
+    /// A content digest, sha256:<hex>.
+    #[arg(long)]
+    pub digest: Option<String>,
+    /// A label to resolve (the default is latest).
+    #[arg(long)]
+    pub label: Option<String>,
+    #[command(flatten)]
+    pub client: ClientOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only prompts whose name starts with this.
+    #[arg(default_value = "")]
+    pub prefix: String,
+    #[command(flatten)]
+    pub client: ClientOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct PromoteArgs {
+    /// The prompt's name.
+    pub name: String,
+    /// The version to point the label at.
+    pub version: u64,
+    /// The label to move, e.g. production.
+    #[arg(long)]
+    pub label: String,
+    /// Why (required; kept in the label's history).
+    #[arg(long)]
+    pub reason: String,
+    /// Move only if the label points to this version now (0: only if unset).
+    #[arg(long, value_name = "VERSION")]
+    pub expect: Option<u64>,
+    /// Who moves it (default: the local user name).
+    #[arg(long)]
+    pub actor: Option<String>,
+    #[command(flatten)]
+    pub client: ClientOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The prompt's name.
+    pub name: String,
+    /// The label to move back.
+    #[arg(long)]
+    pub label: String,
+    /// Why (required).
+    #[arg(long)]
+    pub reason: String,
+    /// Roll back to this version instead of one step back.
+    #[arg(long, value_name = "VERSION")]
+    pub to: Option<u64>,
+    /// Who rolls back (default: the local user name).
+    #[arg(long)]
+    pub actor: Option<String>,
+    #[command(flatten)]
+    pub client: ClientOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct UnlabelArgs {
+    /// The prompt's name.
+    pub name: String,
+    /// The label to remove.
+    #[arg(long)]
+    pub label: String,
+    /// Why (required).
+    #[arg(long)]
+    pub reason: String,
+    /// Who removes it (default: the local user name).
+    #[arg(long)]
+    pub actor: Option<String>,
+    #[command(flatten)]
+    pub client: ClientOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// The prompt's name.
+    pub name: String,
+    /// The label.
+    #[arg(long)]
+    pub label: String,
+    #[command(flatten)]
+    pub client: ClientOptions,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("when").args(["at", "revision"])))]
+pub struct ResolveArgs {
+    /// The prompt's name.
+    pub name: String,
+    /// The label.
+    #[arg(long)]
+    pub label: String,
+    /// Resolve as of this time (RFC 3339, e.g. 2026-11-22T14:05:00Z).
+    #[arg(long, value_name = "RFC3339")]
+    pub at: Option<String>,
+    /// Resolve as of this revision.
+    #[arg(long, value_name = "R")]
+    pub revision: Option<u64>,
+    #[command(flatten)]
+    pub client: ClientOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The prompt's name.
+    pub name: String,
+    /// The older version.
+    pub from: u64,
+    /// The newer version.
+    pub to: u64,
+    #[command(flatten)]
+    pub client: ClientOptions,
+}
+
+/// The user running the CLI, the default `--actor` and `--author`.
+pub fn local_user() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("USERNAME"))
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "unknown".to_string())
+}

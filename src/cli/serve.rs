@@ -1,0 +1,165 @@
+//! `promptreg serve`: configuration, logging, signals.
+
+use crate::domain::Limits;
+use crate::registry::RegistryConfig;
+use clap::{Args, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// The address to serve gRPC on.
+    #[arg(long, env = "PROMPTREG_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// The data directory (created if missing; one server per directory).
+    #[arg(long, env = "PROMPTREG_DATA_DIR", default_value = "./promptreg-data")]
+    pub data_dir: PathBuf,
+    /// Log format on stderr. Levels come from RUST_LOG (default info).
+    #[arg(long, env = "PROMPTREG_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Request limits; over a limit a request gets INVALID_ARGUMENT naming the
+/// field and the limit.
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
+    /// Longest prompt name, in bytes.
+    #[arg(long, env = "PROMPTREG_MAX_NAME_BYTES", default_value_t = Limits::default().max_name_bytes)]
+    pub max_name_bytes: usize,
+    /// Largest template (text, or all chat contents together), in bytes.
+    #[arg(long, env = "PROMPTREG_MAX_TEMPLATE_BYTES", default_value_t = Limits::default().max_template_bytes)]
+    pub max_template_bytes: usize,
+    /// Most chat messages in one template.
+    #[arg(long, env = "PROMPTREG_MAX_CHAT_MESSAGES", default_value_t = Limits::default().max_chat_messages)]
+    pub max_chat_messages: usize,
+    /// Most declared variables per version.
+    #[arg(long, env = "PROMPTREG_MAX_VARIABLES", default_value_t = Limits::default().max_variables)]
+    pub max_variables: usize,
+    /// Longest variable name, in bytes.
+    #[arg(long, env = "PROMPTREG_MAX_VARIABLE_NAME_BYTES", default_value_t = Limits::default().max_variable_name_bytes)]
+    pub max_variable_name_bytes: usize,
+    /// Most tags per version.
+    #[arg(long, env = "PROMPTREG_MAX_TAGS", default_value_t = Limits::default().max_tags)]
+    pub max_tags: usize,
+    /// Longest tag value, in bytes.
+    #[arg(long, env = "PROMPTREG_MAX_TAG_VALUE_BYTES", default_value_t = Limits::default().max_tag_value_bytes)]
+    pub max_tag_value_bytes: usize,
+    /// Largest model config JSON, in bytes.
+    #[arg(long, env = "PROMPTREG_MAX_MODEL_CONFIG_BYTES", default_value_t = Limits::default().max_model_config_bytes)]
+    pub max_model_config_bytes: usize,
+    /// Longest author or actor, in bytes.
+    #[arg(long, env = "PROMPTREG_MAX_ACTOR_BYTES", default_value_t = Limits::default().max_actor_bytes)]
+    pub max_actor_bytes: usize,
+    /// Longest description or reason, in bytes.
+    #[arg(long, env = "PROMPTREG_MAX_TEXT_BYTES", default_value_t = Limits::default().max_text_bytes)]
+    pub max_text_bytes: usize,
+}
+
+impl LimitArgs {
+    fn to_limits(&self) -> Result<Limits, String> {
+        let limits = Limits {
+            max_name_bytes: self.max_name_bytes,
+            max_template_bytes: self.max_template_bytes,
+            max_chat_messages: self.max_chat_messages,
+            max_variables: self.max_variables,
+            max_variable_name_bytes: self.max_variable_name_bytes,
+            max_tags: self.max_tags,
+            max_tag_value_bytes: self.max_tag_value_bytes,
+            max_model_config_bytes: self.max_model_config_bytes,
+            max_actor_bytes: self.max_actor_bytes,
+            max_text_bytes: self.max_text_bytes,
+        };
+        let checks = [
+            ("--max-name-bytes", limits.max_name_bytes),
+            ("--max-template-bytes", limits.max_template_bytes),
+            ("--max-chat-messages", limits.max_chat_messages),
+            ("--max-variable-name-bytes", limits.max_variable_name_bytes),
+            ("--max-actor-bytes", limits.max_actor_bytes),
+            ("--max-text-bytes", limits.max_text_bytes),
+            ("--max-model-config-bytes", limits.max_model_config_bytes),
+        ];
+        if let Some((flag, _)) = checks.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("{flag} must be at least 1"));
+        }
+        if limits.max_name_bytes > 1024 {
+            return Err("--max-name-bytes must be at most 1024".to_string());
+        }
+        Ok(limits)
+    }
+}
+
+/// Runs the server until SIGINT or SIGTERM; returns the process exit code.
+pub async fn run_serve(args: ServeArgs) -> i32 {
+    init_logging(args.log_format);
+    let limits = match args.limits.to_limits() {
+        Ok(limits) => limits,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return super::exit::USAGE;
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("error: cannot listen on {} (--listen): {e}", args.listen);
+            return 1;
+        }
+    };
+    let config = RegistryConfig {
+        data_dir: args.data_dir,
+        limits,
+    };
+    match crate::server::run(listener, config, shutdown_signal()).await {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutdown signal received; finishing in-flight requests");
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    // Already initialised (in tests): keep the existing subscriber.
+    drop(result);
+}

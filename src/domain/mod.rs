@@ -1,0 +1,236 @@
+//! The domain: plain types and the rules they obey. No I/O, no protobuf, no
+//! sled; everything here is testable with plain values.
+
+mod content;
+mod history;
+mod limits;
+mod names;
+mod template;
+
+pub use content::{ChatMessage, Content, ContentDigest, TemplateBody};
+pub use history::{rollback_target, NoRollbackTarget};
+pub use limits::Limits;
+pub use names::{LabelName, PromptName, LATEST_LABEL};
+pub use template::placeholders;
+
+use std::collections::BTreeMap;
+
+/// Bad input, naming the field and the rule it broke. Every variant of the
+/// gRPC surface turns this into INVALID_ARGUMENT with the same text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {rule}")]
+pub struct ValidationError {
+    /// The request field, as named in the proto (`name`, `template.chat.messages[2].role`).
+    pub field: String,
+    /// What was wrong, in a sentence fragment a user can act on.
+    pub rule: String,
+}
+
+impl ValidationError {
+    pub fn new(field: impl Into<String>, rule: impl Into<String>) -> Self {
+        ValidationError {
+            field: field.into(),
+            rule: rule.into(),
+        }
+    }
+}
+
+/// Microseconds since the Unix epoch, UTC. The registry's only clock unit.
+pub type Micros = i64;
+
+/// A request to publish a version, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewVersion {
+    pub name: PromptName,
+    pub content: Content,
+    pub author: String,
+    pub description: String,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// One immutable, stored version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Version {
+    pub name: PromptName,
+    pub number: u64,
+    pub digest: ContentDigest,
+    pub content: Content,
+    pub author: String,
+    pub description: String,
+    pub tags: BTreeMap<String, String>,
+    pub created_at: Micros,
+    /// The revision that published this version.
+    pub revision: u64,
+}
+
+/// How a label moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MoveKind {
+    Promote,
+    Rollback,
+    Remove,
+}
+
+impl MoveKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MoveKind::Promote => "promote",
+            MoveKind::Rollback => "rollback",
+            MoveKind::Remove => "remove",
+        }
+    }
+}
+
+/// One move of one label: an entry of the label's history and, inside a
+/// revision, one change of the change log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelMove {
+    pub name: PromptName,
+    pub label: LabelName,
+    pub revision: u64,
+    pub time: Micros,
+    pub kind: MoveKind,
+    /// `None` when the label did not exist before the move.
+    pub from_version: Option<u64>,
+    /// `None` when the move removed the label.
+    pub to_version: Option<u64>,
+    /// The digest of `to_version`.
+    pub digest: Option<ContentDigest>,
+    pub actor: String,
+    pub reason: String,
+}
+
+/// A label's current target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelTarget {
+    pub label: LabelName,
+    pub version: u64,
+    pub digest: ContentDigest,
+    pub revision: u64,
+    pub updated_at: Micros,
+}
+
+/// One change inside a revision of the change log.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    VersionPublished {
+        name: PromptName,
+        version: u64,
+        digest: ContentDigest,
+        author: String,
+    },
+    LabelMoved(LabelMove),
+}
+
+impl Change {
+    /// The prompt the change belongs to.
+    pub fn prompt(&self) -> &PromptName {
+        match self {
+            Change::VersionPublished { name, .. } => name,
+            Change::LabelMoved(mv) => &mv.name,
+        }
+    }
+}
+
+/// Everything that happened at one revision: the unit of the change log and
+/// of Watch delivery (a watcher receives a revision's changes together).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Revision {
+    pub revision: u64,
+    pub time: Micros,
+    pub changes: Vec<Change>,
+}
+
+/// A prompt and its newest version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptSummary {
+    pub name: PromptName,
+    pub latest_version: u64,
+    pub latest_digest: ContentDigest,
+    pub updated_at: Micros,
+}
+
+/// What two versions differ in.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct VersionDiff {
+    pub template_diff: String,
+    pub variables_added: Vec<String>,
+    pub variables_removed: Vec<String>,
+    pub model_config_diff: String,
+    pub tags_changed: Vec<String>,
+}
+
+impl VersionDiff {
+    /// Compares two versions: unified line diffs of the rendered templates and
+    /// the pretty-printed model configs, and set differences of the rest.
+    pub fn between(from: &Version, to: &Version) -> VersionDiff {
+        let template_diff = unified_diff(
+            &from.content.template.render_for_diff(),
+            &to.content.template.render_for_diff(),
+            from.number,
+            to.number,
+        );
+        let model_config_diff = unified_diff(
+            &pretty_json(&from.content.model_config_json),
+            &pretty_json(&to.content.model_config_json),
+            from.number,
+            to.number,
+        );
+        let variables_added = to
+            .content
+            .variables
+            .iter()
+            .filter(|v| !from.content.variables.contains(v))
+            .cloned()
+            .collect();
+        let variables_removed = from
+            .content
+            .variables
+            .iter()
+            .filter(|v| !to.content.variables.contains(v))
+            .cloned()
+            .collect();
+        let mut keys: Vec<&String> = from.tags.keys().chain(to.tags.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        let tags_changed = keys
+            .into_iter()
+            .filter(|k| from.tags.get(*k) != to.tags.get(*k))
+            .map(|k| {
+                let side = |v: Option<&String>| v.map_or("(none)".to_string(), |v| v.clone());
+                format!(
+                    "{k}: {} -> {}",
+                    side(from.tags.get(k)),
+                    side(to.tags.get(k))
+                )
+            })
+            .collect();
+        VersionDiff {
+            template_diff,
+            variables_added,
+            variables_removed,
+            model_config_diff,
+            tags_changed,
+        }
+    }
+}
+
+fn unified_diff(old: &str, new: &str, from: u64, to: u64) -> String {
+    if old == new {
+        return String::new();
+    }
+    similar::TextDiff::from_lines(old, new)
+        .unified_diff()
+        .context_radius(3)
+        .header(&format!("v{from}"), &format!("v{to}"))
+        .to_string()
+}
+
+fn pretty_json(json: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(json) {
+        Ok(value) => {
+            serde_json::to_string_pretty(&value).unwrap_or_else(|_| json.to_string()) + "\n"
+        }
+        Err(_) => json.to_string(),
+    }
+}

@@ -1,0 +1,216 @@
+//! Conversions between wire types (`pb`) and domain types, and from core
+//! errors to gRPC status. Every request field is validated here, with the
+//! field's proto name in the error.
+
+use super::pb;
+use crate::domain::{
+    ChatMessage, Content, LabelMove, LabelName, LabelTarget, Limits, MoveKind, NewVersion,
+    PromptName, PromptSummary, TemplateBody, ValidationError, Version,
+};
+use crate::registry::{Moved, RegistryError};
+use crate::store::StoreError;
+use crate::time::to_timestamp;
+use tonic::{Code, Status};
+
+impl From<RegistryError> for Status {
+    fn from(error: RegistryError) -> Status {
+        let code = match &error {
+            RegistryError::Invalid(_) => Code::InvalidArgument,
+            RegistryError::NotFound(_) => Code::NotFound,
+            RegistryError::FailedPrecondition(_) => Code::FailedPrecondition,
+            RegistryError::NotDurable(_) => Code::Unavailable,
+            RegistryError::DataDirLocked { .. } | RegistryError::DataDir { .. } => Code::Internal,
+            RegistryError::Store(store) => match store {
+                StoreError::Io(_) => Code::Unavailable,
+                StoreError::Corrupt(_) => Code::DataLoss,
+                StoreError::Schema { .. } => Code::Internal,
+            },
+        };
+        if matches!(code, Code::Internal | Code::DataLoss | Code::Unavailable) {
+            tracing::error!(%error, "request failed");
+        }
+        Status::new(code, error.to_string())
+    }
+}
+
+pub fn invalid(error: ValidationError) -> Status {
+    Status::invalid_argument(error.to_string())
+}
+
+pub fn prompt_name(raw: &str, limits: &Limits) -> Result<PromptName, Status> {
+    PromptName::parse("name", raw, limits.max_name_bytes).map_err(invalid)
+}
+
+pub fn label_name(raw: &str) -> Result<LabelName, Status> {
+    LabelName::parse("label", raw).map_err(invalid)
+}
+
+pub fn movable_label(raw: &str) -> Result<LabelName, Status> {
+    LabelName::parse_movable("label", raw).map_err(invalid)
+}
+
+/// Validates a publish request into a [`NewVersion`].
+pub fn new_version(req: pb::PublishVersionRequest, limits: &Limits) -> Result<NewVersion, Status> {
+    let name = prompt_name(&req.name, limits)?;
+    let template = match req.template.and_then(|t| t.kind) {
+        None => {
+            return Err(invalid(ValidationError::new(
+                "template",
+                "is required: set text or chat",
+            )))
+        }
+        Some(pb::template::Kind::Text(text)) => TemplateBody::Text(text),
+        Some(pb::template::Kind::Chat(chat)) => TemplateBody::Chat(
+            chat.messages
+                .into_iter()
+                .map(|m| ChatMessage {
+                    role: m.role,
+                    content: m.content,
+                })
+                .collect(),
+        ),
+    };
+    let content = Content::validate(template, &req.variables, &req.model_config_json, limits)
+        .map_err(invalid)?;
+    check_required("author", &req.author, limits.max_actor_bytes)?;
+    check_optional("description", &req.description, limits.max_text_bytes)?;
+    if req.tags.len() > limits.max_tags {
+        return Err(invalid(ValidationError::new(
+            "tags",
+            format!("{} tags; the limit is {}", req.tags.len(), limits.max_tags),
+        )));
+    }
+    for (key, value) in &req.tags {
+        let key_ok = key.len() <= 63
+            && key
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && key.bytes().all(|b| {
+                b.is_ascii_lowercase()
+                    || b.is_ascii_digit()
+                    || matches!(b, b'.' | b'_' | b'/' | b'-')
+            });
+        if !key_ok {
+            return Err(invalid(ValidationError::new(
+                "tags",
+                format!("key {key:?} is not valid; keys match [a-z0-9][a-z0-9._/-]{{0,62}}"),
+            )));
+        }
+        if value.len() > limits.max_tag_value_bytes || value.chars().any(char::is_control) {
+            return Err(invalid(ValidationError::new(
+                format!("tags[{key}]"),
+                format!(
+                    "values are at most {} bytes with no control characters",
+                    limits.max_tag_value_bytes
+                ),
+            )));
+        }
+    }
+    Ok(NewVersion {
+        name,
+        content,
+        author: req.author,
+        description: req.description,
+        tags: req.tags.into_iter().collect(),
+    })
+}
+
+fn check_required(field: &str, value: &str, limit: usize) -> Result<(), Status> {
+    if value.trim().is_empty() {
+        return Err(invalid(ValidationError::new(field, "is required")));
+    }
+    check_optional(field, value, limit)
+}
+
+fn check_optional(field: &str, value: &str, limit: usize) -> Result<(), Status> {
+    if value.len() > limit {
+        return Err(invalid(ValidationError::new(
+            field,
+            format!("is {} bytes; the limit is {limit}", value.len()),
+        )));
+    }
+    Ok(())
+}
+
+pub fn version(v: Version, with_content: bool) -> pb::Version {
+    let template = with_content.then(|| pb::Template {
+        kind: Some(match v.content.template {
+            TemplateBody::Text(text) => pb::template::Kind::Text(text),
+            TemplateBody::Chat(messages) => pb::template::Kind::Chat(pb::ChatTemplate {
+                messages: messages
+                    .into_iter()
+                    .map(|m| pb::ChatMessage {
+                        role: m.role,
+                        content: m.content,
+                    })
+                    .collect(),
+            }),
+        }),
+    });
+    pb::Version {
+        name: v.name.to_string(),
+        version: v.number,
+        digest: v.digest.to_string(),
+        template,
+        variables: v.content.variables,
+        model_config_json: v.content.model_config_json,
+        author: v.author,
+        description: v.description,
+        tags: v.tags.into_iter().collect(),
+        created_at: Some(to_timestamp(v.created_at)),
+        revision: v.revision,
+    }
+}
+
+pub fn prompt_summary(p: PromptSummary) -> pb::PromptSummary {
+    pb::PromptSummary {
+        name: p.name.to_string(),
+        latest_version: p.latest_version,
+        latest_digest: p.latest_digest.to_string(),
+        updated_at: Some(to_timestamp(p.updated_at)),
+    }
+}
+
+pub fn label(l: LabelTarget) -> pb::Label {
+    pb::Label {
+        label: l.label.to_string(),
+        version: l.version,
+        digest: l.digest.to_string(),
+        revision: l.revision,
+        updated_at: Some(to_timestamp(l.updated_at)),
+    }
+}
+
+pub fn move_kind(kind: MoveKind) -> pb::MoveKind {
+    match kind {
+        MoveKind::Promote => pb::MoveKind::Promote,
+        MoveKind::Rollback => pb::MoveKind::Rollback,
+        MoveKind::Remove => pb::MoveKind::Remove,
+    }
+}
+
+pub fn label_move(m: LabelMove) -> pb::LabelMove {
+    pb::LabelMove {
+        name: m.name.to_string(),
+        label: m.label.to_string(),
+        revision: m.revision,
+        time: Some(to_timestamp(m.time)),
+        kind: move_kind(m.kind).into(),
+        from_version: m.from_version.unwrap_or(0),
+        to_version: m.to_version.unwrap_or(0),
+        digest: m.digest.map(|d| d.to_string()).unwrap_or_default(),
+        actor: m.actor,
+        reason: m.reason,
+    }
+}
+
+pub fn moved(m: Moved) -> pb::LabelMoveResponse {
+    pb::LabelMoveResponse {
+        changed: m.changed,
+        revision: m.revision,
+        from_version: m.from_version.unwrap_or(0),
+        to_version: m.to_version.unwrap_or(0),
+        digest: m.digest.map(|d| d.to_string()).unwrap_or_default(),
+    }
+}

@@ -1,0 +1,235 @@
+//! The `promptreg.v1.Registry` service: thin handlers over the registry core.
+
+use super::convert::{self, invalid, label_name, movable_label, prompt_name};
+use super::pb::{self, registry_server::Registry as RegistryApi};
+use crate::domain::{ContentDigest, ValidationError};
+use crate::registry::{MoveRequest, PointInTime, Registry, VersionSelector};
+use crate::time::from_timestamp;
+use tonic::{Request, Response, Status};
+
+pub struct RegistryService {
+    registry: Registry,
+}
+
+impl RegistryService {
+    pub fn new(registry: Registry) -> RegistryService {
+        RegistryService { registry }
+    }
+
+    fn move_request(
+        &self,
+        name: &str,
+        label: &str,
+        actor: String,
+        reason: String,
+    ) -> Result<MoveRequest, Status> {
+        Ok(MoveRequest {
+            name: prompt_name(name, self.registry.limits())?,
+            label: movable_label(label)?,
+            actor,
+            reason,
+        })
+    }
+}
+
+fn version_number(field: &str, version: u64) -> Result<u64, Status> {
+    if version == 0 {
+        return Err(invalid(ValidationError::new(
+            field,
+            "must be a version number (1 or more)",
+        )));
+    }
+    Ok(version)
+}
+
+type Answer<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl RegistryApi for RegistryService {
+    async fn publish_version(
+        &self,
+        request: Request<pb::PublishVersionRequest>,
+    ) -> Answer<pb::PublishVersionResponse> {
+        let new = convert::new_version(request.into_inner(), self.registry.limits())?;
+        let published = self.registry.publish(new).await?;
+        Ok(Response::new(pb::PublishVersionResponse {
+            version: published.version,
+            digest: published.digest.to_string(),
+            revision: published.revision,
+            created: published.created,
+        }))
+    }
+
+    async fn get_version(
+        &self,
+        request: Request<pb::GetVersionRequest>,
+    ) -> Answer<pb::GetVersionResponse> {
+        let req = request.into_inner();
+        let name = prompt_name(&req.name, self.registry.limits())?;
+        use pb::get_version_request::Selector;
+        let selector = match req.selector {
+            None => VersionSelector::Label(crate::domain::LabelName::latest()),
+            Some(Selector::Version(n)) => VersionSelector::Number(version_number("version", n)?),
+            Some(Selector::Digest(d)) => {
+                VersionSelector::Digest(ContentDigest::parse("digest", &d).map_err(invalid)?)
+            }
+            Some(Selector::Label(l)) => VersionSelector::Label(label_name(&l)?),
+        };
+        let revision = self.registry.revision();
+        let version = self.registry.get_version(&name, &selector)?;
+        Ok(Response::new(pb::GetVersionResponse {
+            version: Some(convert::version(version, true)),
+            revision,
+        }))
+    }
+
+    async fn list_prompts(
+        &self,
+        request: Request<pb::ListPromptsRequest>,
+    ) -> Answer<pb::ListPromptsResponse> {
+        let req = request.into_inner();
+        if req.prefix.len() > self.registry.limits().max_name_bytes {
+            return Err(invalid(ValidationError::new(
+                "prefix",
+                "is longer than any prompt name",
+            )));
+        }
+        let page = self
+            .registry
+            .list_prompts(&req.prefix, req.page_size, &req.page_token)?;
+        Ok(Response::new(pb::ListPromptsResponse {
+            prompts: page
+                .items
+                .into_iter()
+                .map(convert::prompt_summary)
+                .collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+
+    async fn list_versions(
+        &self,
+        request: Request<pb::ListVersionsRequest>,
+    ) -> Answer<pb::ListVersionsResponse> {
+        let req = request.into_inner();
+        let name = prompt_name(&req.name, self.registry.limits())?;
+        let page = self
+            .registry
+            .list_versions(&name, req.page_size, &req.page_token)?;
+        Ok(Response::new(pb::ListVersionsResponse {
+            versions: page
+                .items
+                .into_iter()
+                .map(|v| convert::version(v, false))
+                .collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+
+    async fn set_label(
+        &self,
+        request: Request<pb::SetLabelRequest>,
+    ) -> Answer<pb::LabelMoveResponse> {
+        let req = request.into_inner();
+        let version = version_number("version", req.version)?;
+        let mv = self.move_request(&req.name, &req.label, req.actor, req.reason)?;
+        let moved = self
+            .registry
+            .set_label(mv, version, req.expected_version)
+            .await?;
+        Ok(Response::new(convert::moved(moved)))
+    }
+
+    async fn rollback(
+        &self,
+        request: Request<pb::RollbackRequest>,
+    ) -> Answer<pb::LabelMoveResponse> {
+        let req = request.into_inner();
+        let to = req.to_version.filter(|v| *v != 0);
+        let mv = self.move_request(&req.name, &req.label, req.actor, req.reason)?;
+        let moved = self.registry.rollback(mv, to).await?;
+        Ok(Response::new(convert::moved(moved)))
+    }
+
+    async fn remove_label(
+        &self,
+        request: Request<pb::RemoveLabelRequest>,
+    ) -> Answer<pb::LabelMoveResponse> {
+        let req = request.into_inner();
+        let mv = self.move_request(&req.name, &req.label, req.actor, req.reason)?;
+        let moved = self.registry.remove_label(mv).await?;
+        Ok(Response::new(convert::moved(moved)))
+    }
+
+    async fn list_labels(
+        &self,
+        request: Request<pb::ListLabelsRequest>,
+    ) -> Answer<pb::ListLabelsResponse> {
+        let name = prompt_name(&request.into_inner().name, self.registry.limits())?;
+        let labels = self.registry.list_labels(&name)?;
+        Ok(Response::new(pb::ListLabelsResponse {
+            labels: labels.into_iter().map(convert::label).collect(),
+        }))
+    }
+
+    async fn label_history(
+        &self,
+        request: Request<pb::LabelHistoryRequest>,
+    ) -> Answer<pb::LabelHistoryResponse> {
+        let req = request.into_inner();
+        let name = prompt_name(&req.name, self.registry.limits())?;
+        let label = label_name(&req.label)?;
+        let page = self
+            .registry
+            .label_history(&name, &label, req.page_size, &req.page_token)?;
+        Ok(Response::new(pb::LabelHistoryResponse {
+            moves: page.items.into_iter().map(convert::label_move).collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+
+    async fn resolve_at(
+        &self,
+        request: Request<pb::ResolveAtRequest>,
+    ) -> Answer<pb::ResolveAtResponse> {
+        let req = request.into_inner();
+        let name = prompt_name(&req.name, self.registry.limits())?;
+        let label = label_name(&req.label)?;
+        use pb::resolve_at_request::At;
+        let at = match req.at {
+            None => {
+                return Err(invalid(ValidationError::new(
+                    "at",
+                    "is required: set time or revision",
+                )))
+            }
+            Some(At::Revision(r)) => PointInTime::Revision(r),
+            Some(At::Time(t)) => PointInTime::Time(from_timestamp(&t)),
+        };
+        let (version, mv) = self.registry.resolve_at(&name, &label, at)?;
+        Ok(Response::new(pb::ResolveAtResponse {
+            version: Some(convert::version(version, true)),
+            r#move: Some(convert::label_move(mv)),
+        }))
+    }
+
+    async fn diff_versions(
+        &self,
+        request: Request<pb::DiffVersionsRequest>,
+    ) -> Answer<pb::DiffVersionsResponse> {
+        let req = request.into_inner();
+        let name = prompt_name(&req.name, self.registry.limits())?;
+        let from = version_number("from_version", req.from_version)?;
+        let to = version_number("to_version", req.to_version)?;
+        let (old, new, diff) = self.registry.diff(&name, from, to)?;
+        Ok(Response::new(pb::DiffVersionsResponse {
+            template_diff: diff.template_diff,
+            variables_added: diff.variables_added,
+            variables_removed: diff.variables_removed,
+            model_config_diff: diff.model_config_diff,
+            tags_changed: diff.tags_changed,
+            from_digest: old.digest.to_string(),
+            to_digest: new.digest.to_string(),
+        }))
+    }
+}

@@ -1,0 +1,22 @@
+//! promptreg: a prompt version registry for fleets of LLM agents.
+//!
+//! Modules, in reading order:
+//! - [`domain`]: prompt names, labels, content and its canonical digest,
+//!   the template syntax, rollback semantics. Plain types, no I/O.
+//! - [`store`]: sled behind a narrow API; one change-log record per revision
+//!   and the indexes derived from it, written in one atomic batch.
+//! - [`registry`]: the use cases; one writer lock assigns revisions, group
+//!   commit makes them durable before anyone is answered.
+//! - [`grpc`]: the only module that knows protobuf: generated code,
+//!   conversions, the thin service handlers.
+//! - [`server`]: `run(listener, config, shutdown)`: the gRPC server with
+//!   health and reflection.
+//! - [`cli`]: the `promptreg` command line, server and client subcommands.
+
+pub mod cli;
+pub mod domain;
+pub mod grpc;
+pub mod registry;
+pub mod server;
+pub mod store;
+pub mod time;

@@ -1,0 +1,757 @@
+//! The registry core: the use cases (publish, resolve, promote, rollback,
+//! history, resolve-at, diff) over the store, with one writer lock that
+//! assigns revisions and group commit that makes them durable.
+//!
+//! Nothing here knows about gRPC; the handlers in `grpc` are thin
+//! translations onto these methods.
+
+mod group_commit;
+
+use crate::domain::{
+    rollback_target, Change, ContentDigest, LabelMove, LabelName, LabelTarget, Limits, Micros,
+    MoveKind, NewVersion, NoRollbackTarget, PromptName, PromptSummary, Revision, ValidationError,
+    Version, VersionDiff,
+};
+use crate::store::{Store, StoreError};
+use group_commit::GroupCommit;
+use std::fs::File;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+
+/// Page sizes: the default when a request says 0, and the most one page holds.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+pub const MAX_PAGE_SIZE: usize = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("the data directory {dir} is in use by another promptreg process ({holder}); stop it or choose another --data-dir")]
+    DataDirLocked { dir: PathBuf, holder: String },
+    #[error("cannot use the data directory {dir}: {source}")]
+    DataDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the change could not be made durable and was not acknowledged: {0}")]
+    NotDurable(String),
+}
+
+pub type Result<T> = std::result::Result<T, RegistryError>;
+
+/// How the registry is set up.
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    pub data_dir: PathBuf,
+    pub limits: Limits,
+}
+
+/// The outcome of a publish.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Published {
+    pub version: u64,
+    pub digest: ContentDigest,
+    pub revision: u64,
+    /// False when identical content already existed.
+    pub created: bool,
+}
+
+/// The outcome of a label move.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Moved {
+    /// False when the label already pointed there: nothing was written.
+    pub changed: bool,
+    pub revision: u64,
+    pub from_version: Option<u64>,
+    pub to_version: Option<u64>,
+    pub digest: Option<ContentDigest>,
+}
+
+/// Which version to read.
+#[derive(Debug, Clone)]
+pub enum VersionSelector {
+    Number(u64),
+    Digest(ContentDigest),
+    Label(LabelName),
+}
+
+/// A point in the past for [`Registry::resolve_at`].
+#[derive(Debug, Clone, Copy)]
+pub enum PointInTime {
+    Revision(u64),
+    Time(Micros),
+}
+
+/// A requested label move, before the registry checks it.
+#[derive(Debug, Clone)]
+pub struct MoveRequest {
+    pub name: PromptName,
+    pub label: LabelName,
+    pub actor: String,
+    pub reason: String,
+}
+
+/// A page of results and the token for the next one (empty on the last).
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_page_token: String,
+}
+
+/// Cheap to clone; every clone is the same registry.
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    limits: Limits,
+    /// Serialises writers: revision numbers are assigned, and preconditions
+    /// checked, under this lock. A std mutex because it is never held across
+    /// an await: the section only reads sled and applies one in-memory batch.
+    writer: Mutex<WriterState>,
+    group_commit: Arc<GroupCommit>,
+    /// Held for the registry's lifetime: the OS lock that keeps a second
+    /// process off the data directory.
+    _lock: File,
+}
+
+struct WriterState {
+    head: u64,
+    /// The time of the head revision. Revision times never go backwards, so
+    /// "as of time T" and "as of revision R" agree.
+    last_time: Micros,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.group_commit.close();
+        if let Err(error) = self.store.flush_blocking() {
+            tracing::error!(%error, "final flush failed");
+        }
+    }
+}
+
+impl Registry {
+    /// Opens the registry in `config.data_dir`, creating it if needed, and
+    /// starts its flusher task. Must be called inside a tokio runtime.
+    pub fn open(config: RegistryConfig) -> Result<Registry> {
+        let dir = config.data_dir.clone();
+        let io_err = |source| RegistryError::DataDir {
+            dir: dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&dir).map_err(io_err)?;
+        let lock = lock_data_dir(&dir)?;
+        let store = Store::open(&dir)?;
+        let head = store.head_revision()?;
+        let last_time = match store.revision(head)? {
+            Some(rev) => rev.time,
+            None => 0,
+        };
+        let group_commit = Arc::new(GroupCommit::new(head));
+        let inner = Arc::new(Inner {
+            store,
+            limits: config.limits,
+            writer: Mutex::new(WriterState { head, last_time }),
+            group_commit: group_commit.clone(),
+            _lock: lock,
+        });
+        tokio::spawn(run_flusher(Arc::downgrade(&inner), group_commit));
+        Ok(Registry { inner })
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// The newest durable revision.
+    pub fn revision(&self) -> u64 {
+        self.inner.group_commit.durable_revision()
+    }
+
+    fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    // --- writes ---------------------------------------------------------------
+
+    /// Publishes a version; identical content returns the existing version.
+    /// Answers once the revision is durable.
+    pub async fn publish(&self, new: NewVersion) -> Result<Published> {
+        let digest = new.content.digest();
+        let published = {
+            let mut writer = self.lock_writer();
+            let store = self.store();
+            if let Some(number) = store.version_by_digest(&new.name, &digest)? {
+                let existing = store.version(&new.name, number)?.ok_or_else(|| {
+                    RegistryError::NotFound(format!("version {number} of {}", new.name))
+                })?;
+                Published {
+                    version: number,
+                    digest,
+                    revision: existing.revision,
+                    created: false,
+                }
+            } else {
+                let number = store.prompt(&new.name)?.map_or(1, |p| p.latest_version + 1);
+                let (revision, time) = writer.next();
+                let latest = LabelName::latest();
+                let previous = store.label(&new.name, &latest)?;
+                let version = Version {
+                    name: new.name.clone(),
+                    number,
+                    digest,
+                    content: new.content,
+                    author: new.author.clone(),
+                    description: new.description,
+                    tags: new.tags,
+                    created_at: time,
+                    revision,
+                };
+                let latest_move = LabelMove {
+                    name: new.name.clone(),
+                    label: latest,
+                    revision,
+                    time,
+                    kind: MoveKind::Promote,
+                    from_version: previous.map(|p| p.version),
+                    to_version: Some(number),
+                    digest: Some(digest),
+                    actor: new.author.clone(),
+                    reason: format!("version {number} published"),
+                };
+                let change = Revision {
+                    revision,
+                    time,
+                    changes: vec![
+                        Change::VersionPublished {
+                            name: new.name,
+                            version: number,
+                            digest,
+                            author: new.author,
+                        },
+                        Change::LabelMoved(latest_move),
+                    ],
+                };
+                self.commit(&mut writer, change, Some(&version))?;
+                Published {
+                    version: number,
+                    digest,
+                    revision,
+                    created: true,
+                }
+            }
+        };
+        // Also for an existing version: it may have been committed by a
+        // writer whose flush is still running.
+        self.wait_durable(published.revision).await?;
+        Ok(published)
+    }
+
+    /// Moves a label to `version` (promote). With `expected_version`, only if
+    /// the label points there now (`Some(0)`: only if it does not exist).
+    pub async fn set_label(
+        &self,
+        request: MoveRequest,
+        version: u64,
+        expected_version: Option<u64>,
+    ) -> Result<Moved> {
+        self.check_actor_reason(&request)?;
+        let moved = {
+            let mut writer = self.lock_writer();
+            let current = self.existing_label_target(&request.name, &request.label)?;
+            if let Some(expected) = expected_version {
+                let actual = current.as_ref().map_or(0, |c| c.version);
+                if actual != expected {
+                    return Err(RegistryError::FailedPrecondition(format!(
+                        "label {} of {} points to {}, not the expected version {expected}",
+                        request.label,
+                        request.name,
+                        describe_target(current.as_ref().map(|c| c.version)),
+                    )));
+                }
+            }
+            self.move_label(
+                &mut writer,
+                request,
+                MoveKind::Promote,
+                current,
+                Some(version),
+            )?
+        };
+        self.wait_durable(moved.revision).await?;
+        Ok(moved)
+    }
+
+    /// Moves a label back: to `to_version`, or by default one step back in
+    /// its history (see [`rollback_target`]).
+    pub async fn rollback(&self, request: MoveRequest, to_version: Option<u64>) -> Result<Moved> {
+        self.check_actor_reason(&request)?;
+        let moved = {
+            let mut writer = self.lock_writer();
+            let current = self.existing_label_target(&request.name, &request.label)?;
+            let target = match to_version {
+                Some(version) => version,
+                None => {
+                    let mut history =
+                        self.store()
+                            .history(&request.name, &request.label, None, usize::MAX)?;
+                    history.reverse();
+                    rollback_target(&history).map_err(|why| {
+                        RegistryError::FailedPrecondition(match why {
+                            NoRollbackTarget::NoHistory => format!(
+                                "nothing to roll back: label {} of {} has never been set",
+                                request.label, request.name
+                            ),
+                            NoRollbackTarget::LabelDidNotExist => format!(
+                                "nothing to roll back to: before its latest move, label {} of {} was not set \
+                                 (use unlabel to remove it, or promote a version)",
+                                request.label, request.name
+                            ),
+                        })
+                    })?
+                }
+            };
+            self.move_label(
+                &mut writer,
+                request,
+                MoveKind::Rollback,
+                current,
+                Some(target),
+            )?
+        };
+        self.wait_durable(moved.revision).await?;
+        Ok(moved)
+    }
+
+    /// Removes a label; a recorded move like any other.
+    pub async fn remove_label(&self, request: MoveRequest) -> Result<Moved> {
+        self.check_actor_reason(&request)?;
+        let moved = {
+            let mut writer = self.lock_writer();
+            let current = self.existing_label_target(&request.name, &request.label)?;
+            if current.is_none() {
+                return Err(RegistryError::NotFound(format!(
+                    "label {} is not set on {}",
+                    request.label, request.name
+                )));
+            }
+            self.move_label(&mut writer, request, MoveKind::Remove, current, None)?
+        };
+        self.wait_durable(moved.revision).await?;
+        Ok(moved)
+    }
+
+    /// The shared tail of every label move, under the writer lock: checks the
+    /// target exists, reports a no-op, or commits the move as one revision.
+    fn move_label(
+        &self,
+        writer: &mut WriterState,
+        request: MoveRequest,
+        kind: MoveKind,
+        current: Option<LabelTarget>,
+        to_version: Option<u64>,
+    ) -> Result<Moved> {
+        let digest = match to_version {
+            Some(number) => Some(self.existing_version(&request.name, number)?.digest),
+            None => None,
+        };
+        let from_version = current.as_ref().map(|c| c.version);
+        if let (Some(current), Some(_)) = (&current, to_version) {
+            if Some(current.version) == to_version {
+                return Ok(Moved {
+                    changed: false,
+                    revision: current.revision,
+                    from_version,
+                    to_version,
+                    digest,
+                });
+            }
+        }
+        let (revision, time) = writer.next();
+        let mv = LabelMove {
+            name: request.name,
+            label: request.label,
+            revision,
+            time,
+            kind,
+            from_version,
+            to_version,
+            digest,
+            actor: request.actor,
+            reason: request.reason,
+        };
+        let change = Revision {
+            revision,
+            time,
+            changes: vec![Change::LabelMoved(mv)],
+        };
+        self.commit(writer, change, None)?;
+        Ok(Moved {
+            changed: true,
+            revision,
+            from_version,
+            to_version,
+            digest,
+        })
+    }
+
+    /// Writes one revision and hands it to group commit. On error nothing was
+    /// written and the head does not move.
+    fn commit(
+        &self,
+        writer: &mut WriterState,
+        revision: Revision,
+        published: Option<&Version>,
+    ) -> Result<()> {
+        self.store().commit(&revision, published)?;
+        writer.head = revision.revision;
+        writer.last_time = revision.time;
+        self.inner.group_commit.committed(revision.revision);
+        Ok(())
+    }
+
+    async fn wait_durable(&self, revision: u64) -> Result<()> {
+        self.inner
+            .group_commit
+            .wait_durable(revision)
+            .await
+            .map_err(RegistryError::NotDurable)
+    }
+
+    fn lock_writer(&self) -> std::sync::MutexGuard<'_, WriterState> {
+        // A panic while holding the lock cannot leave the state half-updated:
+        // `commit` updates it only after the batch is applied.
+        self.inner
+            .writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn check_actor_reason(&self, request: &MoveRequest) -> Result<()> {
+        check_text("actor", &request.actor, self.inner.limits.max_actor_bytes)?;
+        check_text("reason", &request.reason, self.inner.limits.max_text_bytes)?;
+        Ok(())
+    }
+
+    // --- reads ----------------------------------------------------------------
+
+    pub fn get_version(&self, name: &PromptName, selector: &VersionSelector) -> Result<Version> {
+        match selector {
+            VersionSelector::Number(number) => self.existing_version(name, *number),
+            VersionSelector::Digest(digest) => {
+                self.existing_prompt(name)?;
+                let number = self
+                    .store()
+                    .version_by_digest(name, digest)?
+                    .ok_or_else(|| {
+                        RegistryError::NotFound(format!(
+                            "{name} has no version with digest {digest}"
+                        ))
+                    })?;
+                self.existing_version(name, number)
+            }
+            VersionSelector::Label(label) => {
+                let target = self.existing_label_target(name, label)?.ok_or_else(|| {
+                    RegistryError::NotFound(format!("label {label} is not set on {name}"))
+                })?;
+                self.existing_version(name, target.version)
+            }
+        }
+    }
+
+    pub fn list_prompts(
+        &self,
+        prefix: &str,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<Page<PromptSummary>> {
+        let after = match page_token {
+            "" => None,
+            token => Some(decode_token(token)?),
+        };
+        let size = page_size_of(page_size);
+        let mut items = self
+            .store()
+            .list_prompts(prefix, after.as_deref(), size + 1)?;
+        let next_page_token = next_token(&mut items, size, |p| hex::encode(p.name.as_str()));
+        Ok(Page {
+            items,
+            next_page_token,
+        })
+    }
+
+    /// Versions newest first, without needing their content.
+    pub fn list_versions(
+        &self,
+        name: &PromptName,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<Page<Version>> {
+        self.existing_prompt(name)?;
+        let below = parse_number_token(page_token)?;
+        let size = page_size_of(page_size);
+        let mut items = self.store().list_versions(name, below, size + 1)?;
+        let next_page_token = next_token(&mut items, size, |v| v.number.to_string());
+        Ok(Page {
+            items,
+            next_page_token,
+        })
+    }
+
+    pub fn list_labels(&self, name: &PromptName) -> Result<Vec<LabelTarget>> {
+        self.existing_prompt(name)?;
+        Ok(self.store().labels(name)?)
+    }
+
+    /// Every move of a label, newest first.
+    pub fn label_history(
+        &self,
+        name: &PromptName,
+        label: &LabelName,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<Page<LabelMove>> {
+        self.existing_prompt(name)?;
+        let below = parse_number_token(page_token)?;
+        let size = page_size_of(page_size);
+        let mut items = self.store().history(name, label, below, size + 1)?;
+        if items.is_empty() && below.is_none() {
+            return Err(RegistryError::NotFound(format!(
+                "label {label} of {name} has never been set"
+            )));
+        }
+        let next_page_token = next_token(&mut items, size, |m| m.revision.to_string());
+        Ok(Page {
+            items,
+            next_page_token,
+        })
+    }
+
+    /// What `label` pointed to at a revision or time, and the move that put
+    /// it there.
+    pub fn resolve_at(
+        &self,
+        name: &PromptName,
+        label: &LabelName,
+        at: PointInTime,
+    ) -> Result<(Version, LabelMove)> {
+        self.existing_prompt(name)?;
+        let found = match at {
+            PointInTime::Revision(revision) => {
+                let head = self.lock_writer().head;
+                if revision > head {
+                    return Err(ValidationError::new(
+                        "revision",
+                        format!("{revision} is ahead of the registry's head revision {head}"),
+                    )
+                    .into());
+                }
+                self.store().move_at_revision(name, label, revision)?
+            }
+            // Revision times never decrease, so the newest move at or before
+            // `time` is the first one found walking back.
+            PointInTime::Time(time) => self.find_move_at_time(name, label, time)?,
+        };
+        let at_text = match at {
+            PointInTime::Revision(r) => format!("revision {r}"),
+            PointInTime::Time(t) => format!("time {}", crate::time::format_micros(t)),
+        };
+        let mv = found.ok_or_else(|| {
+            RegistryError::NotFound(format!("label {label} of {name} was not set at {at_text}"))
+        })?;
+        let Some(version) = mv.to_version else {
+            return Err(RegistryError::NotFound(format!(
+                "label {label} of {name} was not set at {at_text}: removed at revision {} by {} ({})",
+                mv.revision, mv.actor, mv.reason
+            )));
+        };
+        Ok((self.existing_version(name, version)?, mv))
+    }
+
+    fn find_move_at_time(
+        &self,
+        name: &PromptName,
+        label: &LabelName,
+        time: Micros,
+    ) -> Result<Option<LabelMove>> {
+        let mut below = None;
+        loop {
+            let page = self.store().history(name, label, below, 256)?;
+            let Some(last) = page.last() else {
+                return Ok(None);
+            };
+            below = Some(last.revision);
+            if let Some(found) = page.into_iter().find(|m| m.time <= time) {
+                return Ok(Some(found));
+            }
+        }
+    }
+
+    pub fn diff(
+        &self,
+        name: &PromptName,
+        from: u64,
+        to: u64,
+    ) -> Result<(Version, Version, VersionDiff)> {
+        let old = self.existing_version(name, from)?;
+        let new = self.existing_version(name, to)?;
+        let diff = VersionDiff::between(&old, &new);
+        Ok((old, new, diff))
+    }
+
+    // --- lookups that answer NOT_FOUND ---------------------------------------
+
+    fn existing_prompt(&self, name: &PromptName) -> Result<PromptSummary> {
+        self.store()
+            .prompt(name)?
+            .ok_or_else(|| RegistryError::NotFound(format!("prompt {name} does not exist")))
+    }
+
+    fn existing_version(&self, name: &PromptName, number: u64) -> Result<Version> {
+        match self.store().version(name, number)? {
+            Some(version) => Ok(version),
+            None => {
+                let latest = self.existing_prompt(name)?.latest_version;
+                Err(RegistryError::NotFound(format!(
+                    "{name} has no version {number} (its newest is {latest})"
+                )))
+            }
+        }
+    }
+
+    /// The label's target, after checking the prompt exists.
+    fn existing_label_target(
+        &self,
+        name: &PromptName,
+        label: &LabelName,
+    ) -> Result<Option<LabelTarget>> {
+        self.existing_prompt(name)?;
+        Ok(self.store().label(name, label)?)
+    }
+}
+
+impl WriterState {
+    /// The next revision and its time (never earlier than the head's).
+    fn next(&self) -> (u64, Micros) {
+        (self.head + 1, crate::time::now_micros().max(self.last_time))
+    }
+}
+
+/// The flusher: one task per registry, making committed revisions durable in
+/// groups. Holds the registry weakly so that dropping the last handle closes
+/// the store.
+async fn run_flusher(registry: Weak<Inner>, group_commit: Arc<GroupCommit>) {
+    while let Some(target) = group_commit.next_target().await {
+        let Some(inner) = registry.upgrade() else {
+            return;
+        };
+        let store = inner.store.clone();
+        drop(inner);
+        match store.flush().await {
+            Ok(()) => group_commit.flushed(target),
+            Err(error) => {
+                tracing::error!(%error, target, "flush failed; writes are not acknowledged until a flush succeeds");
+                group_commit.flush_failed(target, error.to_string());
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+fn lock_data_dir(dir: &Path) -> Result<File> {
+    let path = dir.join("LOCK");
+    let io_err = |source| RegistryError::DataDir {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io_err)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            let holder = match holder.trim() {
+                "" => "pid unknown".to_string(),
+                pid => format!("pid {pid}"),
+            };
+            return Err(RegistryError::DataDirLocked {
+                dir: dir.to_path_buf(),
+                holder,
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io_err(e)),
+    }
+    file.set_len(0).map_err(io_err)?;
+    write!(file, "{}", std::process::id()).map_err(io_err)?;
+    Ok(file)
+}
+
+fn check_text(field: &str, value: &str, limit: usize) -> std::result::Result<(), ValidationError> {
+    if value.trim().is_empty() {
+        return Err(ValidationError::new(field, "is required"));
+    }
+    if value.len() > limit {
+        return Err(ValidationError::new(
+            field,
+            format!("is {} bytes; the limit is {limit}", value.len()),
+        ));
+    }
+    Ok(())
+}
+
+fn describe_target(version: Option<u64>) -> String {
+    match version {
+        Some(v) => format!("version {v}"),
+        None => "nothing (it is not set)".to_string(),
+    }
+}
+
+fn page_size_of(requested: u32) -> usize {
+    match requested as usize {
+        0 => DEFAULT_PAGE_SIZE,
+        n => n.min(MAX_PAGE_SIZE),
+    }
+}
+
+/// Trims a page fetched with one extra item and returns the token for the
+/// next page (empty when there is none).
+fn next_token<T>(items: &mut Vec<T>, size: usize, token_of: impl Fn(&T) -> String) -> String {
+    if items.len() > size {
+        items.truncate(size);
+        items.last().map(token_of).unwrap_or_default()
+    } else {
+        String::new()
+    }
+}
+
+fn decode_token(token: &str) -> std::result::Result<String, ValidationError> {
+    hex::decode(token)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or_else(|| ValidationError::new("page_token", "is not a token this server issued"))
+}
+
+fn parse_number_token(token: &str) -> std::result::Result<Option<u64>, ValidationError> {
+    match token {
+        "" => Ok(None),
+        token => token
+            .parse()
+            .map(Some)
+            .map_err(|_| ValidationError::new("page_token", "is not a token this server issued")),
+    }
+}

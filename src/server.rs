@@ -1,0 +1,62 @@
+//! The gRPC server: the registry service, gRPC health and reflection, and a
+//! graceful stop.
+
+use crate::grpc::{pb::registry_server::RegistryServer, RegistryService, FILE_DESCRIPTOR_SET};
+use crate::registry::{Registry, RegistryConfig, RegistryError};
+use std::future::Future;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("gRPC reflection could not be set up: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("the gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Opens the registry in `config.data_dir` and serves it on `listener` until
+/// `shutdown` completes. On shutdown the server stops accepting connections,
+/// lets in-flight requests finish, flushes the store, and returns.
+pub async fn run(
+    listener: TcpListener,
+    config: RegistryConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let registry = Registry::open(config)?;
+    serve(listener, registry, shutdown).await
+}
+
+/// Serves an already open registry; see [`run`].
+pub async fn serve(
+    listener: TcpListener,
+    registry: Registry,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<RegistryServer<RegistryService>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let address = listener.local_addr().ok();
+    tracing::info!(?address, revision = registry.revision(), "serving");
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(RegistryServer::new(RegistryService::new(registry)))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,411 @@
+//! The store: sled behind a narrow API.
+//!
+//! Everything lives in one sled tree under key prefixes, so that every
+//! revision is written with one atomic `sled::Batch`:
+//!
+//! | key | value |
+//! | --- | --- |
+//! | `meta/schema` | on-disk schema version, u32 big-endian |
+//! | `meta/rev` | head revision, u64 big-endian |
+//! | `r/{rev}` | the change-log record of one revision |
+//! | `p/{name}` | prompt summary (newest version) |
+//! | `v/{name}\0{version}` | one version with its content |
+//! | `d/{name}\0{digest}` | digest → version number |
+//! | `l/{name}\0{label}` | a label's current target |
+//! | `h/{name}\0{label}\0{rev}` | one move in a label's history |
+//!
+//! Numbers in keys are big-endian so that byte order is numeric order. The
+//! change log (`r/`) is the source of truth for what happened; `p/`, `l/`,
+//! `h/`, `d/` are derived from it in the same batch by [`Store::commit`].
+//! The label history is a full copy, not a pointer into the log, so that
+//! the log can later be compacted without losing history.
+
+mod records;
+
+use crate::domain::{
+    Change, ContentDigest, LabelMove, LabelName, LabelTarget, PromptName, PromptSummary, Revision,
+    Version,
+};
+use records::{decode, encode, LabelRec, MoveRec, PromptRec, RevisionRec, VersionRec};
+use std::path::Path;
+
+pub use records::CorruptRecord;
+
+/// The on-disk schema this build reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+const KEY_SCHEMA: &[u8] = b"meta/schema";
+const KEY_HEAD: &[u8] = b"meta/rev";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage I/O failed: {0}")]
+    Io(#[from] sled::Error),
+    #[error(transparent)]
+    Corrupt(#[from] CorruptRecord),
+    #[error("the data directory holds schema version {found}; this build reads version {SCHEMA_VERSION}")]
+    Schema { found: u32 },
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// The embedded store. Cheap to clone (sled handles are reference counted).
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`. A new store is stamped with
+    /// [`SCHEMA_VERSION`]; an existing one must carry it.
+    pub fn open(dir: &Path) -> Result<Store> {
+        let db = sled::Config::new().path(dir.join("sled")).open()?;
+        match db.get(KEY_SCHEMA)? {
+            None => {
+                db.insert(KEY_SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
+                db.flush()?;
+            }
+            Some(raw) => {
+                let found = <[u8; 4]>::try_from(raw.as_ref())
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| corrupt(KEY_SCHEMA, "schema version is not 4 bytes"))?;
+                if found != SCHEMA_VERSION {
+                    return Err(StoreError::Schema { found });
+                }
+            }
+        }
+        Ok(Store { db })
+    }
+
+    /// The newest committed revision (0 for an empty store).
+    pub fn head_revision(&self) -> Result<u64> {
+        match self.db.get(KEY_HEAD)? {
+            None => Ok(0),
+            Some(raw) => read_u64(KEY_HEAD, &raw),
+        }
+    }
+
+    /// Applies one revision atomically: its change-log record, and every
+    /// index derived from its changes. `published` carries the full version
+    /// for a `VersionPublished` change.
+    ///
+    /// After this returns the revision is visible to readers but not yet
+    /// durable: call [`Store::flush`] before acknowledging it.
+    pub fn commit(&self, revision: &Revision, published: Option<&Version>) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for change in &revision.changes {
+            match change {
+                Change::VersionPublished {
+                    name,
+                    version,
+                    digest,
+                    ..
+                } => {
+                    let full = published
+                        .filter(|v| &v.name == name && v.number == *version)
+                        .expect("commit: a published change comes with its version");
+                    batch.insert(version_key(name, *version), encode(&VersionRec::from(full)));
+                    batch.insert(digest_key(name, digest), &version.to_be_bytes());
+                    let prompt = PromptRec {
+                        latest_version: *version,
+                        latest_digest: digest.to_string(),
+                        updated_at: revision.time,
+                    };
+                    batch.insert(prompt_key(name), encode(&prompt));
+                }
+                Change::LabelMoved(mv) => {
+                    batch.insert(
+                        history_key(&mv.name, &mv.label, mv.revision),
+                        encode(&MoveRec::from(mv)),
+                    );
+                    let key = label_key(&mv.name, &mv.label);
+                    match (mv.to_version, mv.digest) {
+                        (Some(version), Some(digest)) => {
+                            let label = LabelRec {
+                                version,
+                                digest: digest.to_string(),
+                                revision: mv.revision,
+                                updated_at: mv.time,
+                            };
+                            batch.insert(key, encode(&label));
+                        }
+                        _ => batch.remove(key),
+                    }
+                }
+            }
+        }
+        batch.insert(
+            revision_key(revision.revision),
+            encode(&RevisionRec::from(revision)),
+        );
+        batch.insert(KEY_HEAD, &revision.revision.to_be_bytes());
+        self.db.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Makes every committed revision durable. After this returns, the
+    /// revisions committed before the call survive a crash (`kill -9`, power
+    /// loss on a disk that honours fsync).
+    pub async fn flush(&self) -> Result<()> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// The same as [`Store::flush`], blocking; for shutdown.
+    pub fn flush_blocking(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub fn version(&self, name: &PromptName, number: u64) -> Result<Option<Version>> {
+        let key = version_key(name, number);
+        self.db
+            .get(&key)?
+            .map(|raw| {
+                decode::<VersionRec>(&key, &raw)?
+                    .into_domain()
+                    .map_err(|e| corrupt(&key, e))
+            })
+            .transpose()
+    }
+
+    pub fn version_by_digest(
+        &self,
+        name: &PromptName,
+        digest: &ContentDigest,
+    ) -> Result<Option<u64>> {
+        let key = digest_key(name, digest);
+        self.db
+            .get(&key)?
+            .map(|raw| read_u64(&key, &raw))
+            .transpose()
+    }
+
+    pub fn prompt(&self, name: &PromptName) -> Result<Option<PromptSummary>> {
+        let key = prompt_key(name);
+        self.db
+            .get(&key)?
+            .map(|raw| {
+                decode::<PromptRec>(&key, &raw)?
+                    .into_domain(name.as_str())
+                    .map_err(|e| corrupt(&key, e))
+            })
+            .transpose()
+    }
+
+    pub fn label(&self, name: &PromptName, label: &LabelName) -> Result<Option<LabelTarget>> {
+        let key = label_key(name, label);
+        self.db
+            .get(&key)?
+            .map(|raw| {
+                decode::<LabelRec>(&key, &raw)?
+                    .into_domain(label.as_str())
+                    .map_err(|e| corrupt(&key, e))
+            })
+            .transpose()
+    }
+
+    /// Every label of a prompt, in name order.
+    pub fn labels(&self, name: &PromptName) -> Result<Vec<LabelTarget>> {
+        let prefix = label_key_prefix(name);
+        self.db
+            .scan_prefix(&prefix)
+            .map(|item| {
+                let (key, raw) = item?;
+                let label = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+                decode::<LabelRec>(&key, &raw)?
+                    .into_domain(&label)
+                    .map_err(|e| corrupt(&key, e))
+            })
+            .collect()
+    }
+
+    /// Prompts whose name starts with `prefix`, in byte order, strictly after
+    /// `after` when given; at most `limit`.
+    pub fn list_prompts(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<PromptSummary>> {
+        let scan_prefix = [b"p/".as_slice(), prefix.as_bytes()].concat();
+        let start = match after {
+            Some(after) => [b"p/".as_slice(), after.as_bytes(), b"\0"].concat(),
+            None => scan_prefix.clone(),
+        };
+        let mut out = Vec::new();
+        for item in self.db.range(start..) {
+            let (key, raw) = item?;
+            if !key.starts_with(&scan_prefix) || out.len() == limit {
+                break;
+            }
+            let name = String::from_utf8_lossy(&key[2..]).into_owned();
+            out.push(
+                decode::<PromptRec>(&key, &raw)?
+                    .into_domain(&name)
+                    .map_err(|e| corrupt(&key, e))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Versions of a prompt, newest first, strictly below `below` when given;
+    /// at most `limit`.
+    pub fn list_versions(
+        &self,
+        name: &PromptName,
+        below: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Version>> {
+        let low = version_key(name, 0);
+        let high = version_key(name, below.unwrap_or(u64::MAX));
+        let mut out = Vec::new();
+        for item in self.db.range(low..high).rev().take(limit) {
+            let (key, raw) = item?;
+            out.push(
+                decode::<VersionRec>(&key, &raw)?
+                    .into_domain()
+                    .map_err(|e| corrupt(&key, e))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Moves of one label, newest first, with revision strictly below `below`
+    /// when given; at most `limit`.
+    pub fn history(
+        &self,
+        name: &PromptName,
+        label: &LabelName,
+        below: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<LabelMove>> {
+        self.history_range(name, label, below.unwrap_or(u64::MAX), limit)
+    }
+
+    /// The newest move of a label with revision at most `revision`.
+    pub fn move_at_revision(
+        &self,
+        name: &PromptName,
+        label: &LabelName,
+        revision: u64,
+    ) -> Result<Option<LabelMove>> {
+        Ok(self
+            .history_range(name, label, revision.saturating_add(1), 1)?
+            .pop())
+    }
+
+    fn history_range(
+        &self,
+        name: &PromptName,
+        label: &LabelName,
+        below: u64,
+        limit: usize,
+    ) -> Result<Vec<LabelMove>> {
+        let low = history_key(name, label, 0);
+        let high = history_key(name, label, below);
+        let mut out = Vec::new();
+        for item in self.db.range(low..high).rev().take(limit) {
+            let (key, raw) = item?;
+            out.push(
+                decode::<MoveRec>(&key, &raw)?
+                    .into_domain()
+                    .map_err(|e| corrupt(&key, e))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Change-log records with revision >= `from`, in order; at most `limit`.
+    pub fn revisions(&self, from: u64, limit: usize) -> Result<Vec<Revision>> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .range(revision_key(from)..revision_key(u64::MAX))
+            .take(limit)
+        {
+            let (key, raw) = item?;
+            out.push(
+                decode::<RevisionRec>(&key, &raw)?
+                    .into_domain()
+                    .map_err(|e| corrupt(&key, e))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// One change-log record.
+    pub fn revision(&self, revision: u64) -> Result<Option<Revision>> {
+        let key = revision_key(revision);
+        self.db
+            .get(&key)?
+            .map(|raw| {
+                decode::<RevisionRec>(&key, &raw)?
+                    .into_domain()
+                    .map_err(|e| corrupt(&key, e))
+            })
+            .transpose()
+    }
+
+    /// The store's size on disk in bytes.
+    pub fn size_on_disk(&self) -> Result<u64> {
+        Ok(self.db.size_on_disk()?)
+    }
+}
+
+fn corrupt(key: &[u8], reason: impl Into<String>) -> StoreError {
+    StoreError::Corrupt(CorruptRecord {
+        key: String::from_utf8_lossy(key).replace('\0', "/"),
+        reason: reason.into(),
+    })
+}
+
+fn read_u64(key: &[u8], raw: &[u8]) -> Result<u64> {
+    <[u8; 8]>::try_from(raw)
+        .map(u64::from_be_bytes)
+        .map_err(|_| corrupt(key, "expected 8 bytes"))
+}
+
+fn key(parts: &[&[u8]]) -> Vec<u8> {
+    parts.concat()
+}
+
+fn prompt_key(name: &PromptName) -> Vec<u8> {
+    key(&[b"p/", name.as_str().as_bytes()])
+}
+
+fn version_key(name: &PromptName, version: u64) -> Vec<u8> {
+    key(&[
+        b"v/",
+        name.as_str().as_bytes(),
+        b"\0",
+        &version.to_be_bytes(),
+    ])
+}
+
+fn digest_key(name: &PromptName, digest: &ContentDigest) -> Vec<u8> {
+    key(&[b"d/", name.as_str().as_bytes(), b"\0", &digest.0])
+}
+
+fn label_key_prefix(name: &PromptName) -> Vec<u8> {
+    key(&[b"l/", name.as_str().as_bytes(), b"\0"])
+}
+
+fn label_key(name: &PromptName, label: &LabelName) -> Vec<u8> {
+    key(&[&label_key_prefix(name), label.as_str().as_bytes()])
+}
+
+fn history_key(name: &PromptName, label: &LabelName, revision: u64) -> Vec<u8> {
+    key(&[
+        b"h/",
+        name.as_str().as_bytes(),
+        b"\0",
+        label.as_str().as_bytes(),
+        b"\0",
+        &revision.to_be_bytes(),
+    ])
+}
+
+fn revision_key(revision: u64) -> Vec<u8> {
+    key(&[b"r/", &revision.to_be_bytes()])
+}

@@ -1,0 +1,318 @@
+//! The on-disk encoding of records. These types are the storage format and
+//! nothing else: they are never served on the wire, and the domain never sees
+//! them. Each value is one format byte followed by a JSON document; a new
+//! encoding gets a new format byte, so old records stay readable.
+
+use crate::domain::{
+    Change, ChatMessage, Content, ContentDigest, LabelMove, LabelName, LabelTarget, Micros,
+    MoveKind, PromptName, PromptSummary, Revision, TemplateBody, Version,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Format byte of a JSON-encoded record.
+const FORMAT_JSON: u8 = 1;
+
+/// Names read back from disk were validated when written; this bound only
+/// guards against garbage.
+const STORED_NAME_LIMIT: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+#[error("corrupt record {key}: {reason}")]
+pub struct CorruptRecord {
+    pub key: String,
+    pub reason: String,
+}
+
+pub fn encode<T: Serialize>(record: &T) -> Vec<u8> {
+    let mut out = vec![FORMAT_JSON];
+    // Serialising these plain structs to a Vec cannot fail: no maps with
+    // non-string keys, no custom serialisers.
+    serde_json::to_writer(&mut out, record).expect("record serialises");
+    out
+}
+
+pub fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], bytes: &[u8]) -> Result<T, CorruptRecord> {
+    let corrupt = |reason: String| CorruptRecord {
+        key: String::from_utf8_lossy(key).replace('\0', "/"),
+        reason,
+    };
+    match bytes.split_first() {
+        Some((&FORMAT_JSON, json)) => {
+            serde_json::from_slice(json).map_err(|e| corrupt(e.to_string()))
+        }
+        Some((format, _)) => Err(corrupt(format!("unknown record format {format}"))),
+        None => Err(corrupt("empty value".into())),
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct VersionRec {
+    pub name: String,
+    pub version: u64,
+    pub digest: String,
+    pub template: TemplateRec,
+    pub variables: Vec<String>,
+    pub model_config_json: String,
+    pub author: String,
+    pub description: String,
+    pub tags: BTreeMap<String, String>,
+    pub created_at: Micros,
+    pub revision: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TemplateRec {
+    Text { text: String },
+    Chat { messages: Vec<ChatMessageRec> },
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct ChatMessageRec {
+    pub role: String,
+    pub content: String,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct LabelRec {
+    pub version: u64,
+    pub digest: String,
+    pub revision: u64,
+    pub updated_at: Micros,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct PromptRec {
+    pub latest_version: u64,
+    pub latest_digest: String,
+    pub updated_at: Micros,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct MoveRec {
+    pub name: String,
+    pub label: String,
+    pub revision: u64,
+    pub time: Micros,
+    pub kind: String,
+    pub from_version: Option<u64>,
+    pub to_version: Option<u64>,
+    pub digest: Option<String>,
+    pub actor: String,
+    pub reason: String,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct RevisionRec {
+    pub revision: u64,
+    pub time: Micros,
+    pub changes: Vec<ChangeRec>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ChangeRec {
+    VersionPublished {
+        name: String,
+        version: u64,
+        digest: String,
+        author: String,
+    },
+    LabelMoved(MoveRec),
+}
+
+// --- domain -> record ---------------------------------------------------------
+
+impl From<&Version> for VersionRec {
+    fn from(v: &Version) -> Self {
+        VersionRec {
+            name: v.name.to_string(),
+            version: v.number,
+            digest: v.digest.to_string(),
+            template: match &v.content.template {
+                TemplateBody::Text(text) => TemplateRec::Text { text: text.clone() },
+                TemplateBody::Chat(messages) => TemplateRec::Chat {
+                    messages: messages
+                        .iter()
+                        .map(|m| ChatMessageRec {
+                            role: m.role.clone(),
+                            content: m.content.clone(),
+                        })
+                        .collect(),
+                },
+            },
+            variables: v.content.variables.clone(),
+            model_config_json: v.content.model_config_json.clone(),
+            author: v.author.clone(),
+            description: v.description.clone(),
+            tags: v.tags.clone(),
+            created_at: v.created_at,
+            revision: v.revision,
+        }
+    }
+}
+
+impl From<&LabelMove> for MoveRec {
+    fn from(m: &LabelMove) -> Self {
+        MoveRec {
+            name: m.name.to_string(),
+            label: m.label.to_string(),
+            revision: m.revision,
+            time: m.time,
+            kind: m.kind.as_str().to_string(),
+            from_version: m.from_version,
+            to_version: m.to_version,
+            digest: m.digest.map(|d| d.to_string()),
+            actor: m.actor.clone(),
+            reason: m.reason.clone(),
+        }
+    }
+}
+
+impl From<&Revision> for RevisionRec {
+    fn from(r: &Revision) -> Self {
+        RevisionRec {
+            revision: r.revision,
+            time: r.time,
+            changes: r
+                .changes
+                .iter()
+                .map(|c| match c {
+                    Change::VersionPublished {
+                        name,
+                        version,
+                        digest,
+                        author,
+                    } => ChangeRec::VersionPublished {
+                        name: name.to_string(),
+                        version: *version,
+                        digest: digest.to_string(),
+                        author: author.clone(),
+                    },
+                    Change::LabelMoved(m) => ChangeRec::LabelMoved(m.into()),
+                })
+                .collect(),
+        }
+    }
+}
+
+// --- record -> domain ---------------------------------------------------------
+
+fn name(raw: &str) -> Result<PromptName, String> {
+    PromptName::parse("name", raw, STORED_NAME_LIMIT).map_err(|e| e.to_string())
+}
+
+fn label(raw: &str) -> Result<LabelName, String> {
+    LabelName::parse("label", raw).map_err(|e| e.to_string())
+}
+
+fn digest(raw: &str) -> Result<ContentDigest, String> {
+    ContentDigest::parse("digest", raw).map_err(|e| e.to_string())
+}
+
+impl VersionRec {
+    pub fn into_domain(self) -> Result<Version, String> {
+        let template = match self.template {
+            TemplateRec::Text { text } => TemplateBody::Text(text),
+            TemplateRec::Chat { messages } => TemplateBody::Chat(
+                messages
+                    .into_iter()
+                    .map(|m| ChatMessage {
+                        role: m.role,
+                        content: m.content,
+                    })
+                    .collect(),
+            ),
+        };
+        Ok(Version {
+            name: name(&self.name)?,
+            number: self.version,
+            digest: digest(&self.digest)?,
+            content: Content {
+                template,
+                variables: self.variables,
+                model_config_json: self.model_config_json,
+            },
+            author: self.author,
+            description: self.description,
+            tags: self.tags,
+            created_at: self.created_at,
+            revision: self.revision,
+        })
+    }
+}
+
+impl LabelRec {
+    pub fn into_domain(self, label_name: &str) -> Result<LabelTarget, String> {
+        Ok(LabelTarget {
+            label: label(label_name)?,
+            version: self.version,
+            digest: digest(&self.digest)?,
+            revision: self.revision,
+            updated_at: self.updated_at,
+        })
+    }
+}
+
+impl PromptRec {
+    pub fn into_domain(self, prompt_name: &str) -> Result<PromptSummary, String> {
+        Ok(PromptSummary {
+            name: name(prompt_name)?,
+            latest_version: self.latest_version,
+            latest_digest: digest(&self.latest_digest)?,
+            updated_at: self.updated_at,
+        })
+    }
+}
+
+impl MoveRec {
+    pub fn into_domain(self) -> Result<LabelMove, String> {
+        let kind = match self.kind.as_str() {
+            "promote" => MoveKind::Promote,
+            "rollback" => MoveKind::Rollback,
+            "remove" => MoveKind::Remove,
+            other => return Err(format!("unknown move kind {other:?}")),
+        };
+        Ok(LabelMove {
+            name: name(&self.name)?,
+            label: label(&self.label)?,
+            revision: self.revision,
+            time: self.time,
+            kind,
+            from_version: self.from_version,
+            to_version: self.to_version,
+            digest: self.digest.as_deref().map(digest).transpose()?,
+            actor: self.actor,
+            reason: self.reason,
+        })
+    }
+}
+
+impl RevisionRec {
+    pub fn into_domain(self) -> Result<Revision, String> {
+        let changes = self
+            .changes
+            .into_iter()
+            .map(|c| match c {
+                ChangeRec::VersionPublished {
+                    name: n,
+                    version,
+                    digest: d,
+                    author,
+                } => Ok(Change::VersionPublished {
+                    name: name(&n)?,
+                    version,
+                    digest: digest(&d)?,
+                    author,
+                }),
+                ChangeRec::LabelMoved(m) => Ok(Change::LabelMoved(m.into_domain()?)),
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(Revision {
+            revision: self.revision,
+            time: self.time,
+            changes,
+        })
+    }
+}
