@@ -48,8 +48,11 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let address = listener.local_addr().ok();
-    tracing::info!(?address, revision = registry.revision(), "serving");
+    let listen = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    tracing::info!(%listen, revision = registry.revision(), "serving");
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -259,6 +259,7 @@ pub struct DiffArgs {
 /// The user running the CLI, the default `--actor` and `--author`.
 pub fn local_user() -> String {
     std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
         .or_else(|_| std::env::var("USERNAME"))
         .ok()
         .filter(|u| !u.is_empty())

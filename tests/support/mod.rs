@@ -1,0 +1,312 @@
+//! Test support: a real server on 127.0.0.1:0 with a temporary data
+//! directory, reached through the generated client.
+#![allow(dead_code)]
+
+use promptreg::domain::Limits;
+use promptreg::grpc::pb::{self, registry_client::RegistryClient};
+use promptreg::registry::RegistryConfig;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+pub type Client = RegistryClient<Channel>;
+
+/// A server running in this process.
+pub struct TestServer {
+    pub url: String,
+    pub data_dir: PathBuf,
+    /// Keeps the temporary directory alive across restarts.
+    _temp: std::sync::Arc<tempfile::TempDir>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        let temp = std::sync::Arc::new(tempfile::tempdir().expect("temp dir"));
+        let dir = temp.path().join("data");
+        Self::start_in(dir, temp, Limits::default()).await
+    }
+
+    pub async fn start_with_limits(limits: Limits) -> TestServer {
+        let temp = std::sync::Arc::new(tempfile::tempdir().expect("temp dir"));
+        let dir = temp.path().join("data");
+        Self::start_in(dir, temp, limits).await
+    }
+
+    async fn start_in(
+        data_dir: PathBuf,
+        temp: std::sync::Arc<tempfile::TempDir>,
+        limits: Limits,
+    ) -> TestServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let (tx, rx) = oneshot::channel::<()>();
+        let config = RegistryConfig {
+            data_dir: data_dir.clone(),
+            limits,
+        };
+        let task = tokio::spawn(async move {
+            promptreg::server::run(listener, config, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("server runs");
+        });
+        TestServer {
+            url,
+            data_dir,
+            _temp: temp,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub async fn client(&self) -> Client {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match RegistryClient::connect(self.url.clone()).await {
+                Ok(client) => return client,
+                Err(e) if tokio::time::Instant::now() > deadline => {
+                    panic!("cannot connect to {}: {e}", self.url)
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    /// Stops the server gracefully and waits until its store is closed.
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(60), task)
+                .await
+                .expect("server stops within 60 s")
+                .expect("server task");
+        }
+    }
+
+    /// Stops the server and starts a new one on the same data directory.
+    pub async fn restart(mut self) -> TestServer {
+        self.stop().await;
+        let temp = self._temp.clone();
+        Self::start_in(self.data_dir.clone(), temp, Limits::default()).await
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub fn text(t: &str) -> Option<pb::Template> {
+    Some(pb::Template {
+        kind: Some(pb::template::Kind::Text(t.to_string())),
+    })
+}
+
+/// A publish request for a text template.
+pub fn publish_text(name: &str, template: &str, vars: &[&str]) -> pb::PublishVersionRequest {
+    pb::PublishVersionRequest {
+        name: name.to_string(),
+        template: text(template),
+        variables: vars.iter().map(|v| v.to_string()).collect(),
+        model_config_json: String::new(),
+        author: "alice".to_string(),
+        description: "test".to_string(),
+        tags: Default::default(),
+    }
+}
+
+pub async fn publish(
+    client: &mut Client,
+    name: &str,
+    template: &str,
+) -> pb::PublishVersionResponse {
+    client
+        .publish_version(publish_text(name, template, &[]))
+        .await
+        .expect("publish")
+        .into_inner()
+}
+
+pub fn set_label(
+    name: &str,
+    label: &str,
+    version: u64,
+    expected: Option<u64>,
+) -> pb::SetLabelRequest {
+    pb::SetLabelRequest {
+        name: name.to_string(),
+        label: label.to_string(),
+        version,
+        actor: "sre".to_string(),
+        reason: format!("promote v{version}"),
+        expected_version: expected,
+    }
+}
+
+pub fn rollback(name: &str, label: &str, to: Option<u64>) -> pb::RollbackRequest {
+    pb::RollbackRequest {
+        name: name.to_string(),
+        label: label.to_string(),
+        to_version: to,
+        actor: "sre".to_string(),
+        reason: "bad outputs".to_string(),
+    }
+}
+
+pub async fn resolve(
+    client: &mut Client,
+    name: &str,
+    label: &str,
+) -> Result<pb::Version, tonic::Status> {
+    let request = pb::GetVersionRequest {
+        name: name.to_string(),
+        selector: Some(pb::get_version_request::Selector::Label(label.to_string())),
+    };
+    Ok(client
+        .get_version(request)
+        .await?
+        .into_inner()
+        .version
+        .expect("version"))
+}
+
+/// Asserts a status code and that the message mentions `needle`.
+#[track_caller]
+pub fn assert_status<T: std::fmt::Debug>(
+    result: Result<T, tonic::Status>,
+    code: tonic::Code,
+    needle: &str,
+) {
+    match result {
+        Ok(value) => panic!("expected {code:?} mentioning {needle:?}, got Ok({value:?})"),
+        Err(status) => {
+            assert_eq!(status.code(), code, "status: {status:?}");
+            assert!(
+                status.message().contains(needle),
+                "message {:?} should mention {needle:?}",
+                status.message()
+            );
+        }
+    }
+}
+
+/// The real `promptreg` binary serving on 127.0.0.1:0, as a child process.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    pub url: String,
+    /// Everything the server wrote to stderr so far.
+    pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_promptreg")
+}
+
+impl ServerProcess {
+    /// Starts `promptreg serve` on `data_dir` with extra flags and waits
+    /// (up to 60 s) for it to log its address.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> ServerProcess {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new(binary())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn promptreg serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                // Text logs say `listen=ADDR`, JSON logs `"listen":"ADDR"`.
+                let rest = line
+                    .split("listen=")
+                    .nth(1)
+                    .or_else(|| line.split("\"listen\":").nth(1));
+                if let Some(rest) = rest {
+                    let addr = rest
+                        .trim_start_matches('"')
+                        .split(['"', ' ', ','])
+                        .next()
+                        .unwrap_or_default();
+                    let _ = tx.send(addr.to_string());
+                }
+                let mut sink = sink.lock().unwrap();
+                sink.push_str(&line);
+                sink.push('\n');
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "server did not report its address; stderr:\n{}",
+                    log.lock().unwrap()
+                )
+            });
+        ServerProcess {
+            child,
+            url: format!("http://{addr}"),
+            stderr: log,
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        wait_with_timeout(&mut self.child, Duration::from_secs(60))
+    }
+
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn wait_with_timeout(
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "process did not exit within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
