@@ -4,6 +4,11 @@
 use crate::grpc::{pb::registry_server::RegistryServer, RegistryService, FILE_DESCRIPTOR_SET};
 use crate::registry::{Registry, RegistryConfig, RegistryError};
 use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a stop waits for in-flight requests after ending watch streams.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -53,13 +58,38 @@ pub async fn serve(
         .map(|a| a.to_string())
         .unwrap_or_else(|_| "unknown".into());
     tracing::info!(%listen, revision = registry.revision(), "serving");
-    tonic::transport::Server::builder()
+    // Watch streams never finish by themselves, so a graceful stop first
+    // ends them (UNAVAILABLE with the revision to resume from), then lets
+    // unary requests finish. A client that does not read its stream cannot
+    // be told; after the grace period its connection is closed.
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let watches = registry.clone();
+    let stop_signal = stopping.clone();
+    let shutdown = async move {
+        shutdown.await;
+        watches.shut_down_watches();
+        stop_signal.notify_waiters();
+    };
+    let server = tonic::transport::Server::builder()
+        // Dead peers behind a load balancer are found by HTTP/2 pings;
+        // clients that ping every 10 s are accepted.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .tcp_keepalive(Some(Duration::from_secs(60)))
+        .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(RegistryServer::new(RegistryService::new(registry)))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await?;
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
+    let grace = async {
+        stopping.notified().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        result = server => result?,
+        () = grace => tracing::warn!(grace = ?SHUTDOWN_GRACE, "grace period over; closing the remaining connections"),
+    }
     tracing::info!("stopped");
     Ok(())
 }

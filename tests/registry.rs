@@ -744,10 +744,7 @@ async fn restart_keeps_everything() {
 async fn a_second_server_on_the_same_data_dir_is_refused() {
     let server = TestServer::start().await;
     let _client = server.client().await;
-    let config = promptreg::registry::RegistryConfig {
-        data_dir: server.data_dir().to_path_buf(),
-        limits: Limits::default(),
-    };
+    let config = promptreg::registry::RegistryConfig::new(server.data_dir());
     let error = promptreg::registry::Registry::open(config)
         .err()
         .expect("second open is refused");
@@ -827,7 +824,6 @@ async fn concurrent_promoters_with_compare_and_set_lose_no_update() {
     }
     let actors: HashSet<&str> = history
         .iter()
-        .skip(0)
         .map(|m| m.actor.as_str())
         .filter(|a| a.starts_with("promoter-"))
         .collect();

@@ -1,10 +1,12 @@
 //! `promptreg serve`: configuration, logging, signals.
 
 use crate::domain::Limits;
+use crate::registry::watch::WatchConfig;
 use crate::registry::RegistryConfig;
 use clap::{Args, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
@@ -19,6 +21,63 @@ pub struct ServeArgs {
     pub log_format: LogFormat,
     #[command(flatten)]
     pub limits: LimitArgs,
+    #[command(flatten)]
+    pub watch: WatchArgs,
+}
+
+/// Watch streams, change-log retention and fleet tracking.
+#[derive(Debug, Clone, Args)]
+pub struct WatchArgs {
+    /// How often every watch stream gets a progress notification (also a
+    /// heartbeat through proxies and load balancers).
+    #[arg(long, env = "PROMPTREG_PROGRESS_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub progress_interval: Duration,
+    /// Messages buffered per watch stream before a slow watcher falls behind
+    /// and catches up from the change log.
+    #[arg(long, env = "PROMPTREG_WATCH_BUFFER", default_value_t = WatchConfig::default().stream_buffer)]
+    pub watch_buffer: usize,
+    /// The change log keeps at least this many of the newest revisions for
+    /// watch resumes ...
+    #[arg(long, env = "PROMPTREG_LOG_RETENTION_REVISIONS", default_value_t = WatchConfig::default().retention_revisions)]
+    pub log_retention_revisions: u64,
+    /// ... and at least this much time. Older records are compacted; label
+    /// history and versions are never compacted.
+    #[arg(long, env = "PROMPTREG_LOG_RETENTION", default_value = "24h", value_parser = parse_duration)]
+    pub log_retention: Duration,
+    /// How often change-log compaction runs.
+    #[arg(long, env = "PROMPTREG_COMPACTION_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub compaction_interval: Duration,
+    /// Agents without a watch stream for longer than this are forgotten by
+    /// fleet status.
+    #[arg(long, env = "PROMPTREG_AGENT_TTL", default_value = "1h", value_parser = parse_duration)]
+    pub agent_ttl: Duration,
+}
+
+fn parse_duration(raw: &str) -> Result<Duration, String> {
+    crate::time::parse_duration(raw)
+}
+
+impl WatchArgs {
+    fn to_config(&self) -> Result<WatchConfig, String> {
+        if self.progress_interval.is_zero() {
+            return Err("--progress-interval must be more than 0".into());
+        }
+        if self.compaction_interval.is_zero() {
+            return Err("--compaction-interval must be more than 0".into());
+        }
+        if self.watch_buffer < 4 {
+            return Err("--watch-buffer must be at least 4".into());
+        }
+        Ok(WatchConfig {
+            progress_interval: self.progress_interval,
+            stream_buffer: self.watch_buffer,
+            retention_revisions: self.log_retention_revisions,
+            retention: self.log_retention,
+            compaction_interval: self.compaction_interval,
+            agent_ttl: self.agent_ttl,
+            ..WatchConfig::default()
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -99,8 +158,12 @@ impl LimitArgs {
 /// Runs the server until SIGINT or SIGTERM; returns the process exit code.
 pub async fn run_serve(args: ServeArgs) -> i32 {
     init_logging(args.log_format);
-    let limits = match args.limits.to_limits() {
-        Ok(limits) => limits,
+    let settings = args
+        .limits
+        .to_limits()
+        .and_then(|l| Ok((l, args.watch.to_config()?)));
+    let (limits, watch) = match settings {
+        Ok(settings) => settings,
         Err(message) => {
             eprintln!("error: {message}");
             return super::exit::USAGE;
@@ -116,6 +179,7 @@ pub async fn run_serve(args: ServeArgs) -> i32 {
     let config = RegistryConfig {
         data_dir: args.data_dir,
         limits,
+        watch,
     };
     match crate::server::run(listener, config, shutdown_signal()).await {
         Ok(()) => 0,

@@ -5,12 +5,14 @@ mod content;
 mod history;
 mod limits;
 mod names;
+mod selector;
 mod template;
 
 pub use content::{ChatMessage, Content, ContentDigest, TemplateBody};
 pub use history::{rollback_target, NoRollbackTarget};
 pub use limits::Limits;
 pub use names::{LabelName, PromptName, LATEST_LABEL};
+pub use selector::Selector;
 pub use template::placeholders;
 
 use std::collections::BTreeMap;

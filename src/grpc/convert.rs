@@ -214,3 +214,181 @@ pub fn moved(m: Moved) -> pb::LabelMoveResponse {
         digest: m.digest.map(|d| d.to_string()).unwrap_or_default(),
     }
 }
+
+// --- watch and fleet ------------------------------------------------------------
+
+use crate::domain::{Change, Selector};
+use crate::registry::fleet::{AgentHello, AgentLabelStatus};
+use crate::registry::watch::{LabelState, WatchEnd, WatchEvent, WatchRequest};
+
+pub fn watch_request(req: pb::WatchRequest, limits: &Limits) -> Result<WatchRequest, Status> {
+    let mut selector = Selector {
+        include_versions: req.include_versions,
+        ..Selector::default()
+    };
+    for (i, name) in req.names.iter().enumerate() {
+        let name = PromptName::parse(&format!("names[{i}]"), name, limits.max_name_bytes)
+            .map_err(invalid)?;
+        selector.names.insert(name);
+    }
+    for (i, prefix) in req.prefixes.iter().enumerate() {
+        if prefix.is_empty() || prefix.len() > limits.max_name_bytes {
+            return Err(invalid(ValidationError::new(
+                format!("prefixes[{i}]"),
+                format!("must be 1 to {} bytes", limits.max_name_bytes),
+            )));
+        }
+        selector.prefixes.push(prefix.clone());
+    }
+    for (i, label) in req.labels.iter().enumerate() {
+        selector
+            .labels
+            .insert(LabelName::parse(&format!("labels[{i}]"), label).map_err(invalid)?);
+    }
+    let agent = if req.agent_id.is_empty() {
+        None
+    } else {
+        check_optional("agent_id", &req.agent_id, 256)?;
+        let info = req.agent.unwrap_or_default();
+        for (field, value) in [
+            ("agent.host", &info.host),
+            ("agent.sdk", &info.sdk),
+            ("agent.version", &info.version),
+        ] {
+            check_optional(field, value, 256)?;
+        }
+        Some(AgentHello {
+            agent_id: req.agent_id,
+            host: info.host,
+            sdk: info.sdk,
+            version: info.version,
+        })
+    };
+    Ok(WatchRequest {
+        selector,
+        start_revision: req.start_revision,
+        agent,
+    })
+}
+
+fn label_state(state: LabelState) -> pb::LabelState {
+    pb::LabelState {
+        name: state.name.to_string(),
+        label: state.target.label.to_string(),
+        version: state.target.version,
+        digest: state.target.digest.to_string(),
+        revision: state.target.revision,
+    }
+}
+
+fn change(change: Change) -> pb::Change {
+    let kind = match change {
+        Change::VersionPublished {
+            name,
+            version,
+            digest,
+            author,
+        } => pb::change::Kind::VersionPublished(pb::VersionPublished {
+            name: name.to_string(),
+            version,
+            digest: digest.to_string(),
+            author,
+        }),
+        Change::LabelMoved(mv) => pb::change::Kind::LabelMoved(label_move(mv)),
+    };
+    pb::Change { kind: Some(kind) }
+}
+
+pub fn watch_event(event: WatchEvent) -> pb::WatchResponse {
+    use pb::watch_response::Event;
+    let event = match event {
+        WatchEvent::Created {
+            revision,
+            compact_revision,
+        } => Event::Created(pb::WatchCreated {
+            revision,
+            compact_revision,
+        }),
+        WatchEvent::Snapshot {
+            revision,
+            labels,
+            complete,
+        } => Event::Snapshot(pb::Snapshot {
+            revision,
+            labels: labels.into_iter().map(label_state).collect(),
+            complete,
+        }),
+        WatchEvent::Changes(revision) => Event::Changes(pb::ChangeBatch {
+            revision: revision.revision,
+            time: Some(to_timestamp(revision.time)),
+            changes: revision.changes.into_iter().map(change).collect(),
+        }),
+        WatchEvent::Progress { revision } => Event::Progress(pb::Progress { revision }),
+    };
+    pb::WatchResponse { event: Some(event) }
+}
+
+/// Trailer names that carry revisions machine-readably.
+pub const COMPACT_REVISION_TRAILER: &str = "promptreg-compact-revision";
+pub const RESUME_REVISION_TRAILER: &str = "promptreg-resume-revision";
+
+pub fn watch_end(end: WatchEnd) -> Status {
+    let (code, message, trailer, revision) = match end {
+        WatchEnd::Compacted {
+            requested,
+            compact_revision,
+        } => (
+            Code::OutOfRange,
+            format!(
+                "revision {requested} has been compacted (compact revision {compact_revision}); \
+                 take a fresh snapshot with start_revision 0"
+            ),
+            COMPACT_REVISION_TRAILER,
+            compact_revision,
+        ),
+        WatchEnd::ShuttingDown { resume_revision } => (
+            Code::Unavailable,
+            format!("the server is shutting down; resume from revision {resume_revision}"),
+            RESUME_REVISION_TRAILER,
+            resume_revision,
+        ),
+        WatchEnd::Storage {
+            message,
+            resume_revision,
+        } => (
+            Code::Unavailable,
+            format!(
+                "reading the change log failed ({message}); resume from revision {resume_revision}"
+            ),
+            RESUME_REVISION_TRAILER,
+            resume_revision,
+        ),
+    };
+    let mut metadata = tonic::metadata::MetadataMap::new();
+    if let Ok(value) = revision.to_string().parse() {
+        metadata.insert(trailer, value);
+    }
+    Status::with_metadata(code, message, metadata)
+}
+
+pub fn agent_status(row: AgentLabelStatus) -> pb::AgentStatus {
+    let in_sync = row.in_sync();
+    pb::AgentStatus {
+        agent_id: row.hello.agent_id.clone(),
+        agent: Some(pb::AgentInfo {
+            host: row.hello.host,
+            sdk: row.hello.sdk,
+            version: row.hello.version,
+        }),
+        name: row.name.to_string(),
+        label: row.label.to_string(),
+        connected: row.connected,
+        last_seen: Some(to_timestamp(row.last_seen)),
+        applied_version: row.applied.map_or(0, |(v, _)| v),
+        applied_digest: row.applied.map(|(_, d)| d.to_string()).unwrap_or_default(),
+        target_version: row.target_version.unwrap_or(0),
+        in_sync,
+        rejected_version: row.rejected.as_ref().map_or(0, |(v, _)| *v),
+        rejected_reason: row.rejected.map(|(_, r)| r).unwrap_or_default(),
+    }
+}

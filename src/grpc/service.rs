@@ -3,8 +3,11 @@
 use super::convert::{self, invalid, label_name, movable_label, prompt_name};
 use super::pb::{self, registry_server::Registry as RegistryApi};
 use crate::domain::{ContentDigest, ValidationError};
+use crate::registry::fleet::{Ack, ApplyOutcome};
 use crate::registry::{MoveRequest, PointInTime, Registry, VersionSelector};
 use crate::time::from_timestamp;
+use std::pin::Pin;
+use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status};
 
 pub struct RegistryService {
@@ -44,8 +47,97 @@ fn version_number(field: &str, version: u64) -> Result<u64, Status> {
 
 type Answer<T> = Result<Response<T>, Status>;
 
+type WatchResponseStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl RegistryApi for RegistryService {
+    type WatchStream = WatchResponseStream;
+
+    async fn watch(&self, request: Request<pb::WatchRequest>) -> Answer<Self::WatchStream> {
+        let request = convert::watch_request(request.into_inner(), self.registry.limits())?;
+        let stream = self
+            .registry
+            .watch(request)
+            .map(|item| item.map(convert::watch_event).map_err(convert::watch_end));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn ack_applied(
+        &self,
+        request: Request<pb::AckAppliedRequest>,
+    ) -> Answer<pb::AckAppliedResponse> {
+        let req = request.into_inner();
+        if req.agent_id.trim().is_empty() {
+            return Err(invalid(ValidationError::new("agent_id", "is required")));
+        }
+        let outcome = match pb::ApplyOutcome::try_from(req.outcome) {
+            Ok(pb::ApplyOutcome::Applied) => ApplyOutcome::Applied,
+            Ok(pb::ApplyOutcome::Rejected) => {
+                if req.reason.trim().is_empty() {
+                    return Err(invalid(ValidationError::new(
+                        "reason",
+                        "is required when the outcome is rejected",
+                    )));
+                }
+                ApplyOutcome::Rejected { reason: req.reason }
+            }
+            _ => {
+                return Err(invalid(ValidationError::new(
+                    "outcome",
+                    "must be APPLIED or REJECTED",
+                )))
+            }
+        };
+        let ack = Ack {
+            agent_id: req.agent_id,
+            name: prompt_name(&req.name, self.registry.limits())?,
+            label: label_name(&req.label)?,
+            version: version_number("version", req.version)?,
+            digest: ContentDigest::parse("digest", &req.digest).map_err(invalid)?,
+            revision: req.revision,
+            outcome,
+        };
+        let applied = matches!(ack.outcome, ApplyOutcome::Applied).then_some(ack.version);
+        let target = self.registry.ack(ack)?;
+        Ok(Response::new(pb::AckAppliedResponse {
+            target_version: target.unwrap_or(0),
+            in_sync: target.is_some() && applied == target,
+        }))
+    }
+
+    async fn fleet_status(
+        &self,
+        request: Request<pb::FleetStatusRequest>,
+    ) -> Answer<pb::FleetStatusResponse> {
+        let req = request.into_inner();
+        let name = match req.name.as_str() {
+            "" => None,
+            raw => Some(prompt_name(raw, self.registry.limits())?),
+        };
+        let label = match req.label.as_str() {
+            "" => None,
+            raw => Some(label_name(raw)?),
+        };
+        let rows = self.registry.fleet_status(name.as_ref(), label.as_ref())?;
+        let mut summary = pb::FleetSummary::default();
+        for row in &rows {
+            match (row.connected, row.in_sync()) {
+                (false, _) => summary.disconnected += 1,
+                (true, true) => summary.in_sync += 1,
+                (true, false) => summary.stale += 1,
+            }
+        }
+        let agents = if req.summary_only {
+            Vec::new()
+        } else {
+            rows.into_iter().map(convert::agent_status).collect()
+        };
+        Ok(Response::new(pb::FleetStatusResponse {
+            agents,
+            summary: Some(summary),
+        }))
+    }
+
     async fn publish_version(
         &self,
         request: Request<pb::PublishVersionRequest>,

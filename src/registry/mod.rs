@@ -5,7 +5,9 @@
 //! Nothing here knows about gRPC; the handlers in `grpc` are thin
 //! translations onto these methods.
 
+pub mod fleet;
 mod group_commit;
+pub mod watch;
 
 use crate::domain::{
     rollback_target, Change, ContentDigest, LabelMove, LabelName, LabelTarget, Limits, Micros,
@@ -13,11 +15,14 @@ use crate::domain::{
     Version, VersionDiff,
 };
 use crate::store::{Store, StoreError};
+use fleet::{Ack, AgentLabelStatus, Fleet};
 use group_commit::GroupCommit;
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
+use watch::{Hub, WatchConfig};
 
 /// Page sizes: the default when a request says 0, and the most one page holds.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
@@ -51,6 +56,18 @@ pub type Result<T> = std::result::Result<T, RegistryError>;
 pub struct RegistryConfig {
     pub data_dir: PathBuf,
     pub limits: Limits,
+    pub watch: WatchConfig,
+}
+
+impl RegistryConfig {
+    /// The defaults for everything but the data directory.
+    pub fn new(data_dir: impl Into<PathBuf>) -> RegistryConfig {
+        RegistryConfig {
+            data_dir: data_dir.into(),
+            limits: Limits::default(),
+            watch: WatchConfig::default(),
+        }
+    }
 }
 
 /// The outcome of a publish.
@@ -119,6 +136,8 @@ struct Inner {
     /// an await: the section only reads sled and applies one in-memory batch.
     writer: Mutex<WriterState>,
     group_commit: Arc<GroupCommit>,
+    hub: Hub,
+    fleet: Arc<Fleet>,
     /// Held for the registry's lifetime: the OS lock that keeps a second
     /// process off the data directory.
     _lock: File,
@@ -129,6 +148,9 @@ struct WriterState {
     /// The time of the head revision. Revision times never go backwards, so
     /// "as of time T" and "as of revision R" agree.
     last_time: Micros,
+    /// Committed revisions waiting for their flush, in revision order; the
+    /// flusher publishes them to watchers once durable.
+    pending: VecDeque<Arc<Revision>>,
 }
 
 impl Drop for Inner {
@@ -158,14 +180,25 @@ impl Registry {
             None => 0,
         };
         let group_commit = Arc::new(GroupCommit::new(head));
+        let compaction_interval = config.watch.compaction_interval;
         let inner = Arc::new(Inner {
             store,
             limits: config.limits,
-            writer: Mutex::new(WriterState { head, last_time }),
+            writer: Mutex::new(WriterState {
+                head,
+                last_time,
+                pending: VecDeque::new(),
+            }),
             group_commit: group_commit.clone(),
+            hub: Hub::new(config.watch, head),
+            fleet: Arc::new(Fleet::default()),
             _lock: lock,
         });
         tokio::spawn(run_flusher(Arc::downgrade(&inner), group_commit));
+        tokio::spawn(run_housekeeping(
+            Arc::downgrade(&inner),
+            compaction_interval,
+        ));
         Ok(Registry { inner })
     }
 
@@ -416,7 +449,9 @@ impl Registry {
         self.store().commit(&revision, published)?;
         writer.head = revision.revision;
         writer.last_time = revision.time;
-        self.inner.group_commit.committed(revision.revision);
+        let number = revision.revision;
+        writer.pending.push_back(Arc::new(revision));
+        self.inner.group_commit.committed(number);
         Ok(())
     }
 
@@ -609,6 +644,100 @@ impl Registry {
         Ok((old, new, diff))
     }
 
+    // --- change-log retention ------------------------------------------------
+
+    /// Compacts the change log: removes the records that are both older than
+    /// the newest `retention_revisions` and older than `retention`. Returns
+    /// the compact revision afterwards. Label history and versions are never
+    /// touched.
+    pub fn compact_log(&self) -> Result<u64> {
+        let config = self.inner.hub.config();
+        let store = self.store();
+        let head = self.inner.hub.published();
+        let keep_from_revision = head.saturating_sub(config.retention_revisions);
+        let retention = i64::try_from(config.retention.as_micros()).unwrap_or(i64::MAX);
+        let cutoff_time = crate::time::now_micros().saturating_sub(retention);
+        let mut upto = store.compact_revision()?;
+        loop {
+            let page = store.revisions(upto + 1, 1024)?;
+            let mut advanced = false;
+            for revision in &page {
+                if revision.revision > keep_from_revision || revision.time >= cutoff_time {
+                    break;
+                }
+                upto = revision.revision;
+                advanced = true;
+            }
+            if !advanced || page.len() < 1024 {
+                break;
+            }
+        }
+        if upto > store.compact_revision()? {
+            let removed = store.compact(upto)?;
+            tracing::info!(compact_revision = upto, removed, "change log compacted");
+        }
+        Ok(upto)
+    }
+
+    // --- fleet ------------------------------------------------------------------
+
+    /// Records an agent's acknowledgement; answers the label's current target.
+    pub fn ack(&self, ack: Ack) -> Result<Option<u64>> {
+        let target = self
+            .existing_label_target(&ack.name, &ack.label)?
+            .map(|t| t.version);
+        self.inner.fleet.ack(ack);
+        Ok(target)
+    }
+
+    /// Each known agent's state for the selected labels, with the labels'
+    /// current targets.
+    pub fn fleet_status(
+        &self,
+        name: Option<&PromptName>,
+        label: Option<&LabelName>,
+    ) -> Result<Vec<AgentLabelStatus>> {
+        self.expire_agents();
+        let store = self.store();
+        let known: Vec<(PromptName, LabelName)> = match name {
+            Some(name) => store
+                .labels(name)?
+                .into_iter()
+                .map(|t| (name.clone(), t.label))
+                .collect(),
+            None => store
+                .labels_under("")?
+                .into_iter()
+                .map(|(n, t)| (n, t.label))
+                .collect(),
+        };
+        let mut known = known;
+        // A label that is not set (yet) can still be watched.
+        if let (Some(name), Some(label)) = (name, label) {
+            if !known.iter().any(|(n, l)| n == name && l == label) {
+                known.push((name.clone(), label.clone()));
+            }
+        }
+        let mut rows = self.inner.fleet.status(name, label, &known);
+        let mut targets = std::collections::HashMap::new();
+        for row in &mut rows {
+            let key = (row.name.clone(), row.label.clone());
+            if !targets.contains_key(&key) {
+                targets.insert(
+                    key.clone(),
+                    store.label(&row.name, &row.label)?.map(|t| t.version),
+                );
+            }
+            row.target_version = targets[&key];
+        }
+        Ok(rows)
+    }
+
+    fn expire_agents(&self) {
+        let ttl = i64::try_from(self.inner.hub.config().agent_ttl.as_micros()).unwrap_or(i64::MAX);
+        self.inner.fleet.expire(crate::time::now_micros(), ttl);
+    }
+
     // --- lookups that answer NOT_FOUND ---------------------------------------
 
     fn existing_prompt(&self, name: &PromptName) -> Result<PromptSummary> {
@@ -665,6 +794,23 @@ async fn run_flusher(registry: Weak<Inner>, group_commit: Arc<GroupCommit>) {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         }
+    }
+}
+
+/// Periodic upkeep: change-log compaction and forgetting departed agents.
+async fn run_housekeeping(registry: Weak<Inner>, interval: std::time::Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(inner) = registry.upgrade() else {
+            return;
+        };
+        let registry = Registry { inner };
+        if let Err(error) = registry.compact_log() {
+            tracing::error!(%error, "change-log compaction failed");
+        }
+        registry.expire_agents();
     }
 }
 

@@ -7,6 +7,7 @@
 //! | --- | --- |
 //! | `meta/schema` | on-disk schema version, u32 big-endian |
 //! | `meta/rev` | head revision, u64 big-endian |
+//! | `meta/compact` | compact revision: log records at or below it are gone |
 //! | `r/{rev}` | the change-log record of one revision |
 //! | `p/{name}` | prompt summary (newest version) |
 //! | `v/{name}\0{version}` | one version with its content |
@@ -36,6 +37,7 @@ pub const SCHEMA_VERSION: u32 = 1;
 
 const KEY_SCHEMA: &[u8] = b"meta/schema";
 const KEY_HEAD: &[u8] = b"meta/rev";
+const KEY_COMPACT: &[u8] = b"meta/compact";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -59,7 +61,12 @@ impl Store {
     /// Opens (or creates) the store in `dir`. A new store is stamped with
     /// [`SCHEMA_VERSION`]; an existing one must carry it.
     pub fn open(dir: &Path) -> Result<Store> {
-        let db = sled::Config::new().path(dir.join("sled")).open()?;
+        // sled's default page cache is 1 GiB; prompts are small and the OS
+        // page cache holds the rest.
+        let db = sled::Config::new()
+            .path(dir.join("sled"))
+            .cache_capacity(128 * 1024 * 1024)
+            .open()?;
         match db.get(KEY_SCHEMA)? {
             None => {
                 db.insert(KEY_SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
@@ -345,6 +352,76 @@ impl Store {
                     .map_err(|e| corrupt(&key, e))
             })
             .transpose()
+    }
+
+    /// Every label of every prompt whose name starts with `prefix`, in
+    /// (name, label) order.
+    pub fn labels_under(&self, prefix: &str) -> Result<Vec<(PromptName, LabelTarget)>> {
+        let scan = key(&[b"l/", prefix.as_bytes()]);
+        self.db
+            .scan_prefix(&scan)
+            .map(|item| {
+                let (key, raw) = item?;
+                let rest = &key[2..];
+                let split = rest
+                    .iter()
+                    .position(|b| *b == 0)
+                    .ok_or_else(|| corrupt(&key, "label key without a separator"))?;
+                let name = String::from_utf8_lossy(&rest[..split]).into_owned();
+                let label = String::from_utf8_lossy(&rest[split + 1..]).into_owned();
+                let name = PromptName::parse("name", &name, 4096)
+                    .map_err(|e| corrupt(&key, e.to_string()))?;
+                let target = decode::<LabelRec>(&key, &raw)?
+                    .into_domain(&label)
+                    .map_err(|e| corrupt(&key, e))?;
+                Ok((name, target))
+            })
+            .collect()
+    }
+
+    /// Revisions at or below the compact revision have been removed from the
+    /// change log (0: nothing has been compacted).
+    pub fn compact_revision(&self) -> Result<u64> {
+        match self.db.get(KEY_COMPACT)? {
+            None => Ok(0),
+            Some(raw) => read_u64(KEY_COMPACT, &raw),
+        }
+    }
+
+    /// The oldest change-log record still present.
+    pub fn oldest_revision(&self) -> Result<Option<Revision>> {
+        Ok(self.revisions(0, 1)?.pop())
+    }
+
+    /// Removes change-log records up to and including `upto`, in batches,
+    /// and records `upto` as the compact revision. Only the log shrinks:
+    /// versions, labels and label history are untouched.
+    pub fn compact(&self, upto: u64) -> Result<usize> {
+        let mut removed = 0;
+        loop {
+            let keys: Vec<sled::IVec> = self
+                .db
+                .range(revision_key(0)..=revision_key(upto))
+                .keys()
+                .take(1024)
+                .collect::<std::result::Result<_, _>>()?;
+            if keys.is_empty() {
+                break;
+            }
+            let mut batch = sled::Batch::default();
+            for key in &keys {
+                batch.remove(key.clone());
+            }
+            // Written with the first batch so that a reader never sees a gap
+            // that the compact revision does not explain.
+            batch.insert(KEY_COMPACT, &upto.to_be_bytes());
+            self.db.apply_batch(batch)?;
+            removed += keys.len();
+        }
+        if removed == 0 && self.compact_revision()? < upto {
+            self.db.insert(KEY_COMPACT, &upto.to_be_bytes())?;
+        }
+        Ok(removed)
     }
 
     /// The store's size on disk in bytes.

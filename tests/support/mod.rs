@@ -4,7 +4,7 @@
 
 use promptreg::domain::Limits;
 use promptreg::grpc::pb::{self, registry_client::RegistryClient};
-use promptreg::registry::RegistryConfig;
+use promptreg::registry::{Registry, RegistryConfig};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -17,6 +17,9 @@ pub type Client = RegistryClient<Channel>;
 pub struct TestServer {
     pub url: String,
     pub data_dir: PathBuf,
+    /// The server's registry, for counters; `None` once stopped.
+    pub registry: Option<Registry>,
+    config: RegistryConfig,
     /// Keeps the temporary directory alive across restarts.
     _temp: std::sync::Arc<tempfile::TempDir>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -25,33 +28,34 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start() -> TestServer {
-        let temp = std::sync::Arc::new(tempfile::tempdir().expect("temp dir"));
-        let dir = temp.path().join("data");
-        Self::start_in(dir, temp, Limits::default()).await
+        Self::start_with(|_| {}).await
     }
 
     pub async fn start_with_limits(limits: Limits) -> TestServer {
+        Self::start_with(|config| config.limits = limits).await
+    }
+
+    /// Starts a server whose configuration `adjust` may change.
+    pub async fn start_with(adjust: impl FnOnce(&mut RegistryConfig)) -> TestServer {
         let temp = std::sync::Arc::new(tempfile::tempdir().expect("temp dir"));
-        let dir = temp.path().join("data");
-        Self::start_in(dir, temp, limits).await
+        let mut config = RegistryConfig::new(temp.path().join("data"));
+        adjust(&mut config);
+        Self::start_in(config, temp).await
     }
 
     async fn start_in(
-        data_dir: PathBuf,
+        config: RegistryConfig,
         temp: std::sync::Arc<tempfile::TempDir>,
-        limits: Limits,
     ) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let (tx, rx) = oneshot::channel::<()>();
-        let config = RegistryConfig {
-            data_dir: data_dir.clone(),
-            limits,
-        };
+        let registry = Registry::open(config.clone()).expect("registry opens");
+        let serving = registry.clone();
         let task = tokio::spawn(async move {
-            promptreg::server::run(listener, config, async {
+            promptreg::server::serve(listener, serving, async {
                 let _ = rx.await;
             })
             .await
@@ -59,11 +63,17 @@ impl TestServer {
         });
         TestServer {
             url,
-            data_dir,
+            data_dir: config.data_dir.clone(),
+            registry: Some(registry),
+            config,
             _temp: temp,
             shutdown: Some(tx),
             task: Some(task),
         }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        self.registry.as_ref().expect("server is running")
     }
 
     pub async fn client(&self) -> Client {
@@ -81,6 +91,7 @@ impl TestServer {
 
     /// Stops the server gracefully and waits until its store is closed.
     pub async fn stop(&mut self) {
+        self.registry = None;
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -96,7 +107,7 @@ impl TestServer {
     pub async fn restart(mut self) -> TestServer {
         self.stop().await;
         let temp = self._temp.clone();
-        Self::start_in(self.data_dir.clone(), temp, Limits::default()).await
+        Self::start_in(self.config.clone(), temp).await
     }
 
     pub fn data_dir(&self) -> &Path {

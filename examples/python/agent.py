@@ -1,0 +1,590 @@
+#!/usr/bin/env python3
+"""A promptreg agent: follows one label of one prompt and serves its version.
+
+It watches `--name`/`--label` on a promptreg server, fetches every version the
+label moves to, checks the content digest itself (from the canonical form
+documented on `Version` in proto/promptreg/v1/registry.proto), switches to it,
+and tells the registry with AckApplied. Across disconnects and server restarts
+it keeps serving the last good version and resumes the watch from the next
+revision it has not processed, so it misses nothing and applies nothing twice.
+
+Every event is one JSON line on stdout:
+
+    {"event": "connected", "start_revision": 0, ...}
+    {"event": "applied", "name": ..., "label": ..., "version": 2, "digest": ..., "revision": 7}
+    {"event": "rejected", ..., "reason": "digest mismatch: expected X, computed Y"}
+    {"event": "removed", "revision": 9, ...}
+    {"event": "disconnected", "error": ..., "retry_in": 0.42, "serving_version": 2}
+    {"event": "compacted", "compact_revision": 120}
+    {"event": "stopped", "serving_version": 2}
+
+Usage:
+
+    pip install -r requirements.txt
+    python agent.py --server 127.0.0.1:50051 --name support/triage --label production
+    python agent.py --self-test     # the documented digest example, no server needed
+
+Python 3.9+; dependencies: grpcio, grpcio-tools, protobuf. If `opentelemetry`
+is importable, applying a version is traced and `prompt_span()` puts the
+prompt's name, label, version and digest on spans of your own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import random
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+HERE = Path(__file__).resolve().parent
+SDK = "promptreg-python-example"
+AGENT_VERSION = "0.1"
+PROTO_FILE = "promptreg/v1/registry.proto"
+
+# Unary calls (GetVersion, AckApplied) give up after this many seconds.
+RPC_TIMEOUT = 10.0
+# Reconnect backoff: full jitter between 0 and min(cap, BASE * 2**attempt).
+BACKOFF_BASE = 0.1
+
+try:  # Optional tracing: only when the user has OpenTelemetry installed.
+    from opentelemetry import trace as _otel_trace
+
+    _TRACER = _otel_trace.get_tracer(SDK, AGENT_VERSION)
+except ImportError:  # pragma: no cover - depends on the environment
+    _TRACER = None
+
+
+# ---------------------------------------------------------------------------
+# The canonical form and digest (see `message Version` in registry.proto).
+# Pure Python: needs no generated code.
+# ---------------------------------------------------------------------------
+
+CANONICAL_TAG = b"promptreg.content.v1\n"
+
+
+def _u32(n: int) -> bytes:
+    return struct.pack(">I", n)
+
+
+def _str(s: str) -> bytes:
+    data = s.encode("utf-8")
+    return _u32(len(data)) + data
+
+
+def canonical_bytes(
+    *,
+    text: Optional[str] = None,
+    chat: Optional[list[tuple[str, str]]] = None,
+    variables: list[str],
+    model_config_json: str,
+) -> bytes:
+    """The canonical form of one version's content: exactly one of `text`
+    (a text template) or `chat` (a list of (role, content) messages)."""
+    if (text is None) == (chat is None):
+        raise ValueError("exactly one of text or chat is required")
+    out = bytearray(CANONICAL_TAG)
+    if text is not None:
+        out += _str("text") + _str(text)
+    else:
+        out += _str("chat") + _u32(len(chat))
+        for role, content in chat:
+            out += _str(role) + _str(content)
+    # Ascending *byte* order of the UTF-8 encodings (not Python's code-point
+    # order of str, which differs for characters outside the BMP).
+    encoded = sorted(v.encode("utf-8") for v in variables)
+    out += _u32(len(encoded))
+    for var in encoded:
+        out += _u32(len(var)) + var
+    out += _str(model_config_json)
+    return bytes(out)
+
+
+def digest_of(canonical: bytes) -> str:
+    return "sha256:" + hashlib.sha256(canonical).hexdigest()
+
+
+def version_digest(version: Any) -> str:
+    """Recomputes the digest of a `promptreg.v1.Version` message."""
+    kind = version.template.WhichOneof("kind")
+    if kind == "text":
+        canonical = canonical_bytes(
+            text=version.template.text,
+            variables=list(version.variables),
+            model_config_json=version.model_config_json,
+        )
+    elif kind == "chat":
+        canonical = canonical_bytes(
+            chat=[(m.role, m.content) for m in version.template.chat.messages],
+            variables=list(version.variables),
+            model_config_json=version.model_config_json,
+        )
+    else:
+        raise ValueError(f"version {version.version} has no template content")
+    return digest_of(canonical)
+
+
+def self_test() -> int:
+    """Prints the documented example's canonical bytes and digest."""
+    canonical = canonical_bytes(
+        text="Hi {{name}}", variables=["name"], model_config_json="{}"
+    )
+    documented = (
+        b"promptreg.content.v1\n"
+        + bytes.fromhex("00000004") + b"text"
+        + bytes.fromhex("0000000b") + b"Hi {{name}}"
+        + bytes.fromhex("00000001") + bytes.fromhex("00000004") + b"name"
+        + bytes.fromhex("00000002") + b"{}"
+    )
+    print(
+        json.dumps(
+            {
+                "example": {"text": "Hi {{name}}", "variables": ["name"], "model_config_json": "{}"},
+                "canonical_hex": canonical.hex(),
+                "digest": digest_of(canonical),
+                "matches_documented_bytes": canonical == documented,
+            }
+        ),
+        flush=True,
+    )
+    return 0 if canonical == documented else 1
+
+
+# ---------------------------------------------------------------------------
+# Generated client code: made from proto/ with grpc_tools when missing or stale.
+# ---------------------------------------------------------------------------
+
+
+def load_stubs(proto_dir: Path, gen_dir: Path) -> tuple[Any, Any]:
+    """Returns the (registry_pb2, registry_pb2_grpc) modules, generating them
+    into `gen_dir` first if they are missing or older than the proto."""
+    proto = proto_dir / PROTO_FILE
+    out = gen_dir / "promptreg" / "v1"
+    modules = [out / "registry_pb2.py", out / "registry_pb2_grpc.py"]
+    stamp = gen_dir / ".proto-sha256"
+    want = hashlib.sha256(proto.read_bytes()).hexdigest() if proto.is_file() else None
+    have = stamp.read_text().strip() if stamp.is_file() else None
+    fresh = all(m.is_file() for m in modules) and (want is None or want == have)
+    if not fresh:
+        if want is None:
+            sys.exit(f"error: {proto} not found (set --proto-dir to the repository's proto/)")
+        out.mkdir(parents=True, exist_ok=True)
+        # Generate into a scratch folder, then move the files in: another
+        # agent starting at the same time never imports a half-written module.
+        with tempfile.TemporaryDirectory(prefix=".gen-", dir=gen_dir) as scratch:
+            command = [
+                sys.executable, "-m", "grpc_tools.protoc",
+                f"-I{proto_dir}",
+                f"--python_out={scratch}",
+                f"--grpc_python_out={scratch}",
+                PROTO_FILE,
+            ]
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                sys.exit(
+                    f"error: generating the client failed ({' '.join(command)}):\n"
+                    f"{done.stderr.strip()}\n(is grpcio-tools installed? "
+                    f"pip install -r {HERE / 'requirements.txt'})"
+                )
+            for module in modules:
+                os.replace(Path(scratch) / "promptreg" / "v1" / module.name, module)
+        for package in (gen_dir / "promptreg", out):
+            (package / "__init__.py").touch()
+        stamp.write_text(want + "\n")
+    if str(gen_dir) not in sys.path:
+        sys.path.insert(0, str(gen_dir))
+    from promptreg.v1 import registry_pb2, registry_pb2_grpc  # noqa: E402
+
+    return registry_pb2, registry_pb2_grpc
+
+
+# ---------------------------------------------------------------------------
+# Output, state file, tracing.
+# ---------------------------------------------------------------------------
+
+
+def emit(event: str, **fields: Any) -> None:
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+def warn(message: str) -> None:
+    print(f"agent: {message}", file=sys.stderr, flush=True)
+
+
+def write_state_atomically(path: Path, state: dict) -> None:
+    """Writes JSON to `path` so a reader sees the old file or the new one,
+    never a torn one: a temporary file in the same folder, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(state, f)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def prompt_span(span_name: str, prompt: Optional[dict]) -> Iterator[Any]:
+    """A span carrying the prompt's name/label/version/digest when
+    OpenTelemetry is installed (wrap your LLM calls in it); a no-op otherwise."""
+    if _TRACER is None:
+        yield None
+        return
+    with _TRACER.start_as_current_span(span_name) as span:
+        for key in ("name", "label", "version", "digest"):
+            if prompt and prompt.get(key) is not None:
+                span.set_attribute(f"promptreg.prompt.{key}", prompt[key])
+        yield span
+
+
+# ---------------------------------------------------------------------------
+# The agent.
+# ---------------------------------------------------------------------------
+
+class Agent:
+    def __init__(self, args: argparse.Namespace, pb2: Any, pb2_grpc: Any) -> None:
+        import grpc
+
+        self.grpc = grpc
+        # Failures worth retrying: the change is delivered again on resume.
+        self.transient_codes = {
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            grpc.StatusCode.ABORTED,
+            grpc.StatusCode.INTERNAL,
+            grpc.StatusCode.UNKNOWN,
+            grpc.StatusCode.CANCELLED,
+        }
+        self.pb2 = pb2
+        self.name: str = args.name
+        self.label: str = args.label
+        self.agent_id: str = args.agent_id
+        self.state_file: Optional[Path] = args.state_file
+        self.max_backoff: float = args.max_backoff
+        self.info = pb2.AgentInfo(host=socket.gethostname(), sdk=SDK, version=AGENT_VERSION)
+
+        target, secure = parse_server(args.server)
+        backoff_ms = int(max(BACKOFF_BASE, self.max_backoff) * 1000)
+        options = [
+            # Keep gRPC's own reconnect backoff in line with ours, so a
+            # restarted server is found again within --max-backoff.
+            ("grpc.initial_reconnect_backoff_ms", int(BACKOFF_BASE * 1000)),
+            ("grpc.min_reconnect_backoff_ms", int(BACKOFF_BASE * 1000)),
+            ("grpc.max_reconnect_backoff_ms", backoff_ms),
+            # Detect a dead connection even when no message is due.
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.http2.max_pings_without_data", 0),
+        ]
+        if secure:
+            self.channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(), options)
+        else:
+            self.channel = grpc.insecure_channel(target, options)
+        self.stub = pb2_grpc.RegistryStub(self.channel)
+
+        # What this agent serves: {"name","label","version","digest","revision"}
+        # plus the fetched content. It only changes on a verified apply.
+        self.current: Optional[dict] = None
+        self.template: Any = None
+        self.model_config_json: str = "{}"
+        # The highest revision whose changes are fully processed; the watch
+        # resumes from the next one. 0: take a snapshot.
+        self.last_revision = 0
+        self.pending_ack: Any = None
+        self.attempt = 0  # reconnects since the last successful `created`
+        self.stopping = False
+        self.call: Any = None
+
+    # -- lifecycle -------------------------------------------------------
+
+    def stop(self, signum: int, _frame: Any) -> None:
+        """Signal handler: end the stream; run() returns soon after."""
+        self.stopping = True
+        call = self.call
+        if call is not None:
+            call.cancel()
+
+    def run(self) -> int:
+        try:
+            while not self.stopping:
+                start = self.last_revision + 1 if self.last_revision > 0 else 0
+                error = self.watch_once(start)
+                if self.stopping:
+                    break
+                if error is None:
+                    continue  # compacted: take a fresh snapshot at once
+                cap = min(self.max_backoff, BACKOFF_BASE * 2 ** min(self.attempt, 30))
+                delay = random.uniform(0, cap)  # full jitter
+                self.attempt += 1
+                emit(
+                    "disconnected",
+                    error=error,
+                    retry_in=round(delay, 3),
+                    serving_version=self.serving_version(),
+                )
+                self.sleep(delay)
+        finally:
+            self.channel.close()
+        emit("stopped", serving_version=self.serving_version())
+        return 0
+
+    def sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.stopping:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.1))
+
+    def serving_version(self) -> Optional[int]:
+        return self.current["version"] if self.current else None
+
+    # -- one watch stream ------------------------------------------------
+
+    def watch_once(self, start: int) -> Optional[str]:
+        """Runs one Watch stream until it ends. Returns the error to report,
+        or None when the watch must restart from a snapshot at once."""
+        pb2 = self.pb2
+        request = pb2.WatchRequest(
+            names=[self.name],
+            labels=[self.label],
+            start_revision=start,
+            agent_id=self.agent_id,
+            agent=self.info,
+        )
+        call = self.stub.Watch(request)
+        self.call = call
+        if self.stopping:  # a signal arrived before self.call was set
+            call.cancel()
+        seen_in_snapshot = False
+        try:
+            for message in call:
+                kind = message.WhichOneof("event")
+                if kind == "created":
+                    self.attempt = 0
+                    emit(
+                        "connected",
+                        start_revision=start,
+                        revision=message.created.revision,
+                        compact_revision=message.created.compact_revision,
+                    )
+                    if self.current is not None:
+                        # Tell the registry what we run on every (re)connect,
+                        # so its fleet view is right after it restarts too.
+                        self.queue_ack(
+                            pb2.APPLY_OUTCOME_APPLIED,
+                            self.current["version"],
+                            self.current["digest"],
+                            self.current["revision"],
+                        )
+                elif kind == "snapshot":
+                    snapshot = message.snapshot
+                    for state in snapshot.labels:
+                        if state.name == self.name and state.label == self.label:
+                            seen_in_snapshot = True
+                            self.offer(state.version, state.digest, state.revision)
+                    if snapshot.complete:
+                        if not seen_in_snapshot and self.current is not None:
+                            self.removed(snapshot.revision)
+                        self.last_revision = snapshot.revision
+                elif kind == "changes":
+                    batch = message.changes
+                    for change in batch.changes:
+                        if change.WhichOneof("kind") != "label_moved":
+                            continue
+                        move = change.label_moved
+                        if move.name != self.name or move.label != self.label:
+                            continue
+                        if move.to_version == 0:
+                            self.removed(batch.revision)
+                        else:
+                            self.offer(move.to_version, move.digest, batch.revision)
+                    self.last_revision = max(self.last_revision, batch.revision)
+                elif kind == "progress":
+                    self.last_revision = max(self.last_revision, message.progress.revision)
+                self.flush_ack()
+                if self.stopping:
+                    break
+            return "stream ended by the server"
+        except self.grpc.RpcError as e:
+            code, details = e.code(), e.details()
+            if code == self.grpc.StatusCode.OUT_OF_RANGE and call.done() and call.code() == code:
+                # Resuming from a compacted revision: start over with a
+                # snapshot (the current version is kept until then).
+                emit("compacted", compact_revision=compact_revision_of(e))
+                self.last_revision = 0
+                return None
+            return f"{code.name}: {details}"
+        finally:
+            self.call = None
+            call.cancel()
+
+    # -- applying --------------------------------------------------------
+
+    def offer(self, version: int, event_digest: str, revision: int) -> None:
+        """The label points at `version` as of `revision`: apply it unless
+        we already run it."""
+        if self.current and self.current["version"] == version and self.current["digest"] == event_digest:
+            return
+        try:
+            response = self.stub.GetVersion(
+                self.pb2.GetVersionRequest(name=self.name, version=version),
+                timeout=RPC_TIMEOUT,
+            )
+        except self.grpc.RpcError as e:
+            if e.code() in self.transient_codes:
+                raise  # reconnect; the change is delivered again on resume
+            self.reject(version, "", revision, f"cannot fetch version {version}: {e.code().name}: {e.details()}")
+            return
+        fetched = response.version
+        try:
+            computed = version_digest(fetched)
+        except ValueError as e:
+            self.reject(version, "", revision, str(e))
+            return
+        if computed != event_digest or computed != fetched.digest:
+            expected = event_digest if event_digest != computed else fetched.digest
+            self.reject(version, computed, revision, f"digest mismatch: expected {expected}, computed {computed}")
+            return
+
+        prompt = {
+            "name": self.name,
+            "label": self.label,
+            "version": version,
+            "digest": computed,
+            "revision": revision,
+        }
+        with prompt_span("promptreg.apply", prompt):
+            # Switch: from here on the new content is what this agent serves.
+            self.template = fetched.template
+            self.model_config_json = fetched.model_config_json
+            self.current = prompt
+            if self.state_file is not None:
+                write_state_atomically(self.state_file, prompt)
+        emit("applied", **prompt)
+        self.queue_ack(self.pb2.APPLY_OUTCOME_APPLIED, version, computed, revision)
+
+    def reject(self, version: int, computed: str, revision: int, reason: str) -> None:
+        emit(
+            "rejected",
+            name=self.name,
+            label=self.label,
+            version=version,
+            digest=computed,
+            revision=revision,
+            reason=reason,
+            serving_version=self.serving_version(),
+        )
+        self.queue_ack(self.pb2.APPLY_OUTCOME_REJECTED, version, computed, revision, reason)
+
+    def removed(self, revision: int) -> None:
+        # Nothing to apply: keep serving the last good version.
+        emit(
+            "removed",
+            name=self.name,
+            label=self.label,
+            revision=revision,
+            serving_version=self.serving_version(),
+        )
+
+    # -- acknowledgements ------------------------------------------------
+
+    def queue_ack(self, outcome: int, version: int, digest: str, revision: int, reason: str = "") -> None:
+        """Acks are best effort: a failed one is retried after the next
+        message, and every reconnect acks the current version anyway."""
+        self.pending_ack = self.pb2.AckAppliedRequest(
+            agent_id=self.agent_id,
+            name=self.name,
+            label=self.label,
+            version=version,
+            digest=digest,
+            revision=revision,
+            outcome=outcome,
+            reason=reason,
+        )
+        self.flush_ack()
+
+    def flush_ack(self) -> None:
+        if self.pending_ack is None:
+            return
+        try:
+            self.stub.AckApplied(self.pending_ack, timeout=RPC_TIMEOUT)
+            self.pending_ack = None
+        except self.grpc.RpcError as e:
+            warn(f"AckApplied failed (will retry): {e.code().name}: {e.details()}")
+
+
+def compact_revision_of(error: Any) -> Optional[int]:
+    """The compact revision from the `promptreg-compact-revision` trailer, or
+    failing that the first number in the status message."""
+    with contextlib.suppress(Exception):
+        for key, value in error.trailing_metadata() or ():
+            if key == "promptreg-compact-revision":
+                return int(value)
+    match = re.search(r"(\d+)", error.details() or "")
+    return int(match.group(1)) if match else None
+
+
+def parse_server(server: str) -> tuple[str, bool]:
+    """`host:port`, `http://host:port` or `https://host:port` -> (target, tls)."""
+    secure = server.startswith("https://")
+    target = re.sub(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", "", server).rstrip("/")
+    return target, secure
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--server", default="127.0.0.1:50051", help="host:port or http://host:port")
+    parser.add_argument("--name", help="the prompt to follow, e.g. support/triage")
+    parser.add_argument("--label", default="production", help="the label to follow (default production)")
+    parser.add_argument("--agent-id", default=f"{socket.gethostname()}-{os.getpid()}",
+                        help="this agent's stable identity for fleet status (default hostname-pid)")
+    parser.add_argument("--state-file", type=Path,
+                        help="after every apply, atomically write the current version here as JSON")
+    parser.add_argument("--max-backoff", type=float, default=5.0,
+                        help="the reconnect backoff cap, in seconds (default 5)")
+    parser.add_argument("--proto-dir", type=Path, default=HERE / ".." / ".." / "proto",
+                        help="the folder holding promptreg/v1/registry.proto (default ../../proto)")
+    parser.add_argument("--gen-dir", type=Path, default=HERE / "_gen",
+                        help="where the generated client goes (default _gen next to agent.py)")
+    parser.add_argument("--self-test", action="store_true",
+                        help="print the documented digest example and exit")
+    args = parser.parse_args(argv)
+    if not args.self_test and not args.name:
+        parser.error("--name is required")
+    if args.max_backoff <= 0:
+        parser.error("--max-backoff must be positive")
+    return args
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    if args.self_test:
+        return self_test()
+    pb2, pb2_grpc = load_stubs(args.proto_dir.resolve(), args.gen_dir.resolve())
+    agent = Agent(args, pb2, pb2_grpc)
+    signal.signal(signal.SIGTERM, agent.stop)
+    signal.signal(signal.SIGINT, agent.stop)
+    return agent.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
