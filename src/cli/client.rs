@@ -10,13 +10,13 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 /// A failed client command: what to print and the exit code.
-struct Failure {
-    code: i32,
-    message: String,
+pub(super) struct Failure {
+    pub(super) code: i32,
+    pub(super) message: String,
 }
 
 impl Failure {
-    fn usage(message: impl Into<String>) -> Failure {
+    pub(super) fn usage(message: impl Into<String>) -> Failure {
         Failure {
             code: exit::USAGE,
             message: message.into(),
@@ -62,7 +62,7 @@ pub async fn run_client(command: Command) -> i32 {
     }
 }
 
-async fn connect(options: &ClientOptions) -> Result<RegistryClient<Channel>, Failure> {
+pub(super) async fn connect(options: &ClientOptions) -> Result<RegistryClient<Channel>, Failure> {
     let endpoint = tonic::transport::Endpoint::from_shared(options.server.clone())
         .map_err(|e| Failure::usage(format!("--server {:?} is not a URL: {e}", options.server)))?
         .connect_timeout(Duration::from_secs(5));
@@ -74,7 +74,7 @@ async fn connect(options: &ClientOptions) -> Result<RegistryClient<Channel>, Fai
 }
 
 /// Prints one result: text as given, or the JSON object on one line.
-fn emit(options: &ClientOptions, text: impl FnOnce() -> String, json: Value) {
+pub(super) fn emit(options: &ClientOptions, text: impl FnOnce() -> String, json: Value) {
     match options.output {
         OutputFormat::Text => println!("{}", text()),
         OutputFormat::Json => println!("{json}"),
@@ -84,6 +84,63 @@ fn emit(options: &ClientOptions, text: impl FnOnce() -> String, json: Value) {
 async fn dispatch(command: Command) -> Result<(), Failure> {
     match command {
         Command::Serve(_) => unreachable!("serve is dispatched by main"),
+        Command::Watch(args) => return super::watch::run_watch(args).await,
+        Command::Fleet(args) => {
+            let mut client = connect(&args.client).await?;
+            let request = pb::FleetStatusRequest {
+                name: args.name.clone(),
+                label: args.label.clone(),
+                summary_only: false,
+            };
+            let status = client.fleet_status(request).await?.into_inner();
+            let summary = status.summary.unwrap_or_default();
+            emit(
+                &args.client,
+                || {
+                    let mut out = format!(
+                        "{} {}: {} in sync, {} stale, {} disconnected\n",
+                        args.name, args.label, summary.in_sync, summary.stale, summary.disconnected
+                    );
+                    for a in &status.agents {
+                        let state = match (a.connected, a.in_sync) {
+                            (false, _) => "disconnected",
+                            (true, true) => "in sync",
+                            (true, false) => "stale",
+                        };
+                        let applied = if a.applied_version == 0 {
+                            "-".to_string()
+                        } else {
+                            format!("v{}", a.applied_version)
+                        };
+                        out.push_str(&format!(
+                            "{}\t{state}\tapplied {applied}\ttarget v{}\tlast seen {}",
+                            a.agent_id,
+                            a.target_version,
+                            time_text(&a.last_seen)
+                        ));
+                        if !a.rejected_reason.is_empty() {
+                            out.push_str(&format!(
+                                "\trejected v{}: {}",
+                                a.rejected_version, a.rejected_reason
+                            ));
+                        }
+                        out.push('\n');
+                    }
+                    out.trim_end().to_string()
+                },
+                json!({"name": args.name, "label": args.label,
+                       "agents": status.agents.iter().map(|a| json!({
+                           "agent_id": a.agent_id, "connected": a.connected,
+                           "applied_version": version_or_null(a.applied_version), "applied_digest": a.applied_digest,
+                           "target_version": version_or_null(a.target_version), "in_sync": a.in_sync,
+                           "last_seen": time_text(&a.last_seen),
+                           "host": a.agent.as_ref().map(|i| i.host.clone()).unwrap_or_default(),
+                           "sdk": a.agent.as_ref().map(|i| i.sdk.clone()).unwrap_or_default(),
+                           "rejected_version": version_or_null(a.rejected_version), "rejected_reason": a.rejected_reason,
+                       })).collect::<Vec<_>>(),
+                       "summary": {"in_sync": summary.in_sync, "stale": summary.stale, "disconnected": summary.disconnected}}),
+            );
+        }
         Command::Publish(args) => {
             let template = read_template(&args)?;
             let mut tags = std::collections::HashMap::new();
@@ -238,7 +295,9 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
                 expected_version: args.expect,
             };
             let r = client.set_label(request).await?.into_inner();
-            print_move(&args.client, &args.name, &args.label, &r);
+            let fleet =
+                wait_for_fleet(&mut client, &args.name, &args.label, &r, &args.wait).await?;
+            print_move(&args.client, &args.name, &args.label, &r, fleet);
         }
         Command::Rollback(args) => {
             let mut client = connect(&args.client).await?;
@@ -250,7 +309,9 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
                 reason: args.reason.clone(),
             };
             let r = client.rollback(request).await?.into_inner();
-            print_move(&args.client, &args.name, &args.label, &r);
+            let fleet =
+                wait_for_fleet(&mut client, &args.name, &args.label, &r, &args.wait).await?;
+            print_move(&args.client, &args.name, &args.label, &r, fleet);
         }
         Command::Unlabel(args) => {
             let mut client = connect(&args.client).await?;
@@ -261,7 +322,7 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
                 reason: args.reason.clone(),
             };
             let r = client.remove_label(request).await?.into_inner();
-            print_move(&args.client, &args.name, &args.label, &r);
+            print_move(&args.client, &args.name, &args.label, &r, None);
         }
         Command::History(args) => {
             let mut client = connect(&args.client).await?;
@@ -418,13 +479,13 @@ fn parse_chat(raw: &str) -> Result<pb::ChatTemplate, String> {
     Ok(pb::ChatTemplate { messages })
 }
 
-fn time_text(ts: &Option<prost_types::Timestamp>) -> String {
+pub(super) fn time_text(ts: &Option<prost_types::Timestamp>) -> String {
     ts.as_ref()
         .map(|t| format_micros(from_timestamp(t)))
         .unwrap_or_default()
 }
 
-fn version_or_null(version: u64) -> Value {
+pub(super) fn version_or_null(version: u64) -> Value {
     if version == 0 {
         Value::Null
     } else {
@@ -432,7 +493,7 @@ fn version_or_null(version: u64) -> Value {
     }
 }
 
-fn kind_name(kind: i32) -> &'static str {
+pub(super) fn kind_name(kind: i32) -> &'static str {
     match pb::MoveKind::try_from(kind) {
         Ok(pb::MoveKind::Promote) => "promote",
         Ok(pb::MoveKind::Rollback) => "rollback",
@@ -518,36 +579,109 @@ fn move_text(m: &pb::LabelMove) -> String {
     )
 }
 
-fn print_move(options: &ClientOptions, name: &str, label: &str, r: &pb::LabelMoveResponse) {
+/// How a fleet converged after a move with `--wait`.
+struct Converged {
+    agents: u32,
+    elapsed: Duration,
+}
+
+/// With `--wait`: polls fleet status until every connected agent watching
+/// the label runs its new target.
+async fn wait_for_fleet(
+    client: &mut RegistryClient<Channel>,
+    name: &str,
+    label: &str,
+    moved: &pb::LabelMoveResponse,
+    wait: &super::WaitArgs,
+) -> Result<Option<Converged>, Failure> {
+    if !wait.wait {
+        return Ok(None);
+    }
+    let started = std::time::Instant::now();
+    loop {
+        let request = pb::FleetStatusRequest {
+            name: name.to_string(),
+            label: label.to_string(),
+            summary_only: true,
+        };
+        let summary = client
+            .fleet_status(request)
+            .await?
+            .into_inner()
+            .summary
+            .unwrap_or_default();
+        if summary.stale == 0 {
+            return Ok(Some(Converged {
+                agents: summary.in_sync,
+                elapsed: started.elapsed(),
+            }));
+        }
+        if started.elapsed() >= wait.timeout {
+            return Err(Failure {
+                code: exit::REFUSED,
+                message: format!(
+                    "timed out after {:?}: {} connected agents have not applied v{} yet ({} in sync)",
+                    wait.timeout, summary.stale, moved.to_version, summary.in_sync
+                ),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn print_move(
+    options: &ClientOptions,
+    name: &str,
+    label: &str,
+    r: &pb::LabelMoveResponse,
+    fleet: Option<Converged>,
+) {
+    let mut object = json!({"name": name, "label": label, "changed": r.changed, "revision": r.revision,
+           "from_version": version_or_null(r.from_version), "to_version": version_or_null(r.to_version),
+           "version": version_or_null(r.to_version), "digest": r.digest});
+    if let Some(fleet) = &fleet {
+        object["fleet"] = json!({"converged": true, "agents": fleet.agents, "elapsed_ms": fleet.elapsed.as_secs_f64() * 1000.0});
+    }
     emit(
         options,
         || {
-            if !r.changed {
-                format!(
-                    "{name} {label} already points to v{} (revision {}): nothing changed",
-                    r.to_version, r.revision
-                )
-            } else if r.to_version == 0 {
-                format!(
-                    "{name} {label} removed (was v{}) at revision {}",
-                    r.from_version, r.revision
-                )
-            } else {
-                let from = if r.from_version == 0 {
-                    "unset".to_string()
-                } else {
-                    format!("v{}", r.from_version)
-                };
-                format!(
-                    "{name} {label}: {from} -> v{} ({}) at revision {}",
-                    r.to_version, r.digest, r.revision
-                )
+            let mut text = move_summary(name, label, r);
+            if let Some(fleet) = &fleet {
+                text.push_str(&format!(
+                    "\nfleet converged: {} agents on v{} after {:.1} ms",
+                    fleet.agents,
+                    r.to_version,
+                    fleet.elapsed.as_secs_f64() * 1000.0
+                ));
             }
+            text
         },
-        json!({"name": name, "label": label, "changed": r.changed, "revision": r.revision,
-               "from_version": version_or_null(r.from_version), "to_version": version_or_null(r.to_version),
-               "version": version_or_null(r.to_version), "digest": r.digest}),
+        object,
     );
+}
+
+fn move_summary(name: &str, label: &str, r: &pb::LabelMoveResponse) -> String {
+    if !r.changed {
+        format!(
+            "{name} {label} already points to v{} (revision {}): nothing changed",
+            r.to_version, r.revision
+        )
+    } else if r.to_version == 0 {
+        format!(
+            "{name} {label} removed (was v{}) at revision {}",
+            r.from_version, r.revision
+        )
+    } else {
+        let from = if r.from_version == 0 {
+            "unset".to_string()
+        } else {
+            format!("v{}", r.from_version)
+        };
+        format!(
+            "{name} {label}: {from} -> v{} ({}) at revision {}",
+            r.to_version, r.digest, r.revision
+        )
+    }
 }
 
 fn diff_text(name: &str, from: u64, to: u64, d: &pb::DiffVersionsResponse) -> String {

@@ -8,6 +8,7 @@
 
 mod client;
 mod serve;
+mod watch;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -86,6 +87,64 @@ pub enum Command {
     Resolve(ResolveArgs),
     /// Diff two versions of a prompt.
     Diff(DiffArgs),
+    /// Stream changes as they happen; reconnects and resumes by itself.
+    Watch(WatchArgs),
+    /// Show which agents run which version of a label.
+    Fleet(FleetArgs),
+}
+
+/// `--wait`: after a label move, wait for the fleet to converge.
+#[derive(Debug, Clone, Args)]
+pub struct WaitArgs {
+    /// Return only when every connected agent watching the label has
+    /// acknowledged the new target (exit 1 if --timeout passes first).
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits, e.g. 30s or 2m.
+    #[arg(long, default_value = "60s", value_parser = crate::time::parse_duration, requires = "wait")]
+    pub timeout: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Prompt names to watch (none and no --prefix: every prompt).
+    pub names: Vec<String>,
+    /// Watch prompts whose name starts with this (repeatable).
+    #[arg(long)]
+    pub prefix: Vec<String>,
+    /// Watch only this label (repeatable; default: every label).
+    #[arg(long)]
+    pub label: Vec<String>,
+    /// Start by replaying the change log from this revision instead of a
+    /// snapshot of the current targets.
+    #[arg(long, value_name = "R")]
+    pub from_revision: Option<u64>,
+    /// Also print version-published events.
+    #[arg(long)]
+    pub include_versions: bool,
+    /// Identify as this agent in fleet status.
+    #[arg(long, value_name = "ID")]
+    pub agent_id: Option<String>,
+    /// Act as an agent: fetch each new target, verify its digest, and
+    /// acknowledge it (applied, or rejected on a digest mismatch).
+    #[arg(long)]
+    pub ack: bool,
+    /// The longest pause between reconnection attempts.
+    #[arg(long, default_value = "30s", value_parser = crate::time::parse_duration)]
+    pub max_backoff: std::time::Duration,
+    #[command(flatten)]
+    pub client: ClientOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct FleetArgs {
+    /// The prompt's name.
+    pub name: String,
+    /// The label.
+    #[arg(long)]
+    pub label: String,
+    #[command(flatten)]
+    pub client: ClientOptions,
 }
 
 #[derive(Debug, Args)]
@@ -175,6 +234,8 @@ pub struct PromoteArgs {
     #[arg(long)]
     pub actor: Option<String>,
     #[command(flatten)]
+    pub wait: WaitArgs,
+    #[command(flatten)]
     pub client: ClientOptions,
 }
 
@@ -194,6 +255,8 @@ pub struct RollbackArgs {
     /// Who rolls back (default: the local user name).
     #[arg(long)]
     pub actor: Option<String>,
+    #[command(flatten)]
+    pub wait: WaitArgs,
     #[command(flatten)]
     pub client: ClientOptions,
 }

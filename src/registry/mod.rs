@@ -787,7 +787,24 @@ async fn run_flusher(registry: Weak<Inner>, group_commit: Arc<GroupCommit>) {
         let store = inner.store.clone();
         drop(inner);
         match store.flush().await {
-            Ok(()) => group_commit.flushed(target),
+            Ok(()) => {
+                // Publish to watchers before releasing the writers: a client
+                // that opens a watch after its write was acknowledged finds
+                // the hub at least at that revision.
+                if let Some(inner) = registry.upgrade() {
+                    let durable: Vec<Arc<Revision>> = {
+                        let mut writer = inner.writer.lock().unwrap_or_else(|p| p.into_inner());
+                        let count = writer
+                            .pending
+                            .iter()
+                            .take_while(|r| r.revision <= target)
+                            .count();
+                        writer.pending.drain(..count).collect()
+                    };
+                    inner.hub.publish(durable);
+                }
+                group_commit.flushed(target);
+            }
             Err(error) => {
                 tracing::error!(%error, target, "flush failed; writes are not acknowledged until a flush succeeds");
                 group_commit.flush_failed(target, error.to_string());

@@ -1,0 +1,410 @@
+//! `promptreg watch`: a resilient watcher, and with `--ack` a minimal agent.
+//!
+//! It keeps the last revision it has fully seen; after any break it
+//! reconnects with exponential backoff and full jitter and resumes from that
+//! revision + 1, so it prints every change once, with no gap. When its
+//! revision has been compacted away it takes a fresh snapshot.
+
+use super::client::{connect, emit, kind_name, version_or_null, Failure};
+use super::{exit, WatchArgs};
+use crate::domain::{ChatMessage, Content, TemplateBody};
+use crate::grpc::pb::{self, registry_client::RegistryClient, watch_response::Event};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tonic::transport::Channel;
+use tonic::Code;
+
+/// What an agent runs: (prompt, label) → (version, digest, revision).
+type Applied = BTreeMap<(String, String), (u64, String, u64)>;
+
+pub(super) async fn run_watch(args: WatchArgs) -> Result<(), Failure> {
+    let agent_id = match (&args.agent_id, args.ack) {
+        (Some(id), _) => id.clone(),
+        (None, true) => format!("{}-cli-{}", super::local_user(), std::process::id()),
+        (None, false) => String::new(),
+    };
+    // 0 until something was seen: take a snapshot first.
+    let mut next = args.from_revision.unwrap_or(0);
+    let mut applied = Applied::new();
+    let mut backoff = Backoff::new(args.max_backoff);
+    loop {
+        match watch_once(&args, &agent_id, &mut next, &mut applied, &mut backoff).await {
+            End::Fatal(failure) => return Err(failure),
+            End::Compacted(message) => {
+                eprintln!("watch: {message}; taking a fresh snapshot");
+                next = 0;
+            }
+            End::Retry(message) => {
+                let pause = backoff.next_pause();
+                let from = if next == 0 {
+                    "a snapshot".to_string()
+                } else {
+                    format!("revision {next}")
+                };
+                eprintln!("watch: {message}; reconnecting in {pause:?} from {from}");
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+}
+
+enum End {
+    Retry(String),
+    Compacted(String),
+    Fatal(Failure),
+}
+
+impl From<tonic::Status> for End {
+    fn from(status: tonic::Status) -> End {
+        match status.code() {
+            Code::OutOfRange => End::Compacted(status.message().to_string()),
+            Code::Unavailable
+            | Code::Unknown
+            | Code::Internal
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+            | Code::Aborted => End::Retry(format!("{}: {}", status.code(), status.message())),
+            _ => End::Fatal(Failure::from(status)),
+        }
+    }
+}
+
+/// One connection: runs until the stream breaks, and says how it ended.
+async fn watch_once(
+    args: &WatchArgs,
+    agent_id: &str,
+    next: &mut u64,
+    applied: &mut Applied,
+    backoff: &mut Backoff,
+) -> End {
+    match stream_events(args, agent_id, next, applied, backoff).await {
+        Ok(()) => End::Retry("the stream ended".into()),
+        Err(end) => end,
+    }
+}
+
+async fn stream_events(
+    args: &WatchArgs,
+    agent_id: &str,
+    next: &mut u64,
+    applied: &mut Applied,
+    backoff: &mut Backoff,
+) -> Result<(), End> {
+    let mut client = match connect(&args.client).await {
+        Ok(client) => client,
+        Err(failure) if failure.code == exit::UNREACHABLE => {
+            return Err(End::Retry(failure.message))
+        }
+        Err(failure) => return Err(End::Fatal(failure)),
+    };
+    let request = pb::WatchRequest {
+        names: args.names.clone(),
+        prefixes: args.prefix.clone(),
+        labels: args.label.clone(),
+        include_versions: args.include_versions,
+        start_revision: *next,
+        agent_id: agent_id.to_string(),
+        agent: Some(pb::AgentInfo {
+            host: std::env::var("HOSTNAME").unwrap_or_default(),
+            sdk: "promptreg-cli".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        }),
+    };
+    let mut stream = client.watch(request).await?.into_inner();
+    let out = &args.client;
+    while let Some(message) = stream.message().await? {
+        match message.event {
+            Some(Event::Created(created)) => {
+                backoff.reset();
+                eprintln!("watch: connected at revision {}", created.revision);
+                // After a reconnect, tell the registry again what this agent runs.
+                if args.ack {
+                    for ((name, label), (version, digest, revision)) in applied.iter() {
+                        ack(
+                            &mut client,
+                            agent_id,
+                            name,
+                            label,
+                            *version,
+                            digest,
+                            *revision,
+                            None,
+                        )
+                        .await?;
+                    }
+                }
+            }
+            Some(Event::Snapshot(snapshot)) => {
+                for state in &snapshot.labels {
+                    emit(
+                        out,
+                        || {
+                            format!(
+                                "revision {}\tsnapshot\t{} {} -> v{}\t{}",
+                                snapshot.revision,
+                                state.name,
+                                state.label,
+                                state.version,
+                                state.digest
+                            )
+                        },
+                        json!({"revision": snapshot.revision, "type": "snapshot", "name": state.name, "label": state.label,
+                               "version": state.version, "digest": state.digest}),
+                    );
+                    if args.ack {
+                        apply(
+                            &mut client,
+                            agent_id,
+                            applied,
+                            &state.name,
+                            &state.label,
+                            state.version,
+                            &state.digest,
+                            snapshot.revision,
+                        )
+                        .await?;
+                    }
+                }
+                if snapshot.complete {
+                    *next = snapshot.revision + 1;
+                }
+            }
+            Some(Event::Changes(batch)) => {
+                for change in &batch.changes {
+                    match &change.kind {
+                        Some(pb::change::Kind::LabelMoved(m)) => {
+                            emit(
+                                out,
+                                || {
+                                    let to = if m.to_version == 0 {
+                                        "removed".to_string()
+                                    } else {
+                                        format!("v{}", m.to_version)
+                                    };
+                                    format!(
+                                        "revision {}\t{}\t{} {} -> {to}\t{}\t{}\t{}",
+                                        batch.revision,
+                                        kind_name(m.kind),
+                                        m.name,
+                                        m.label,
+                                        m.digest,
+                                        m.actor,
+                                        m.reason
+                                    )
+                                },
+                                json!({"revision": batch.revision, "type": "label_moved", "kind": kind_name(m.kind),
+                                       "name": m.name, "label": m.label, "version": version_or_null(m.to_version),
+                                       "from_version": version_or_null(m.from_version), "to_version": version_or_null(m.to_version),
+                                       "digest": m.digest, "actor": m.actor, "reason": m.reason}),
+                            );
+                            if args.ack && m.to_version != 0 {
+                                apply(
+                                    &mut client,
+                                    agent_id,
+                                    applied,
+                                    &m.name,
+                                    &m.label,
+                                    m.to_version,
+                                    &m.digest,
+                                    batch.revision,
+                                )
+                                .await?;
+                            }
+                        }
+                        Some(pb::change::Kind::VersionPublished(v)) => emit(
+                            out,
+                            || {
+                                format!(
+                                    "revision {}\tpublished\t{} v{}\t{}\t{}",
+                                    batch.revision, v.name, v.version, v.digest, v.author
+                                )
+                            },
+                            json!({"revision": batch.revision, "type": "version_published", "name": v.name,
+                                   "version": v.version, "digest": v.digest, "author": v.author}),
+                        ),
+                        None => {}
+                    }
+                }
+                *next = batch.revision + 1;
+            }
+            Some(Event::Progress(progress)) => {
+                *next = (*next).max(progress.revision + 1);
+                if matches!(out.output, super::OutputFormat::Json) {
+                    println!(
+                        "{}",
+                        json!({"revision": progress.revision, "type": "progress"})
+                    );
+                }
+            }
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+/// Fetches a version, checks its digest against the documented canonical
+/// form, and acknowledges it: applied when it matches, rejected when not.
+#[allow(clippy::too_many_arguments)]
+async fn apply(
+    client: &mut RegistryClient<Channel>,
+    agent_id: &str,
+    applied: &mut Applied,
+    name: &str,
+    label: &str,
+    version: u64,
+    digest: &str,
+    revision: u64,
+) -> Result<(), End> {
+    let key = (name.to_string(), label.to_string());
+    if applied
+        .get(&key)
+        .is_some_and(|(v, d, _)| *v == version && d == digest)
+    {
+        return Ok(());
+    }
+    let request = pb::GetVersionRequest {
+        name: name.to_string(),
+        selector: Some(pb::get_version_request::Selector::Version(version)),
+    };
+    let fetched = client
+        .get_version(request)
+        .await?
+        .into_inner()
+        .version
+        .unwrap_or_default();
+    let computed = recompute_digest(&fetched);
+    if computed.as_deref() == Some(digest) && fetched.digest == digest {
+        applied.insert(key, (version, digest.to_string(), revision));
+        ack(
+            client, agent_id, name, label, version, digest, revision, None,
+        )
+        .await
+    } else {
+        let reason = format!(
+            "digest mismatch: the event says {digest}, the content hashes to {}",
+            computed.unwrap_or_else(|| "nothing (unreadable content)".into())
+        );
+        eprintln!("watch: rejected {name} v{version}: {reason}");
+        ack(
+            client,
+            agent_id,
+            name,
+            label,
+            version,
+            digest,
+            revision,
+            Some(reason),
+        )
+        .await
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn ack(
+    client: &mut RegistryClient<Channel>,
+    agent_id: &str,
+    name: &str,
+    label: &str,
+    version: u64,
+    digest: &str,
+    revision: u64,
+    rejected: Option<String>,
+) -> Result<(), End> {
+    let outcome = if rejected.is_some() {
+        pb::ApplyOutcome::Rejected
+    } else {
+        pb::ApplyOutcome::Applied
+    };
+    let request = pb::AckAppliedRequest {
+        agent_id: agent_id.to_string(),
+        name: name.to_string(),
+        label: label.to_string(),
+        version,
+        digest: digest.to_string(),
+        revision,
+        outcome: outcome.into(),
+        reason: rejected.unwrap_or_default(),
+    };
+    client.ack_applied(request).await?;
+    Ok(())
+}
+
+/// The digest of fetched content, by the canonical form.
+fn recompute_digest(version: &pb::Version) -> Option<String> {
+    let template = match version.template.as_ref()?.kind.as_ref()? {
+        pb::template::Kind::Text(text) => TemplateBody::Text(text.clone()),
+        pb::template::Kind::Chat(chat) => TemplateBody::Chat(
+            chat.messages
+                .iter()
+                .map(|m| ChatMessage {
+                    role: m.role.clone(),
+                    content: m.content.clone(),
+                })
+                .collect(),
+        ),
+    };
+    let content = Content {
+        template,
+        variables: version.variables.clone(),
+        model_config_json: version.model_config_json.clone(),
+    };
+    Some(content.digest().to_string())
+}
+
+/// Exponential backoff with full jitter: each pause is a random time between
+/// 0 and a ceiling that doubles from 100 ms up to the maximum.
+struct Backoff {
+    ceiling: Duration,
+    max: Duration,
+    seed: u64,
+}
+
+impl Backoff {
+    const START: Duration = Duration::from_millis(100);
+
+    fn new(max: Duration) -> Backoff {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        Backoff {
+            ceiling: Self::START,
+            max: max.max(Self::START),
+            seed: u64::from(nanos) ^ (u64::from(std::process::id()) << 32) | 1,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.ceiling = Self::START;
+    }
+
+    /// Picks the next pause and doubles the ceiling.
+    fn next_pause(&mut self) -> Duration {
+        // xorshift64: jitter needs spread, not cryptographic quality.
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let fraction = (self.seed % 10_000) as f64 / 10_000.0;
+        let pause = self.ceiling.mul_f64(fraction);
+        self.ceiling = (self.ceiling * 2).min(self.max);
+        pause
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_grows_to_its_ceiling_with_jitter() {
+        let mut backoff = Backoff::new(Duration::from_secs(2));
+        let pauses: Vec<Duration> = (0..20).map(|_| backoff.next_pause()).collect();
+        assert!(pauses.iter().all(|p| *p <= Duration::from_secs(2)));
+        assert!(pauses[0] <= Duration::from_millis(100));
+        assert_eq!(backoff.ceiling, Duration::from_secs(2));
+        backoff.reset();
+        assert!(backoff.next_pause() <= Duration::from_millis(100));
+    }
+}
