@@ -343,6 +343,11 @@ impl Registry {
         &self.inner.hub.stats
     }
 
+    /// Revisions held in the shared ring now (at most its capacity).
+    pub fn watch_ring_len(&self) -> usize {
+        self.inner.hub.sender.len()
+    }
+
     /// Ends every open watch stream with UNAVAILABLE and the revision to
     /// resume from. Used on shutdown.
     pub fn shut_down_watches(&self) {
