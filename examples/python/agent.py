@@ -258,6 +258,7 @@ def prompt_span(span_name: str, prompt: Optional[dict]) -> Iterator[Any]:
 # The agent.
 # ---------------------------------------------------------------------------
 
+
 class Agent:
     def __init__(self, args: argparse.Namespace, pb2: Any, pb2_grpc: Any) -> None:
         import grpc
@@ -289,8 +290,9 @@ class Agent:
             ("grpc.initial_reconnect_backoff_ms", int(BACKOFF_BASE * 1000)),
             ("grpc.min_reconnect_backoff_ms", int(BACKOFF_BASE * 1000)),
             ("grpc.max_reconnect_backoff_ms", backoff_ms),
-            # Detect a dead connection even when no message is due.
-            ("grpc.keepalive_time_ms", 30_000),
+            # Detect a dead connection between progress messages (gRPC
+            # backs off by itself if a server finds the pings too frequent).
+            ("grpc.keepalive_time_ms", 60_000),
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.http2.max_pings_without_data", 0),
         ]
@@ -479,8 +481,8 @@ class Agent:
             self.current = prompt
             if self.state_file is not None:
                 write_state_atomically(self.state_file, prompt)
-        emit("applied", **prompt)
         self.queue_ack(self.pb2.APPLY_OUTCOME_APPLIED, version, computed, revision)
+        emit("applied", **prompt)
 
     def reject(self, version: int, computed: str, revision: int, reason: str) -> None:
         emit(
@@ -534,12 +536,12 @@ class Agent:
 
 def compact_revision_of(error: Any) -> Optional[int]:
     """The compact revision from the `promptreg-compact-revision` trailer, or
-    failing that the first number in the status message."""
+    failing that the status message ("... (compact revision N) ...")."""
     with contextlib.suppress(Exception):
         for key, value in error.trailing_metadata() or ():
             if key == "promptreg-compact-revision":
                 return int(value)
-    match = re.search(r"(\d+)", error.details() or "")
+    match = re.search(r"compact revision (\d+)", error.details() or "")
     return int(match.group(1)) if match else None
 
 

@@ -233,11 +233,24 @@ impl ServerProcess {
     /// Starts `promptreg serve` on `data_dir` with extra flags and waits
     /// (up to 60 s) for it to log its address.
     pub fn start(data_dir: &Path, extra: &[&str]) -> ServerProcess {
+        Self::start_at(data_dir, "127.0.0.1:0", extra)
+            .unwrap_or_else(|log| panic!("server did not start; stderr:\n{log}"))
+    }
+
+    /// Like [`ServerProcess::start`] on a given `--listen` address. `Err`
+    /// carries the server's stderr when it exited (or stayed silent for 60 s)
+    /// without serving, e.g. because the address was still taken.
+    pub fn start_at(
+        data_dir: &Path,
+        listen: &str,
+        extra: &[&str],
+    ) -> Result<ServerProcess, String> {
         use std::io::BufRead as _;
         let mut child = std::process::Command::new(binary())
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["serve", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(extra)
+            .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -267,18 +280,18 @@ impl ServerProcess {
                 sink.push('\n');
             }
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| {
-                panic!(
-                    "server did not report its address; stderr:\n{}",
-                    log.lock().unwrap()
-                )
-            });
-        ServerProcess {
-            child,
-            url: format!("http://{addr}"),
-            stderr: log,
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(addr) => Ok(ServerProcess {
+                child,
+                url: format!("http://{addr}"),
+                stderr: log,
+            }),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let log = log.lock().unwrap().clone();
+                Err(log)
+            }
         }
     }
 
