@@ -904,11 +904,16 @@ async fn diff_versions_shows_every_kind_of_change() {
 async fn health_and_reflection_answer() {
     use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
     use tonic_reflection::pb::v1::{
-        server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
-        server_reflection_response::MessageResponse, ServerReflectionRequest,
+        server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        ServerReflectionRequest,
     };
     let server = TestServer::start().await;
-    let channel = tonic::transport::Endpoint::from_shared(server.url.clone()).unwrap().connect().await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(server.url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
 
     let mut health = HealthClient::new(channel.clone());
     let status = health
@@ -918,7 +923,10 @@ async fn health_and_reflection_answer() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(status.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        status.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
 
     // What `grpcurl -plaintext 127.0.0.1:50051 list` asks.
     let mut reflection = ServerReflectionClient::new(channel);
@@ -936,6 +944,12 @@ async fn health_and_reflection_answer() {
         panic!("a service list");
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(names.contains(&"promptreg.v1.Registry".to_string()), "{names:?}");
-    assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"promptreg.v1.Registry".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_string()),
+        "{names:?}"
+    );
 }
