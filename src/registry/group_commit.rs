@@ -20,6 +20,8 @@ pub struct Durable {
 
 pub struct GroupCommit {
     committed: AtomicU64,
+    /// Successful flushes so far (for tests and metrics).
+    flushes: AtomicU64,
     closed: AtomicBool,
     wake: Notify,
     durable: watch::Sender<Durable>,
@@ -29,6 +31,7 @@ impl GroupCommit {
     pub fn new(head: u64) -> GroupCommit {
         GroupCommit {
             committed: AtomicU64::new(head),
+            flushes: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             wake: Notify::new(),
             durable: watch::Sender::new(Durable {
@@ -87,7 +90,12 @@ impl GroupCommit {
         }
     }
 
+    pub fn flush_count(&self) -> u64 {
+        self.flushes.load(Ordering::SeqCst)
+    }
+
     pub fn flushed(&self, target: u64) {
+        self.flushes.fetch_add(1, Ordering::SeqCst);
         self.durable.send_modify(|d| {
             d.revision = d.revision.max(target);
             d.failed = None;

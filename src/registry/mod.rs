@@ -211,6 +211,12 @@ impl Registry {
         self.inner.group_commit.durable_revision()
     }
 
+    /// How many flushes group commit has made; fewer than the writes when
+    /// writers were concurrent.
+    pub fn flush_count(&self) -> u64 {
+        self.inner.group_commit.flush_count()
+    }
+
     fn store(&self) -> &Store {
         &self.inner.store
     }
@@ -916,5 +922,69 @@ fn parse_number_token(token: &str) -> std::result::Result<Option<u64>, Validatio
             .parse()
             .map(Some)
             .map_err(|_| ValidationError::new("page_token", "is not a token this server issued")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Content, TemplateBody};
+
+    fn new_version(name: &PromptName, text: &str) -> NewVersion {
+        NewVersion {
+            name: name.clone(),
+            content: Content::validate(
+                TemplateBody::Text(text.into()),
+                &[],
+                "",
+                &Limits::default(),
+            )
+            .unwrap(),
+            author: "a".into(),
+            description: String::new(),
+            tags: Default::default(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writers_share_flushes() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(RegistryConfig::new(dir.path())).unwrap();
+        let name = PromptName::parse("name", "p", 128).unwrap();
+        registry.publish(new_version(&name, "x")).await.unwrap();
+        let before = registry.flush_count();
+        const WRITERS: u64 = 64;
+        let tasks: Vec<_> = (0..WRITERS)
+            .map(|i| {
+                let registry = registry.clone();
+                let name = name.clone();
+                tokio::spawn(async move {
+                    let request = MoveRequest {
+                        name,
+                        label: LabelName::parse("label", &format!("l{i}")).unwrap(),
+                        actor: "a".into(),
+                        reason: "r".into(),
+                    };
+                    registry.set_label(request, 1, None).await.unwrap()
+                })
+            })
+            .collect();
+        let mut revisions = Vec::new();
+        for task in tasks {
+            revisions.push(task.await.unwrap().revision);
+        }
+        revisions.sort();
+        revisions.dedup();
+        assert_eq!(revisions.len() as u64, WRITERS);
+        let flushes = registry.flush_count() - before;
+        assert!(
+            flushes < WRITERS,
+            "{WRITERS} writers took {flushes} flushes: no group commit"
+        );
+        assert_eq!(
+            registry.revision(),
+            WRITERS + 1,
+            "every write is durable when answered"
+        );
     }
 }

@@ -61,12 +61,7 @@ impl Store {
     /// Opens (or creates) the store in `dir`. A new store is stamped with
     /// [`SCHEMA_VERSION`]; an existing one must carry it.
     pub fn open(dir: &Path) -> Result<Store> {
-        // sled's default page cache is 1 GiB; prompts are small and the OS
-        // page cache holds the rest.
-        let db = sled::Config::new()
-            .path(dir.join("sled"))
-            .cache_capacity(128 * 1024 * 1024)
-            .open()?;
+        let db = open_sled(&dir.join("sled"))?;
         match db.get(KEY_SCHEMA)? {
             None => {
                 db.insert(KEY_SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
@@ -430,6 +425,36 @@ impl Store {
     }
 }
 
+/// Opens sled, waiting briefly for a lock left by this same process.
+///
+/// sled frees a closed database through epoch-based reclamation, so its file
+/// lock can outlive the last handle by a moment. Another *process* cannot be
+/// the holder here: the registry's own `LOCK` file was taken first. So a
+/// lock conflict is retried for a few seconds before it is reported.
+fn open_sled(path: &Path) -> Result<sled::Db> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        // sled's default page cache is 1 GiB; prompts are small and the OS
+        // page cache holds the rest.
+        let opened = sled::Config::new()
+            .path(path)
+            .cache_capacity(128 * 1024 * 1024)
+            .open();
+        match opened {
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.to_string().contains("could not acquire lock") =>
+            {
+                if std::time::Instant::now() > deadline {
+                    return Err(sled::Error::Io(e).into());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 fn corrupt(key: &[u8], reason: impl Into<String>) -> StoreError {
     StoreError::Corrupt(CorruptRecord {
         key: String::from_utf8_lossy(key).replace('\0', "/"),
@@ -485,4 +510,42 @@ fn history_key(name: &PromptName, label: &LabelName, revision: u64) -> Vec<u8> {
 
 fn revision_key(revision: u64) -> Vec<u8> {
     key(&[b"r/", &revision.to_be_bytes()])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_of_another_schema_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.db.insert(KEY_SCHEMA, &99u32.to_be_bytes()).unwrap();
+            store.flush_blocking().unwrap();
+        }
+        let error = Store::open(dir.path()).err().expect("refused");
+        assert!(matches!(error, StoreError::Schema { found: 99 }), "{error}");
+        assert!(error.to_string().contains("schema version 99"), "{error}");
+    }
+
+    #[test]
+    fn corrupt_records_are_errors_not_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .db
+            .insert(revision_key(1), b"\x01{not json".to_vec())
+            .unwrap();
+        store
+            .db
+            .insert(revision_key(2), b"\x07whatever".to_vec())
+            .unwrap();
+        assert!(matches!(store.revision(1), Err(StoreError::Corrupt(_))));
+        let error = store.revision(2).unwrap_err();
+        assert!(
+            error.to_string().contains("unknown record format 7"),
+            "{error}"
+        );
+    }
 }
