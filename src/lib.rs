@@ -5,6 +5,8 @@
 //!   the template syntax, rollback semantics. Plain types, no I/O.
 //! - [`store`]: sled behind a narrow API; one change-log record per revision
 //!   and the indexes derived from it, written in one atomic batch.
+//! - [`provenance`]: signing keys, signed messages, the audit ledger hash
+//!   chain.
 //! - [`registry`]: the use cases; one writer lock assigns revisions, group
 //!   commit makes them durable before anyone is answered.
 //! - [`grpc`]: the only module that knows protobuf: generated code,
@@ -16,6 +18,7 @@
 pub mod cli;
 pub mod domain;
 pub mod grpc;
+pub mod provenance;
 pub mod registry;
 pub mod server;
 pub mod store;

@@ -1,6 +1,7 @@
 //! `promptreg serve`: configuration, logging, signals.
 
 use crate::domain::Limits;
+use crate::registry::provenance::KeySource;
 use crate::registry::watch::WatchConfig;
 use crate::registry::RegistryConfig;
 use clap::{Args, ValueEnum};
@@ -19,6 +20,10 @@ pub struct ServeArgs {
     /// Log format on stderr. Levels come from RUST_LOG (default info).
     #[arg(long, env = "PROMPTREG_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Sign versions with this Ed25519 PKCS#8 key instead of one generated
+    /// into DATA_DIR/keys/ (then rotate by restarting with a new file).
+    #[arg(long, env = "PROMPTREG_SIGNING_KEY", value_name = "FILE")]
+    pub signing_key: Option<PathBuf>,
     #[command(flatten)]
     pub limits: LimitArgs,
     #[command(flatten)]
@@ -180,6 +185,10 @@ pub async fn run_serve(args: ServeArgs) -> i32 {
         data_dir: args.data_dir,
         limits,
         watch,
+        signing_key: match args.signing_key {
+            Some(file) => KeySource::File(file),
+            None => KeySource::DataDir,
+        },
     };
     match crate::server::run(listener, config, shutdown_signal()).await {
         Ok(()) => 0,

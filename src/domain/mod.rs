@@ -63,6 +63,15 @@ pub struct Version {
     pub created_at: Micros,
     /// The revision that published this version.
     pub revision: u64,
+    /// The server's signature; `None` only for versions from before signing.
+    pub signature: Option<VersionSignature>,
+}
+
+/// An Ed25519 signature over a version's signed message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionSignature {
+    pub key_id: String,
+    pub bytes: Vec<u8>,
 }
 
 /// How a label moved.
@@ -124,14 +133,17 @@ pub enum Change {
     LabelMoved(LabelMove),
 }
 
-impl Change {
-    /// The prompt the change belongs to.
-    pub fn prompt(&self) -> &PromptName {
-        match self {
-            Change::VersionPublished { name, .. } => name,
-            Change::LabelMoved(mv) => &mv.name,
-        }
-    }
+/// A new signing key became active. Not a revision of the registry's
+/// content (watchers do not see it), but an audit ledger entry like any
+/// change; `revision` is the head revision it took effect at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyRotation {
+    pub key_id: String,
+    pub public_key: Vec<u8>,
+    pub actor: String,
+    pub reason: String,
+    pub time: Micros,
+    pub revision: u64,
 }
 
 /// Everything that happened at one revision: the unit of the change log and

@@ -19,7 +19,9 @@ impl From<RegistryError> for Status {
             RegistryError::NotFound(_) => Code::NotFound,
             RegistryError::FailedPrecondition(_) => Code::FailedPrecondition,
             RegistryError::NotDurable(_) => Code::Unavailable,
-            RegistryError::DataDirLocked { .. } | RegistryError::DataDir { .. } => Code::Internal,
+            RegistryError::DataDirLocked { .. }
+            | RegistryError::DataDir { .. }
+            | RegistryError::Key(_) => Code::Internal,
             RegistryError::Store(store) => match store {
                 StoreError::Io(_) => Code::Unavailable,
                 StoreError::Corrupt(_) => Code::DataLoss,
@@ -160,6 +162,13 @@ pub fn version(v: Version, with_content: bool) -> pb::Version {
         tags: v.tags.into_iter().collect(),
         created_at: Some(to_timestamp(v.created_at)),
         revision: v.revision,
+        signature: v
+            .signature
+            .as_ref()
+            .map(|s| s.bytes.clone())
+            .unwrap_or_default(),
+        signing_key_id: v.signature.map(|s| s.key_id).unwrap_or_default(),
+        pruned: false,
     }
 }
 
@@ -390,5 +399,66 @@ pub fn agent_status(row: AgentLabelStatus) -> pb::AgentStatus {
         in_sync,
         rejected_version: row.rejected.as_ref().map_or(0, |(v, _)| *v),
         rejected_reason: row.rejected.map(|(_, r)| r).unwrap_or_default(),
+    }
+}
+
+// --- provenance -----------------------------------------------------------------
+
+use crate::registry::provenance::{AuditReport, Checkpoint};
+use crate::store::PublicKey;
+
+pub fn signing_key(key: PublicKey, active: &str) -> pb::SigningKey {
+    pb::SigningKey {
+        active: key.key_id == active,
+        key_id: key.key_id,
+        public_key: key.public_key,
+        created_at: Some(to_timestamp(key.created_at)),
+    }
+}
+
+pub fn audit_entry(e: crate::provenance::AuditEntry) -> pb::AuditEntry {
+    pb::AuditEntry {
+        sequence: e.sequence,
+        revision: e.revision,
+        time: Some(to_timestamp(e.time)),
+        actor: e.actor,
+        action: e.action,
+        target: e.target,
+        reason: e.reason,
+        trace_id: e.trace_id,
+        detail: e.detail,
+        previous_hash: e.previous_hash,
+        hash: e.hash,
+    }
+}
+
+pub fn checkpoint_to_pb(c: Checkpoint) -> pb::Checkpoint {
+    pb::Checkpoint {
+        sequence: c.sequence,
+        head_hash: c.head_hash,
+        time: Some(to_timestamp(c.time)),
+        key_id: c.key_id,
+        signature: c.signature,
+    }
+}
+
+pub fn checkpoint_from_pb(c: pb::Checkpoint) -> Checkpoint {
+    Checkpoint {
+        sequence: c.sequence,
+        head_hash: c.head_hash,
+        time: c.time.as_ref().map_or(0, crate::time::from_timestamp),
+        key_id: c.key_id,
+        signature: c.signature,
+    }
+}
+
+pub fn audit_report(r: AuditReport) -> pb::VerifyAuditResponse {
+    pb::VerifyAuditResponse {
+        intact: r.intact(),
+        entries: r.entries,
+        versions: r.versions,
+        first_broken_sequence: r.first_broken_sequence,
+        problems: r.problems,
+        head_hash: r.head_hash,
     }
 }

@@ -4,6 +4,7 @@ use super::convert::{self, invalid, label_name, movable_label, prompt_name};
 use super::pb::{self, registry_server::Registry as RegistryApi};
 use crate::domain::{ContentDigest, ValidationError};
 use crate::registry::fleet::{Ack, ApplyOutcome};
+use crate::registry::provenance::AuditFilter;
 use crate::registry::{MoveRequest, PointInTime, Registry, VersionSelector};
 use crate::time::from_timestamp;
 use std::pin::Pin;
@@ -103,6 +104,82 @@ impl RegistryApi for RegistryService {
             target_version: target.unwrap_or(0),
             in_sync: target.is_some() && applied == target,
         }))
+    }
+
+    async fn list_signing_keys(
+        &self,
+        _request: Request<pb::ListSigningKeysRequest>,
+    ) -> Answer<pb::ListSigningKeysResponse> {
+        let (keys, active) = self.registry.signing_keys()?;
+        Ok(Response::new(pb::ListSigningKeysResponse {
+            keys: keys
+                .into_iter()
+                .rev()
+                .map(|k| convert::signing_key(k, &active))
+                .collect(),
+        }))
+    }
+
+    async fn rotate_signing_key(
+        &self,
+        request: Request<pb::RotateSigningKeyRequest>,
+    ) -> Answer<pb::RotateSigningKeyResponse> {
+        let req = request.into_inner();
+        let (key, revision) = self
+            .registry
+            .rotate_signing_key(req.actor, req.reason)
+            .await?;
+        let active = key.key_id.clone();
+        Ok(Response::new(pb::RotateSigningKeyResponse {
+            key: Some(convert::signing_key(key, &active)),
+            revision,
+        }))
+    }
+
+    async fn list_audit(
+        &self,
+        request: Request<pb::ListAuditRequest>,
+    ) -> Answer<pb::ListAuditResponse> {
+        let req = request.into_inner();
+        let non_empty = |s: String| (!s.is_empty()).then_some(s);
+        let filter = AuditFilter {
+            name: match req.name.as_str() {
+                "" => None,
+                raw => Some(prompt_name(raw, self.registry.limits())?),
+            },
+            actor: non_empty(req.actor),
+            action: non_empty(req.action),
+            since: req.since.as_ref().map(from_timestamp),
+            until: req.until.as_ref().map(from_timestamp),
+        };
+        let page = self
+            .registry
+            .list_audit(&filter, req.page_size, &req.page_token)?;
+        Ok(Response::new(pb::ListAuditResponse {
+            entries: page.items.into_iter().map(convert::audit_entry).collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+
+    async fn verify_audit(
+        &self,
+        request: Request<pb::VerifyAuditRequest>,
+    ) -> Answer<pb::VerifyAuditResponse> {
+        let checkpoint = request
+            .into_inner()
+            .checkpoint
+            .map(convert::checkpoint_from_pb);
+        let report = self.registry.verify_audit(checkpoint.as_ref())?;
+        Ok(Response::new(convert::audit_report(report)))
+    }
+
+    async fn create_checkpoint(
+        &self,
+        _request: Request<pb::CreateCheckpointRequest>,
+    ) -> Answer<pb::Checkpoint> {
+        Ok(Response::new(convert::checkpoint_to_pb(
+            self.registry.create_checkpoint()?,
+        )))
     }
 
     async fn fleet_status(

@@ -7,6 +7,7 @@
 
 pub mod fleet;
 mod group_commit;
+pub mod provenance;
 pub mod watch;
 
 use crate::domain::{
@@ -45,6 +46,8 @@ pub enum RegistryError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Key(#[from] crate::provenance::KeyError),
     #[error("the change could not be made durable and was not acknowledged: {0}")]
     NotDurable(String),
 }
@@ -57,6 +60,7 @@ pub struct RegistryConfig {
     pub data_dir: PathBuf,
     pub limits: Limits,
     pub watch: WatchConfig,
+    pub signing_key: provenance::KeySource,
 }
 
 impl RegistryConfig {
@@ -66,6 +70,7 @@ impl RegistryConfig {
             data_dir: data_dir.into(),
             limits: Limits::default(),
             watch: WatchConfig::default(),
+            signing_key: provenance::KeySource::DataDir,
         }
     }
 }
@@ -138,6 +143,8 @@ struct Inner {
     group_commit: Arc<GroupCommit>,
     hub: Hub,
     fleet: Arc<Fleet>,
+    data_dir: PathBuf,
+    key_source: provenance::KeySource,
     /// Held for the registry's lifetime: the OS lock that keeps a second
     /// process off the data directory.
     _lock: File,
@@ -151,6 +158,8 @@ struct WriterState {
     /// Committed revisions waiting for their flush, in revision order; the
     /// flusher publishes them to watchers once durable.
     pending: VecDeque<Arc<Revision>>,
+    /// The key that signs new versions; replaced by rotation under this lock.
+    signer: crate::provenance::SigningKey,
 }
 
 impl Drop for Inner {
@@ -179,6 +188,8 @@ impl Registry {
             Some(rev) => rev.time,
             None => 0,
         };
+        let signer =
+            provenance::open_signing_key(&store, &dir, &config.signing_key, head, last_time)?;
         let group_commit = Arc::new(GroupCommit::new(head));
         let compaction_interval = config.watch.compaction_interval;
         let inner = Arc::new(Inner {
@@ -188,10 +199,13 @@ impl Registry {
                 head,
                 last_time,
                 pending: VecDeque::new(),
+                signer,
             }),
             group_commit: group_commit.clone(),
             hub: Hub::new(config.watch, head),
             fleet: Arc::new(Fleet::default()),
+            data_dir: dir.clone(),
+            key_source: config.signing_key.clone(),
             _lock: lock,
         });
         tokio::spawn(run_flusher(Arc::downgrade(&inner), group_commit));
@@ -255,6 +269,7 @@ impl Registry {
                     tags: new.tags,
                     created_at: time,
                     revision,
+                    signature: Some(writer.sign_version(&new.name, number, &digest, time)),
                 };
                 let latest_move = LabelMove {
                     name: new.name.clone(),

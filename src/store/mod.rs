@@ -14,6 +14,10 @@
 //! | `d/{name}\0{digest}` | digest → version number |
 //! | `l/{name}\0{label}` | a label's current target |
 //! | `h/{name}\0{label}\0{rev}` | one move in a label's history |
+//! | `a/{seq}` | one audit ledger entry, hash-chained to the one before |
+//! | `meta/ledger` | the ledger head: sequence and hash |
+//! | `k/{key_id}` | a public signing key |
+//! | `meta/signing_key` | the active signing key's id |
 //!
 //! Numbers in keys are big-endian so that byte order is numeric order. The
 //! change log (`r/`) is the source of truth for what happened; `p/`, `l/`,
@@ -27,7 +31,12 @@ use crate::domain::{
     Change, ContentDigest, LabelMove, LabelName, LabelTarget, PromptName, PromptSummary, Revision,
     Version,
 };
-use records::{decode, encode, LabelRec, MoveRec, PromptRec, RevisionRec, VersionRec};
+use crate::domain::{KeyRotation, Micros};
+use crate::provenance::{AuditEntry, LedgerHead};
+use records::{
+    decode, encode, AuditRec, KeyRec, LabelRec, MoveRec, PromptRec, RevisionRec, VersionRec,
+};
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 pub use records::CorruptRecord;
@@ -38,6 +47,17 @@ pub const SCHEMA_VERSION: u32 = 1;
 const KEY_SCHEMA: &[u8] = b"meta/schema";
 const KEY_HEAD: &[u8] = b"meta/rev";
 const KEY_COMPACT: &[u8] = b"meta/compact";
+const KEY_LEDGER: &[u8] = b"meta/ledger";
+const KEY_SIGNING: &[u8] = b"meta/signing_key";
+
+/// A public signing key as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicKey {
+    pub key_id: String,
+    pub public_key: Vec<u8>,
+    pub created_at: Micros,
+    pub revision: u64,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -93,9 +113,16 @@ impl Store {
     ///
     /// After this returns the revision is visible to readers but not yet
     /// durable: call [`Store::flush`] before acknowledging it.
+    ///
+    /// Every change also appends one audit ledger entry, chained to the
+    /// previous head, in the same batch.
     pub fn commit(&self, revision: &Revision, published: Option<&Version>) -> Result<()> {
         let mut batch = sled::Batch::default();
+        let mut head = self.ledger_head()?;
         for change in &revision.changes {
+            let entry = ledger_entry(&head, revision, change, published);
+            batch.insert(audit_key(entry.sequence), encode(&AuditRec::from(&entry)));
+            head = entry.head();
             match change {
                 Change::VersionPublished {
                     name,
@@ -136,6 +163,7 @@ impl Store {
                 }
             }
         }
+        batch.insert(KEY_LEDGER, encode(&LedgerHeadRec::from(head)));
         batch.insert(
             revision_key(revision.revision),
             encode(&RevisionRec::from(revision)),
@@ -419,6 +447,105 @@ impl Store {
         Ok(removed)
     }
 
+    /// Records a new active signing key: its public half and a ledger entry,
+    /// in one atomic batch. Durable after [`Store::flush`].
+    pub fn commit_key_rotation(&self, rotation: &KeyRotation) -> Result<()> {
+        let head = self.ledger_head()?;
+        let entry = AuditEntry::after(
+            &head,
+            rotation.revision,
+            rotation.time,
+            &rotation.actor,
+            "rotate_key",
+            format!("key:{}", rotation.key_id),
+            &rotation.reason,
+            hex::encode(&rotation.public_key),
+        );
+        let key = KeyRec {
+            public_key: hex::encode(&rotation.public_key),
+            created_at: rotation.time,
+            revision: rotation.revision,
+        };
+        let mut batch = sled::Batch::default();
+        batch.insert(audit_key(entry.sequence), encode(&AuditRec::from(&entry)));
+        batch.insert(KEY_LEDGER, encode(&LedgerHeadRec::from(entry.head())));
+        batch.insert(key_key(&rotation.key_id), encode(&key));
+        batch.insert(KEY_SIGNING, rotation.key_id.as_bytes());
+        self.db.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// The audit ledger's newest entry (sequence 0 when empty).
+    pub fn ledger_head(&self) -> Result<LedgerHead> {
+        match self.db.get(KEY_LEDGER)? {
+            None => Ok(LedgerHead::default()),
+            Some(raw) => {
+                let rec: LedgerHeadRec = decode(KEY_LEDGER, &raw)?;
+                Ok(LedgerHead {
+                    sequence: rec.sequence,
+                    hash: rec.hash,
+                })
+            }
+        }
+    }
+
+    /// Ledger entries with sequence >= `from`, oldest first; at most `limit`.
+    pub fn audit_entries(&self, from: u64, limit: usize) -> Result<Vec<AuditEntry>> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .range(audit_key(from)..audit_key(u64::MAX))
+            .take(limit)
+        {
+            let (key, raw) = item?;
+            out.push(decode::<AuditRec>(&key, &raw)?.into());
+        }
+        Ok(out)
+    }
+
+    /// Every public signing key, oldest first.
+    pub fn signing_keys(&self) -> Result<Vec<PublicKey>> {
+        let mut keys = self
+            .db
+            .scan_prefix(b"k/")
+            .map(|item| {
+                let (key, raw) = item?;
+                let rec: KeyRec = decode(&key, &raw)?;
+                Ok(PublicKey {
+                    key_id: String::from_utf8_lossy(&key[2..]).into_owned(),
+                    public_key: hex::decode(&rec.public_key)
+                        .map_err(|e| corrupt(&key, e.to_string()))?,
+                    created_at: rec.created_at,
+                    revision: rec.revision,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        keys.sort_by_key(|k| k.revision);
+        Ok(keys)
+    }
+
+    /// The id of the key that signs new versions.
+    pub fn active_key_id(&self) -> Result<Option<String>> {
+        Ok(self
+            .db
+            .get(KEY_SIGNING)?
+            .map(|raw| String::from_utf8_lossy(&raw).into_owned()))
+    }
+
+    /// Calls `visit` with every stored version (or the error decoding it),
+    /// in (name, number) order.
+    pub fn scan_versions(&self, mut visit: impl FnMut(Result<Version>)) -> Result<()> {
+        for item in self.db.scan_prefix(b"v/") {
+            let (key, raw) = item?;
+            visit(
+                decode::<VersionRec>(&key, &raw)
+                    .map_err(StoreError::from)
+                    .and_then(|rec| rec.into_domain().map_err(|e| corrupt(&key, e))),
+            );
+        }
+        Ok(())
+    }
+
     /// The store's size on disk in bytes.
     pub fn size_on_disk(&self) -> Result<u64> {
         Ok(self.db.size_on_disk()?)
@@ -506,6 +633,70 @@ fn history_key(name: &PromptName, label: &LabelName, revision: u64) -> Vec<u8> {
         b"\0",
         &revision.to_be_bytes(),
     ])
+}
+
+#[derive(Serialize, Deserialize)]
+struct LedgerHeadRec {
+    sequence: u64,
+    hash: String,
+}
+
+impl From<LedgerHead> for LedgerHeadRec {
+    fn from(head: LedgerHead) -> Self {
+        LedgerHeadRec {
+            sequence: head.sequence,
+            hash: head.hash,
+        }
+    }
+}
+
+/// The ledger entry recording one change.
+fn ledger_entry(
+    head: &LedgerHead,
+    revision: &Revision,
+    change: &Change,
+    published: Option<&Version>,
+) -> AuditEntry {
+    let side = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("v{v}"));
+    let (actor, action, target, reason, detail) = match change {
+        Change::VersionPublished {
+            name,
+            version,
+            digest,
+            author,
+        } => (
+            author.as_str(),
+            "publish",
+            format!("{name}@v{version}"),
+            published.map_or("", |v| v.description.as_str()),
+            digest.to_string(),
+        ),
+        Change::LabelMoved(mv) => (
+            mv.actor.as_str(),
+            mv.kind.as_str(),
+            format!("{}:{}", mv.name, mv.label),
+            mv.reason.as_str(),
+            format!("{} -> {}", side(mv.from_version), side(mv.to_version)),
+        ),
+    };
+    AuditEntry::after(
+        head,
+        revision.revision,
+        revision.time,
+        actor,
+        action,
+        target,
+        reason,
+        detail,
+    )
+}
+
+fn audit_key(sequence: u64) -> Vec<u8> {
+    key(&[b"a/", &sequence.to_be_bytes()])
+}
+
+fn key_key(key_id: &str) -> Vec<u8> {
+    key(&[b"k/", key_id.as_bytes()])
 }
 
 fn revision_key(revision: u64) -> Vec<u8> {

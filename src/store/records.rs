@@ -5,8 +5,9 @@
 
 use crate::domain::{
     Change, ChatMessage, Content, ContentDigest, LabelMove, LabelName, LabelTarget, Micros,
-    MoveKind, PromptName, PromptSummary, Revision, TemplateBody, Version,
+    MoveKind, PromptName, PromptSummary, Revision, TemplateBody, Version, VersionSignature,
 };
+use crate::provenance::AuditEntry;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -59,6 +60,11 @@ pub struct VersionRec {
     pub tags: BTreeMap<String, String>,
     pub created_at: Micros,
     pub revision: u64,
+    /// Hex Ed25519 signature; absent in records written before signing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_key_id: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -122,6 +128,66 @@ pub enum ChangeRec {
     LabelMoved(MoveRec),
 }
 
+/// A public signing key.
+#[derive(Serialize, Deserialize)]
+pub struct KeyRec {
+    pub public_key: String,
+    pub created_at: Micros,
+    pub revision: u64,
+}
+
+/// One audit ledger entry.
+#[derive(Serialize, Deserialize)]
+pub struct AuditRec {
+    pub sequence: u64,
+    pub revision: u64,
+    pub time: Micros,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub reason: String,
+    pub trace_id: String,
+    pub detail: String,
+    pub previous_hash: String,
+    pub hash: String,
+}
+
+impl From<&AuditEntry> for AuditRec {
+    fn from(e: &AuditEntry) -> Self {
+        AuditRec {
+            sequence: e.sequence,
+            revision: e.revision,
+            time: e.time,
+            actor: e.actor.clone(),
+            action: e.action.clone(),
+            target: e.target.clone(),
+            reason: e.reason.clone(),
+            trace_id: e.trace_id.clone(),
+            detail: e.detail.clone(),
+            previous_hash: e.previous_hash.clone(),
+            hash: e.hash.clone(),
+        }
+    }
+}
+
+impl From<AuditRec> for AuditEntry {
+    fn from(r: AuditRec) -> Self {
+        AuditEntry {
+            sequence: r.sequence,
+            revision: r.revision,
+            time: r.time,
+            actor: r.actor,
+            action: r.action,
+            target: r.target,
+            reason: r.reason,
+            trace_id: r.trace_id,
+            detail: r.detail,
+            previous_hash: r.previous_hash,
+            hash: r.hash,
+        }
+    }
+}
+
 // --- domain -> record ---------------------------------------------------------
 
 impl From<&Version> for VersionRec {
@@ -149,6 +215,8 @@ impl From<&Version> for VersionRec {
             tags: v.tags.clone(),
             created_at: v.created_at,
             revision: v.revision,
+            signature: v.signature.as_ref().map(|s| hex::encode(&s.bytes)),
+            signing_key_id: v.signature.as_ref().map(|s| s.key_id.clone()),
         }
     }
 }
@@ -239,6 +307,13 @@ impl VersionRec {
             tags: self.tags,
             created_at: self.created_at,
             revision: self.revision,
+            signature: match (self.signature, self.signing_key_id) {
+                (Some(sig), Some(key_id)) => Some(VersionSignature {
+                    key_id,
+                    bytes: hex::decode(sig).map_err(|e| format!("signature is not hex: {e}"))?,
+                }),
+                _ => None,
+            },
         })
     }
 }

@@ -1,0 +1,375 @@
+//! Signing keys, the audit ledger and its verification: the registry's
+//! provenance use cases.
+
+use super::{
+    check_text, page_size_of, parse_number_token, Page, Registry, RegistryError, Result,
+    WriterState,
+};
+use crate::domain::{KeyRotation, Micros, PromptName};
+use crate::provenance::{
+    checkpoint_message, verify_signature, version_message, AuditEntry, LedgerHead, SigningKey,
+};
+use crate::store::{PublicKey, Store};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Where the signing key comes from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum KeySource {
+    /// Generated into `DATA_DIR/keys/` on first start; rotated by the server.
+    #[default]
+    DataDir,
+    /// Loaded from a PKCS#8 file (`--signing-key`); rotated by replacing the
+    /// file and restarting.
+    File(PathBuf),
+}
+
+/// Filters of [`Registry::list_audit`]; `None` matches everything.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub name: Option<PromptName>,
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub since: Option<Micros>,
+    pub until: Option<Micros>,
+}
+
+impl AuditFilter {
+    fn matches(&self, e: &AuditEntry) -> bool {
+        let prompt_ok = self.name.as_ref().is_none_or(|n| {
+            let name = n.as_str();
+            e.target
+                .strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('@') || rest.starts_with(':'))
+        });
+        prompt_ok
+            && self.actor.as_ref().is_none_or(|a| &e.actor == a)
+            && self.action.as_ref().is_none_or(|a| &e.action == a)
+            && self.since.is_none_or(|t| e.time >= t)
+            && self.until.is_none_or(|t| e.time < t)
+    }
+}
+
+/// A signed statement of the ledger head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub sequence: u64,
+    pub head_hash: String,
+    pub time: Micros,
+    pub key_id: String,
+    pub signature: Vec<u8>,
+}
+
+/// What [`Registry::verify_audit`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditReport {
+    pub entries: u64,
+    pub versions: u64,
+    /// The first entry whose hash or link is wrong (0: none).
+    pub first_broken_sequence: u64,
+    pub problems: Vec<String>,
+    pub head_hash: String,
+}
+
+impl AuditReport {
+    pub fn intact(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Loads or creates the signing key at start-up. When the store does not
+/// know the key yet, its public half and a ledger entry are recorded and
+/// flushed here, before serving.
+pub(super) fn open_signing_key(
+    store: &Store,
+    data_dir: &Path,
+    source: &KeySource,
+    head: u64,
+    last_time: Micros,
+) -> Result<SigningKey> {
+    let active = store.active_key_id()?;
+    let (key, reason) = match (source, &active) {
+        (KeySource::File(path), _) => (
+            SigningKey::load(path)?,
+            format!("signing key loaded from {}", path.display()),
+        ),
+        (KeySource::DataDir, Some(id)) => {
+            let path = keys_dir(data_dir).join(format!("{id}.pk8"));
+            if !path.exists() {
+                return Err(RegistryError::FailedPrecondition(format!(
+                    "the active signing key {id} is missing: {} does not exist. Restore it from a backup, \
+                     or start with --signing-key FILE",
+                    path.display()
+                )));
+            }
+            (SigningKey::load(&path)?, String::new())
+        }
+        (KeySource::DataDir, None) => (
+            SigningKey::generate_into(&keys_dir(data_dir))?,
+            "signing key generated on first start".to_string(),
+        ),
+    };
+    if active.as_deref() != Some(key.key_id.as_str()) {
+        store.commit_key_rotation(&KeyRotation {
+            key_id: key.key_id.clone(),
+            public_key: key.public_key(),
+            actor: "promptreg".to_string(),
+            reason,
+            time: crate::time::now_micros().max(last_time),
+            revision: head,
+        })?;
+        store.flush_blocking()?;
+    }
+    Ok(key)
+}
+
+fn keys_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("keys")
+}
+
+impl WriterState {
+    /// Signs a version's signed message with the active key.
+    pub(super) fn sign_version(
+        &self,
+        name: &PromptName,
+        number: u64,
+        digest: &crate::domain::ContentDigest,
+        created_at: Micros,
+    ) -> crate::domain::VersionSignature {
+        crate::domain::VersionSignature {
+            key_id: self.signer.key_id.clone(),
+            bytes: self
+                .signer
+                .sign(&version_message(name, number, digest, created_at)),
+        }
+    }
+}
+
+impl Registry {
+    /// Every public key the server has signed with, oldest first, and the
+    /// active key's id.
+    pub fn signing_keys(&self) -> Result<(Vec<PublicKey>, String)> {
+        let active = self.lock_writer().signer.key_id.clone();
+        Ok((self.store().signing_keys()?, active))
+    }
+
+    /// Generates a new signing key and makes it active. Old public keys stay
+    /// published; versions keep the signature they were published with.
+    pub async fn rotate_signing_key(
+        &self,
+        actor: String,
+        reason: String,
+    ) -> Result<(PublicKey, u64)> {
+        check_text("actor", &actor, self.inner.limits.max_actor_bytes)?;
+        check_text("reason", &reason, self.inner.limits.max_text_bytes)?;
+        if let KeySource::File(path) = &self.inner.key_source {
+            return Err(RegistryError::FailedPrecondition(format!(
+                "this server signs with --signing-key {}; rotate by restarting it with a new key file",
+                path.display()
+            )));
+        }
+        let (public, revision) = {
+            let mut writer = self.lock_writer();
+            let key = SigningKey::generate_into(&keys_dir(&self.inner.data_dir))?;
+            let (_, time) = writer.next();
+            let rotation = KeyRotation {
+                key_id: key.key_id.clone(),
+                public_key: key.public_key(),
+                actor,
+                reason,
+                time,
+                revision: writer.head,
+            };
+            self.store().commit_key_rotation(&rotation)?;
+            writer.signer = key;
+            let public = PublicKey {
+                key_id: rotation.key_id,
+                public_key: rotation.public_key,
+                created_at: time,
+                revision: rotation.revision,
+            };
+            (public, rotation.revision)
+        };
+        // Not a revision of its own: make it durable directly.
+        self.store().flush().await?;
+        Ok((public, revision))
+    }
+
+    /// Ledger entries matching `filter`, oldest first, paged by sequence.
+    pub fn list_audit(
+        &self,
+        filter: &AuditFilter,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<Page<AuditEntry>> {
+        let size = page_size_of(page_size);
+        let mut from = parse_number_token(page_token)?.map_or(1, |after| after + 1);
+        let mut items = Vec::new();
+        loop {
+            let page = self.store().audit_entries(from, 1024)?;
+            let Some(last) = page.last() else { break };
+            from = last.sequence + 1;
+            for entry in page {
+                if filter.matches(&entry) {
+                    items.push(entry);
+                    if items.len() > size {
+                        let next = items[size - 1].sequence.to_string();
+                        items.truncate(size);
+                        return Ok(Page {
+                            items,
+                            next_page_token: next,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(Page {
+            items,
+            next_page_token: String::new(),
+        })
+    }
+
+    /// Signs the ledger head with the active key.
+    pub fn create_checkpoint(&self) -> Result<Checkpoint> {
+        let writer = self.lock_writer();
+        let head = self.store().ledger_head()?;
+        let time = crate::time::now_micros();
+        let signature = writer
+            .signer
+            .sign(&checkpoint_message(head.sequence, &head.hash, time));
+        Ok(Checkpoint {
+            sequence: head.sequence,
+            head_hash: head.hash,
+            time,
+            key_id: writer.signer.key_id.clone(),
+            signature,
+        })
+    }
+
+    /// Recomputes the ledger's hash chain, every version's digest and
+    /// signature, and (when given) a checkpoint kept elsewhere.
+    pub fn verify_audit(&self, checkpoint: Option<&Checkpoint>) -> Result<AuditReport> {
+        let store = self.store();
+        let mut report = AuditReport::default();
+        let mut previous = LedgerHead::default();
+        let mut hash_at_checkpoint = None;
+        let broken = |report: &mut AuditReport, sequence: u64, problem: String| {
+            if report.first_broken_sequence == 0 {
+                report.first_broken_sequence = sequence;
+            }
+            report.problems.push(problem);
+        };
+        loop {
+            let page = store.audit_entries(previous.sequence + 1, 1024)?;
+            if page.is_empty() {
+                break;
+            }
+            for entry in page {
+                report.entries += 1;
+                let seq = entry.sequence;
+                if seq != previous.sequence + 1 {
+                    broken(
+                        &mut report,
+                        seq,
+                        format!(
+                            "ledger entries {} to {} are missing",
+                            previous.sequence + 1,
+                            seq - 1
+                        ),
+                    );
+                }
+                if entry.previous_hash != previous.hash {
+                    broken(&mut report, seq, format!("ledger entry {seq} does not link to entry {}: its previous_hash differs", previous.sequence));
+                }
+                if entry.compute_hash() != entry.hash {
+                    broken(&mut report, seq, format!("ledger entry {seq} was altered: its hash does not match its contents ({} {} by {})", entry.action, entry.target, entry.actor));
+                }
+                if checkpoint.is_some_and(|c| c.sequence == seq) {
+                    hash_at_checkpoint = Some(entry.hash.clone());
+                }
+                previous = entry.head();
+            }
+        }
+        let head = store.ledger_head()?;
+        if head != previous {
+            broken(
+                &mut report,
+                head.sequence,
+                format!(
+                    "the ledger head says entry {} ({}) but the last entry is {} ({})",
+                    head.sequence, head.hash, previous.sequence, previous.hash
+                ),
+            );
+        }
+        report.head_hash = previous.hash.clone();
+
+        let keys: HashMap<String, Vec<u8>> = store
+            .signing_keys()?
+            .into_iter()
+            .map(|k| (k.key_id, k.public_key))
+            .collect();
+        store.scan_versions(|version| {
+            report.versions += 1;
+            let version = match version {
+                Ok(version) => version,
+                Err(error) => {
+                    report.problems.push(format!("unreadable version record: {error}"));
+                    return;
+                }
+            };
+            let label = format!("{} v{}", version.name, version.number);
+            let computed = version.content.digest();
+            if computed != version.digest {
+                report.problems.push(format!(
+                    "{label}: stored content was altered: it hashes to {computed}, not its digest {}",
+                    version.digest
+                ));
+            }
+            match &version.signature {
+                None => report.problems.push(format!("{label}: unsigned (published before signing existed)")),
+                Some(sig) => match keys.get(&sig.key_id) {
+                    None => report.problems.push(format!("{label}: signed by unknown key {}", sig.key_id)),
+                    Some(public) => {
+                        let message = version_message(&version.name, version.number, &version.digest, version.created_at);
+                        if !verify_signature(public, &message, &sig.bytes) {
+                            report.problems.push(format!("{label}: signature does not verify with key {}", sig.key_id));
+                        }
+                    }
+                },
+            }
+        })?;
+
+        if let Some(c) = checkpoint {
+            match keys.get(&c.key_id) {
+                None => report.problems.push(format!(
+                    "checkpoint at entry {}: signed by unknown key {}",
+                    c.sequence, c.key_id
+                )),
+                Some(public) => {
+                    if !verify_signature(
+                        public,
+                        &checkpoint_message(c.sequence, &c.head_hash, c.time),
+                        &c.signature,
+                    ) {
+                        report.problems.push(format!(
+                            "checkpoint at entry {}: its signature does not verify",
+                            c.sequence
+                        ));
+                    }
+                }
+            }
+            match hash_at_checkpoint {
+                Some(hash) if hash == c.head_hash => {}
+                Some(hash) => report.problems.push(format!(
+                    "the ledger was rewritten: entry {} hashes to {hash}, the checkpoint says {}",
+                    c.sequence, c.head_hash
+                )),
+                None => report.problems.push(format!(
+                    "the ledger has no entry {} that the checkpoint names",
+                    c.sequence
+                )),
+            }
+        }
+        Ok(report)
+    }
+}
