@@ -85,6 +85,9 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
     match command {
         Command::Serve(_) => unreachable!("serve is dispatched by main"),
         Command::Watch(args) => return super::watch::run_watch(args).await,
+        Command::Keys(args) => return super::provenance::keys(args).await,
+        Command::Verify(args) => return super::provenance::verify(args).await,
+        Command::Audit(args) => return super::provenance::audit(args).await,
         Command::Fleet(args) => {
             let mut client = connect(&args.client).await?;
             let request = pb::FleetStatusRequest {

@@ -7,6 +7,7 @@
 //! could not be reached.
 
 mod client;
+mod provenance;
 mod serve;
 mod watch;
 
@@ -91,6 +92,93 @@ pub enum Command {
     Watch(WatchArgs),
     /// Show which agents run which version of a label.
     Fleet(FleetArgs),
+    /// List the server's signing keys; `keys rotate` makes a new one.
+    Keys(KeysArgs),
+    /// Check a version locally: recompute its digest and verify its signature.
+    Verify(VerifyArgs),
+    /// Read the audit ledger; `audit verify` and `audit checkpoint`.
+    Audit(AuditArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    #[command(subcommand)]
+    pub action: Option<KeysAction>,
+    #[command(flatten)]
+    pub client: ClientOptions,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysAction {
+    /// Generate a new signing key; new versions are signed with it, old
+    /// public keys stay published.
+    Rotate {
+        /// Why (required; recorded in the audit ledger).
+        #[arg(long)]
+        reason: String,
+        /// Who rotates (default: the local user name).
+        #[arg(long)]
+        actor: Option<String>,
+        #[command(flatten)]
+        client: ClientOptions,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("selector").args(["version", "label"])))]
+pub struct VerifyArgs {
+    /// The prompt's name.
+    pub name: String,
+    /// A version number.
+    #[arg(long)]
+    pub version: Option<u64>,
+    /// A label to resolve (the default is latest).
+    #[arg(long)]
+    pub label: Option<String>,
+    #[command(flatten)]
+    pub client: ClientOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    #[command(subcommand)]
+    pub action: Option<AuditAction>,
+    /// Only entries about this prompt.
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// Only entries by this actor.
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// Only this action: publish, promote, rollback, remove, rotate_key.
+    #[arg(long)]
+    pub action_name: Option<String>,
+    /// Only entries at or after this time (RFC 3339).
+    #[arg(long, value_name = "RFC3339")]
+    pub since: Option<String>,
+    /// Only entries before this time (RFC 3339).
+    #[arg(long, value_name = "RFC3339")]
+    pub until: Option<String>,
+    #[command(flatten)]
+    pub client: ClientOptions,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditAction {
+    /// Recompute the ledger's hash chain and every version's digest and
+    /// signature; exit 0 only when everything holds.
+    Verify {
+        /// Also check a checkpoint saved earlier by `audit checkpoint --output json`.
+        #[arg(long, value_name = "FILE")]
+        checkpoint: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientOptions,
+    },
+    /// Sign the ledger's head hash; keep the JSON elsewhere to prove later
+    /// that the ledger was not rewritten.
+    Checkpoint {
+        #[command(flatten)]
+        client: ClientOptions,
+    },
 }
 
 /// `--wait`: after a label move, wait for the fleet to converge.

@@ -334,3 +334,18 @@ impl Drop for ServerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Opens a stopped server's sled store directly (to tamper with it), waiting
+/// for sled's lock, which can outlive the closed store by a moment.
+pub fn open_store_directly(data_dir: &Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match sled::open(data_dir.join("sled")) {
+            Ok(db) => return db,
+            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            Err(e) => panic!("cannot open the store directly: {e}"),
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! `promptreg keys`, `verify` and `audit`: provenance from the command line.
+//! `verify` checks everything locally: the server's word is not taken for
+//! the digest or the signature.
+
+use super::client::{connect, emit, time_text, Failure};
+use super::{exit, local_user, AuditAction, AuditArgs, KeysAction, KeysArgs, VerifyArgs};
+use crate::domain::{ChatMessage, Content, ContentDigest, PromptName, TemplateBody};
+use crate::grpc::pb;
+use crate::provenance::{key_id_of, verify_signature, version_message};
+use serde_json::{json, Value};
+
+pub(super) async fn keys(args: KeysArgs) -> Result<(), Failure> {
+    match args.action {
+        None => {
+            let mut client = connect(&args.client).await?;
+            let keys = client
+                .list_signing_keys(pb::ListSigningKeysRequest {})
+                .await?
+                .into_inner()
+                .keys;
+            for k in &keys {
+                let public_key = hex::encode(&k.public_key);
+                let created = time_text(&k.created_at);
+                emit(
+                    &args.client,
+                    || {
+                        format!(
+                            "{}\t{}\t{created}\t{public_key}",
+                            k.key_id,
+                            if k.active { "active" } else { "retired" }
+                        )
+                    },
+                    json!({"key_id": k.key_id, "active": k.active, "created_at": created, "public_key": public_key}),
+                );
+            }
+        }
+        Some(KeysAction::Rotate {
+            reason,
+            actor,
+            client: options,
+        }) => {
+            let mut client = connect(&options).await?;
+            let request = pb::RotateSigningKeyRequest {
+                actor: actor.unwrap_or_else(local_user),
+                reason,
+            };
+            let answer = client.rotate_signing_key(request).await?.into_inner();
+            let key = answer.key.unwrap_or_default();
+            let public_key = hex::encode(&key.public_key);
+            emit(
+                &options,
+                || format!("new signing key {} is active ({public_key})", key.key_id),
+                json!({"key_id": key.key_id, "active": true, "public_key": public_key, "revision": answer.revision}),
+            );
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn verify(args: VerifyArgs) -> Result<(), Failure> {
+    use pb::get_version_request::Selector;
+    let mut client = connect(&args.client).await?;
+    let selector = match (args.version, &args.label) {
+        (Some(v), _) => Some(Selector::Version(v)),
+        (_, Some(l)) => Some(Selector::Label(l.clone())),
+        _ => None,
+    };
+    let request = pb::GetVersionRequest {
+        name: args.name.clone(),
+        selector,
+    };
+    let version = client
+        .get_version(request)
+        .await?
+        .into_inner()
+        .version
+        .unwrap_or_default();
+    let keys = client
+        .list_signing_keys(pb::ListSigningKeysRequest {})
+        .await?
+        .into_inner()
+        .keys;
+    let check = check_version(&version, &keys);
+    emit(
+        &args.client,
+        || {
+            let mark = |ok: bool| if ok { "ok" } else { "FAILED" };
+            format!(
+                "{} v{} {}\ndigest: {} ({})\nsignature: {} ({})",
+                version.name,
+                version.version,
+                version.digest,
+                mark(check.digest_ok),
+                check.digest_note,
+                mark(check.signature_ok),
+                check.signature_note
+            )
+        },
+        json!({"name": version.name, "version": version.version, "digest": version.digest, "revision": version.revision,
+               "digest_ok": check.digest_ok, "signature_ok": check.signature_ok, "key_id": version.signing_key_id,
+               "verified": check.digest_ok && check.signature_ok}),
+    );
+    if check.digest_ok && check.signature_ok {
+        Ok(())
+    } else {
+        Err(Failure {
+            code: exit::REFUSED,
+            message: format!(
+                "{} v{} did not verify: {}; {}",
+                version.name, version.version, check.digest_note, check.signature_note
+            ),
+        })
+    }
+}
+
+struct Check {
+    digest_ok: bool,
+    digest_note: String,
+    signature_ok: bool,
+    signature_note: String,
+}
+
+/// Recomputes the digest from the content and checks the signature against
+/// the published key with the matching id.
+fn check_version(v: &pb::Version, keys: &[pb::SigningKey]) -> Check {
+    let template = match v.template.as_ref().and_then(|t| t.kind.as_ref()) {
+        Some(pb::template::Kind::Text(text)) => Some(TemplateBody::Text(text.clone())),
+        Some(pb::template::Kind::Chat(chat)) => Some(TemplateBody::Chat(
+            chat.messages
+                .iter()
+                .map(|m| ChatMessage {
+                    role: m.role.clone(),
+                    content: m.content.clone(),
+                })
+                .collect(),
+        )),
+        None => None,
+    };
+    let computed = template.map(|template| {
+        Content {
+            template,
+            variables: v.variables.clone(),
+            model_config_json: v.model_config_json.clone(),
+        }
+        .digest()
+    });
+    let (digest_ok, digest_note) = match computed {
+        Some(d) if d.to_string() == v.digest => (true, "the content hashes to it".to_string()),
+        Some(d) => (false, format!("the content hashes to {d}")),
+        None => (false, "no content to hash".to_string()),
+    };
+    let signature_ok;
+    let signature_note;
+    match keys.iter().find(|k| k.key_id == v.signing_key_id) {
+        _ if v.signature.is_empty() => {
+            signature_ok = false;
+            signature_note = "unsigned".to_string();
+        }
+        None => {
+            signature_ok = false;
+            signature_note = format!("key {} is not published by the server", v.signing_key_id);
+        }
+        Some(key) if key_id_of(&key.public_key) != key.key_id => {
+            signature_ok = false;
+            signature_note = format!("published key {} does not match its id", key.key_id);
+        }
+        Some(key) => {
+            let name = PromptName::parse("name", &v.name, usize::MAX);
+            let digest = ContentDigest::parse("digest", &v.digest);
+            let created_at = v.created_at.as_ref().map_or(0, crate::time::from_timestamp);
+            signature_ok = match (name, digest) {
+                (Ok(name), Ok(digest)) => verify_signature(
+                    &key.public_key,
+                    &version_message(&name, v.version, &digest, created_at),
+                    &v.signature,
+                ),
+                _ => false,
+            };
+            signature_note = if signature_ok {
+                format!("valid Ed25519 signature by key {}", key.key_id)
+            } else {
+                format!("the signature does not verify with key {}", key.key_id)
+            };
+        }
+    }
+    Check {
+        digest_ok,
+        digest_note,
+        signature_ok,
+        signature_note,
+    }
+}
+
+pub(super) async fn audit(args: AuditArgs) -> Result<(), Failure> {
+    match args.action {
+        None => list(&args).await,
+        Some(AuditAction::Checkpoint { client: options }) => {
+            let mut client = connect(&options).await?;
+            let c = client
+                .create_checkpoint(pb::CreateCheckpointRequest {})
+                .await?
+                .into_inner();
+            emit(
+                &options,
+                || {
+                    format!(
+                        "checkpoint: entry {} head {} at {} signed by {}\nsave it with --output json and check it later with `promptreg audit verify --checkpoint FILE`",
+                        c.sequence,
+                        c.head_hash,
+                        time_text(&c.time),
+                        c.key_id
+                    )
+                },
+                checkpoint_json(&c),
+            );
+            Ok(())
+        }
+        Some(AuditAction::Verify {
+            checkpoint,
+            client: options,
+        }) => {
+            let checkpoint = match checkpoint {
+                None => None,
+                Some(path) => {
+                    let raw = std::fs::read_to_string(&path).map_err(|e| {
+                        Failure::usage(format!("--checkpoint {}: {e}", path.display()))
+                    })?;
+                    Some(parse_checkpoint(&raw).map_err(|e| {
+                        Failure::usage(format!("--checkpoint {}: {e}", path.display()))
+                    })?)
+                }
+            };
+            let mut client = connect(&options).await?;
+            let report = client
+                .verify_audit(pb::VerifyAuditRequest { checkpoint })
+                .await?
+                .into_inner();
+            emit(
+                &options,
+                || {
+                    let mut text = format!(
+                        "{}: {} ledger entries, {} versions checked; head {}",
+                        if report.intact { "intact" } else { "BROKEN" },
+                        report.entries,
+                        report.versions,
+                        report.head_hash
+                    );
+                    for problem in &report.problems {
+                        text.push_str(&format!("\n- {problem}"));
+                    }
+                    text
+                },
+                json!({"intact": report.intact, "entries": report.entries, "versions": report.versions,
+                       "first_broken_sequence": report.first_broken_sequence, "problems": report.problems,
+                       "head_hash": report.head_hash}),
+            );
+            if report.intact {
+                Ok(())
+            } else {
+                Err(Failure {
+                    code: exit::REFUSED,
+                    message: format!("the audit found {} problems", report.problems.len()),
+                })
+            }
+        }
+    }
+}
+
+async fn list(args: &AuditArgs) -> Result<(), Failure> {
+    let time =
+        |flag: &str, raw: &Option<String>| -> Result<Option<prost_types::Timestamp>, Failure> {
+            raw.as_deref()
+                .map(|raw| {
+                    crate::time::parse_rfc3339(raw)
+                        .map(crate::time::to_timestamp)
+                        .map_err(|e| Failure::usage(format!("{flag}: {e}")))
+                })
+                .transpose()
+        };
+    let since = time("--since", &args.since)?;
+    let until = time("--until", &args.until)?;
+    let mut client = connect(&args.client).await?;
+    let mut token = String::new();
+    loop {
+        let request = pb::ListAuditRequest {
+            name: args.prompt.clone().unwrap_or_default(),
+            actor: args.actor.clone().unwrap_or_default(),
+            action: args.action_name.clone().unwrap_or_default(),
+            since,
+            until,
+            page_size: 1000,
+            page_token: token,
+        };
+        let page = client.list_audit(request).await?.into_inner();
+        for e in &page.entries {
+            let time = time_text(&e.time);
+            emit(
+                &args.client,
+                || {
+                    format!(
+                        "#{}\trevision {}\t{time}\t{}\t{}\t{}\t{}\t{}",
+                        e.sequence, e.revision, e.actor, e.action, e.target, e.detail, e.reason
+                    )
+                },
+                json!({"sequence": e.sequence, "revision": e.revision, "time": time, "actor": e.actor, "action": e.action,
+                       "target": e.target, "detail": e.detail, "reason": e.reason, "trace_id": e.trace_id,
+                       "previous_hash": e.previous_hash, "hash": e.hash}),
+            );
+        }
+        if page.next_page_token.is_empty() {
+            return Ok(());
+        }
+        token = page.next_page_token;
+    }
+}
+
+fn checkpoint_json(c: &pb::Checkpoint) -> Value {
+    json!({"sequence": c.sequence, "head_hash": c.head_hash, "time": time_text(&c.time),
+           "key_id": c.key_id, "signature": hex::encode(&c.signature)})
+}
+
+fn parse_checkpoint(raw: &str) -> Result<pb::Checkpoint, String> {
+    let value: Value = serde_json::from_str(raw).map_err(|e| format!("not JSON: {e}"))?;
+    let text = |field: &str| {
+        value
+            .get(field)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| format!("\"{field}\" must be a string"))
+    };
+    let time = crate::time::parse_rfc3339(&text("time")?)?;
+    Ok(pb::Checkpoint {
+        sequence: value
+            .get("sequence")
+            .and_then(Value::as_u64)
+            .ok_or("\"sequence\" must be a number")?,
+        head_hash: text("head_hash")?,
+        time: Some(crate::time::to_timestamp(time)),
+        key_id: text("key_id")?,
+        signature: hex::decode(text("signature")?)
+            .map_err(|e| format!("\"signature\" is not hex: {e}"))?,
+    })
+}

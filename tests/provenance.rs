@@ -1,0 +1,591 @@
+//! Provenance: signed versions, key rotation, the audit ledger, tampering
+//! found by VerifyAudit, checkpoints, and the CLI's local `verify`.
+
+mod support;
+
+use promptreg::grpc::pb;
+use promptreg::registry::provenance::KeySource;
+use std::process::Command;
+use support::*;
+use tonic::Code;
+
+async fn keys(client: &mut Client) -> Vec<pb::SigningKey> {
+    client
+        .list_signing_keys(pb::ListSigningKeysRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .keys
+}
+
+async fn get(client: &mut Client, name: &str, version: u64) -> pb::Version {
+    client
+        .get_version(pb::GetVersionRequest {
+            name: name.into(),
+            selector: Some(pb::get_version_request::Selector::Version(version)),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .version
+        .unwrap()
+}
+
+async fn audit(client: &mut Client, request: pb::ListAuditRequest) -> Vec<pb::AuditEntry> {
+    client
+        .list_audit(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .entries
+}
+
+async fn verify_audit(
+    client: &mut Client,
+    checkpoint: Option<pb::Checkpoint>,
+) -> pb::VerifyAuditResponse {
+    client
+        .verify_audit(pb::VerifyAuditRequest { checkpoint })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+fn cli(url: &str, args: &[&str]) -> std::process::Output {
+    Command::new(binary())
+        .args(args)
+        .env("PROMPTREG_SERVER", url)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn versions_are_signed_and_keys_rotate() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    publish(&mut client, "p", "one").await;
+    let v1 = get(&mut client, "p", 1).await;
+    let first_keys = keys(&mut client).await;
+    assert_eq!(first_keys.len(), 1);
+    assert!(first_keys[0].active);
+    assert_eq!(v1.signing_key_id, first_keys[0].key_id);
+    assert_eq!(v1.signature.len(), 64);
+
+    // The key file is private to the server.
+    let key_file = server
+        .data_dir()
+        .join("keys")
+        .join(format!("{}.pk8", first_keys[0].key_id));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(
+            std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+
+    // `promptreg verify` checks the digest and signature locally.
+    let url = server.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        cli(&url, &["verify", "p", "--version", "1", "--output", "json"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (json["digest_ok"].as_bool(), json["signature_ok"].as_bool()),
+        (Some(true), Some(true))
+    );
+
+    // Rotate: new versions use the new key; the old key stays published, so
+    // old versions still verify.
+    let rotated = client
+        .rotate_signing_key(pb::RotateSigningKeyRequest {
+            actor: "sec".into(),
+            reason: "quarterly rotation".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let new_key = rotated.key.unwrap();
+    assert_ne!(new_key.key_id, first_keys[0].key_id);
+    publish(&mut client, "p", "two").await;
+    assert_eq!(
+        get(&mut client, "p", 2).await.signing_key_id,
+        new_key.key_id
+    );
+    let all_keys = keys(&mut client).await;
+    assert_eq!(all_keys.len(), 2);
+    assert_eq!(
+        all_keys
+            .iter()
+            .filter(|k| k.active)
+            .map(|k| k.key_id.clone())
+            .collect::<Vec<_>>(),
+        [new_key.key_id.clone()]
+    );
+    for version in ["1", "2"] {
+        let url = server.url.clone();
+        let out =
+            tokio::task::spawn_blocking(move || cli(&url, &["verify", "p", "--version", version]))
+                .await
+                .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "v{version}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    assert_status(
+        client
+            .rotate_signing_key(pb::RotateSigningKeyRequest {
+                actor: "sec".into(),
+                reason: String::new(),
+            })
+            .await,
+        Code::InvalidArgument,
+        "reason: is required",
+    );
+
+    // The rotation survives a restart: the new key is still the active one.
+    drop(client);
+    let server = server.restart().await;
+    let mut client = server.client().await;
+    let after = keys(&mut client).await;
+    assert_eq!(
+        after.iter().find(|k| k.active).unwrap().key_id,
+        new_key.key_id
+    );
+    publish(&mut client, "p", "three").await;
+    assert_eq!(
+        get(&mut client, "p", 3).await.signing_key_id,
+        new_key.key_id
+    );
+    assert!(verify_audit(&mut client, None).await.intact);
+}
+
+#[tokio::test]
+async fn the_ledger_records_every_mutation_in_a_chain() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let mut request = publish_text("p", "one", &[]);
+    request.description = "first cut".into();
+    client.publish_version(request).await.unwrap();
+    publish(&mut client, "p", "two").await;
+    client
+        .set_label(set_label("p", "production", 1, None))
+        .await
+        .unwrap();
+    client
+        .set_label(set_label("p", "production", 2, None))
+        .await
+        .unwrap();
+    client
+        .rollback(rollback("p", "production", None))
+        .await
+        .unwrap();
+    client
+        .remove_label(pb::RemoveLabelRequest {
+            name: "p".into(),
+            label: "production".into(),
+            actor: "sre".into(),
+            reason: "pause".into(),
+        })
+        .await
+        .unwrap();
+    publish(&mut client, "other", "x").await;
+
+    let entries = audit(&mut client, pb::ListAuditRequest::default()).await;
+    let actions: Vec<(&str, &str, &str)> = entries
+        .iter()
+        .map(|e| (e.action.as_str(), e.target.as_str(), e.detail.as_str()))
+        .collect();
+    assert_eq!(
+        actions[0].0, "rotate_key",
+        "the first key is recorded at first start"
+    );
+    assert_eq!(actions[1], ("publish", "p@v1", actions[1].2));
+    assert!(actions[1].2.starts_with("sha256:"));
+    assert_eq!(actions[2], ("promote", "p:latest", "- -> v1"));
+    assert_eq!(entries[1].reason, "first cut");
+    assert_eq!(entries[1].actor, "alice");
+    let moves: Vec<(&str, &str)> = entries
+        .iter()
+        .filter(|e| e.target == "p:production")
+        .map(|e| (e.action.as_str(), e.detail.as_str()))
+        .collect();
+    assert_eq!(
+        moves,
+        [
+            ("promote", "- -> v1"),
+            ("promote", "v1 -> v2"),
+            ("rollback", "v2 -> v1"),
+            ("remove", "v1 -> -")
+        ]
+    );
+    for pair in entries.windows(2) {
+        assert_eq!(pair[1].sequence, pair[0].sequence + 1);
+        assert_eq!(pair[1].previous_hash, pair[0].hash);
+        assert!(pair[1].revision >= pair[0].revision);
+    }
+
+    // Filters.
+    let only_p = audit(
+        &mut client,
+        pb::ListAuditRequest {
+            name: "p".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(only_p
+        .iter()
+        .all(|e| e.target.starts_with("p@") || e.target.starts_with("p:")));
+    assert_eq!(
+        only_p.len(),
+        entries.len() - 3,
+        "everything but the key and `other`'s publish + latest"
+    );
+    let by_sre = audit(
+        &mut client,
+        pb::ListAuditRequest {
+            actor: "sre".into(),
+            action: "rollback".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(by_sre.len(), 1);
+    let since = entries[5].time;
+    let recent = audit(
+        &mut client,
+        pb::ListAuditRequest {
+            since,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(recent.len() <= entries.len() - 5 + 1 && recent.iter().all(|e| e.sequence >= 5));
+    let paged = client
+        .list_audit(pb::ListAuditRequest {
+            page_size: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(paged.entries.len(), 3);
+    let rest = audit(
+        &mut client,
+        pb::ListAuditRequest {
+            page_token: paged.next_page_token,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(rest[0].sequence, 4);
+
+    let report = verify_audit(&mut client, None).await;
+    assert!(report.intact, "{:?}", report.problems);
+    assert_eq!(report.entries, entries.len() as u64);
+    assert_eq!(report.versions, 3);
+    assert_eq!(report.head_hash, entries.last().unwrap().hash);
+}
+
+/// Rewrites one stored record in place, the way an attacker with disk
+/// access would: `edit` gets the JSON text of the record.
+fn tamper(data_dir: &std::path::Path, key: &[u8], edit: impl FnOnce(String) -> String) {
+    let db = open_store_directly(data_dir);
+    let raw = db.get(key).unwrap().expect("record exists");
+    assert_eq!(raw[0], 1, "JSON record format");
+    let json = String::from_utf8(raw[1..].to_vec()).unwrap();
+    let edited = edit(json.clone());
+    assert_ne!(edited, json, "the edit changed something");
+    let mut value = vec![1u8];
+    value.extend_from_slice(edited.as_bytes());
+    db.insert(key, value).unwrap();
+    db.flush().unwrap();
+}
+
+#[tokio::test]
+async fn verify_audit_names_exactly_what_was_altered() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    publish(&mut client, "p", "the original template").await;
+    publish(&mut client, "q", "another").await;
+    client
+        .set_label(set_label("p", "production", 1, None))
+        .await
+        .unwrap();
+    let checkpoint = client
+        .create_checkpoint(pb::CreateCheckpointRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        verify_audit(&mut client, Some(checkpoint.clone()))
+            .await
+            .intact
+    );
+    let entries = audit(&mut client, pb::ListAuditRequest::default()).await;
+    let target = entries
+        .iter()
+        .find(|e| e.target == "p:production")
+        .unwrap()
+        .sequence;
+    drop(client);
+
+    let mut server = server;
+    server.stop().await;
+    // A ledger entry: the reason of the production promote.
+    let mut key = b"a/".to_vec();
+    key.extend_from_slice(&target.to_be_bytes());
+    tamper(&server.data_dir, &key, |json| {
+        json.replace("promote v1", "nothing to see")
+    });
+    // A stored template.
+    let mut key = b"v/p\0".to_vec();
+    key.extend_from_slice(&1u64.to_be_bytes());
+    tamper(&server.data_dir, &key, |json| {
+        json.replace("the original template", "an injected template")
+    });
+
+    let server = server.restart().await;
+    let mut client = server.client().await;
+    let report = verify_audit(&mut client, None).await;
+    assert!(!report.intact);
+    assert_eq!(report.first_broken_sequence, target);
+    assert_eq!(report.problems.len(), 2, "{:?}", report.problems);
+    assert!(
+        report.problems[0].starts_with(&format!("ledger entry {target} was altered")),
+        "{:?}",
+        report.problems
+    );
+    assert!(
+        report.problems[1].starts_with("p v1: stored content was altered"),
+        "{:?}",
+        report.problems
+    );
+
+    // The checkpoint taken before proves the rewrite.
+    let with_checkpoint = verify_audit(&mut client, Some(checkpoint.clone())).await;
+    assert!(
+        with_checkpoint
+            .problems
+            .iter()
+            .all(|p| !p.contains("the ledger was rewritten")),
+        "the head entry itself is intact"
+    );
+    let mut forged = checkpoint.clone();
+    forged.head_hash = "0".repeat(64);
+    let report = verify_audit(&mut client, Some(forged)).await;
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains("checkpoint at entry") && p.contains("signature does not verify")),
+        "{:?}",
+        report.problems
+    );
+
+    // The CLI: audit verify and verify both fail, exit 1.
+    let url = server.url.clone();
+    let (audit_out, verify_out) = tokio::task::spawn_blocking(move || {
+        (
+            cli(&url, &["audit", "verify"]),
+            cli(&url, &["verify", "p", "--version", "1"]),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(audit_out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&audit_out.stdout)
+        .contains(&format!("ledger entry {target} was altered")));
+    assert_eq!(verify_out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&verify_out.stderr).contains("the content hashes to"),
+        "{}",
+        String::from_utf8_lossy(&verify_out.stderr)
+    );
+}
+
+/// Rewrites the ledger from entry `from` on, re-hashing and re-linking every
+/// later entry and the head: a consistent forgery that only a checkpoint kept
+/// elsewhere can expose.
+fn forge_ledger(data_dir: &std::path::Path, from: u64, edit: impl Fn(&mut serde_json::Value)) {
+    use promptreg::provenance::AuditEntry;
+    let db = open_store_directly(data_dir);
+    let text = |v: &serde_json::Value, f: &str| v[f].as_str().unwrap().to_string();
+    let mut previous_hash: Option<String> = None;
+    let mut last = (0u64, String::new());
+    for item in db.scan_prefix(b"a/") {
+        let (key, raw) = item.unwrap();
+        let mut value: serde_json::Value = serde_json::from_slice(&raw[1..]).unwrap();
+        let sequence = value["sequence"].as_u64().unwrap();
+        if sequence < from {
+            continue;
+        }
+        if sequence == from {
+            edit(&mut value);
+        }
+        if let Some(previous) = &previous_hash {
+            value["previous_hash"] = previous.clone().into();
+        }
+        let entry = AuditEntry {
+            sequence,
+            revision: value["revision"].as_u64().unwrap(),
+            time: value["time"].as_i64().unwrap(),
+            actor: text(&value, "actor"),
+            action: text(&value, "action"),
+            target: text(&value, "target"),
+            reason: text(&value, "reason"),
+            trace_id: text(&value, "trace_id"),
+            detail: text(&value, "detail"),
+            previous_hash: text(&value, "previous_hash"),
+            hash: String::new(),
+        };
+        let hash = entry.compute_hash();
+        value["hash"] = hash.clone().into();
+        previous_hash = Some(hash.clone());
+        last = (sequence, hash);
+        let mut out = vec![1u8];
+        out.extend_from_slice(value.to_string().as_bytes());
+        db.insert(key, out).unwrap();
+    }
+    let head = serde_json::json!({"sequence": last.0, "hash": last.1});
+    let mut out = vec![1u8];
+    out.extend_from_slice(head.to_string().as_bytes());
+    db.insert(b"meta/ledger", out).unwrap();
+    db.flush().unwrap();
+}
+
+#[tokio::test]
+async fn a_checkpoint_exposes_a_consistently_rewritten_ledger() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    publish(&mut client, "p", "a").await;
+    let checkpoint = client
+        .create_checkpoint(pb::CreateCheckpointRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    publish(&mut client, "p", "b").await;
+    drop(client);
+    let mut server = server;
+    server.stop().await;
+    forge_ledger(&server.data_dir, checkpoint.sequence, |entry| {
+        entry["actor"] = "mallory".into()
+    });
+
+    let server = server.restart().await;
+    let mut client = server.client().await;
+    // Without the checkpoint the forged chain is self-consistent...
+    let report = verify_audit(&mut client, None).await;
+    assert!(report.intact, "{:?}", report.problems);
+    // ...with it, the rewrite is exposed.
+    let report = verify_audit(&mut client, Some(checkpoint.clone())).await;
+    assert!(!report.intact);
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    assert!(
+        report.problems[0].starts_with(&format!(
+            "the ledger was rewritten: entry {}",
+            checkpoint.sequence
+        )),
+        "{:?}",
+        report.problems
+    );
+
+    // The same through the CLI, with the checkpoint saved as JSON.
+    let url = server.url.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("checkpoint.json");
+    let saved = serde_json::json!({
+        "sequence": checkpoint.sequence,
+        "head_hash": checkpoint.head_hash,
+        "time": promptreg::time::format_micros(promptreg::time::from_timestamp(checkpoint.time.as_ref().unwrap())),
+        "key_id": checkpoint.key_id,
+        "signature": hex::encode(&checkpoint.signature),
+    });
+    std::fs::write(&file, saved.to_string()).unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        cli(
+            &url,
+            &["audit", "verify", "--checkpoint", file.to_str().unwrap()],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("the ledger was rewritten"));
+}
+
+#[tokio::test]
+async fn a_configured_key_file_is_used_and_not_rotated_by_the_server() {
+    let temp = tempfile::tempdir().unwrap();
+    let pkcs8 =
+        ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+    let key_file = temp.path().join("signing.pk8");
+    std::fs::write(&key_file, pkcs8.as_ref()).unwrap();
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+    use ring::signature::KeyPair as _;
+    let expected_id = promptreg::provenance::key_id_of(pair.public_key().as_ref());
+
+    let file = key_file.clone();
+    let server =
+        TestServer::start_with(move |config| config.signing_key = KeySource::File(file)).await;
+    let mut client = server.client().await;
+    publish(&mut client, "p", "a").await;
+    assert_eq!(get(&mut client, "p", 1).await.signing_key_id, expected_id);
+    assert_status(
+        client
+            .rotate_signing_key(pb::RotateSigningKeyRequest {
+                actor: "sec".into(),
+                reason: "try".into(),
+            })
+            .await,
+        Code::FailedPrecondition,
+        "--signing-key",
+    );
+
+    // A missing or broken key file stops the server from starting, naming it.
+    let bad = temp.path().join("broken.pk8");
+    std::fs::write(&bad, b"nonsense").unwrap();
+    let out = Command::new(binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(temp.path().join("other"))
+        .arg("--signing-key")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("broken.pk8"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn a_lost_data_dir_key_is_a_clear_start_up_error() {
+    let server = TestServer::start().await;
+    let dir = server.data_dir().to_path_buf();
+    let mut server = server;
+    server.stop().await;
+    std::fs::remove_dir_all(dir.join("keys")).unwrap();
+    let error = promptreg::registry::Registry::open(promptreg::registry::RegistryConfig::new(&dir))
+        .err()
+        .expect("refused");
+    assert!(
+        error.to_string().contains("the active signing key")
+            && error.to_string().contains("is missing"),
+        "{error}"
+    );
+}
