@@ -123,14 +123,12 @@ async fn versions_are_signed_and_keys_rotate() {
     );
     let all_keys = keys(&mut client).await;
     assert_eq!(all_keys.len(), 2);
-    assert_eq!(
-        all_keys
-            .iter()
-            .filter(|k| k.active)
-            .map(|k| k.key_id.clone())
-            .collect::<Vec<_>>(),
-        [new_key.key_id.clone()]
-    );
+    let active: Vec<&str> = all_keys
+        .iter()
+        .filter(|k| k.active)
+        .map(|k| k.key_id.as_str())
+        .collect();
+    assert_eq!(active, [new_key.key_id.as_str()]);
     for version in ["1", "2"] {
         let url = server.url.clone();
         let out =
