@@ -122,6 +122,12 @@ pub enum KeysAction {
         #[command(flatten)]
         client: ClientOptions,
     },
+    /// Write a new random 32-byte data key for --encryption-key-file
+    /// (a local command: the server is not contacted).
+    GenDataKey {
+        /// The file to create (mode 0600; an existing file is not overwritten).
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -34,6 +34,17 @@ pub(super) async fn keys(args: KeysArgs) -> Result<(), Failure> {
                 );
             }
         }
+        Some(KeysAction::GenDataKey { file }) => {
+            let key_id = crate::store::DataKey::generate_file(&file)
+                .map_err(|e| Failure::usage(e.to_string()))?;
+            emit(
+                &args.client,
+                || {
+                    format!("wrote data key {key_id} to {}; keep a copy somewhere safe: without it the store cannot be read", file.display())
+                },
+                json!({"key_id": key_id, "file": file.display().to_string()}),
+            );
+        }
         Some(KeysAction::Rotate {
             reason,
             actor,

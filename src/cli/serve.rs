@@ -24,6 +24,11 @@ pub struct ServeArgs {
     /// into DATA_DIR/keys/ (then rotate by restarting with a new file).
     #[arg(long, env = "PROMPTREG_SIGNING_KEY", value_name = "FILE")]
     pub signing_key: Option<PathBuf>,
+    /// Encrypt templates, chat messages and model config at rest (AES-256-GCM)
+    /// with the 32-byte key in this file (`promptreg keys gen-data-key FILE`
+    /// makes one). An existing unencrypted store is encrypted on start.
+    #[arg(long, env = "PROMPTREG_ENCRYPTION_KEY_FILE", value_name = "FILE")]
+    pub encryption_key_file: Option<PathBuf>,
     #[command(flatten)]
     pub limits: LimitArgs,
     #[command(flatten)]
@@ -185,6 +190,7 @@ pub async fn run_serve(args: ServeArgs) -> i32 {
         data_dir: args.data_dir,
         limits,
         watch,
+        encryption_key_file: args.encryption_key_file,
         signing_key: match args.signing_key {
             Some(file) => KeySource::File(file),
             None => KeySource::DataDir,

@@ -21,11 +21,12 @@ impl From<RegistryError> for Status {
             RegistryError::NotDurable(_) => Code::Unavailable,
             RegistryError::DataDirLocked { .. }
             | RegistryError::DataDir { .. }
-            | RegistryError::Key(_) => Code::Internal,
+            | RegistryError::Key(_)
+            | RegistryError::DataKey(_) => Code::Internal,
             RegistryError::Store(store) => match store {
                 StoreError::Io(_) => Code::Unavailable,
                 StoreError::Corrupt(_) => Code::DataLoss,
-                StoreError::Schema { .. } => Code::Internal,
+                StoreError::Schema { .. } | StoreError::Encryption(_) => Code::Internal,
             },
         };
         if matches!(code, Code::Internal | Code::DataLoss | Code::Unavailable) {

@@ -48,6 +48,8 @@ pub enum RegistryError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Key(#[from] crate::provenance::KeyError),
+    #[error(transparent)]
+    DataKey(#[from] crate::store::DataKeyError),
     #[error("the change could not be made durable and was not acknowledged: {0}")]
     NotDurable(String),
 }
@@ -61,6 +63,8 @@ pub struct RegistryConfig {
     pub limits: Limits,
     pub watch: WatchConfig,
     pub signing_key: provenance::KeySource,
+    /// Encrypt version content at rest with the 32-byte key in this file.
+    pub encryption_key_file: Option<PathBuf>,
 }
 
 impl RegistryConfig {
@@ -71,6 +75,7 @@ impl RegistryConfig {
             limits: Limits::default(),
             watch: WatchConfig::default(),
             signing_key: provenance::KeySource::DataDir,
+            encryption_key_file: None,
         }
     }
 }
@@ -182,7 +187,11 @@ impl Registry {
         };
         std::fs::create_dir_all(&dir).map_err(io_err)?;
         let lock = lock_data_dir(&dir)?;
-        let store = Store::open(&dir)?;
+        let data_key = match &config.encryption_key_file {
+            Some(path) => Some(crate::store::DataKey::load(path)?),
+            None => None,
+        };
+        let store = Store::open(&dir, data_key)?;
         let head = store.head_revision()?;
         let last_time = match store.revision(head)? {
             Some(rev) => rev.time,

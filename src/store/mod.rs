@@ -18,6 +18,7 @@
 //! | `meta/ledger` | the ledger head: sequence and hash |
 //! | `k/{key_id}` | a public signing key |
 //! | `meta/signing_key` | the active signing key's id |
+//! | `meta/encryption` | the data key id, when version content is encrypted |
 //!
 //! Numbers in keys are big-endian so that byte order is numeric order. The
 //! change log (`r/`) is the source of truth for what happened; `p/`, `l/`,
@@ -26,6 +27,7 @@
 //! the log can later be compacted without losing history.
 
 mod records;
+mod sealing;
 
 use crate::domain::{
     Change, ContentDigest, LabelMove, LabelName, LabelTarget, PromptName, PromptSummary, Revision,
@@ -40,6 +42,7 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 pub use records::CorruptRecord;
+pub use sealing::{DataKey, DataKeyError};
 
 /// The on-disk schema this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -49,6 +52,23 @@ const KEY_HEAD: &[u8] = b"meta/rev";
 const KEY_COMPACT: &[u8] = b"meta/compact";
 const KEY_LEDGER: &[u8] = b"meta/ledger";
 const KEY_SIGNING: &[u8] = b"meta/signing_key";
+const KEY_ENCRYPTION: &[u8] = b"meta/encryption";
+/// The file beside the store that names the data key id of an encrypted store.
+const ENCRYPTION_MARKER: &str = "ENCRYPTION";
+
+/// Compares the data key id a store was encrypted with to the key given.
+fn check_data_key(stored: Option<String>, key: Option<&DataKey>) -> Result<()> {
+    match (stored, key) {
+        (Some(id), None) => Err(StoreError::Encryption(format!(
+            "this store is encrypted with data key {id}; start with --encryption-key-file FILE holding that key"
+        ))),
+        (Some(id), Some(key)) if id != key.key_id => Err(StoreError::Encryption(format!(
+            "wrong data key: this store is encrypted with data key {id}, the key file holds {}",
+            key.key_id
+        ))),
+        _ => Ok(()),
+    }
+}
 
 /// A public signing key as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +87,8 @@ pub enum StoreError {
     Corrupt(#[from] CorruptRecord),
     #[error("the data directory holds schema version {found}; this build reads version {SCHEMA_VERSION}")]
     Schema { found: u32 },
+    #[error("{0}")]
+    Encryption(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -75,12 +97,27 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
+    /// Seals version content when the store is encrypted.
+    data_key: Option<std::sync::Arc<DataKey>>,
 }
 
 impl Store {
     /// Opens (or creates) the store in `dir`. A new store is stamped with
     /// [`SCHEMA_VERSION`]; an existing one must carry it.
-    pub fn open(dir: &Path) -> Result<Store> {
+    ///
+    /// With a `data_key`, version content is encrypted at rest. An existing
+    /// unencrypted store is migrated: every version is sealed in one atomic
+    /// batch, recorded in the audit ledger. A store encrypted with another
+    /// key, or opened without its key, is refused before anything is read or
+    /// written.
+    pub fn open(dir: &Path, data_key: Option<DataKey>) -> Result<Store> {
+        // The data key id is also kept in a plain file beside the store, so
+        // that a start with a wrong or missing key is refused before sled
+        // opens (sled writes to its files when it opens).
+        let marker = dir.join(ENCRYPTION_MARKER);
+        if let Ok(id) = std::fs::read_to_string(&marker) {
+            check_data_key(Some(id.trim().to_string()), data_key.as_ref())?;
+        }
         let db = open_sled(&dir.join("sled"))?;
         match db.get(KEY_SCHEMA)? {
             None => {
@@ -96,7 +133,80 @@ impl Store {
                 }
             }
         }
-        Ok(Store { db })
+        let store = Store {
+            db,
+            data_key: data_key.map(std::sync::Arc::new),
+        };
+        store.check_encryption()?;
+        if let Some(key) = &store.data_key {
+            if !marker.exists() {
+                std::fs::write(&marker, format!("{}\n", key.key_id)).map_err(|e| {
+                    StoreError::Encryption(format!("cannot write {}: {e}", marker.display()))
+                })?;
+            }
+        }
+        Ok(store)
+    }
+
+    fn check_encryption(&self) -> Result<()> {
+        let stored = self
+            .db
+            .get(KEY_ENCRYPTION)?
+            .map(|raw| String::from_utf8_lossy(&raw).into_owned());
+        match (stored, self.data_key.as_deref()) {
+            (None, Some(key)) => self.encrypt_existing(key),
+            (stored, key) => check_data_key(stored, key),
+        }
+    }
+
+    /// Seals every stored version with `key` and marks the store encrypted,
+    /// in one batch with a ledger entry.
+    fn encrypt_existing(&self, key: &DataKey) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        let mut sealed = 0;
+        for item in self.db.scan_prefix(b"v/") {
+            let (record_key, raw) = item?;
+            let mut rec: VersionRec = decode(&record_key, &raw)?;
+            if rec.sealed.is_none() {
+                rec.seal(key, &record_key);
+                batch.insert(record_key, encode(&rec));
+                sealed += 1;
+            }
+        }
+        let head = self.ledger_head()?;
+        let revision = self.head_revision()?;
+        let entry = AuditEntry::after(
+            &head,
+            revision,
+            crate::time::now_micros(),
+            "promptreg",
+            "enable_encryption",
+            "store".to_string(),
+            "started with --encryption-key-file",
+            format!("data key {}; {sealed} versions sealed", key.key_id),
+        );
+        batch.insert(audit_key(entry.sequence), encode(&AuditRec::from(&entry)));
+        batch.insert(KEY_LEDGER, encode(&LedgerHeadRec::from(entry.head())));
+        batch.insert(KEY_ENCRYPTION, key.key_id.as_bytes());
+        self.db.apply_batch(batch)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// The stored form of a version: sealed when the store is encrypted.
+    fn encode_version(&self, record_key: &[u8], version: &Version) -> Vec<u8> {
+        let mut rec = VersionRec::from(version);
+        if let Some(key) = &self.data_key {
+            rec.seal(key, record_key);
+        }
+        encode(&rec)
+    }
+
+    fn decode_version(&self, record_key: &[u8], raw: &[u8]) -> Result<Version> {
+        let mut rec: VersionRec = decode(record_key, raw)?;
+        rec.unseal(self.data_key.as_deref(), record_key)
+            .map_err(|e| corrupt(record_key, e))?;
+        rec.into_domain().map_err(|e| corrupt(record_key, e))
     }
 
     /// The newest committed revision (0 for an empty store).
@@ -133,7 +243,9 @@ impl Store {
                     let full = published
                         .filter(|v| &v.name == name && v.number == *version)
                         .expect("commit: a published change comes with its version");
-                    batch.insert(version_key(name, *version), encode(&VersionRec::from(full)));
+                    let key = version_key(name, *version);
+                    let value = self.encode_version(&key, full);
+                    batch.insert(key, value);
                     batch.insert(digest_key(name, digest), &version.to_be_bytes());
                     let prompt = PromptRec {
                         latest_version: *version,
@@ -191,11 +303,7 @@ impl Store {
         let key = version_key(name, number);
         self.db
             .get(&key)?
-            .map(|raw| {
-                decode::<VersionRec>(&key, &raw)?
-                    .into_domain()
-                    .map_err(|e| corrupt(&key, e))
-            })
+            .map(|raw| self.decode_version(&key, &raw))
             .transpose()
     }
 
@@ -292,11 +400,7 @@ impl Store {
         let mut out = Vec::new();
         for item in self.db.range(low..high).rev().take(limit) {
             let (key, raw) = item?;
-            out.push(
-                decode::<VersionRec>(&key, &raw)?
-                    .into_domain()
-                    .map_err(|e| corrupt(&key, e))?,
-            );
+            out.push(self.decode_version(&key, &raw)?);
         }
         Ok(out)
     }
@@ -537,11 +641,7 @@ impl Store {
     pub fn scan_versions(&self, mut visit: impl FnMut(Result<Version>)) -> Result<()> {
         for item in self.db.scan_prefix(b"v/") {
             let (key, raw) = item?;
-            visit(
-                decode::<VersionRec>(&key, &raw)
-                    .map_err(StoreError::from)
-                    .and_then(|rec| rec.into_domain().map_err(|e| corrupt(&key, e))),
-            );
+            visit(self.decode_version(&key, &raw));
         }
         Ok(())
     }
@@ -711,11 +811,11 @@ mod tests {
     fn a_store_of_another_schema_version_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = Store::open(dir.path()).unwrap();
+            let store = Store::open(dir.path(), None).unwrap();
             store.db.insert(KEY_SCHEMA, &99u32.to_be_bytes()).unwrap();
             store.flush_blocking().unwrap();
         }
-        let error = Store::open(dir.path()).err().expect("refused");
+        let error = Store::open(dir.path(), None).err().expect("refused");
         assert!(matches!(error, StoreError::Schema { found: 99 }), "{error}");
         assert!(error.to_string().contains("schema version 99"), "{error}");
     }
@@ -723,7 +823,7 @@ mod tests {
     #[test]
     fn corrupt_records_are_errors_not_panics() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(dir.path(), None).unwrap();
         store
             .db
             .insert(revision_key(1), b"\x01{not json".to_vec())

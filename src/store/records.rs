@@ -3,6 +3,7 @@
 //! them. Each value is one format byte followed by a JSON document; a new
 //! encoding gets a new format byte, so old records stay readable.
 
+use super::sealing::{DataKey, Sealed};
 use crate::domain::{
     Change, ChatMessage, Content, ContentDigest, LabelMove, LabelName, LabelTarget, Micros,
     MoveKind, PromptName, PromptSummary, Revision, TemplateBody, Version, VersionSignature,
@@ -52,9 +53,17 @@ pub struct VersionRec {
     pub name: String,
     pub version: u64,
     pub digest: String,
-    pub template: TemplateRec,
+    /// The template; `None` when the content is sealed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<TemplateRec>,
     pub variables: Vec<String>,
-    pub model_config_json: String,
+    /// The model config; `None` when the content is sealed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_config_json: Option<String>,
+    /// Template and model config encrypted together (a [`SealedContent`]),
+    /// when the store is encrypted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<Sealed>,
     pub author: String,
     pub description: String,
     pub tags: BTreeMap<String, String>,
@@ -65,6 +74,43 @@ pub struct VersionRec {
     pub signature: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing_key_id: Option<String>,
+}
+
+/// What an encrypted store seals of a version.
+#[derive(Serialize, Deserialize)]
+pub struct SealedContent {
+    pub template: TemplateRec,
+    pub model_config_json: String,
+}
+
+impl VersionRec {
+    /// Replaces the template and model config by their sealed form.
+    pub fn seal(&mut self, data_key: &DataKey, record_key: &[u8]) {
+        if let (Some(template), Some(model_config_json)) =
+            (self.template.take(), self.model_config_json.take())
+        {
+            let content = SealedContent {
+                template,
+                model_config_json,
+            };
+            let plain = serde_json::to_vec(&content).expect("sealed content serialises");
+            self.sealed = Some(data_key.seal(record_key, &plain));
+        }
+    }
+
+    /// Restores the template and model config from their sealed form.
+    pub fn unseal(&mut self, data_key: Option<&DataKey>, record_key: &[u8]) -> Result<(), String> {
+        let Some(sealed) = self.sealed.take() else {
+            return Ok(());
+        };
+        let data_key = data_key.ok_or("the content is encrypted and the server has no data key")?;
+        let plain = data_key.open(record_key, &sealed)?;
+        let content: SealedContent = serde_json::from_slice(&plain)
+            .map_err(|e| format!("decrypted content is unreadable: {e}"))?;
+        self.template = Some(content.template);
+        self.model_config_json = Some(content.model_config_json);
+        Ok(())
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -196,7 +242,8 @@ impl From<&Version> for VersionRec {
             name: v.name.to_string(),
             version: v.number,
             digest: v.digest.to_string(),
-            template: match &v.content.template {
+            sealed: None,
+            template: Some(match &v.content.template {
                 TemplateBody::Text(text) => TemplateRec::Text { text: text.clone() },
                 TemplateBody::Chat(messages) => TemplateRec::Chat {
                     messages: messages
@@ -207,9 +254,9 @@ impl From<&Version> for VersionRec {
                         })
                         .collect(),
                 },
-            },
+            }),
             variables: v.content.variables.clone(),
-            model_config_json: v.content.model_config_json.clone(),
+            model_config_json: Some(v.content.model_config_json.clone()),
             author: v.author.clone(),
             description: v.description.clone(),
             tags: v.tags.clone(),
@@ -281,7 +328,7 @@ fn digest(raw: &str) -> Result<ContentDigest, String> {
 
 impl VersionRec {
     pub fn into_domain(self) -> Result<Version, String> {
-        let template = match self.template {
+        let template = match self.template.ok_or("the version has no template")? {
             TemplateRec::Text { text } => TemplateBody::Text(text),
             TemplateRec::Chat { messages } => TemplateBody::Chat(
                 messages
@@ -300,7 +347,9 @@ impl VersionRec {
             content: Content {
                 template,
                 variables: self.variables,
-                model_config_json: self.model_config_json,
+                model_config_json: self
+                    .model_config_json
+                    .ok_or("the version has no model config")?,
             },
             author: self.author,
             description: self.description,
