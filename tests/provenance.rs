@@ -587,3 +587,141 @@ async fn a_lost_data_dir_key_is_a_clear_start_up_error() {
         "{error}"
     );
 }
+
+fn prune(name: &str, keep_last: u32, dry_run: bool) -> pb::PruneVersionsRequest {
+    pb::PruneVersionsRequest {
+        name: name.into(),
+        keep_last,
+        older_than_seconds: 0,
+        dry_run,
+        actor: "ops".into(),
+        reason: "retention".into(),
+    }
+}
+
+#[tokio::test]
+async fn pruning_keeps_labelled_versions_and_tombstones_the_rest() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    for i in 1..=6 {
+        publish(&mut client, "p", &format!("text {i}")).await;
+    }
+    client
+        .set_label(set_label("p", "production", 2, None))
+        .await
+        .unwrap();
+    client
+        .set_label(set_label("p", "staging", 4, None))
+        .await
+        .unwrap();
+    client
+        .set_label(set_label("p", "staging", 5, None))
+        .await
+        .unwrap();
+    let v1_before = get(&mut client, "p", 1).await;
+
+    let dry = client
+        .prune_versions(prune("p", 2, true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (dry.pruned.as_slice(), dry.kept_labelled.as_slice()),
+        (&[1, 3][..], &[2, 4][..])
+    );
+    assert!(
+        !get(&mut client, "p", 1).await.pruned,
+        "a dry run changes nothing"
+    );
+
+    let done = client
+        .prune_versions(prune("p", 2, false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(done.pruned, [1, 3]);
+    let v1 = get(&mut client, "p", 1).await;
+    assert!(v1.pruned && v1.template.is_none());
+    assert_eq!(
+        (v1.digest.as_str(), v1.signature.as_slice()),
+        (v1_before.digest.as_str(), v1_before.signature.as_slice())
+    );
+    assert!(!get(&mut client, "p", 2).await.pruned);
+
+    // History and resolve-at still answer, with the tombstone.
+    let at = client
+        .resolve_at(pb::ResolveAtRequest {
+            name: "p".into(),
+            label: "latest".into(),
+            at: Some(pb::resolve_at_request::At::Revision(1)),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(at.version.unwrap().pruned);
+    let entries = audit(
+        &mut client,
+        pb::ListAuditRequest {
+            action: "prune".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(entries.len(), 1);
+    assert_eq!(
+        (entries[0].detail.as_str(), entries[0].actor.as_str()),
+        ("v1, v3", "ops")
+    );
+    let report = verify_audit(&mut client, None).await;
+    assert!(report.intact, "{:?}", report.problems);
+
+    // Nothing left to prune; republishing pruned content makes a new version.
+    assert!(client
+        .prune_versions(prune("p", 2, false))
+        .await
+        .unwrap()
+        .into_inner()
+        .pruned
+        .is_empty());
+    let again = publish(&mut client, "p", "text 1").await;
+    assert_eq!((again.version, again.created), (7, true));
+
+    assert_status(
+        client.prune_versions(prune("p", 0, true)).await,
+        Code::InvalidArgument,
+        "keep_last: must be at least 1",
+    );
+    let mut no_reason = prune("p", 1, false);
+    no_reason.reason.clear();
+    assert_status(
+        client.prune_versions(no_reason).await,
+        Code::InvalidArgument,
+        "reason: is required",
+    );
+
+    let url = server.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        cli(
+            &url,
+            &[
+                "prune",
+                "p",
+                "--keep-last",
+                "1",
+                "--dry-run",
+                "--output",
+                "json",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["pruned"], serde_json::json!([6]));
+}

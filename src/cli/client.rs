@@ -88,6 +88,7 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
         Command::Keys(args) => return super::provenance::keys(args).await,
         Command::Verify(args) => return super::provenance::verify(args).await,
         Command::Audit(args) => return super::provenance::audit(args).await,
+        Command::Prune(args) => return super::provenance::prune(args).await,
         Command::Fleet(args) => {
             let mut client = connect(&args.client).await?;
             let request = pb::FleetStatusRequest {

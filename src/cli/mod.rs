@@ -98,6 +98,32 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Read the audit ledger; `audit verify` and `audit checkpoint`.
     Audit(AuditArgs),
+    /// Remove the content of old, never-labelled versions (tombstones keep
+    /// number, digest and signature).
+    Prune(PruneArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// The prompt's name.
+    pub name: String,
+    /// Always keep the newest this many versions.
+    #[arg(long, value_name = "N")]
+    pub keep_last: u32,
+    /// Only prune versions older than this, e.g. 30d.
+    #[arg(long, value_name = "DURATION", value_parser = crate::time::parse_duration)]
+    pub older_than: Option<std::time::Duration>,
+    /// Show what would be pruned; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Why (required unless --dry-run; recorded in the audit ledger).
+    #[arg(long, required_unless_present = "dry_run")]
+    pub reason: Option<String>,
+    /// Who prunes (default: the local user name).
+    #[arg(long)]
+    pub actor: Option<String>,
+    #[command(flatten)]
+    pub client: ClientOptions,
 }
 
 #[derive(Debug, Args)]

@@ -3,7 +3,9 @@
 //! the digest or the signature.
 
 use super::client::{connect, emit, time_text, Failure};
-use super::{exit, local_user, AuditAction, AuditArgs, KeysAction, KeysArgs, VerifyArgs};
+use super::{
+    exit, local_user, AuditAction, AuditArgs, KeysAction, KeysArgs, PruneArgs, VerifyArgs,
+};
 use crate::domain::{ChatMessage, Content, ContentDigest, PromptName, TemplateBody};
 use crate::grpc::pb;
 use crate::provenance::{key_id_of, verify_signature, version_message};
@@ -351,4 +353,46 @@ fn parse_checkpoint(raw: &str) -> Result<pb::Checkpoint, String> {
         signature: hex::decode(text("signature")?)
             .map_err(|e| format!("\"signature\" is not hex: {e}"))?,
     })
+}
+
+pub(super) async fn prune(args: PruneArgs) -> Result<(), Failure> {
+    let mut client = connect(&args.client).await?;
+    let request = pb::PruneVersionsRequest {
+        name: args.name.clone(),
+        keep_last: args.keep_last,
+        older_than_seconds: args.older_than.map_or(0, |d| d.as_secs().max(1)),
+        dry_run: args.dry_run,
+        actor: args.actor.clone().unwrap_or_else(local_user),
+        reason: args.reason.clone().unwrap_or_default(),
+    };
+    let answer = client.prune_versions(request).await?.into_inner();
+    let list = |v: &[u64]| {
+        v.iter()
+            .map(|n| format!("v{n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    emit(
+        &args.client,
+        || {
+            let verb = if args.dry_run {
+                "would prune"
+            } else {
+                "pruned"
+            };
+            let mut text = match answer.pruned.as_slice() {
+                [] => format!("{}: nothing to prune", args.name),
+                pruned => format!("{} {verb} {}", args.name, list(pruned)),
+            };
+            if !answer.kept_labelled.is_empty() {
+                text.push_str(&format!(
+                    "\nkept (a label pointed to them): {}",
+                    list(&answer.kept_labelled)
+                ));
+            }
+            text
+        },
+        json!({"name": args.name, "dry_run": args.dry_run, "pruned": answer.pruned, "kept_labelled": answer.kept_labelled}),
+    );
+    Ok(())
 }

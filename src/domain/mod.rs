@@ -65,6 +65,9 @@ pub struct Version {
     pub revision: u64,
     /// The server's signature; `None` only for versions from before signing.
     pub signature: Option<VersionSignature>,
+    /// The content was removed by retention; `content` holds only the
+    /// variables, and the digest still names the original content.
+    pub pruned: bool,
 }
 
 /// An Ed25519 signature over a version's signed message.

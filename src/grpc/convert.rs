@@ -137,7 +137,7 @@ fn check_optional(field: &str, value: &str, limit: usize) -> Result<(), Status> 
 }
 
 pub fn version(v: Version, with_content: bool) -> pb::Version {
-    let template = with_content.then(|| pb::Template {
+    let template = (with_content && !v.pruned).then(|| pb::Template {
         kind: Some(match v.content.template {
             TemplateBody::Text(text) => pb::template::Kind::Text(text),
             TemplateBody::Chat(messages) => pb::template::Kind::Chat(pb::ChatTemplate {
@@ -169,7 +169,7 @@ pub fn version(v: Version, with_content: bool) -> pb::Version {
             .map(|s| s.bytes.clone())
             .unwrap_or_default(),
         signing_key_id: v.signature.map(|s| s.key_id).unwrap_or_default(),
-        pruned: false,
+        pruned: v.pruned,
     }
 }
 

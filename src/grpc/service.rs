@@ -4,7 +4,7 @@ use super::convert::{self, invalid, label_name, movable_label, prompt_name};
 use super::pb::{self, registry_server::Registry as RegistryApi};
 use crate::domain::{ContentDigest, ValidationError};
 use crate::registry::fleet::{Ack, ApplyOutcome};
-use crate::registry::provenance::AuditFilter;
+use crate::registry::provenance::{AuditFilter, PruneRequest};
 use crate::registry::{MoveRequest, PointInTime, Registry, VersionSelector};
 use crate::time::from_timestamp;
 use std::pin::Pin;
@@ -180,6 +180,27 @@ impl RegistryApi for RegistryService {
         Ok(Response::new(convert::checkpoint_to_pb(
             self.registry.create_checkpoint()?,
         )))
+    }
+
+    async fn prune_versions(
+        &self,
+        request: Request<pb::PruneVersionsRequest>,
+    ) -> Answer<pb::PruneVersionsResponse> {
+        let req = request.into_inner();
+        let prune = PruneRequest {
+            name: prompt_name(&req.name, self.registry.limits())?,
+            keep_last: req.keep_last as usize,
+            older_than: (req.older_than_seconds > 0)
+                .then(|| std::time::Duration::from_secs(req.older_than_seconds)),
+            dry_run: req.dry_run,
+            actor: req.actor,
+            reason: req.reason,
+        };
+        let outcome = self.registry.prune_versions(prune).await?;
+        Ok(Response::new(pb::PruneVersionsResponse {
+            pruned: outcome.pruned,
+            kept_labelled: outcome.kept_labelled,
+        }))
     }
 
     async fn fleet_status(

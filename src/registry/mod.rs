@@ -253,12 +253,13 @@ impl Registry {
         let published = {
             let mut writer = self.lock_writer();
             let store = self.store();
-            if let Some(number) = store.version_by_digest(&new.name, &digest)? {
-                let existing = store.version(&new.name, number)?.ok_or_else(|| {
-                    RegistryError::NotFound(format!("version {number} of {}", new.name))
-                })?;
+            let existing = match store.version_by_digest(&new.name, &digest)? {
+                Some(number) => store.version(&new.name, number)?.filter(|v| !v.pruned),
+                None => None,
+            };
+            if let Some(existing) = existing {
                 Published {
-                    version: number,
+                    version: existing.number,
                     digest,
                     revision: existing.revision,
                     created: false,
@@ -279,6 +280,7 @@ impl Registry {
                     created_at: time,
                     revision,
                     signature: Some(writer.sign_version(&new.name, number, &digest, time)),
+                    pruned: false,
                 };
                 let latest_move = LabelMove {
                     name: new.name.clone(),
@@ -769,6 +771,10 @@ impl Registry {
     }
 
     // --- lookups that answer NOT_FOUND ---------------------------------------
+
+    fn existing_version_count(&self, name: &PromptName) -> Result<u64> {
+        Ok(self.existing_prompt(name)?.latest_version)
+    }
 
     fn existing_prompt(&self, name: &PromptName) -> Result<PromptSummary> {
         self.store()

@@ -319,7 +319,9 @@ impl Registry {
             };
             let label = format!("{} v{}", version.name, version.number);
             let computed = version.content.digest();
-            if computed != version.digest {
+            // A pruned version has no content left to hash; its signature
+            // still binds the digest.
+            if !version.pruned && computed != version.digest {
                 report.problems.push(format!(
                     "{label}: stored content was altered: it hashes to {computed}, not its digest {}",
                     version.digest
@@ -371,5 +373,79 @@ impl Registry {
             }
         }
         Ok(report)
+    }
+}
+
+/// What [`Registry::prune_versions`] did (or would do, on a dry run).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PruneOutcome {
+    pub pruned: Vec<u64>,
+    pub kept_labelled: Vec<u64>,
+}
+
+/// Which versions of a prompt retention may prune.
+#[derive(Debug, Clone)]
+pub struct PruneRequest {
+    pub name: PromptName,
+    pub keep_last: usize,
+    pub older_than: Option<std::time::Duration>,
+    pub dry_run: bool,
+    pub actor: String,
+    pub reason: String,
+}
+
+impl Registry {
+    /// Removes the content of versions outside the newest `keep_last` (and
+    /// older than `older_than`) that no label but `latest` ever pointed to.
+    /// A version any label ever pointed to is kept forever.
+    pub async fn prune_versions(&self, request: PruneRequest) -> Result<PruneOutcome> {
+        if request.keep_last == 0 {
+            return Err(
+                crate::domain::ValidationError::new("keep_last", "must be at least 1").into(),
+            );
+        }
+        if !request.dry_run {
+            check_text("actor", &request.actor, self.inner.limits.max_actor_bytes)?;
+            check_text("reason", &request.reason, self.inner.limits.max_text_bytes)?;
+        }
+        let name = &request.name;
+        let outcome = {
+            let writer = self.lock_writer();
+            self.existing_version_count(name)?;
+            let store = self.store();
+            let labelled = store.labelled_versions(name)?;
+            let now = crate::time::now_micros();
+            let cutoff = request
+                .older_than
+                .map(|d| now.saturating_sub(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)));
+            let mut outcome = PruneOutcome::default();
+            let versions = store.list_versions(name, None, usize::MAX)?;
+            for version in versions.iter().skip(request.keep_last).rev() {
+                if version.pruned || cutoff.is_some_and(|c| version.created_at >= c) {
+                    continue;
+                }
+                if labelled.contains(&version.number) {
+                    outcome.kept_labelled.push(version.number);
+                } else {
+                    outcome.pruned.push(version.number);
+                }
+            }
+            if !request.dry_run && !outcome.pruned.is_empty() {
+                let (_, time) = writer.next();
+                store.prune(
+                    name,
+                    &outcome.pruned,
+                    writer.head,
+                    time,
+                    &request.actor,
+                    &request.reason,
+                )?;
+            }
+            outcome
+        };
+        if !request.dry_run && !outcome.pruned.is_empty() {
+            self.store().flush().await?;
+        }
+        Ok(outcome)
     }
 }

@@ -579,6 +579,60 @@ impl Store {
         Ok(())
     }
 
+    /// Version numbers that any label other than `latest` ever pointed to.
+    pub fn labelled_versions(&self, name: &PromptName) -> Result<std::collections::BTreeSet<u64>> {
+        let prefix = key(&[b"h/", name.as_str().as_bytes(), b"\0"]);
+        let mut out = std::collections::BTreeSet::new();
+        for item in self.db.scan_prefix(&prefix) {
+            let (key, raw) = item?;
+            let mv = decode::<MoveRec>(&key, &raw)?;
+            if mv.label != crate::domain::LATEST_LABEL {
+                out.extend(mv.to_version);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes the content of `versions`, keeping each as a tombstone, and
+    /// appends one `prune` ledger entry, in one atomic batch. Durable after
+    /// [`Store::flush`].
+    pub fn prune(
+        &self,
+        name: &PromptName,
+        versions: &[u64],
+        revision: u64,
+        time: Micros,
+        actor: &str,
+        reason: &str,
+    ) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for number in versions {
+            let record_key = version_key(name, *number);
+            let raw = self
+                .db
+                .get(&record_key)?
+                .ok_or_else(|| corrupt(&record_key, "vanished while pruning"))?;
+            let mut rec: VersionRec = decode(&record_key, &raw)?;
+            rec.prune();
+            batch.insert(record_key, encode(&rec));
+        }
+        let list: Vec<String> = versions.iter().map(|v| format!("v{v}")).collect();
+        let entry = AuditEntry::after(
+            &self.ledger_head()?,
+            revision,
+            time,
+            actor,
+            "prune",
+            name.to_string(),
+            reason,
+            list.join(", "),
+        );
+        batch.insert(audit_key(entry.sequence), encode(&AuditRec::from(&entry)));
+        batch.insert(KEY_LEDGER, encode(&LedgerHeadRec::from(entry.head())));
+        self.db.apply_batch(batch)?;
+        Ok(())
+    }
+
     /// The audit ledger's newest entry (sequence 0 when empty).
     pub fn ledger_head(&self) -> Result<LedgerHead> {
         match self.db.get(KEY_LEDGER)? {

@@ -74,6 +74,9 @@ pub struct VersionRec {
     pub signature: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing_key_id: Option<String>,
+    /// The content was removed by retention (a tombstone).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pruned: bool,
 }
 
 /// What an encrypted store seals of a version.
@@ -84,6 +87,14 @@ pub struct SealedContent {
 }
 
 impl VersionRec {
+    /// Drops the content, keeping everything else: a retention tombstone.
+    pub fn prune(&mut self) {
+        self.template = None;
+        self.model_config_json = None;
+        self.sealed = None;
+        self.pruned = true;
+    }
+
     /// Replaces the template and model config by their sealed form.
     pub fn seal(&mut self, data_key: &DataKey, record_key: &[u8]) {
         if let (Some(template), Some(model_config_json)) =
@@ -264,6 +275,7 @@ impl From<&Version> for VersionRec {
             revision: v.revision,
             signature: v.signature.as_ref().map(|s| hex::encode(&s.bytes)),
             signing_key_id: v.signature.as_ref().map(|s| s.key_id.clone()),
+            pruned: v.pruned,
         }
     }
 }
@@ -327,7 +339,13 @@ fn digest(raw: &str) -> Result<ContentDigest, String> {
 }
 
 impl VersionRec {
-    pub fn into_domain(self) -> Result<Version, String> {
+    pub fn into_domain(mut self) -> Result<Version, String> {
+        if self.pruned {
+            self.template = Some(TemplateRec::Text {
+                text: String::new(),
+            });
+            self.model_config_json = Some(String::new());
+        }
         let template = match self.template.ok_or("the version has no template")? {
             TemplateRec::Text { text } => TemplateBody::Text(text),
             TemplateRec::Chat { messages } => TemplateBody::Chat(
@@ -363,6 +381,7 @@ impl VersionRec {
                 }),
                 _ => None,
             },
+            pruned: self.pruned,
         })
     }
 }
