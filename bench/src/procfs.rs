@@ -1,0 +1,85 @@
+//! What /proc says about a process: resident memory and CPU time, and a
+//! meter that charts the CPU used by the harness and by the server under test
+//! during one measurement, so a client-bound cell is visible in the results.
+
+use serde_json::{json, Value};
+use std::time::Instant;
+
+/// Resident set size of `pid` in bytes (`VmRSS` of /proc/PID/status).
+pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS in /proc/{pid}/status"))?;
+    let kb: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .ok_or_else(|| anyhow::anyhow!("bad VmRSS line: {line}"))?
+        .parse()?;
+    Ok(kb * 1024)
+}
+
+/// User + system CPU seconds of a process (`None`: this process), from
+/// fields 14 and 15 of /proc/PID/stat.
+pub fn cpu_seconds(pid: Option<u32>) -> f64 {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/stat"),
+        None => "/proc/self/stat".to_string(),
+    };
+    let Ok(stat) = std::fs::read_to_string(path) else {
+        return 0.0;
+    };
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let Some(after) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // `after` starts at field 3, so utime (14) and stime (15) are at 11 and 12.
+    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks as f64 / hz
+}
+
+/// CPU used by the harness and by one server process over a stretch of time.
+pub struct CpuMeter {
+    server: Option<u32>,
+    start: Instant,
+    harness0: f64,
+    server0: f64,
+}
+
+impl CpuMeter {
+    pub fn start(server: Option<u32>) -> Self {
+        CpuMeter {
+            server,
+            start: Instant::now(),
+            harness0: cpu_seconds(None),
+            server0: server.map(|p| cpu_seconds(Some(p))).unwrap_or(0.0),
+        }
+    }
+
+    /// `{wall_s, harness_cpu_s, server_cpu_s, harness_cores, server_cores}`:
+    /// `*_cores` is CPU seconds per wall second (2.0 = both cores busy).
+    pub fn stop(&self) -> Value {
+        let wall = self.start.elapsed().as_secs_f64().max(1e-9);
+        let harness = cpu_seconds(None) - self.harness0;
+        let server = self
+            .server
+            .map(|p| cpu_seconds(Some(p)) - self.server0)
+            .unwrap_or(0.0);
+        json!({
+            "wall_s": round3(wall),
+            "harness_cpu_s": round3(harness),
+            "server_cpu_s": round3(server),
+            "harness_cores": round3(harness / wall),
+            "server_cores": round3(server / wall),
+        })
+    }
+}
+
+pub fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}

@@ -1,0 +1,330 @@
+//! The summary of an `all` run: one flat JSON object with the headline
+//! figures (the keys bench/results/latest.json promises), the machine, the
+//! CPU each side used, and every scenario's full result; and the markdown
+//! tables printed from it.
+
+use crate::scenarios::Options;
+use serde_json::{json, Value};
+
+/// A number at a JSON pointer, or NaN.
+fn num(v: &Value, pointer: &str) -> f64 {
+    v.pointer(pointer)
+        .and_then(Value::as_f64)
+        .unwrap_or(f64::NAN)
+}
+
+/// The cell of `cells` whose `key` equals `want`, or Null.
+fn cell<'a>(cells: &'a Value, key: &str, want: u64) -> &'a Value {
+    cells
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c[key].as_u64() == Some(want)))
+        .unwrap_or(&Value::Null)
+}
+
+/// Builds the summary from `{fanout, converge, resolve, write, etcd}`.
+pub fn summary(opts: &Options, r: &Value, harness_cpu_s: f64) -> Value {
+    let f = &r["fanout"];
+    let e = &r["etcd"];
+    let w1 = cell(&r["write"]["cells"], "writers", 1);
+    let w64 = cell(&r["write"]["cells"], "writers", 64);
+    let p1 = cell(&e["put"]["cells"], "writers", 1);
+    let p64 = cell(&e["put"]["cells"], "writers", 64);
+    json!({
+        "date": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "machine": machine(),
+        "quick": opts.quick,
+        "watchers": opts.watchers,
+        "connections": opts.connections,
+        "promotes": opts.promotes,
+        "fanout_p50_ms": num(f, "/delivery/p50_ms"),
+        "fanout_p99_ms": num(f, "/delivery/p99_ms"),
+        "fanout_max_ms": num(f, "/delivery/max_ms"),
+        "fanout_last_p50_ms": num(f, "/last_watcher/p50_ms"),
+        "fanout_last_p99_ms": num(f, "/last_watcher/p99_ms"),
+        "fanout_correct": f["correct"],
+        "etcd_fanout_p50_ms": num(e, "/fanout/delivery/p50_ms"),
+        "etcd_fanout_p99_ms": num(e, "/fanout/delivery/p99_ms"),
+        "etcd_fanout_max_ms": num(e, "/fanout/delivery/max_ms"),
+        "etcd_fanout_last_p50_ms": num(e, "/fanout/last_watcher/p50_ms"),
+        "etcd_fanout_last_p99_ms": num(e, "/fanout/last_watcher/p99_ms"),
+        "etcd_fanout_correct": e["fanout"]["correct"],
+        "etcd_shared_fanout_p99_ms": num(e, "/fanout_shared_stream/delivery/p99_ms"),
+        "etcd_shared_fanout_last_p99_ms": num(e, "/fanout_shared_stream/last_watcher/p99_ms"),
+        "converge_ms": num(&r["converge"], "/converge_ms"),
+        "converge_last_ack_ms": num(&r["converge"], "/last_ack_ms"),
+        "converge_correct": r["converge"]["correct"],
+        "resolve_qps": num(&r["resolve"], "/resolve_qps"),
+        "empty_rpc_qps": num(&r["resolve"], "/empty_rpc_qps"),
+        "resolve_ratio": num(&r["resolve"], "/ratio"),
+        "etcd_range_qps": num(e, "/range/range_qps"),
+        "write_p50_ms": num(w1, "/p50_ms"),
+        "write_qps": num(w1, "/qps"),
+        "write64_p50_ms": num(w64, "/p50_ms"),
+        "write64_qps": num(w64, "/qps"),
+        "etcd_put_p50_ms": num(p1, "/p50_ms"),
+        "etcd_put_qps": num(p1, "/qps"),
+        "etcd_put64_p50_ms": num(p64, "/p50_ms"),
+        "etcd_put64_qps": num(p64, "/qps"),
+        "bytes_per_watch": f["bytes_per_watch"],
+        "etcd_bytes_per_watch": e["fanout"]["bytes_per_watch"],
+        "etcd_shared_bytes_per_watch": e["fanout_shared_stream"]["bytes_per_watch"],
+        "harness_cpu_s": crate::procfs::round3(harness_cpu_s),
+        "scenarios": r,
+    })
+}
+
+fn machine() -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let mem_kb = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    json!({
+        "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "model_name": model,
+        "mem_gib": (mem_kb as f64 / 1048576.0).round(),
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+    })
+}
+
+fn fmt(v: f64) -> String {
+    if v.is_nan() {
+        "–".into()
+    } else if v >= 1000.0 {
+        format!("{:.0}", v)
+    } else if v >= 100.0 {
+        format!("{:.1}", v)
+    } else {
+        format!("{:.2}", v)
+    }
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if a.is_nan() || b.is_nan() || b == 0.0 {
+        "–".into()
+    } else {
+        format!("{:.2}×", a / b)
+    }
+}
+
+fn yes(ok: bool) -> &'static str {
+    if ok {
+        "yes"
+    } else {
+        "**no**"
+    }
+}
+
+/// The markdown tables of a summary.
+pub fn markdown(s: &Value) -> String {
+    let g = |k: &str| s[k].as_f64().unwrap_or(f64::NAN);
+    let n = s["watchers"].as_u64().unwrap_or(0);
+    let c = s["connections"].as_u64().unwrap_or(0);
+    let m = s["promotes"].as_u64().unwrap_or(0);
+    let mut out = String::new();
+    out += &format!(
+        "promptreg-bench, {}: {} watchers over {} connections, {} promotes; {} ({} cores, {} GiB){}\n\n",
+        s["date"].as_str().unwrap_or(""),
+        n,
+        c,
+        m,
+        s["machine"]["model_name"].as_str().unwrap_or(""),
+        s["machine"]["nproc"],
+        s["machine"]["mem_gib"],
+        if s["quick"] == true { ", --quick" } else { "" },
+    );
+    out += "| figure | promptreg | etcd 3.4 | promptreg / etcd | target | met |\n";
+    out += "| --- | ---: | ---: | ---: | --- | --- |\n";
+    let (f50, e50) = (g("fanout_p50_ms"), g("etcd_fanout_p50_ms"));
+    out += &format!(
+        "| promote → each watcher, p50 (ms) | {} | {} | {} | | |\n",
+        fmt(f50),
+        fmt(e50),
+        ratio(f50, e50)
+    );
+    let (f99, e99) = (g("fanout_p99_ms"), g("etcd_fanout_p99_ms"));
+    out += &format!(
+        "| promote → each watcher, p99 (ms) | {} | {} | {} | < 100 and ≤ 0.5× etcd | {} |\n",
+        fmt(f99),
+        fmt(e99),
+        ratio(f99, e99),
+        yes(f99 < 100.0 && f99 <= 0.5 * e99)
+    );
+    let (fl, el) = (g("fanout_last_p99_ms"), g("etcd_fanout_last_p99_ms"));
+    out += &format!(
+        "| promote → last of {n} watchers, p99 over promotes (ms) | {} | {} | {} | < 100 and ≤ 0.5× etcd | {} |\n",
+        fmt(fl),
+        fmt(el),
+        ratio(fl, el),
+        yes(fl < 100.0 && fl <= 0.5 * el)
+    );
+    let es = g("etcd_shared_fanout_p99_ms");
+    if !es.is_nan() {
+        out += &format!(
+            "| (etcd, 100 watchers per stream) each watcher p99 / last p99 (ms) | | {} / {} | | | |\n",
+            fmt(es),
+            fmt(g("etcd_shared_fanout_last_p99_ms"))
+        );
+    }
+    let ok = |k: &str| s[k] == true;
+    out += &format!(
+        "| every watcher saw every promote once, in order | {} | {} | | required | {} |\n",
+        yes(ok("fanout_correct")),
+        yes(ok("etcd_fanout_correct")),
+        yes(ok("fanout_correct"))
+    );
+    let conv = g("converge_ms");
+    out += &format!(
+        "| rollback → {n} agents acknowledged, FleetStatus in sync (ms) | {} | | | < 1000 | {} |\n",
+        fmt(conv),
+        yes(conv < 1000.0 && ok("converge_correct"))
+    );
+    out += &format!(
+        "| (rollback → last AckApplied answered) (ms) | {} | | | | |\n",
+        fmt(g("converge_last_ack_ms"))
+    );
+    let (rq, eq, rr) = (g("resolve_qps"), g("empty_rpc_qps"), g("etcd_range_qps"));
+    out += &format!(
+        "| resolve (GetVersion by label), peak req/s | {} | {} (Range) | {} | ≥ 0.8× empty RPC | {} |\n",
+        fmt(rq),
+        fmt(rr),
+        ratio(rq, rr),
+        yes(rq >= 0.8 * eq)
+    );
+    out += &format!(
+        "| empty unary RPC (Health/Check), peak req/s | {} | | | | |\n| resolve / empty RPC | {:.2} | | | ≥ 0.80 | |\n",
+        fmt(eq),
+        g("resolve_ratio")
+    );
+    let (w1, p1) = (g("write_p50_ms"), g("etcd_put_p50_ms"));
+    out += &format!(
+        "| durable promote, 1 writer, p50 (ms) | {} | {} (Put) | {} | | |\n",
+        fmt(w1),
+        fmt(p1),
+        ratio(w1, p1)
+    );
+    out += &format!(
+        "| durable promote, 1 writer, req/s | {} | {} | {} | | |\n",
+        fmt(g("write_qps")),
+        fmt(g("etcd_put_qps")),
+        ratio(g("write_qps"), g("etcd_put_qps"))
+    );
+    out += &format!(
+        "| durable promote, 64 writers, p50 (ms) / req/s | {} / {} | {} / {} | | | |\n",
+        fmt(g("write64_p50_ms")),
+        fmt(g("write64_qps")),
+        fmt(g("etcd_put64_p50_ms")),
+        fmt(g("etcd_put64_qps"))
+    );
+    let (bw, ebw) = (g("bytes_per_watch"), g("etcd_bytes_per_watch"));
+    out += &format!(
+        "| memory per idle watch stream (bytes) | {} | {} | {} | < 10,000 | {} |\n",
+        fmt(bw),
+        fmt(ebw),
+        ratio(bw, ebw),
+        yes(bw < 10_000.0)
+    );
+    let ebs = g("etcd_shared_bytes_per_watch");
+    if !ebs.is_nan() {
+        out += &format!(
+            "| (etcd, 100 watchers per stream) memory per watcher (bytes) | | {} | | | |\n",
+            fmt(ebs)
+        );
+    }
+
+    // Resolve cells.
+    out += "\n| concurrency | resolve req/s | p50 / p99 (ms) | empty RPC req/s | p50 / p99 (ms) | ratio | etcd Range req/s | p50 / p99 (ms) |\n";
+    out += "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n";
+    let sc = &s["scenarios"];
+    if let Some(cells) = sc["resolve"]["cells"].as_array() {
+        for cl in cells {
+            let conc = cl["concurrency"].as_u64().unwrap_or(0);
+            let er = cell(&sc["etcd"]["range"]["cells"], "concurrency", conc);
+            let lat =
+                |v: &Value| format!("{} / {}", fmt(num(v, "/p50_ms")), fmt(num(v, "/p99_ms")));
+            out += &format!(
+                "| {conc} | {} | {} | {} | {} | {:.2} | {} | {} |\n",
+                fmt(num(cl, "/resolve/qps")),
+                lat(&cl["resolve"]),
+                fmt(num(cl, "/empty_rpc/qps")),
+                lat(&cl["empty_rpc"]),
+                num(cl, "/ratio"),
+                fmt(num(er, "/qps")),
+                lat(er)
+            );
+        }
+    }
+
+    // Who used the CPU.
+    out += "\n| scenario (measured part) | wall (s) | harness CPU (cores) | server CPU (cores) |\n";
+    out += "| --- | ---: | ---: | ---: |\n";
+    let mut cpu_row = |label: String, v: &Value| {
+        if v.is_object() {
+            out += &format!(
+                "| {label} | {} | {:.2} | {:.2} |\n",
+                fmt(num(v, "/wall_s")),
+                num(v, "/harness_cores"),
+                num(v, "/server_cores")
+            );
+        }
+    };
+    cpu_row(
+        format!("fanout: open {n} watchers"),
+        &sc["fanout"]["open_cpu"],
+    );
+    cpu_row(format!("fanout: {m} promotes"), &sc["fanout"]["cpu"]);
+    cpu_row(
+        "converge: rollback until in sync".into(),
+        &sc["converge"]["cpu"],
+    );
+    for cl in sc["resolve"]["cells"].as_array().into_iter().flatten() {
+        let conc = &cl["concurrency"];
+        cpu_row(format!("resolve, concurrency {conc}"), &cl["resolve_cpu"]);
+        cpu_row(
+            format!("empty RPC, concurrency {conc}"),
+            &cl["empty_rpc_cpu"],
+        );
+    }
+    for cl in sc["write"]["cells"].as_array().into_iter().flatten() {
+        cpu_row(format!("write, {} writers", cl["writers"]), &cl["cpu"]);
+    }
+    cpu_row(
+        format!("etcd fanout: {m} puts"),
+        &sc["etcd"]["fanout"]["cpu"],
+    );
+    cpu_row(
+        "etcd fanout, shared streams: puts".into(),
+        &sc["etcd"]["fanout_shared_stream"]["cpu"],
+    );
+    for cl in sc["etcd"]["range"]["cells"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        cpu_row(
+            format!("etcd Range, concurrency {}", cl["concurrency"]),
+            &cl["cpu"],
+        );
+    }
+    for cl in sc["etcd"]["put"]["cells"].as_array().into_iter().flatten() {
+        cpu_row(format!("etcd Put, {} writers", cl["writers"]), &cl["cpu"]);
+    }
+    out += &format!(
+        "\nHarness CPU over the whole run: {:.1} s. Harness and servers share the same {} cores.\n",
+        g("harness_cpu_s"),
+        s["machine"]["nproc"]
+    );
+    out
+}
