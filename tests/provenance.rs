@@ -291,6 +291,35 @@ async fn the_ledger_records_every_mutation_in_a_chain() {
     .await;
     assert_eq!(rest[0].sequence, 4);
 
+    // A request carrying W3C trace context leaves its trace id in the ledger.
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut traced = tonic::Request::new(set_label("p", "staging", 1, None));
+    traced.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-00f067aa0ba902b7-01")
+            .parse()
+            .unwrap(),
+    );
+    client.set_label(traced).await.unwrap();
+    let staged = audit(
+        &mut client,
+        pb::ListAuditRequest {
+            name: "p".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let last = staged.last().unwrap();
+    assert_eq!(
+        (last.target.as_str(), last.trace_id.as_str()),
+        ("p:staging", trace_id)
+    );
+    assert!(
+        entries.iter().all(|e| e.trace_id.is_empty()),
+        "no trace context, no trace id"
+    );
+    let entries = audit(&mut client, pb::ListAuditRequest::default()).await;
+
     let report = verify_audit(&mut client, None).await;
     assert!(report.intact, "{:?}", report.problems);
     assert_eq!(report.entries, entries.len() as u64);

@@ -48,6 +48,8 @@ pub struct NewVersion {
     pub author: String,
     pub description: String,
     pub tags: BTreeMap<String, String>,
+    /// The request's W3C trace id, when it carried one.
+    pub trace_id: Option<String>,
 }
 
 /// One immutable, stored version.
@@ -156,6 +158,9 @@ pub struct Revision {
     pub revision: u64,
     pub time: Micros,
     pub changes: Vec<Change>,
+    /// The W3C trace id (32 hex digits) of the request that made the
+    /// change, when it carried one: the link from the ledger to traces.
+    pub trace_id: Option<String>,
 }
 
 /// A prompt and its newest version.

@@ -53,7 +53,26 @@ pub fn movable_label(raw: &str) -> Result<LabelName, Status> {
 }
 
 /// Validates a publish request into a [`NewVersion`].
-pub fn new_version(req: pb::PublishVersionRequest, limits: &Limits) -> Result<NewVersion, Status> {
+/// The W3C trace id of a request's `traceparent` metadata
+/// (`00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`), when it has a
+/// valid one.
+pub fn trace_id<T>(request: &tonic::Request<T>) -> Option<String> {
+    let header = request.metadata().get("traceparent")?.to_str().ok()?;
+    let mut parts = header.split('-');
+    let (_version, trace_id) = (parts.next()?, parts.next()?);
+    let valid = trace_id.len() == 32
+        && trace_id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && trace_id.bytes().any(|b| b != b'0');
+    valid.then(|| trace_id.to_string())
+}
+
+pub fn new_version(
+    req: pb::PublishVersionRequest,
+    limits: &Limits,
+    trace_id: Option<String>,
+) -> Result<NewVersion, Status> {
     let name = prompt_name(&req.name, limits)?;
     let template = match req.template.and_then(|t| t.kind) {
         None => {
@@ -111,6 +130,7 @@ pub fn new_version(req: pb::PublishVersionRequest, limits: &Limits) -> Result<Ne
         }
     }
     Ok(NewVersion {
+        trace_id,
         name,
         content,
         author: req.author,

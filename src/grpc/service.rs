@@ -26,8 +26,10 @@ impl RegistryService {
         label: &str,
         actor: String,
         reason: String,
+        trace_id: Option<String>,
     ) -> Result<MoveRequest, Status> {
         Ok(MoveRequest {
+            trace_id,
             name: prompt_name(name, self.registry.limits())?,
             label: movable_label(label)?,
             actor,
@@ -240,7 +242,8 @@ impl RegistryApi for RegistryService {
         &self,
         request: Request<pb::PublishVersionRequest>,
     ) -> Answer<pb::PublishVersionResponse> {
-        let new = convert::new_version(request.into_inner(), self.registry.limits())?;
+        let trace_id = convert::trace_id(&request);
+        let new = convert::new_version(request.into_inner(), self.registry.limits(), trace_id)?;
         let published = self.registry.publish(new).await?;
         Ok(Response::new(pb::PublishVersionResponse {
             version: published.version,
@@ -320,9 +323,10 @@ impl RegistryApi for RegistryService {
         &self,
         request: Request<pb::SetLabelRequest>,
     ) -> Answer<pb::LabelMoveResponse> {
+        let trace_id = convert::trace_id(&request);
         let req = request.into_inner();
         let version = version_number("version", req.version)?;
-        let mv = self.move_request(&req.name, &req.label, req.actor, req.reason)?;
+        let mv = self.move_request(&req.name, &req.label, req.actor, req.reason, trace_id)?;
         let moved = self
             .registry
             .set_label(mv, version, req.expected_version)
@@ -334,9 +338,10 @@ impl RegistryApi for RegistryService {
         &self,
         request: Request<pb::RollbackRequest>,
     ) -> Answer<pb::LabelMoveResponse> {
+        let trace_id = convert::trace_id(&request);
         let req = request.into_inner();
         let to = req.to_version.filter(|v| *v != 0);
-        let mv = self.move_request(&req.name, &req.label, req.actor, req.reason)?;
+        let mv = self.move_request(&req.name, &req.label, req.actor, req.reason, trace_id)?;
         let moved = self.registry.rollback(mv, to).await?;
         Ok(Response::new(convert::moved(moved)))
     }
@@ -345,8 +350,9 @@ impl RegistryApi for RegistryService {
         &self,
         request: Request<pb::RemoveLabelRequest>,
     ) -> Answer<pb::LabelMoveResponse> {
+        let trace_id = convert::trace_id(&request);
         let req = request.into_inner();
-        let mv = self.move_request(&req.name, &req.label, req.actor, req.reason)?;
+        let mv = self.move_request(&req.name, &req.label, req.actor, req.reason, trace_id)?;
         let moved = self.registry.remove_label(mv).await?;
         Ok(Response::new(convert::moved(moved)))
     }

@@ -123,6 +123,8 @@ pub struct MoveRequest {
     pub label: LabelName,
     pub actor: String,
     pub reason: String,
+    /// The request's W3C trace id, when it carried one.
+    pub trace_id: Option<String>,
 }
 
 /// A page of results and the token for the next one (empty on the last).
@@ -297,6 +299,7 @@ impl Registry {
                 let change = Revision {
                     revision,
                     time,
+                    trace_id: new.trace_id,
                     changes: vec![
                         Change::VersionPublished {
                             name: new.name,
@@ -459,6 +462,7 @@ impl Registry {
             revision,
             time,
             changes: vec![Change::LabelMoved(mv)],
+            trace_id: request.trace_id,
         };
         self.commit(writer, change, None)?;
         Ok(Moved {
@@ -973,6 +977,7 @@ mod tests {
             author: "a".into(),
             description: String::new(),
             tags: Default::default(),
+            trace_id: None,
         }
     }
 
@@ -994,6 +999,7 @@ mod tests {
                         label: LabelName::parse("label", &format!("l{i}")).unwrap(),
                         actor: "a".into(),
                         reason: "r".into(),
+                        trace_id: None,
                     };
                     registry.set_label(request, 1, None).await.unwrap()
                 })

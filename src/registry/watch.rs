@@ -543,6 +543,7 @@ impl Watcher {
         self.send(WatchEvent::Changes(Revision {
             revision: revision.revision,
             time: revision.time,
+            trace_id: revision.trace_id.clone(),
             changes,
         }))
         .await

@@ -833,7 +833,7 @@ fn ledger_entry(
             format!("{} -> {}", side(mv.from_version), side(mv.to_version)),
         ),
     };
-    AuditEntry::after(
+    let mut entry = AuditEntry::after(
         head,
         revision.revision,
         revision.time,
@@ -842,7 +842,12 @@ fn ledger_entry(
         target,
         reason,
         detail,
-    )
+    );
+    if let Some(trace_id) = &revision.trace_id {
+        entry.trace_id = trace_id.clone();
+        entry.hash = entry.compute_hash();
+    }
+    entry
 }
 
 fn audit_key(sequence: u64) -> Vec<u8> {

@@ -171,6 +171,8 @@ pub struct RevisionRec {
     pub revision: u64,
     pub time: Micros,
     pub changes: Vec<ChangeRec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -302,6 +304,7 @@ impl From<&Revision> for RevisionRec {
         RevisionRec {
             revision: r.revision,
             time: r.time,
+            trace_id: r.trace_id.clone(),
             changes: r
                 .changes
                 .iter()
@@ -456,6 +459,7 @@ impl RevisionRec {
             revision: self.revision,
             time: self.time,
             changes,
+            trace_id: self.trace_id,
         })
     }
 }
