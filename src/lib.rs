@@ -13,6 +13,8 @@
 //!   conversions, the thin service handlers.
 //! - [`server`]: `run(listener, config, shutdown)`: the gRPC server with
 //!   health and reflection.
+//! - [`telemetry`]: logs, OpenTelemetry traces, Prometheus metrics, the
+//!   per-RPC span and metrics layer.
 //! - [`cli`]: the `promptreg` command line, server and client subcommands.
 
 pub mod cli;
@@ -22,4 +24,5 @@ pub mod provenance;
 pub mod registry;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod time;

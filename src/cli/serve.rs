@@ -20,6 +20,9 @@ pub struct ServeArgs {
     /// Log format on stderr. Levels come from RUST_LOG (default info).
     #[arg(long, env = "PROMPTREG_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Serve Prometheus metrics on this address, at /metrics (off by default).
+    #[arg(long, env = "PROMPTREG_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Sign versions with this Ed25519 PKCS#8 key instead of one generated
     /// into DATA_DIR/keys/ (then rotate by restarting with a new file).
     #[arg(long, env = "PROMPTREG_SIGNING_KEY", value_name = "FILE")]
@@ -167,7 +170,17 @@ impl LimitArgs {
 
 /// Runs the server until SIGINT or SIGTERM; returns the process exit code.
 pub async fn run_serve(args: ServeArgs) -> i32 {
-    init_logging(args.log_format);
+    let _telemetry = crate::telemetry::init(match args.log_format {
+        LogFormat::Text => crate::telemetry::LogStyle::Text,
+        LogFormat::Json => crate::telemetry::LogStyle::Json,
+    });
+    if let Some(address) = args.metrics_listen {
+        if let Err(message) = crate::telemetry::metrics::install(address) {
+            eprintln!("error: {message}");
+            return 1;
+        }
+        tracing::info!(metrics = %address, "serving Prometheus metrics at /metrics");
+    }
     let settings = args
         .limits
         .to_limits()
@@ -227,20 +240,4 @@ async fn shutdown_signal() {
         () = terminate => {}
     }
     tracing::info!("shutdown signal received; finishing in-flight requests");
-}
-
-fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    use std::io::IsTerminal as _;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    let result = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
-    // Already initialised (in tests): keep the existing subscriber.
-    drop(result);
 }

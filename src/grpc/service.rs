@@ -50,6 +50,47 @@ fn version_number(field: &str, version: u64) -> Result<u64, Status> {
 
 type Answer<T> = Result<Response<T>, Status>;
 
+/// Adds the prompt's attributes (OpenTelemetry GenAI conventions plus ours)
+/// to the RPC's span, opened by `telemetry::RpcLayer`.
+fn annotate(name: &str, version: u64, digest: &str, label: Option<&str>, revision: Option<u64>) {
+    let span = tracing::Span::current();
+    span.record("gen_ai.prompt.name", name);
+    if version != 0 {
+        span.record("gen_ai.prompt.version", version);
+    }
+    if !digest.is_empty() {
+        span.record("promptreg.prompt.digest", digest);
+    }
+    if let Some(label) = label {
+        span.record("promptreg.label", label);
+    }
+    if let Some(revision) = revision {
+        span.record("promptreg.revision", revision);
+    }
+}
+
+/// Annotates a label move and adds a span event (and a log line) with the
+/// versions and the reason.
+fn annotate_move(name: &str, label: &str, reason: &str, moved: &crate::registry::Moved) {
+    let digest = moved.digest.map(|d| d.to_string()).unwrap_or_default();
+    annotate(
+        name,
+        moved.to_version.unwrap_or(0),
+        &digest,
+        Some(label),
+        Some(moved.revision),
+    );
+    tracing::info!(
+        prompt = name,
+        label,
+        from_version = moved.from_version.unwrap_or(0),
+        to_version = moved.to_version.unwrap_or(0),
+        changed = moved.changed,
+        reason,
+        "label moved"
+    );
+}
+
 type WatchResponseStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -101,6 +142,13 @@ impl RegistryApi for RegistryService {
             outcome,
         };
         let applied = matches!(ack.outcome, ApplyOutcome::Applied).then_some(ack.version);
+        annotate(
+            ack.name.as_str(),
+            ack.version,
+            &ack.digest.to_string(),
+            Some(ack.label.as_str()),
+            None,
+        );
         let target = self.registry.ack(ack)?;
         Ok(Response::new(pb::AckAppliedResponse {
             target_version: target.unwrap_or(0),
@@ -244,7 +292,15 @@ impl RegistryApi for RegistryService {
     ) -> Answer<pb::PublishVersionResponse> {
         let trace_id = convert::trace_id(&request);
         let new = convert::new_version(request.into_inner(), self.registry.limits(), trace_id)?;
+        let name = new.name.to_string();
         let published = self.registry.publish(new).await?;
+        annotate(
+            &name,
+            published.version,
+            &published.digest.to_string(),
+            None,
+            Some(published.revision),
+        );
         Ok(Response::new(pb::PublishVersionResponse {
             version: published.version,
             digest: published.digest.to_string(),
@@ -270,6 +326,17 @@ impl RegistryApi for RegistryService {
         };
         let revision = self.registry.revision();
         let version = self.registry.get_version(&name, &selector)?;
+        let label = match &selector {
+            VersionSelector::Label(label) => Some(label.as_str()),
+            _ => None,
+        };
+        annotate(
+            name.as_str(),
+            version.number,
+            &version.digest.to_string(),
+            label,
+            None,
+        );
         Ok(Response::new(pb::GetVersionResponse {
             version: Some(convert::version(version, true)),
             revision,
@@ -326,11 +393,13 @@ impl RegistryApi for RegistryService {
         let trace_id = convert::trace_id(&request);
         let req = request.into_inner();
         let version = version_number("version", req.version)?;
+        let (name, label, reason) = (req.name.clone(), req.label.clone(), req.reason.clone());
         let mv = self.move_request(&req.name, &req.label, req.actor, req.reason, trace_id)?;
         let moved = self
             .registry
             .set_label(mv, version, req.expected_version)
             .await?;
+        annotate_move(&name, &label, &reason, &moved);
         Ok(Response::new(convert::moved(moved)))
     }
 
@@ -341,8 +410,10 @@ impl RegistryApi for RegistryService {
         let trace_id = convert::trace_id(&request);
         let req = request.into_inner();
         let to = req.to_version.filter(|v| *v != 0);
+        let (name, label, reason) = (req.name.clone(), req.label.clone(), req.reason.clone());
         let mv = self.move_request(&req.name, &req.label, req.actor, req.reason, trace_id)?;
         let moved = self.registry.rollback(mv, to).await?;
+        annotate_move(&name, &label, &reason, &moved);
         Ok(Response::new(convert::moved(moved)))
     }
 
@@ -352,8 +423,10 @@ impl RegistryApi for RegistryService {
     ) -> Answer<pb::LabelMoveResponse> {
         let trace_id = convert::trace_id(&request);
         let req = request.into_inner();
+        let (name, label, reason) = (req.name.clone(), req.label.clone(), req.reason.clone());
         let mv = self.move_request(&req.name, &req.label, req.actor, req.reason, trace_id)?;
         let moved = self.registry.remove_label(mv).await?;
+        annotate_move(&name, &label, &reason, &moved);
         Ok(Response::new(convert::moved(moved)))
     }
 
@@ -403,6 +476,13 @@ impl RegistryApi for RegistryService {
             Some(At::Time(t)) => PointInTime::Time(from_timestamp(&t)),
         };
         let (version, mv) = self.registry.resolve_at(&name, &label, at)?;
+        annotate(
+            name.as_str(),
+            version.number,
+            &version.digest.to_string(),
+            Some(label.as_str()),
+            Some(mv.revision),
+        );
         Ok(Response::new(pb::ResolveAtResponse {
             version: Some(convert::version(version, true)),
             r#move: Some(convert::label_move(mv)),

@@ -224,6 +224,10 @@ impl Registry {
             Arc::downgrade(&inner),
             compaction_interval,
         ));
+        tokio::spawn(run_gauges(
+            Arc::downgrade(&inner),
+            std::time::Duration::from_secs(5),
+        ));
         Ok(Registry { inner })
     }
 
@@ -458,6 +462,12 @@ impl Registry {
             actor: request.actor,
             reason: request.reason,
         };
+        metrics::counter!(
+            crate::telemetry::metrics::LABEL_MOVES,
+            "label" => mv.label.to_string(),
+            "kind" => mv.kind.as_str()
+        )
+        .increment(1);
         let change = Revision {
             revision,
             time,
@@ -826,7 +836,11 @@ async fn run_flusher(registry: Weak<Inner>, group_commit: Arc<GroupCommit>) {
         };
         let store = inner.store.clone();
         drop(inner);
-        match store.flush().await {
+        let started = std::time::Instant::now();
+        let flushed = store.flush().await;
+        metrics::histogram!(crate::telemetry::metrics::FLUSH_DURATION)
+            .record(started.elapsed().as_secs_f64());
+        match flushed {
             Ok(()) => {
                 // Publish to watchers before releasing the writers: a client
                 // that opens a watch after its write was acknowledged finds
@@ -868,6 +882,47 @@ async fn run_housekeeping(registry: Weak<Inner>, interval: std::time::Duration) 
             tracing::error!(%error, "change-log compaction failed");
         }
         registry.expire_agents();
+    }
+}
+
+/// Refreshes the gauges that are states rather than events: fleet counts
+/// per label and the store's size.
+async fn run_gauges(registry: Weak<Inner>, interval: std::time::Duration) {
+    use crate::telemetry::metrics::{FLEET_AGENTS, STORE_SIZE};
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(inner) = registry.upgrade() else {
+            return;
+        };
+        let registry = Registry { inner };
+        if let Ok(size) = registry.store().size_on_disk() {
+            metrics::gauge!(STORE_SIZE).set(size as f64);
+        }
+        let Ok(rows) = registry.fleet_status(None, None) else {
+            continue;
+        };
+        let mut counts: std::collections::BTreeMap<(String, String), [u32; 3]> = Default::default();
+        for row in rows {
+            let state = match (row.connected, row.in_sync()) {
+                (true, true) => 0,
+                (true, false) => 1,
+                (false, _) => 2,
+            };
+            counts
+                .entry((row.name.to_string(), row.label.to_string()))
+                .or_default()[state] += 1;
+        }
+        for ((prompt, label), by_state) in counts {
+            for (state, count) in ["in_sync", "stale", "disconnected"]
+                .into_iter()
+                .zip(by_state)
+            {
+                metrics::gauge!(FLEET_AGENTS, "prompt" => prompt.clone(), "label" => label.clone(), "state" => state)
+                    .set(f64::from(count));
+            }
+        }
     }
 }
 

@@ -10,6 +10,7 @@
 
 use super::Registry;
 use crate::domain::{Change, LabelName, PromptName, Revision, Selector};
+use crate::telemetry::metrics as telemetry;
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -178,6 +179,7 @@ struct OpenStream(Arc<super::Inner>);
 impl Drop for OpenStream {
     fn drop(&mut self) {
         self.0.hub.stats.open_streams.fetch_sub(1, Ordering::SeqCst);
+        metrics::gauge!(telemetry::WATCH_STREAMS).decrement(1.0);
     }
 }
 
@@ -244,6 +246,7 @@ impl Registry {
     pub fn watch(&self, request: WatchRequest) -> WatchStream {
         let inner = self.inner.clone();
         inner.hub.stats.open_streams.fetch_add(1, Ordering::SeqCst);
+        metrics::gauge!(telemetry::WATCH_STREAMS).increment(1.0);
         let open = OpenStream(inner.clone());
         let (tx, rx) = mpsc::channel(inner.hub.config.stream_buffer.max(4));
         // Subscribe before reading any state, so no revision published from
@@ -464,6 +467,7 @@ impl Watcher {
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         hub.stats.catchups.fetch_add(1, Ordering::Relaxed);
+                        metrics::counter!(telemetry::WATCH_OVERFLOWS).increment(1);
                         if let Err(gone) = self.catch_up(hub.published()).await? {
                             return Ok(Err(gone));
                         }
@@ -540,6 +544,14 @@ impl Watcher {
             .stats
             .batches_sent
             .fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(telemetry::WATCH_BATCHES).increment(1);
+        // Commit to queued for this watcher; the histogram's top is the
+        // fan-out completion. (Catch-up deliveries count too: they are late.)
+        let age = crate::time::now_micros()
+            .saturating_sub(revision.time)
+            .max(0) as f64
+            / 1e6;
+        metrics::histogram!(telemetry::WATCH_FANOUT).record(age);
         self.send(WatchEvent::Changes(Revision {
             revision: revision.revision,
             time: revision.time,

@@ -1,0 +1,40 @@
+//! Prometheus metrics through the `metrics` facade. Without
+//! `--metrics-listen` no recorder is installed and every macro is a no-op.
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use std::net::SocketAddr;
+
+/// RPCs served, by `method` and gRPC `code`.
+pub const RPC_REQUESTS: &str = "promptreg_rpc_requests_total";
+/// RPC latency in seconds (to the response headers for streams), by `method`.
+pub const RPC_DURATION: &str = "promptreg_rpc_duration_seconds";
+/// Watch streams open now.
+pub const WATCH_STREAMS: &str = "promptreg_watch_streams";
+/// Change batches sent to watchers.
+pub const WATCH_BATCHES: &str = "promptreg_watch_batches_sent_total";
+/// Commit → queued to a watcher, in seconds, one sample per watcher and batch.
+pub const WATCH_FANOUT: &str = "promptreg_watch_fanout_seconds";
+/// Times a slow watcher overflowed its buffer and caught up from the log.
+pub const WATCH_OVERFLOWS: &str = "promptreg_watch_overflows_total";
+/// Agents per `prompt`, `label` and `state` (in_sync, stale, disconnected).
+pub const FLEET_AGENTS: &str = "promptreg_fleet_agents";
+/// The store's size on disk, in bytes.
+pub const STORE_SIZE: &str = "promptreg_store_size_bytes";
+/// Group-commit flush latency, in seconds.
+pub const FLUSH_DURATION: &str = "promptreg_flush_duration_seconds";
+/// Label moves by `label` and `kind` (promote, rollback, remove).
+pub const LABEL_MOVES: &str = "promptreg_label_moves_total";
+
+/// Serves `/metrics` on `address`. Must run inside the tokio runtime.
+pub fn install(address: SocketAddr) -> Result<(), String> {
+    const LATENCY_BUCKETS: &[f64] = &[
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        5.0,
+    ];
+    PrometheusBuilder::new()
+        .with_http_listener(address)
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+        .map_err(|e| e.to_string())?
+        .install()
+        .map_err(|e| format!("cannot serve metrics on {address} (--metrics-listen): {e}"))
+}

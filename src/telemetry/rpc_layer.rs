@@ -1,0 +1,120 @@
+//! One span and one set of metrics per RPC, as a tower layer in front of
+//! every gRPC service: the caller's W3C `traceparent` becomes the span's
+//! parent, and the gRPC status of the answer becomes the span's
+//! `rpc.grpc.status_code` and the metrics' `code` label.
+//!
+//! Handlers add the prompt attributes (`gen_ai.prompt.name`, …) to the
+//! current span; the fields are declared here, empty, so that they can.
+
+use super::metrics::{RPC_DURATION, RPC_REQUESTS};
+use opentelemetry::propagation::Extractor;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+/// The layer; see the module docs.
+#[derive(Debug, Clone, Default)]
+pub struct RpcLayer;
+
+impl<S> tower::Layer<S> for RpcLayer {
+    type Service = RpcService<S>;
+
+    fn layer(&self, inner: S) -> RpcService<S> {
+        RpcService { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RpcService<S> {
+    inner: S,
+}
+
+impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for RpcService<S>
+where
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    ReqBody: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        // The clone is the service that was not polled ready; use the ready one.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+
+        let path = request.uri().path().to_string();
+        let (service, method) = path
+            .trim_start_matches('/')
+            .split_once('/')
+            .unwrap_or(("", path.as_str()));
+        let span = tracing::info_span!(
+            "rpc",
+            otel.name = %path.trim_start_matches('/'),
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            rpc.system = "grpc",
+            rpc.service = %service,
+            rpc.method = %method,
+            rpc.grpc.status_code = tracing::field::Empty,
+            gen_ai.prompt.name = tracing::field::Empty,
+            gen_ai.prompt.version = tracing::field::Empty,
+            promptreg.prompt.digest = tracing::field::Empty,
+            promptreg.label = tracing::field::Empty,
+            promptreg.revision = tracing::field::Empty,
+        );
+        let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.extract(&HeaderExtractor(request.headers()))
+        });
+        // Without a trace pipeline there is nothing to attach to.
+        let _ = span.set_parent(parent);
+        let method = method.to_string();
+        let started = Instant::now();
+        let future = inner.call(request).instrument(span.clone());
+        Box::pin(async move {
+            let response = future.await?;
+            // Errors from unary handlers are trailers-only responses: their
+            // status is in the headers. No status header means OK (a unary
+            // success or an open stream).
+            let code: i64 = response
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            span.record("rpc.grpc.status_code", code);
+            if code != 0 {
+                span.record("otel.status_code", "ERROR");
+            }
+            let code_name = format!("{:?}", tonic::Code::from(code as i32));
+            metrics::counter!(RPC_REQUESTS, "method" => method.clone(), "code" => code_name)
+                .increment(1);
+            metrics::histogram!(RPC_DURATION, "method" => method)
+                .record(started.elapsed().as_secs_f64());
+            Ok(response)
+        })
+    }
+}
+
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
