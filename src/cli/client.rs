@@ -89,6 +89,66 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
         Command::Verify(args) => return super::provenance::verify(args).await,
         Command::Audit(args) => return super::provenance::audit(args).await,
         Command::Prune(args) => return super::provenance::prune(args).await,
+        Command::Whois(args) => {
+            let mut client = connect(&args.client).await?;
+            let request = pb::FindByDigestRequest {
+                digest: args.digest.clone(),
+            };
+            let matches = client.find_by_digest(request).await?.into_inner().matches;
+            if matches.is_empty() {
+                return Err(Failure {
+                    code: exit::REFUSED,
+                    message: format!("not found: no version has digest {}", args.digest),
+                });
+            }
+            for m in &matches {
+                let v = m.version.clone().unwrap_or_default();
+                emit(
+                    &args.client,
+                    || {
+                        let mut text = format!(
+                            "{} v{} ({}), published {} by {}",
+                            v.name,
+                            v.version,
+                            v.digest,
+                            time_text(&v.created_at),
+                            v.author
+                        );
+                        if m.labels.is_empty() {
+                            text.push_str(
+                                "\nno label other than its own history ever pointed to it",
+                            );
+                        }
+                        for p in &m.labels {
+                            let until = if p.until_revision == 0 {
+                                "now".to_string()
+                            } else {
+                                format!("{} (revision {})", time_text(&p.until), p.until_revision)
+                            };
+                            text.push_str(&format!(
+                                "\n{}: from {} (revision {}) until {until}; set by {}: {}",
+                                p.label,
+                                time_text(&p.from),
+                                p.from_revision,
+                                p.actor,
+                                p.reason
+                            ));
+                            if !p.trace_id.is_empty() {
+                                text.push_str(&format!(" [trace {}]", p.trace_id));
+                            }
+                        }
+                        text
+                    },
+                    json!({"name": v.name, "version": v.version, "digest": v.digest, "revision": v.revision,
+                           "labels": m.labels.iter().map(|p| json!({
+                               "label": p.label, "from": time_text(&p.from), "from_revision": p.from_revision,
+                               "until": if p.until_revision == 0 { Value::Null } else { json!(time_text(&p.until)) },
+                               "until_revision": version_or_null(p.until_revision),
+                               "actor": p.actor, "reason": p.reason, "trace_id": p.trace_id,
+                           })).collect::<Vec<_>>()}),
+                );
+            }
+        }
         Command::Fleet(args) => {
             let mut client = connect(&args.client).await?;
             let request = pb::FleetStatusRequest {
@@ -560,7 +620,7 @@ fn version_text(v: &pb::Version) -> String {
 fn move_json(m: &pb::LabelMove) -> Value {
     json!({"name": m.name, "label": m.label, "revision": m.revision, "kind": kind_name(m.kind),
            "from_version": version_or_null(m.from_version), "to_version": version_or_null(m.to_version),
-           "digest": m.digest, "actor": m.actor, "reason": m.reason, "time": time_text(&m.time)})
+           "digest": m.digest, "actor": m.actor, "reason": m.reason, "time": time_text(&m.time), "trace_id": m.trace_id})
 }
 
 fn move_text(m: &pb::LabelMove) -> String {
@@ -571,7 +631,7 @@ fn move_text(m: &pb::LabelMove) -> String {
             format!("v{v}")
         }
     };
-    format!(
+    let mut line = format!(
         "revision {}\t{}\t{}\t{} -> {}\t{}\t{}",
         m.revision,
         time_text(&m.time),
@@ -580,7 +640,11 @@ fn move_text(m: &pb::LabelMove) -> String {
         side(m.to_version),
         m.actor,
         m.reason
-    )
+    );
+    if !m.trace_id.is_empty() {
+        line.push_str(&format!("\ttrace {}", m.trace_id));
+    }
+    line
 }
 
 /// How a fleet converged after a move with `--wait`.

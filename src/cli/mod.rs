@@ -101,6 +101,16 @@ pub enum Command {
     /// Remove the content of old, never-labelled versions (tombstones keep
     /// number, digest and signature).
     Prune(PruneArgs),
+    /// Which prompt and version a digest is, and which labels pointed to it when.
+    Whois(WhoisArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WhoisArgs {
+    /// A content digest, sha256:<64 hex>, as seen in an agent's trace or log.
+    pub digest: String,
+    #[command(flatten)]
+    pub client: ClientOptions,
 }
 
 #[derive(Debug, Args)]

@@ -310,8 +310,13 @@ async fn list(args: &AuditArgs) -> Result<(), Failure> {
             emit(
                 &args.client,
                 || {
+                    let trace = if e.trace_id.is_empty() {
+                        String::new()
+                    } else {
+                        format!("\ttrace {}", e.trace_id)
+                    };
                     format!(
-                        "#{}\trevision {}\t{time}\t{}\t{}\t{}\t{}\t{}",
+                        "#{}\trevision {}\t{time}\t{}\t{}\t{}\t{}\t{}{trace}",
                         e.sequence, e.revision, e.actor, e.action, e.target, e.detail, e.reason
                     )
                 },

@@ -60,6 +60,7 @@ mod tests {
             digest: None,
             actor: "a".into(),
             reason: "r".into(),
+            trace_id: None,
         }
     }
 

@@ -114,6 +114,8 @@ pub struct LabelMove {
     pub digest: Option<ContentDigest>,
     pub actor: String,
     pub reason: String,
+    /// The W3C trace id of the request that made the move, when it had one.
+    pub trace_id: Option<String>,
 }
 
 /// A label's current target.

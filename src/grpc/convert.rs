@@ -232,6 +232,7 @@ pub fn label_move(m: LabelMove) -> pb::LabelMove {
         digest: m.digest.map(|d| d.to_string()).unwrap_or_default(),
         actor: m.actor,
         reason: m.reason,
+        trace_id: m.trace_id.unwrap_or_default(),
     }
 }
 
@@ -481,5 +482,19 @@ pub fn audit_report(r: AuditReport) -> pb::VerifyAuditResponse {
         first_broken_sequence: r.first_broken_sequence,
         problems: r.problems,
         head_hash: r.head_hash,
+    }
+}
+
+pub fn label_period(period: crate::registry::provenance::LabelPeriod) -> pb::LabelPeriod {
+    let set = period.set_by;
+    pb::LabelPeriod {
+        label: set.label.to_string(),
+        from: Some(to_timestamp(set.time)),
+        from_revision: set.revision,
+        until: period.until.as_ref().map(|m| to_timestamp(m.time)),
+        until_revision: period.until.as_ref().map_or(0, |m| m.revision),
+        actor: set.actor,
+        reason: set.reason,
+        trace_id: set.trace_id.unwrap_or_default(),
     }
 }

@@ -253,6 +253,25 @@ impl RegistryApi for RegistryService {
         }))
     }
 
+    async fn find_by_digest(
+        &self,
+        request: Request<pb::FindByDigestRequest>,
+    ) -> Answer<pb::FindByDigestResponse> {
+        let digest =
+            ContentDigest::parse("digest", &request.into_inner().digest).map_err(invalid)?;
+        tracing::Span::current().record("promptreg.prompt.digest", digest.to_string());
+        let matches = self.registry.find_by_digest(&digest)?;
+        Ok(Response::new(pb::FindByDigestResponse {
+            matches: matches
+                .into_iter()
+                .map(|(version, periods)| pb::DigestMatch {
+                    version: Some(convert::version(version, false)),
+                    labels: periods.into_iter().map(convert::label_period).collect(),
+                })
+                .collect(),
+        }))
+    }
+
     async fn fleet_status(
         &self,
         request: Request<pb::FleetStatusRequest>,

@@ -297,6 +297,7 @@ impl Registry {
                     from_version: previous.map(|p| p.version),
                     to_version: Some(number),
                     digest: Some(digest),
+                    trace_id: new.trace_id.clone(),
                     actor: new.author.clone(),
                     reason: format!("version {number} published"),
                 };
@@ -461,6 +462,7 @@ impl Registry {
             digest,
             actor: request.actor,
             reason: request.reason,
+            trace_id: request.trace_id.clone(),
         };
         metrics::counter!(
             crate::telemetry::metrics::LABEL_MOVES,

@@ -449,3 +449,59 @@ impl Registry {
         Ok(outcome)
     }
 }
+
+/// A span of time during which a label pointed to a version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelPeriod {
+    /// The move that put the label on the version.
+    pub set_by: crate::domain::LabelMove,
+    /// The move that took it away; `None` while it still points there.
+    pub until: Option<crate::domain::LabelMove>,
+}
+
+impl Registry {
+    /// Every version with `digest`, and every period a label pointed to
+    /// each: the way from a digest in an agent's log to who put it there.
+    pub fn find_by_digest(
+        &self,
+        digest: &crate::domain::ContentDigest,
+    ) -> Result<Vec<(crate::domain::Version, Vec<LabelPeriod>)>> {
+        let store = self.store();
+        let mut out = Vec::new();
+        for (name, number) in store.versions_with_digest(digest)? {
+            let Some(version) = store.version(&name, number)? else {
+                continue;
+            };
+            let mut periods = Vec::new();
+            let mut open: Option<crate::domain::LabelMove> = None;
+            // Ordered by label, then revision: one pass closes each period.
+            for mv in store.prompt_history(&name)? {
+                if let Some(start) = open.take() {
+                    if start.label == mv.label {
+                        periods.push(LabelPeriod {
+                            set_by: start,
+                            until: Some(mv.clone()),
+                        });
+                    } else {
+                        periods.push(LabelPeriod {
+                            set_by: start,
+                            until: None,
+                        });
+                    }
+                }
+                if mv.to_version == Some(number) {
+                    open = Some(mv);
+                }
+            }
+            if let Some(start) = open {
+                periods.push(LabelPeriod {
+                    set_by: start,
+                    until: None,
+                });
+            }
+            periods.sort_by_key(|p| p.set_by.revision);
+            out.push((version, periods));
+        }
+        Ok(out)
+    }
+}

@@ -12,6 +12,7 @@
 //! | `p/{name}` | prompt summary (newest version) |
 //! | `v/{name}\0{version}` | one version with its content |
 //! | `d/{name}\0{digest}` | digest → version number |
+//! | `x/{digest}{name}` | digest → version number across prompts (FindByDigest) |
 //! | `l/{name}\0{label}` | a label's current target |
 //! | `h/{name}\0{label}\0{rev}` | one move in a label's history |
 //! | `a/{seq}` | one audit ledger entry, hash-chained to the one before |
@@ -247,6 +248,9 @@ impl Store {
                     let value = self.encode_version(&key, full);
                     batch.insert(key, value);
                     batch.insert(digest_key(name, digest), &version.to_be_bytes());
+                    let by_digest =
+                        [b"x/".as_slice(), &digest.0, name.as_str().as_bytes()].concat();
+                    batch.insert(by_digest, &version.to_be_bytes());
                     let prompt = PromptRec {
                         latest_version: *version,
                         latest_digest: digest.to_string(),
@@ -577,6 +581,35 @@ impl Store {
         batch.insert(KEY_SIGNING, rotation.key_id.as_bytes());
         self.db.apply_batch(batch)?;
         Ok(())
+    }
+
+    /// Every (prompt, version) whose content has `digest`.
+    pub fn versions_with_digest(&self, digest: &ContentDigest) -> Result<Vec<(PromptName, u64)>> {
+        let prefix = key(&[b"x/", &digest.0]);
+        self.db
+            .scan_prefix(&prefix)
+            .map(|item| {
+                let (key, raw) = item?;
+                let name = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+                let name = PromptName::parse("name", &name, 4096)
+                    .map_err(|e| corrupt(&key, e.to_string()))?;
+                Ok((name, read_u64(&key, &raw)?))
+            })
+            .collect()
+    }
+
+    /// Every move of every label of a prompt, ordered by label then revision.
+    pub fn prompt_history(&self, name: &PromptName) -> Result<Vec<LabelMove>> {
+        let prefix = key(&[b"h/", name.as_str().as_bytes(), b"\0"]);
+        self.db
+            .scan_prefix(&prefix)
+            .map(|item| {
+                let (key, raw) = item?;
+                decode::<MoveRec>(&key, &raw)?
+                    .into_domain()
+                    .map_err(|e| corrupt(&key, e))
+            })
+            .collect()
     }
 
     /// Version numbers that any label other than `latest` ever pointed to.

@@ -154,6 +154,8 @@ pub struct PromptRec {
 
 #[derive(Serialize, Deserialize)]
 pub struct MoveRec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     pub name: String,
     pub label: String,
     pub revision: u64,
@@ -295,6 +297,7 @@ impl From<&LabelMove> for MoveRec {
             digest: m.digest.map(|d| d.to_string()),
             actor: m.actor.clone(),
             reason: m.reason.clone(),
+            trace_id: m.trace_id.clone(),
         }
     }
 }
@@ -431,6 +434,7 @@ impl MoveRec {
             digest: self.digest.as_deref().map(digest).transpose()?,
             actor: self.actor,
             reason: self.reason,
+            trace_id: self.trace_id,
         })
     }
 }
