@@ -89,6 +89,9 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
         Command::Verify(args) => return super::provenance::verify(args).await,
         Command::Audit(args) => return super::provenance::audit(args).await,
         Command::Prune(args) => return super::provenance::prune(args).await,
+        Command::Backup(args) => return super::backup::backup(args).await,
+        Command::Restore(args) => return super::backup::restore(args),
+        Command::Check(args) => return super::backup::check(args),
         Command::Whois(args) => {
             let mut client = connect(&args.client).await?;
             let request = pb::FindByDigestRequest {

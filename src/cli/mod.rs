@@ -6,6 +6,7 @@
 //! failed precondition, invalid argument); 2 a usage error; 3 the server
 //! could not be reached.
 
+mod backup;
 mod client;
 mod provenance;
 mod serve;
@@ -103,6 +104,43 @@ pub enum Command {
     Prune(PruneArgs),
     /// Which prompt and version a digest is, and which labels pointed to it when.
     Whois(WhoisArgs),
+    /// Write an online, consistent backup of the server's store to FILE.
+    Backup(BackupArgs),
+    /// Restore a backup into an empty data directory (offline: no server).
+    Restore(RestoreArgs),
+    /// Check a data directory offline: exit 0 only when the store is sound.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The file to write (replaced only once the backup is complete).
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub client: ClientOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// A file written by `promptreg backup`.
+    pub file: PathBuf,
+    /// The data directory to create; it must be empty or missing.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub client: ClientOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The data directory to check (no server may be using it).
+    #[arg(long, env = "PROMPTREG_DATA_DIR", default_value = "./promptreg-data")]
+    pub data_dir: PathBuf,
+    /// The data key of an encrypted store (to check digests of sealed content).
+    #[arg(long, env = "PROMPTREG_ENCRYPTION_KEY_FILE", value_name = "FILE")]
+    pub encryption_key_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub client: ClientOptions,
 }
 
 #[derive(Debug, Args)]

@@ -19,6 +19,7 @@ impl From<RegistryError> for Status {
             RegistryError::NotFound(_) => Code::NotFound,
             RegistryError::FailedPrecondition(_) => Code::FailedPrecondition,
             RegistryError::NotDurable(_) => Code::Unavailable,
+            RegistryError::Damaged { .. } => Code::DataLoss,
             RegistryError::DataDirLocked { .. }
             | RegistryError::DataDir { .. }
             | RegistryError::Key(_)

@@ -96,6 +96,23 @@ type WatchResponseStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, S
 #[tonic::async_trait]
 impl RegistryApi for RegistryService {
     type WatchStream = WatchResponseStream;
+    type BackupStream = Pin<Box<dyn Stream<Item = Result<pb::BackupChunk, Status>> + Send>>;
+
+    async fn backup(&self, _request: Request<pb::BackupRequest>) -> Answer<Self::BackupStream> {
+        const CHUNK: usize = 1024 * 1024;
+        let (revision, bytes) = self.registry.backup().await?;
+        tracing::Span::current().record("promptreg.revision", revision);
+        let chunks: Vec<Result<pb::BackupChunk, Status>> = bytes
+            .chunks(CHUNK)
+            .map(|data| {
+                Ok(pb::BackupChunk {
+                    data: data.to_vec(),
+                    revision,
+                })
+            })
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
 
     async fn watch(&self, request: Request<pb::WatchRequest>) -> Answer<Self::WatchStream> {
         let request = convert::watch_request(request.into_inner(), self.registry.limits())?;

@@ -52,6 +52,8 @@ pub enum RegistryError {
     DataKey(#[from] crate::store::DataKeyError),
     #[error("the change could not be made durable and was not acknowledged: {0}")]
     NotDurable(String),
+    #[error("the store in {dir} is damaged: {reason}. Run `promptreg check --data-dir {dir}` for a full report, and restore from a backup with `promptreg restore`")]
+    Damaged { dir: PathBuf, reason: String },
 }
 
 pub type Result<T> = std::result::Result<T, RegistryError>;
@@ -193,7 +195,13 @@ impl Registry {
             Some(path) => Some(crate::store::DataKey::load(path)?),
             None => None,
         };
-        let store = Store::open(&dir, data_key)?;
+        let store = Store::open(&dir, data_key).map_err(|e| damaged_if_corrupt(&dir, e))?;
+        store
+            .check_startup()
+            .map_err(|reason| RegistryError::Damaged {
+                dir: dir.clone(),
+                reason,
+            })?;
         let head = store.head_revision()?;
         let last_time = match store.revision(head)? {
             Some(rev) => rev.time,
@@ -702,7 +710,8 @@ impl Registry {
         let config = self.inner.hub.config();
         let store = self.store();
         let head = self.inner.hub.published();
-        let keep_from_revision = head.saturating_sub(config.retention_revisions);
+        // The head record always stays: start-up checks it.
+        let keep_from_revision = head.saturating_sub(config.retention_revisions.max(1));
         let retention = i64::try_from(config.retention.as_micros()).unwrap_or(i64::MAX);
         let cutoff_time = crate::time::now_micros().saturating_sub(retention);
         let mut upto = store.compact_revision()?;
@@ -926,6 +935,73 @@ async fn run_gauges(registry: Weak<Inner>, interval: std::time::Duration) {
             }
         }
     }
+}
+
+impl Registry {
+    /// A consistent copy of the whole store as a backup file, and the
+    /// revision it is consistent at. Writers wait while the entries are
+    /// copied (in memory: prompt stores are small), then the copy is
+    /// encoded without any lock.
+    pub async fn backup(&self) -> Result<(u64, Vec<u8>)> {
+        let (revision, entries) = {
+            let writer = self.lock_writer();
+            (writer.head, self.store().export_entries()?)
+        };
+        self.wait_durable(revision).await?;
+        let header = crate::store::backup::BackupHeader {
+            format: crate::store::backup::FORMAT.to_string(),
+            version: crate::store::backup::VERSION,
+            schema: crate::store::SCHEMA_VERSION,
+            revision,
+            entries: entries.len() as u64,
+            encryption_key_id: self.store().encryption_key_id(),
+            created_at: crate::time::format_micros(crate::time::now_micros()),
+        };
+        Ok((revision, crate::store::backup::encode(&header, &entries)))
+    }
+}
+
+/// A store error that means the files are damaged becomes `Damaged`, with
+/// the way out in its message.
+fn damaged_if_corrupt(dir: &Path, error: StoreError) -> RegistryError {
+    match error {
+        StoreError::Corrupt(_) | StoreError::Io(sled::Error::Corruption { .. }) => {
+            RegistryError::Damaged {
+                dir: dir.to_path_buf(),
+                reason: error.to_string(),
+            }
+        }
+        other => other.into(),
+    }
+}
+
+/// `promptreg check`: an offline consistency check of the data directory
+/// (refused while a server holds it). Every problem found, one sentence
+/// each; empty when the store is sound.
+pub fn check_offline(dir: &Path, encryption_key_file: Option<&Path>) -> Result<Vec<String>> {
+    if !dir.join("sled").exists() {
+        return Err(RegistryError::NotFound(format!(
+            "{} holds no promptreg store",
+            dir.display()
+        )));
+    }
+    let _lock = lock_data_dir(dir)?;
+    let data_key = match encryption_key_file {
+        Some(path) => Some(crate::store::DataKey::load(path)?),
+        None => None,
+    };
+    let store = match Store::open(dir, data_key) {
+        Ok(store) => store,
+        Err(error) => return Ok(vec![format!("the store cannot be opened: {error}")]),
+    };
+    let mut problems = Vec::new();
+    if let Err(reason) = store.check_startup() {
+        problems.push(reason);
+    }
+    problems.extend(store.check_consistency()?);
+    let report = provenance::verify_store(&store, None)?;
+    problems.extend(report.problems);
+    Ok(problems)
 }
 
 fn lock_data_dir(dir: &Path) -> Result<File> {

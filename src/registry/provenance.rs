@@ -249,7 +249,15 @@ impl Registry {
     /// Recomputes the ledger's hash chain, every version's digest and
     /// signature, and (when given) a checkpoint kept elsewhere.
     pub fn verify_audit(&self, checkpoint: Option<&Checkpoint>) -> Result<AuditReport> {
-        let store = self.store();
+        verify_store(self.store(), checkpoint)
+    }
+}
+
+/// Recomputes the ledger's hash chain, every version's digest and
+/// signature, and (when given) a checkpoint. Works on a store that is not
+/// being served, for `promptreg check`.
+pub fn verify_store(store: &Store, checkpoint: Option<&Checkpoint>) -> Result<AuditReport> {
+    {
         let mut report = AuditReport::default();
         let mut previous = LedgerHead::default();
         let mut hash_at_checkpoint = None;

@@ -27,6 +27,7 @@
 //! The label history is a full copy, not a pointer into the log, so that
 //! the log can later be compacted without losing history.
 
+pub mod backup;
 mod records;
 mod sealing;
 
@@ -55,7 +56,7 @@ const KEY_LEDGER: &[u8] = b"meta/ledger";
 const KEY_SIGNING: &[u8] = b"meta/signing_key";
 const KEY_ENCRYPTION: &[u8] = b"meta/encryption";
 /// The file beside the store that names the data key id of an encrypted store.
-const ENCRYPTION_MARKER: &str = "ENCRYPTION";
+pub(crate) const ENCRYPTION_MARKER: &str = "ENCRYPTION";
 
 /// Compares the data key id a store was encrypted with to the key given.
 fn check_data_key(stored: Option<String>, key: Option<&DataKey>) -> Result<()> {
@@ -731,6 +732,151 @@ impl Store {
             visit(self.decode_version(&key, &raw));
         }
         Ok(())
+    }
+
+    /// A quick check at start-up: the head revision's record and the
+    /// ledger head's entry exist and agree with the metadata. A store that
+    /// fails it is refused before anything is served.
+    pub fn check_startup(&self) -> std::result::Result<(), String> {
+        let head = self.head_revision().map_err(|e| e.to_string())?;
+        if head > 0 {
+            match self.revision(head) {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    return Err(format!("the head revision {head} has no change-log record"))
+                }
+                Err(e) => return Err(format!("the head revision {head} is unreadable: {e}")),
+            }
+            if self
+                .revision(head + 1)
+                .map_err(|e| e.to_string())?
+                .is_some()
+            {
+                return Err(format!(
+                    "a change-log record exists beyond the head revision {head}"
+                ));
+            }
+        }
+        let ledger = self.ledger_head().map_err(|e| e.to_string())?;
+        if ledger.sequence > 0 {
+            let entry = self
+                .audit_entries(ledger.sequence, 1)
+                .map_err(|e| e.to_string())?;
+            match entry.first() {
+                Some(e) if e.sequence == ledger.sequence && e.hash == ledger.hash => {}
+                _ => {
+                    return Err(format!(
+                        "the audit ledger head (entry {}) is missing or differs",
+                        ledger.sequence
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every structural inconsistency in the store: labels pointing at
+    /// missing versions, history that disagrees with labels, a change log
+    /// that disagrees with the head, indexes that disagree with versions.
+    /// (Digests, signatures and the ledger chain are checked by
+    /// `Registry::verify_audit`.)
+    pub fn check_consistency(&self) -> Result<Vec<String>> {
+        let mut problems = Vec::new();
+        let head = self.head_revision()?;
+        let compact = self.compact_revision()?;
+        // The change log: contiguous from compact + 1 to head.
+        let mut expected = compact + 1;
+        for item in self.db.scan_prefix(b"r/") {
+            let (key, raw) = item?;
+            match decode::<RevisionRec>(&key, &raw) {
+                Ok(rec) if rec.revision == expected => expected += 1,
+                Ok(rec) if rec.revision <= compact => problems.push(format!(
+                    "change-log record {} is below the compact revision {compact}",
+                    rec.revision
+                )),
+                Ok(rec) => {
+                    problems.push(format!(
+                        "the change log jumps from revision {} to {}",
+                        expected - 1,
+                        rec.revision
+                    ));
+                    expected = rec.revision + 1;
+                }
+                Err(e) => problems.push(format!("unreadable change-log record: {e}")),
+            }
+        }
+        if head > compact && expected != head + 1 {
+            problems.push(format!(
+                "the change log ends at revision {} but the head revision is {head}",
+                expected - 1
+            ));
+        }
+        // Prompts and their versions.
+        for item in self.db.scan_prefix(b"p/") {
+            let (key, raw) = item?;
+            let name = String::from_utf8_lossy(&key[2..]).into_owned();
+            let Ok(name) = PromptName::parse("name", &name, 4096) else {
+                problems.push(format!("prompt key {name:?} is not a valid name"));
+                continue;
+            };
+            let summary = match decode::<PromptRec>(&key, &raw) {
+                Ok(rec) => rec,
+                Err(e) => {
+                    problems.push(format!("unreadable prompt record: {e}"));
+                    continue;
+                }
+            };
+            for number in 1..=summary.latest_version {
+                match self.version(&name, number) {
+                    Ok(Some(v)) if v.revision > head => problems.push(format!(
+                        "{name} v{number} claims revision {} beyond the head {head}",
+                        v.revision
+                    )),
+                    Ok(Some(v)) => {
+                        if self.version_by_digest(&name, &v.digest)? != Some(number) && !v.pruned {
+                            problems.push(format!(
+                                "{name} v{number}: the digest index does not point back to it"
+                            ));
+                        }
+                    }
+                    Ok(None) => problems.push(format!(
+                        "{name} v{number} is missing (the prompt's newest is v{})",
+                        summary.latest_version
+                    )),
+                    Err(e) => problems.push(format!("{name} v{number} is unreadable: {e}")),
+                }
+            }
+            // Labels: each target exists and matches the label's last move.
+            for label in self.labels(&name)? {
+                if self.version(&name, label.version)?.is_none() {
+                    problems.push(format!(
+                        "label {} of {name} points to missing version {}",
+                        label.label, label.version
+                    ));
+                }
+                match self.history(&name, &label.label, None, 1)?.first() {
+                    Some(last)
+                        if last.to_version == Some(label.version)
+                            && last.revision == label.revision => {}
+                    _ => problems.push(format!(
+                        "label {} of {name} disagrees with its history",
+                        label.label
+                    )),
+                }
+            }
+        }
+        Ok(problems)
+    }
+
+    /// Every key and value of the store, for a backup. The caller makes it
+    /// consistent by holding the writer lock.
+    pub fn export_entries(&self) -> Result<Vec<(sled::IVec, sled::IVec)>> {
+        Ok(self.db.iter().collect::<std::result::Result<Vec<_>, _>>()?)
+    }
+
+    /// The data key id of an encrypted store.
+    pub fn encryption_key_id(&self) -> Option<String> {
+        self.data_key.as_ref().map(|k| k.key_id.clone())
     }
 
     /// The store's size on disk in bytes.

@@ -1,0 +1,105 @@
+//! `promptreg backup`, `restore` and `check`: the operator's tools for
+//! keeping a store safe.
+
+use super::client::{connect, emit, Failure};
+use super::{exit, BackupArgs, CheckArgs, RestoreArgs};
+use crate::grpc::pb;
+use crate::store::backup;
+use serde_json::json;
+
+pub(super) async fn backup(args: BackupArgs) -> Result<(), Failure> {
+    let mut client = connect(&args.client).await?;
+    let mut stream = client.backup(pb::BackupRequest {}).await?.into_inner();
+    let mut bytes = Vec::new();
+    let mut revision = 0;
+    while let Some(chunk) = stream.message().await? {
+        revision = chunk.revision;
+        bytes.extend_from_slice(&chunk.data);
+    }
+    // Check what arrived before it replaces anything.
+    let (header, _) = backup::decode(&bytes).map_err(|e| Failure {
+        code: exit::REFUSED,
+        message: format!("the backup received is not valid: {e}"),
+    })?;
+    let partial = args.file.with_extension("partial");
+    let write = |path: &std::path::Path| std::fs::write(path, &bytes);
+    write(&partial)
+        .and_then(|()| std::fs::rename(&partial, &args.file))
+        .map_err(|e| Failure::usage(format!("cannot write {}: {e}", args.file.display())))?;
+    emit(
+        &args.client,
+        || {
+            format!(
+                "wrote {} ({} bytes, {} records), consistent at revision {revision}",
+                args.file.display(),
+                bytes.len(),
+                header.entries
+            )
+        },
+        json!({"file": args.file.display().to_string(), "revision": revision, "bytes": bytes.len(),
+               "entries": header.entries, "encryption_key_id": header.encryption_key_id}),
+    );
+    Ok(())
+}
+
+pub(super) fn restore(args: RestoreArgs) -> Result<(), Failure> {
+    let bytes = std::fs::read(&args.file)
+        .map_err(|e| Failure::usage(format!("cannot read {}: {e}", args.file.display())))?;
+    let (header, entries) = backup::decode(&bytes).map_err(|e| Failure {
+        code: exit::REFUSED,
+        message: format!("{} is not a usable backup: {e}", args.file.display()),
+    })?;
+    backup::restore_into(&args.data_dir, &header, entries).map_err(|message| Failure {
+        code: exit::REFUSED,
+        message,
+    })?;
+    let dir = args.data_dir.display();
+    emit(
+        &args.client,
+        || {
+            let mut text = format!(
+                "restored revision {} into {dir}.\nSigning keys are not in backups: copy your backup of the old DATA_DIR/keys/ into {dir}/keys/, or start with --signing-key FILE.",
+                header.revision
+            );
+            if let Some(id) = &header.encryption_key_id {
+                text.push_str(&format!("\nThe store is encrypted with data key {id}: start with --encryption-key-file holding it."));
+            }
+            text
+        },
+        json!({"data_dir": dir.to_string(), "revision": header.revision, "entries": header.entries,
+               "encryption_key_id": header.encryption_key_id}),
+    );
+    Ok(())
+}
+
+pub(super) fn check(args: CheckArgs) -> Result<(), Failure> {
+    let problems =
+        crate::registry::check_offline(&args.data_dir, args.encryption_key_file.as_deref())
+            .map_err(|e| Failure {
+                code: exit::REFUSED,
+                message: e.to_string(),
+            })?;
+    emit(
+        &args.client,
+        || {
+            if problems.is_empty() {
+                format!("{}: sound", args.data_dir.display())
+            } else {
+                let mut text = format!("{}: {} problems", args.data_dir.display(), problems.len());
+                for p in &problems {
+                    text.push_str(&format!("\n- {p}"));
+                }
+                text
+            }
+        },
+        json!({"data_dir": args.data_dir.display().to_string(), "sound": problems.is_empty(), "problems": problems}),
+    );
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure {
+            code: exit::REFUSED,
+            message: format!("the store has {} problems", problems.len()),
+        })
+    }
+}
