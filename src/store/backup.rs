@@ -36,8 +36,11 @@ pub fn encode(header: &BackupHeader, entries: &[(sled::IVec, sled::IVec)]) -> Ve
     out
 }
 
+/// Raw key/value records of a backup.
+pub type Records = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Reads and checks a backup: format, version, checksum, record framing.
-pub fn decode(bytes: &[u8]) -> Result<(BackupHeader, Vec<(Vec<u8>, Vec<u8>)>), String> {
+pub fn decode(bytes: &[u8]) -> Result<(BackupHeader, Records), String> {
     if bytes.len() < 32 {
         return Err("the file is too short to be a backup".into());
     }
