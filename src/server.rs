@@ -70,7 +70,11 @@ pub async fn serve(
         watches.shut_down_watches();
         stop_signal.notify_waiters();
     };
+    let limits = registry.limits().clone();
+    let service = RegistryServer::new(RegistryService::new(registry))
+        .max_decoding_message_size(limits.max_request_bytes);
     let server = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(limits.max_streams_per_connection))
         // Dead peers behind a load balancer are found by HTTP/2 pings;
         // clients that ping every 10 s are accepted.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -81,7 +85,7 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(RegistryServer::new(RegistryService::new(registry)))
+        .add_service(service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
     let grace = async {
         stopping.notified().await;

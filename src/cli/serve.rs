@@ -57,6 +57,14 @@ pub struct WatchArgs {
     /// history and versions are never compacted.
     #[arg(long, env = "PROMPTREG_LOG_RETENTION", default_value = "24h", value_parser = parse_duration)]
     pub log_retention: Duration,
+    /// Most watch streams open at once; more are refused with
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "PROMPTREG_MAX_WATCHERS", default_value_t = WatchConfig::default().max_watchers)]
+    pub max_watchers: usize,
+    /// Most snapshots (watches from revision 0) being built at once; more
+    /// are refused with RESOURCE_EXHAUSTED (clients back off and retry).
+    #[arg(long, env = "PROMPTREG_MAX_SNAPSHOTS", default_value_t = WatchConfig::default().max_snapshots)]
+    pub max_snapshots: usize,
     /// How often change-log compaction runs.
     #[arg(long, env = "PROMPTREG_COMPACTION_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     pub compaction_interval: Duration,
@@ -88,6 +96,8 @@ impl WatchArgs {
             retention: self.log_retention,
             compaction_interval: self.compaction_interval,
             agent_ttl: self.agent_ttl,
+            max_watchers: self.max_watchers,
+            max_snapshots: self.max_snapshots.max(1),
             ..WatchConfig::default()
         })
     }
@@ -130,6 +140,12 @@ pub struct LimitArgs {
     /// Longest author or actor, in bytes.
     #[arg(long, env = "PROMPTREG_MAX_ACTOR_BYTES", default_value_t = Limits::default().max_actor_bytes)]
     pub max_actor_bytes: usize,
+    /// Largest request message, in bytes (over it: RESOURCE_EXHAUSTED).
+    #[arg(long, env = "PROMPTREG_MAX_REQUEST_BYTES", default_value_t = Limits::default().max_request_bytes)]
+    pub max_request_bytes: usize,
+    /// Concurrent HTTP/2 streams (RPCs, watches) per client connection.
+    #[arg(long, env = "PROMPTREG_MAX_STREAMS_PER_CONNECTION", default_value_t = Limits::default().max_streams_per_connection)]
+    pub max_streams_per_connection: u32,
     /// Longest description or reason, in bytes.
     #[arg(long, env = "PROMPTREG_MAX_TEXT_BYTES", default_value_t = Limits::default().max_text_bytes)]
     pub max_text_bytes: usize,
@@ -148,6 +164,8 @@ impl LimitArgs {
             max_model_config_bytes: self.max_model_config_bytes,
             max_actor_bytes: self.max_actor_bytes,
             max_text_bytes: self.max_text_bytes,
+            max_request_bytes: self.max_request_bytes,
+            max_streams_per_connection: self.max_streams_per_connection,
         };
         let checks = [
             ("--max-name-bytes", limits.max_name_bytes),
@@ -157,6 +175,11 @@ impl LimitArgs {
             ("--max-actor-bytes", limits.max_actor_bytes),
             ("--max-text-bytes", limits.max_text_bytes),
             ("--max-model-config-bytes", limits.max_model_config_bytes),
+            ("--max-request-bytes", limits.max_request_bytes),
+            (
+                "--max-streams-per-connection",
+                limits.max_streams_per_connection as usize,
+            ),
         ];
         if let Some((flag, _)) = checks.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{flag} must be at least 1"));

@@ -24,6 +24,10 @@ pub struct Limits {
     pub max_actor_bytes: usize,
     /// Description and reason: length in bytes (default 4 KiB).
     pub max_text_bytes: usize,
+    /// One request message, encoded, in bytes (default 4 MiB).
+    pub max_request_bytes: usize,
+    /// Concurrent HTTP/2 streams per connection (default 1000).
+    pub max_streams_per_connection: u32,
 }
 
 impl Default for Limits {
@@ -39,6 +43,8 @@ impl Default for Limits {
             max_model_config_bytes: 16 * 1024,
             max_actor_bytes: 256,
             max_text_bytes: 4096,
+            max_request_bytes: 4 * 1024 * 1024,
+            max_streams_per_connection: 1000,
         }
     }
 }

@@ -20,6 +20,7 @@ impl From<RegistryError> for Status {
             RegistryError::FailedPrecondition(_) => Code::FailedPrecondition,
             RegistryError::NotDurable(_) => Code::Unavailable,
             RegistryError::Damaged { .. } => Code::DataLoss,
+            RegistryError::Exhausted(_) => Code::ResourceExhausted,
             RegistryError::DataDirLocked { .. }
             | RegistryError::DataDir { .. }
             | RegistryError::Key(_)
@@ -366,6 +367,7 @@ pub const RESUME_REVISION_TRAILER: &str = "promptreg-resume-revision";
 
 pub fn watch_end(end: WatchEnd) -> Status {
     let (code, message, trailer, revision) = match end {
+        WatchEnd::Busy { message } => return Status::resource_exhausted(message),
         WatchEnd::Compacted {
             requested,
             compact_revision,

@@ -118,7 +118,7 @@ impl RegistryApi for RegistryService {
         let request = convert::watch_request(request.into_inner(), self.registry.limits())?;
         let stream = self
             .registry
-            .watch(request)
+            .watch(request)?
             .map(|item| item.map(convert::watch_event).map_err(convert::watch_end));
         Ok(Response::new(Box::pin(stream)))
     }

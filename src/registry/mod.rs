@@ -50,6 +50,8 @@ pub enum RegistryError {
     Key(#[from] crate::provenance::KeyError),
     #[error(transparent)]
     DataKey(#[from] crate::store::DataKeyError),
+    #[error("{0}")]
+    Exhausted(String),
     #[error("the change could not be made durable and was not acknowledged: {0}")]
     NotDurable(String),
     #[error("the store in {dir} is damaged: {reason}. Run `promptreg check --data-dir {dir}` for a full report, and restore from a backup with `promptreg restore`")]
@@ -246,6 +248,12 @@ impl Registry {
     /// The newest durable revision.
     pub fn revision(&self) -> u64 {
         self.inner.group_commit.durable_revision()
+    }
+
+    /// Makes the next `count` flushes fail (fault-injection tests).
+    #[doc(hidden)]
+    pub fn inject_flush_failures(&self, count: u64) {
+        self.inner.store.inject_flush_failures(count);
     }
 
     /// How many flushes group commit has made; fewer than the writes when

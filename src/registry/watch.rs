@@ -40,6 +40,10 @@ pub struct WatchConfig {
     pub compaction_interval: Duration,
     /// Agents disconnected for longer than this are forgotten (default 1 h).
     pub agent_ttl: Duration,
+    /// Most watch streams open at once (default 100 000).
+    pub max_watchers: usize,
+    /// Most snapshots being built at once (default 64).
+    pub max_snapshots: usize,
 }
 
 impl Default for WatchConfig {
@@ -52,6 +56,8 @@ impl Default for WatchConfig {
             retention: Duration::from_secs(24 * 3600),
             compaction_interval: Duration::from_secs(60),
             agent_ttl: Duration::from_secs(3600),
+            max_watchers: 100_000,
+            max_snapshots: 64,
         }
     }
 }
@@ -97,6 +103,8 @@ pub enum WatchEnd {
         message: String,
         resume_revision: u64,
     },
+    /// A limit was reached; the message names it.
+    Busy { message: String },
 }
 
 /// Counters a test or a metrics exporter can read.
@@ -117,6 +125,9 @@ pub struct Hub {
     published: AtomicU64,
     progress: watch::Receiver<u64>,
     shutdown: watch::Sender<bool>,
+    /// Snapshots being built: bounded so a reconnect storm cannot starve
+    /// writers of CPU and store bandwidth.
+    snapshots: tokio::sync::Semaphore,
     pub stats: WatchStats,
     config: WatchConfig,
 }
@@ -143,6 +154,7 @@ impl Hub {
             published: AtomicU64::new(head),
             progress,
             shutdown: watch::Sender::new(false),
+            snapshots: tokio::sync::Semaphore::new(config.max_snapshots.max(1)),
             stats: WatchStats::default(),
             config,
         }
@@ -243,8 +255,14 @@ impl Registry {
     /// Opens a watch. The returned stream ends when the client drops it
     /// (the watcher task notices at once and exits), when the server shuts
     /// down, or with a [`WatchEnd`].
-    pub fn watch(&self, request: WatchRequest) -> WatchStream {
+    pub fn watch(&self, request: WatchRequest) -> super::Result<WatchStream> {
         let inner = self.inner.clone();
+        let limit = inner.hub.config.max_watchers;
+        if inner.hub.stats.open_streams.load(Ordering::SeqCst) >= limit {
+            return Err(super::RegistryError::Exhausted(format!(
+                "{limit} watch streams are open, the limit (--max-watchers); retry with backoff"
+            )));
+        }
         inner.hub.stats.open_streams.fetch_add(1, Ordering::SeqCst);
         metrics::gauge!(telemetry::WATCH_STREAMS).increment(1.0);
         let open = OpenStream(inner.clone());
@@ -275,7 +293,7 @@ impl Registry {
             }
         });
         let mut shutdown = self.inner.hub.shutdown.subscribe();
-        WatchStream {
+        Ok(WatchStream {
             events: rx,
             shutdown: Box::pin(async move {
                 if shutdown.wait_for(|stopping| *stopping).await.is_err() {
@@ -284,7 +302,7 @@ impl Registry {
             }),
             delivered: start.saturating_sub(1),
             done: false,
-        }
+        })
     }
 
     /// The current target of every selected label, consistent at one
@@ -388,6 +406,12 @@ impl Watcher {
             .compact_revision()
             .map_err(|e| self.storage_end(e.to_string()))?;
         if start == 0 {
+            let limit = hub.config.max_snapshots;
+            let Ok(_building) = hub.snapshots.try_acquire() else {
+                return Err(WatchEnd::Busy {
+                    message: format!("{limit} snapshots are being built, the limit (--max-snapshots); retry with backoff"),
+                });
+            };
             let (revision, labels) = self
                 .registry
                 .snapshot(&self.selector)

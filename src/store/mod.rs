@@ -101,6 +101,8 @@ pub struct Store {
     db: sled::Db,
     /// Seals version content when the store is encrypted.
     data_key: Option<std::sync::Arc<DataKey>>,
+    /// Flushes still to fail (fault injection; 0 in production).
+    failing_flushes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Store {
@@ -138,6 +140,7 @@ impl Store {
         let store = Store {
             db,
             data_key: data_key.map(std::sync::Arc::new),
+            failing_flushes: Default::default(),
         };
         store.check_encryption()?;
         if let Some(key) = &store.data_key {
@@ -294,8 +297,29 @@ impl Store {
     /// revisions committed before the call survive a crash (`kill -9`, power
     /// loss on a disk that honours fsync).
     pub async fn flush(&self) -> Result<()> {
+        let injected = self
+            .failing_flushes
+            .fetch_update(
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+                |n| n.checked_sub(1),
+            )
+            .is_ok();
+        if injected {
+            return Err(StoreError::Io(sled::Error::Io(std::io::Error::other(
+                "injected flush failure",
+            ))));
+        }
         self.db.flush_async().await?;
         Ok(())
+    }
+
+    /// Makes the next `count` flushes fail, as a full or failing disk
+    /// would. For fault-injection tests.
+    #[doc(hidden)]
+    pub fn inject_flush_failures(&self, count: u64) {
+        self.failing_flushes
+            .store(count, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The same as [`Store::flush`], blocking; for shutdown.

@@ -83,7 +83,8 @@ where
         let started = Instant::now();
         let future = inner.call(request).instrument(span.clone());
         Box::pin(async move {
-            let response = future.await?;
+            let mut response = future.await?;
+            too_large_is_resource_exhausted(&mut response);
             // Errors from unary handlers are trailers-only responses: their
             // status is in the headers. No status header means OK (a unary
             // success or an open stream).
@@ -104,6 +105,32 @@ where
                 .record(started.elapsed().as_secs_f64());
             Ok(response)
         })
+    }
+}
+
+/// tonic answers a request over `--max-request-bytes` with OUT_OF_RANGE;
+/// a request over a limit is RESOURCE_EXHAUSTED, naming the limit.
+fn too_large_is_resource_exhausted<B>(response: &mut http::Response<B>) {
+    let headers = response.headers_mut();
+    let too_large = headers.get("grpc-status").is_some_and(|v| v == "11")
+        && headers
+            .get("grpc-message")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|m| {
+                m.contains("message%20length%20too%20large")
+                    || m.contains("message length too large")
+            });
+    if too_large {
+        let original = headers
+            .get("grpc-message")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+        let message = format!("request%20too%20large%20(--max-request-bytes):%20{original}");
+        if let Ok(value) = http::HeaderValue::from_str(&message) {
+            headers.insert("grpc-message", value);
+        }
     }
 }
 

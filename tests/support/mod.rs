@@ -47,9 +47,25 @@ impl TestServer {
         config: RegistryConfig,
         temp: std::sync::Arc<tempfile::TempDir>,
     ) -> TestServer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        Self::start_at(config, temp, "127.0.0.1:0").await
+    }
+
+    async fn start_at(
+        config: RegistryConfig,
+        temp: std::sync::Arc<tempfile::TempDir>,
+        address: &str,
+    ) -> TestServer {
+        // A port just released by a stopped server can take a moment to bind.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let listener = loop {
+            match tokio::net::TcpListener::bind(address).await {
+                Ok(listener) => break listener,
+                Err(e) if tokio::time::Instant::now() > deadline => {
+                    panic!("cannot bind {address}: {e}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let (tx, rx) = oneshot::channel::<()>();
         let registry = Registry::open(config.clone()).expect("registry opens");
@@ -101,6 +117,15 @@ impl TestServer {
                 .expect("server stops within 60 s")
                 .expect("server task");
         }
+    }
+
+    /// Stops the server and starts a new one on the same data directory and
+    /// the same address, so clients can reconnect.
+    pub async fn restart_same_address(mut self) -> TestServer {
+        self.stop().await;
+        let temp = self._temp.clone();
+        let address = self.url.trim_start_matches("http://").to_string();
+        Self::start_at(self.config.clone(), temp, &address).await
     }
 
     /// Stops the server and starts a new one on the same data directory.
