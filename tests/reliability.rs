@@ -177,7 +177,11 @@ async fn a_reconnect_storm_resumes_every_watcher_without_gap_or_duplicate() {
     let server = server.restart_same_address().await;
     let mut client = server.client().await;
     for i in 0..MOVES / 2 {
-        let version = if (MOVES / 2 + i) % 2 == 0 { 2 } else { 1 };
+        let version = if (MOVES / 2 + i).is_multiple_of(2) {
+            2
+        } else {
+            1
+        };
         let moved = tokio::time::timeout(
             PATIENCE,
             client.set_label(set_label("storm", "production", version, None)),
