@@ -6,6 +6,8 @@
 //! `cargo run --release -p promptreg-bench -- SCENARIO [--watchers N]
 //! [--connections C] [--promotes M] [--quick]`; see `bench/README.md`.
 
+#![recursion_limit = "256"]
+
 mod etcd;
 mod procfs;
 mod report;

@@ -43,12 +43,40 @@ pub fn cpu_seconds(pid: Option<u32>) -> f64 {
     ticks as f64 / hz
 }
 
-/// CPU used by the harness and by one server process over a stretch of time.
+/// Busy CPU seconds of the whole machine (all cores), from /proc/stat.
+pub fn machine_busy_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return 0.0;
+    };
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0.0;
+    };
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest is in user).
+    let busy: u64 = v
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, x)| x)
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    busy as f64 / hz
+}
+
+/// CPU used by the harness, by one server process, and by everything else
+/// on the machine over a stretch of time.
 pub struct CpuMeter {
     server: Option<u32>,
     start: Instant,
     harness0: f64,
     server0: f64,
+    machine0: f64,
 }
 
 impl CpuMeter {
@@ -58,11 +86,13 @@ impl CpuMeter {
             start: Instant::now(),
             harness0: cpu_seconds(None),
             server0: server.map(|p| cpu_seconds(Some(p))).unwrap_or(0.0),
+            machine0: machine_busy_seconds(),
         }
     }
 
-    /// `{wall_s, harness_cpu_s, server_cpu_s, harness_cores, server_cores}`:
-    /// `*_cores` is CPU seconds per wall second (2.0 = both cores busy).
+    /// `{wall_s, harness_cpu_s, server_cpu_s, harness_cores, server_cores,
+    /// other_cores}`: `*_cores` is CPU seconds per wall second (2.0 = both
+    /// cores busy); `other_cores` is every other process on the machine.
     pub fn stop(&self) -> Value {
         let wall = self.start.elapsed().as_secs_f64().max(1e-9);
         let harness = cpu_seconds(None) - self.harness0;
@@ -70,12 +100,14 @@ impl CpuMeter {
             .server
             .map(|p| cpu_seconds(Some(p)) - self.server0)
             .unwrap_or(0.0);
+        let other = (machine_busy_seconds() - self.machine0 - harness - server).max(0.0);
         json!({
             "wall_s": round3(wall),
             "harness_cpu_s": round3(harness),
             "server_cpu_s": round3(server),
             "harness_cores": round3(harness / wall),
             "server_cores": round3(server / wall),
+            "other_cores": round3(other / wall),
         })
     }
 }

@@ -32,6 +32,8 @@ pub fn summary(opts: &Options, r: &Value, harness_cpu_s: f64) -> Value {
     json!({
         "date": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         "machine": machine(),
+        "server_bin": opts.server_bin.display().to_string(),
+        "commit": commit(),
         "quick": opts.quick,
         "watchers": opts.watchers,
         "connections": opts.connections,
@@ -71,6 +73,26 @@ pub fn summary(opts: &Options, r: &Value, harness_cpu_s: f64) -> Value {
         "harness_cpu_s": crate::procfs::round3(harness_cpu_s),
         "scenarios": r,
     })
+}
+
+/// The checked-out commit, with `-dirty` when src/ or proto/ differ from it.
+fn commit() -> Value {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match git(&["rev-parse", "--short=12", "HEAD"]) {
+        Some(head) => {
+            let dirty = git(&["status", "--porcelain", "--", "src", "proto", "Cargo.toml"])
+                .is_some_and(|s| !s.is_empty());
+            json!(if dirty { format!("{head}-dirty") } else { head })
+        }
+        None => Value::Null,
+    }
 }
 
 fn machine() -> Value {
@@ -135,8 +157,9 @@ pub fn markdown(s: &Value) -> String {
     let m = s["promotes"].as_u64().unwrap_or(0);
     let mut out = String::new();
     out += &format!(
-        "promptreg-bench, {}: {} watchers over {} connections, {} promotes; {} ({} cores, {} GiB){}\n\n",
+        "promptreg-bench, {} (promptreg {}): {} watchers over {} connections, {} promotes; {} ({} cores, {} GiB){}\n\n",
         s["date"].as_str().unwrap_or(""),
+        s["commit"].as_str().unwrap_or("?"),
         n,
         c,
         m,
@@ -268,15 +291,16 @@ pub fn markdown(s: &Value) -> String {
     }
 
     // Who used the CPU.
-    out += "\n| scenario (measured part) | wall (s) | harness CPU (cores) | server CPU (cores) |\n";
-    out += "| --- | ---: | ---: | ---: |\n";
+    out += "\n| scenario (measured part) | wall (s) | harness CPU (cores) | server CPU (cores) | other processes (cores) |\n";
+    out += "| --- | ---: | ---: | ---: | ---: |\n";
     let mut cpu_row = |label: String, v: &Value| {
         if v.is_object() {
             out += &format!(
-                "| {label} | {} | {:.2} | {:.2} |\n",
+                "| {label} | {} | {:.2} | {:.2} | {:.2} |\n",
                 fmt(num(v, "/wall_s")),
                 num(v, "/harness_cores"),
-                num(v, "/server_cores")
+                num(v, "/server_cores"),
+                num(v, "/other_cores")
             );
         }
     };

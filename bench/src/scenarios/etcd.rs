@@ -201,7 +201,7 @@ async fn range(opts: &Options, etcd: &EtcdProcess) -> anyhow::Result<Value> {
         })
         .await;
         best = best.max(result.qps);
-        let mut cell = result.to_json();
+        let mut cell = result.summary_json();
         cell["concurrency"] = json!(c);
         cell["cpu"] = meter.stop();
         cells.push(cell);
@@ -226,7 +226,7 @@ async fn put(opts: &Options, etcd: &EtcdProcess) -> anyhow::Result<Value> {
             }
         })
         .await;
-        let mut cell = result.to_json();
+        let mut cell = result.summary_json();
         cell["writers"] = json!(w);
         cell["cpu"] = meter.stop();
         cells.push(cell);

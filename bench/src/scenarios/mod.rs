@@ -53,7 +53,7 @@ pub struct LoadResult {
 }
 
 impl LoadResult {
-    pub fn to_json(&mut self) -> serde_json::Value {
+    pub fn summary_json(&mut self) -> serde_json::Value {
         let mut v = self.latency.summary();
         v["qps"] = serde_json::json!(self.qps.round());
         v["errors"] = serde_json::json!(self.errors);

@@ -71,9 +71,9 @@ pub async fn run(opts: &Options) -> anyhow::Result<Value> {
         };
         cells.push(json!({
             "concurrency": c,
-            "resolve": resolve.to_json(),
+            "resolve": resolve.summary_json(),
             "resolve_cpu": resolve_cpu,
-            "empty_rpc": empty.to_json(),
+            "empty_rpc": empty.summary_json(),
             "empty_rpc_cpu": empty_cpu,
             "ratio": crate::procfs::round3(ratio),
         }));

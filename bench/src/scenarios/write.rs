@@ -42,7 +42,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Value> {
             }
         })
         .await;
-        let mut cell = result.to_json();
+        let mut cell = result.summary_json();
         cell["writers"] = json!(w);
         cell["cpu"] = meter.stop();
         cells.push(cell);
