@@ -519,12 +519,3 @@ async fn whois_names_the_version_and_the_labels_that_pointed_to_it() {
         "digest:",
     );
 }
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}

@@ -56,7 +56,7 @@ impl SigningKey {
             source,
         };
         std::fs::create_dir_all(dir).map_err(write_err)?;
-        write_private(&path, pkcs8.as_ref()).map_err(write_err)?;
+        crate::provenance::write_private(&path, pkcs8.as_ref()).map_err(write_err)?;
         Ok(SigningKey { pair, key_id })
     }
 
@@ -89,24 +89,6 @@ pub fn verify_signature(public_key: &[u8], message: &[u8], signature: &[u8]) -> 
     UnparsedPublicKey::new(&ED25519, public_key)
         .verify(message, signature)
         .is_ok()
-}
-
-#[cfg(unix)]
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
-}
-
-#[cfg(not(unix))]
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    std::fs::write(path, bytes)
 }
 
 #[cfg(test)]

@@ -83,7 +83,7 @@ impl DataKey {
         SystemRandom::new()
             .fill(&mut bytes)
             .map_err(|_| write_err(std::io::Error::other("no system randomness")))?;
-        write_private(path, &bytes).map_err(write_err)?;
+        crate::provenance::write_private(path, &bytes).map_err(write_err)?;
         Ok(Self::from_bytes(&bytes)
             .map(|k| k.key_id)
             .unwrap_or_default())
@@ -133,24 +133,6 @@ impl DataKey {
             .map_err(|_| "decryption failed: the record was altered or moved".to_string())?;
         Ok(plain.to_vec())
     }
-}
-
-#[cfg(unix)]
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
-}
-
-#[cfg(not(unix))]
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    std::fs::write(path, bytes)
 }
 
 #[cfg(test)]

@@ -374,3 +374,14 @@ pub fn open_store_directly(data_dir: &Path) -> sled::Db {
         }
     }
 }
+
+/// A child process killed (SIGKILL) and reaped when the test ends, also on
+/// a panic.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
