@@ -1,8 +1,10 @@
 //! The Python example agent (`examples/python/agent.py`) end to end against
 //! the real server binary: it applies promotes and rollbacks in order with
-//! digests it checks itself, acknowledges them (FleetStatus shows it in
-//! sync), keeps serving its version while the server is down, and resumes
-//! after a restart without applying anything twice.
+//! digests and Ed25519 signatures it checks itself, acknowledges them
+//! (FleetStatus shows it in sync), keeps serving its version while the server
+//! is down, and resumes after a restart without applying anything twice. A
+//! version whose stored signature was tampered with is rejected (and the
+//! agent keeps its version), and a key rotation is picked up.
 //!
 //! The agent runs in a virtualenv at `target/python-venv`, created on the
 //! first run with `python3 -m venv` and `pip install -r
@@ -25,8 +27,9 @@ use tokio::task::block_in_place;
 const NAME: &str = "agents/support";
 const LABEL: &str = "production";
 const AGENT_ID: &str = "py-agent-1";
-/// How long any one expected event may take.
-const TIMEOUT: Duration = Duration::from_secs(60);
+/// How long any one expected event may take (generous: a loaded 2-core CI
+/// machine builds and runs this next to other tests).
+const TIMEOUT: Duration = Duration::from_secs(120);
 
 fn manifest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -220,6 +223,19 @@ impl Agent {
         }
     }
 
+    /// Waits until the agent applies `version` and returns the event;
+    /// fails at once if it rejects `version` instead.
+    fn wait_applied(&mut self, version: u64) -> Value {
+        let event = self.wait_for(&format!("applied v{version}"), |e| {
+            (is_event(e, "applied") || is_event(e, "rejected"))
+                && e["version"].as_u64() == Some(version)
+        });
+        if !is_event(&event, "applied") {
+            panic!("{}", self.report(&format!("rejected v{version}: {event}")));
+        }
+        event
+    }
+
     fn report(&mut self, message: &str) -> String {
         let status = self.child.try_wait();
         let events: Vec<String> = self.seen.iter().map(|e| e.to_string()).collect();
@@ -255,17 +271,23 @@ fn is_applied(event: &Value, version: u64) -> bool {
     is_event(event, "applied") && event["version"].as_u64() == Some(version)
 }
 
+/// `key_id` is the signing key whose signature the agent verified.
 #[track_caller]
-fn assert_applied(event: &Value, version: u64, revision: u64, digest: &str) {
+fn assert_applied(event: &Value, version: u64, revision: u64, digest: &str, key_id: &str) {
     assert_eq!(event["name"], NAME, "{event}");
     assert_eq!(event["label"], LABEL, "{event}");
     assert_eq!(event["version"].as_u64(), Some(version), "{event}");
     assert_eq!(event["revision"].as_u64(), Some(revision), "{event}");
     assert_eq!(event["digest"], digest, "{event}");
+    assert_eq!(event["key_id"], key_id, "{event}");
 }
 
-/// Polls FleetStatus until the agent is connected and in sync on `version`.
-async fn wait_in_sync(client: &mut Client, version: u64, digest: &str) -> pb::AgentStatus {
+/// Polls FleetStatus until the agent's row for NAME/LABEL matches.
+async fn wait_fleet_row(
+    client: &mut Client,
+    what: &str,
+    matches: impl Fn(&pb::AgentStatus) -> bool,
+) -> pb::AgentStatus {
     let deadline = Instant::now() + TIMEOUT;
     loop {
         let status = client
@@ -277,21 +299,96 @@ async fn wait_in_sync(client: &mut Client, version: u64, digest: &str) -> pb::Ag
             .await
             .expect("fleet status")
             .into_inner();
-        let row = status.agents.iter().find(|a| {
-            a.agent_id == AGENT_ID && a.connected && a.in_sync && a.applied_version == version
-        });
+        let row = status
+            .agents
+            .iter()
+            .find(|a| a.agent_id == AGENT_ID && matches(a));
         if let Some(row) = row {
-            assert_eq!(row.applied_digest, digest, "{row:?}");
-            assert_eq!(row.target_version, version, "{row:?}");
             assert_eq!((row.name.as_str(), row.label.as_str()), (NAME, LABEL));
             return row.clone();
         }
         assert!(
             Instant::now() < deadline,
-            "{AGENT_ID} not connected and in sync on v{version} within {TIMEOUT:?}: {status:?}"
+            "{AGENT_ID} not {what} within {TIMEOUT:?}: {status:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Polls FleetStatus until the agent is connected and in sync on `version`
+/// with no standing rejection.
+async fn wait_in_sync(client: &mut Client, version: u64, digest: &str) -> pb::AgentStatus {
+    let what = format!("connected and in sync on v{version} without a rejection");
+    let row = wait_fleet_row(client, &what, |a| {
+        a.connected && a.in_sync && a.applied_version == version && a.rejected_version == 0
+    })
+    .await;
+    assert_eq!(row.applied_digest, digest, "{row:?}");
+    assert_eq!(row.target_version, version, "{row:?}");
+    assert!(row.rejected_reason.is_empty(), "{row:?}");
+    row
+}
+
+/// The server's signing keys (newest first), each checked to carry the id
+/// the proto defines: the first 16 hex digits of SHA-256 over the raw key.
+async fn signing_keys(client: &mut Client) -> Vec<pb::SigningKey> {
+    let keys = client
+        .list_signing_keys(pb::ListSigningKeysRequest {})
+        .await
+        .expect("list signing keys")
+        .into_inner()
+        .keys;
+    for key in &keys {
+        assert_eq!(key.public_key.len(), 32, "{key:?}");
+        assert_eq!(key.key_id, sha256_hex(&key.public_key)[..16], "{key:?}");
+    }
+    keys
+}
+
+/// The version signed message, written out from the proto's "SIGNED
+/// MESSAGE" comment (independently of agent.py and of the server).
+fn signed_message(name: &str, version: u64, digest: &str, created_at_micros: i64) -> Vec<u8> {
+    let mut out = b"promptreg.signature.v1\n".to_vec();
+    out.extend_from_slice(&(name.len() as u32).to_be_bytes());
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(&version.to_be_bytes());
+    out.extend_from_slice(&(digest.len() as u32).to_be_bytes());
+    out.extend_from_slice(digest.as_bytes());
+    out.extend_from_slice(&created_at_micros.to_be_bytes());
+    out
+}
+
+/// Flips one hex digit of the stored signature of `name` v`version`, straight
+/// in the store of a stopped server, and returns the tampered signature.
+fn tamper_stored_signature(data_dir: &Path, name: &str, version: u64) -> String {
+    let mut key = b"v/".to_vec();
+    key.extend_from_slice(name.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&version.to_be_bytes());
+    let db = support::open_store_directly(data_dir);
+    let raw = db
+        .get(&key)
+        .expect("read the version record")
+        .unwrap_or_else(|| panic!("no record for {name} v{version}"));
+    assert_eq!(raw[0], 1, "JSON record format");
+    let json = std::str::from_utf8(&raw[1..]).expect("UTF-8 record");
+    let record: Value = serde_json::from_str(json).expect("JSON record");
+    let signature = record["signature"]
+        .as_str()
+        .unwrap_or_else(|| panic!("record has no signature: {json}"));
+    assert_eq!(signature.len(), 128, "64 bytes in hex: {signature}");
+    // Flip the first digit: still lowercase hex, a different signature.
+    let (first, rest) = signature.split_at(1);
+    let tampered = format!("{}{rest}", if first == "0" { "1" } else { "0" });
+    let quoted = format!("\"{signature}\"");
+    assert_eq!(json.matches(&quoted).count(), 1, "{json}");
+    let edited = json.replace(&quoted, &format!("\"{tampered}\""));
+    let mut value = vec![1u8];
+    value.extend_from_slice(edited.as_bytes());
+    db.insert(key, value).expect("write the tampered record");
+    db.flush().expect("flush the store");
+    drop(db); // releases sled's lock before the server opens the store again
+    tampered
 }
 
 fn read_state(path: &Path) -> Value {
@@ -309,7 +406,9 @@ async fn python_agent_follows_a_label_across_a_server_restart() {
     let server = start_server_at(&data_dir, &addr);
     let mut client = connect(&server.url).await;
 
-    // The agent's --self-test digest is the server's for the documented example.
+    // The agent's --self-test digest is the server's for the documented
+    // example, and its signed message and signature are the proto's layout
+    // and a valid Ed25519 signature by this test's own reckoning.
     let self_test = block_in_place(|| {
         Command::new(&python)
             .arg(manifest_dir().join("examples/python/agent.py"))
@@ -323,17 +422,56 @@ async fn python_agent_follows_a_label_across_a_server_restart() {
         self_test["matches_documented_bytes"].as_bool() == Some(true),
         "{self_test}"
     );
+    assert!(self_test["ok"].as_bool() == Some(true), "{self_test}");
     let example = client
         .publish_version(publish_text("examples/hi", "Hi {{name}}", &["name"]))
         .await
         .expect("publish the documented example")
         .into_inner();
     assert_eq!(self_test["digest"], example.digest.as_str(), "{self_test}");
+    let signed = &self_test["signature_example"];
+    let hex_field = |field: &str| {
+        hex::decode(signed[field].as_str().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{field} is not hex ({e}): {signed}"))
+    };
+    let micros = signed["created_at"]["seconds"].as_i64().expect("seconds") * 1_000_000
+        + signed["created_at"]["nanos"].as_i64().expect("nanos") / 1000;
+    assert_eq!(
+        signed["created_at_micros"].as_i64(),
+        Some(micros),
+        "{signed}"
+    );
+    let message = signed_message(
+        signed["name"].as_str().expect("name"),
+        signed["version"].as_u64().expect("version"),
+        &example.digest,
+        micros,
+    );
+    assert_eq!(hex_field("signed_message_hex"), message, "{signed}");
+    let example_key = hex_field("public_key_hex");
+    assert_eq!(signed["key_id"], sha256_hex(&example_key)[..16], "{signed}");
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &example_key)
+        .verify(&message, &hex_field("signature_hex"))
+        .unwrap_or_else(|_| panic!("the self-test signature does not verify: {signed}"));
+    assert_eq!(signed["checks"]["good"], "verified", "{signed}");
+    assert!(
+        signed["checks"]["tampered_signature"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("rejected: invalid Ed25519 signature")),
+        "{signed}"
+    );
 
-    // Three versions: a model config (normalised by the server) and
-    // variables declared out of order exercise the canonical form.
+    // The key the server signs with.
+    let keys = signing_keys(&mut client).await;
+    assert_eq!(keys.len(), 1, "one key before any rotation: {keys:?}");
+    assert!(keys[0].active, "{keys:?}");
+    let key_id = keys[0].key_id.clone();
+
+    // Four versions: a model config (normalised by the server) and variables
+    // declared out of order exercise the canonical form. v4 gets its stored
+    // signature tampered with while the server is down.
     let mut digests = vec![String::new()];
-    for i in 1..=3u64 {
+    for i in 1..=4u64 {
         let template =
             format!("You are support agent v{i}. Help {{{{customer}}}} with {{{{ticket}}}}.");
         let mut request = publish_text(NAME, &template, &["ticket", "customer"]);
@@ -376,24 +514,24 @@ async fn python_agent_follows_a_label_across_a_server_restart() {
         ],
     );
 
-    // Snapshot, promote, rollback.
-    let event = block_in_place(|| agent.wait_for("applied v1", |e| is_applied(e, 1)));
-    assert_applied(&event, 1, v1.revision, &digests[1]);
+    // Snapshot, promote, rollback: each applied with a verified signature.
+    let event = block_in_place(|| agent.wait_applied(1));
+    assert_applied(&event, 1, v1.revision, &digests[1], &key_id);
     let v2 = client
         .set_label(set_label(NAME, LABEL, 2, None))
         .await
         .expect("promote v2")
         .into_inner();
-    let event = block_in_place(|| agent.wait_for("applied v2", |e| is_applied(e, 2)));
-    assert_applied(&event, 2, v2.revision, &digests[2]);
+    let event = block_in_place(|| agent.wait_applied(2));
+    assert_applied(&event, 2, v2.revision, &digests[2], &key_id);
     let back = client
         .rollback(rollback(NAME, LABEL, None))
         .await
         .expect("rollback")
         .into_inner();
     assert_eq!((back.from_version, back.to_version), (2, 1));
-    let event = block_in_place(|| agent.wait_for("applied v1 again", |e| is_applied(e, 1)));
-    assert_applied(&event, 1, back.revision, &digests[1]);
+    let event = block_in_place(|| agent.wait_applied(1));
+    assert_applied(&event, 1, back.revision, &digests[1], &key_id);
 
     let applied: Vec<(u64, u64)> = agent
         .applied_since(0)
@@ -431,6 +569,10 @@ async fn python_agent_follows_a_label_across_a_server_restart() {
     assert_eq!(state["version"], 1, "{state}");
     assert_eq!(state["digest"], digests[1].as_str(), "{state}");
     assert_eq!(state["revision"].as_u64(), Some(back.revision), "{state}");
+    assert_eq!(state["key_id"], key_id.as_str(), "{state}");
+
+    // While it is down, someone rewrites v4's signature in the store.
+    block_in_place(|| tamper_stored_signature(&data_dir, NAME, 4));
 
     // Back at the same address: the agent resumes after what it has seen
     // (no snapshot), acks v1 again, and applies the next promote.
@@ -448,18 +590,8 @@ async fn python_agent_follows_a_label_across_a_server_restart() {
         .await
         .expect("promote v3")
         .into_inner();
-    let event = block_in_place(|| agent.wait_for("applied v3", |e| is_applied(e, 3)));
-    assert_applied(&event, 3, v3.revision, &digests[3]);
-    let after_restart: Vec<u64> = agent
-        .applied_since(restart_mark)
-        .iter()
-        .map(|e| e["version"].as_u64().unwrap())
-        .collect();
-    assert_eq!(
-        after_restart,
-        [3u64],
-        "nothing re-applied after the reconnect"
-    );
+    let event = block_in_place(|| agent.wait_applied(3));
+    assert_applied(&event, 3, v3.revision, &digests[3], &key_id);
     wait_in_sync(&mut client, 3, &digests[3]).await;
     assert_eq!(read_state(&state_file)["version"], 3);
     assert!(
@@ -467,6 +599,117 @@ async fn python_agent_follows_a_label_across_a_server_restart() {
         "{}",
         agent.report("rejected a version")
     );
+
+    // The tampered v4 is promoted: its content and digest are intact, its
+    // signature is not. The agent rejects it and keeps serving v3.
+    let state_before = std::fs::read_to_string(&state_file).expect("read the state file");
+    let v4 = client
+        .set_label(set_label(NAME, LABEL, 4, None))
+        .await
+        .expect("promote the tampered v4")
+        .into_inner();
+    let event = block_in_place(|| {
+        agent.wait_for("rejected v4", |e| {
+            is_event(e, "rejected") || is_applied(e, 4)
+        })
+    });
+    assert!(
+        is_event(&event, "rejected"),
+        "{}",
+        agent.report("applied v4 despite its tampered signature")
+    );
+    assert_eq!(event["version"].as_u64(), Some(4), "{event}");
+    assert_eq!(event["revision"].as_u64(), Some(v4.revision), "{event}");
+    assert_eq!(event["digest"], digests[4].as_str(), "{event}");
+    assert_eq!(event["serving_version"], 3, "{event}");
+    let reason = event["reason"].as_str().unwrap_or_default().to_string();
+    assert!(
+        reason.starts_with("signature: invalid Ed25519 signature") && reason.contains(&key_id),
+        "the reason names the signature and the key: {event}"
+    );
+    let row = wait_fleet_row(&mut client, "reporting v4 rejected", |a| {
+        a.rejected_version == 4
+    })
+    .await;
+    assert_eq!(row.rejected_reason, reason, "{row:?}");
+    assert_eq!(row.applied_version, 3, "{row:?}");
+    assert_eq!(row.applied_digest, digests[3], "{row:?}");
+    assert_eq!(row.target_version, 4, "{row:?}");
+    assert!(row.connected && !row.in_sync, "{row:?}");
+    assert_eq!(
+        std::fs::read_to_string(&state_file).expect("read the state file"),
+        state_before,
+        "the state file still describes v3"
+    );
+
+    // Rolling back to what the agent runs clears the rejection in the fleet
+    // view without re-applying anything.
+    let back = client
+        .rollback(rollback(NAME, LABEL, None))
+        .await
+        .expect("roll back the rejected v4")
+        .into_inner();
+    assert_eq!((back.from_version, back.to_version), (4, 3));
+    wait_in_sync(&mut client, 3, &digests[3]).await;
+
+    // A key rotation: v5 is signed by a key the agent has not cached yet; it
+    // fetches the keys again and applies v5.
+    let rotated = client
+        .rotate_signing_key(pb::RotateSigningKeyRequest {
+            actor: "sre".to_string(),
+            reason: "scheduled rotation".to_string(),
+        })
+        .await
+        .expect("rotate the signing key")
+        .into_inner()
+        .key
+        .expect("the new key");
+    assert_ne!(rotated.key_id, key_id);
+    let keys = signing_keys(&mut client).await;
+    assert!(
+        keys.iter().any(|k| k.key_id == rotated.key_id && k.active),
+        "{keys:?}"
+    );
+    let published = client
+        .publish_version(publish_text(
+            NAME,
+            "You are support agent v5. Help {{customer}}.",
+            &["customer"],
+        ))
+        .await
+        .expect("publish v5")
+        .into_inner();
+    assert_eq!(published.version, 5);
+    digests.push(published.digest);
+    let v5 = client
+        .set_label(set_label(NAME, LABEL, 5, None))
+        .await
+        .expect("promote v5")
+        .into_inner();
+    let event = block_in_place(|| agent.wait_applied(5));
+    assert_applied(&event, 5, v5.revision, &digests[5], &rotated.key_id);
+    wait_in_sync(&mut client, 5, &digests[5]).await;
+    let state = read_state(&state_file);
+    assert_eq!(state["version"], 5, "{state}");
+    assert_eq!(state["key_id"], rotated.key_id.as_str(), "{state}");
+
+    let after_restart: Vec<u64> = agent
+        .applied_since(restart_mark)
+        .iter()
+        .map(|e| e["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        after_restart,
+        [3u64, 5],
+        "nothing re-applied after the reconnect or the rollback, v4 never applied"
+    );
+    let rejected: Vec<u64> = agent
+        .seen
+        .iter()
+        .filter(|e| is_event(e, "rejected"))
+        .map(|e| e["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(rejected, [4u64], "only the tampered version is rejected");
 
     // SIGTERM: a clean exit.
     let pid = agent.child.id().to_string();

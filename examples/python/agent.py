@@ -3,16 +3,21 @@
 
 It watches `--name`/`--label` on a promptreg server, fetches every version the
 label moves to, checks the content digest itself (from the canonical form
-documented on `Version` in proto/promptreg/v1/registry.proto), switches to it,
-and tells the registry with AckApplied. Across disconnects and server restarts
-it keeps serving the last good version and resumes the watch from the next
-revision it has not processed, so it misses nothing and applies nothing twice.
+documented on `Version` in proto/promptreg/v1/registry.proto), verifies the
+server's Ed25519 signature over the version (the "SIGNED MESSAGE" after
+`Version` in the same file) with a public key from ListSigningKeys, switches to
+it, and tells the registry with AckApplied. A version that fails either check
+is rejected and the agent keeps serving its current one. Across disconnects
+and server restarts it keeps serving the last good version and resumes the
+watch from the next revision it has not processed, so it misses nothing and
+applies nothing twice.
 
 Every event is one JSON line on stdout:
 
     {"event": "connected", "start_revision": 0, ...}
-    {"event": "applied", "name": ..., "label": ..., "version": 2, "digest": ..., "revision": 7}
+    {"event": "applied", "name": ..., "label": ..., "version": 2, "digest": ..., "revision": 7, "key_id": ...}
     {"event": "rejected", ..., "reason": "digest mismatch: expected X, computed Y"}
+    {"event": "rejected", ..., "reason": "signature: invalid Ed25519 signature by key K ..."}
     {"event": "removed", "revision": 9, ...}
     {"event": "disconnected", "error": ..., "retry_in": 0.42, "serving_version": 2}
     {"event": "compacted", "compact_revision": 120}
@@ -22,11 +27,11 @@ Usage:
 
     pip install -r requirements.txt
     python agent.py --server 127.0.0.1:50051 --name support/triage --label production
-    python agent.py --self-test     # the documented digest example, no server needed
+    python agent.py --self-test     # the documented digest and signature examples, offline
 
-Python 3.9+; dependencies: grpcio, grpcio-tools, protobuf. If `opentelemetry`
-is importable, applying a version is traced and `prompt_span()` puts the
-prompt's name, label, version and digest on spans of your own.
+Python 3.9+; dependencies: grpcio, grpcio-tools, protobuf, cryptography. If
+`opentelemetry` is importable, applying a version is traced and `prompt_span()`
+puts the prompt's name, label, version and digest on spans of your own.
 """
 
 from __future__ import annotations
@@ -135,8 +140,133 @@ def version_digest(version: Any) -> str:
     return digest_of(canonical)
 
 
+# ---------------------------------------------------------------------------
+# Signatures (see "SIGNED MESSAGE" after `message Version` in registry.proto).
+# The message is pure Python; checking it needs the `cryptography` package.
+# ---------------------------------------------------------------------------
+
+SIGNATURE_TAG = b"promptreg.signature.v1\n"
+SIGNATURE_LEN = 64
+PUBLIC_KEY_LEN = 32
+
+
+def _u64(n: int) -> bytes:
+    return struct.pack(">Q", n)
+
+
+def _i64(n: int) -> bytes:
+    return struct.pack(">q", n)
+
+
+def timestamp_micros(seconds: int, nanos: int) -> int:
+    """A `google.protobuf.Timestamp` in microseconds since the Unix epoch, as
+    signed by the server (nanos is always in [0, 1e9), so this truncates)."""
+    return seconds * 1_000_000 + nanos // 1000
+
+
+def signed_message(name: str, version: int, digest: str, created_at_micros: int) -> bytes:
+    """The bytes the server signs for a version: the tag, str(name),
+    u64(version), str(digest text), i64(created_at in microseconds)."""
+    return SIGNATURE_TAG + _str(name) + _u64(version) + _str(digest) + _i64(created_at_micros)
+
+
+def key_id_of(public_key: bytes) -> str:
+    """A signing key's id: the first 16 hex digits of SHA-256 over the raw key."""
+    return hashlib.sha256(public_key).hexdigest()[:16]
+
+
+def _ed25519() -> tuple[Any, Any]:
+    """(Ed25519PublicKey, InvalidSignature) from `cryptography`."""
+    try:
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    except ImportError:
+        sys.exit(
+            "error: the `cryptography` package is needed to verify signatures "
+            f"(pip install -r {HERE / 'requirements.txt'})"
+        )
+    return Ed25519PublicKey, InvalidSignature
+
+
+class SignatureError(Exception):
+    """A version's signature does not hold; the message says why."""
+
+
+class KeyRing:
+    """The server's public keys by key id, fetched with `fetch` (which returns
+    (key_id, raw public key) pairs, i.e. ListSigningKeys) and cached. An
+    unknown key id makes it fetch again, once per lookup, to pick up a key
+    rotation. A key whose id is not the hash of its bytes is never used."""
+
+    def __init__(self, fetch: Any) -> None:
+        self.fetch = fetch
+        self.keys: dict[str, Any] = {}
+        self.invalid: dict[str, str] = {}  # key id -> why it is not used
+        self.Ed25519PublicKey, self.InvalidSignature = _ed25519()
+
+    def refresh(self) -> None:
+        for key_id, public_key in self.fetch():
+            public_key = bytes(public_key)
+            if key_id in self.keys:
+                continue  # already checked; ids are hashes, so it cannot differ
+            if len(public_key) != PUBLIC_KEY_LEN:
+                self.invalid[key_id] = f"its public key is {len(public_key)} bytes, not {PUBLIC_KEY_LEN}"
+            elif key_id_of(public_key) != key_id:
+                self.invalid[key_id] = f"its public key hashes to key id {key_id_of(public_key)}"
+            else:
+                try:
+                    self.keys[key_id] = self.Ed25519PublicKey.from_public_bytes(public_key)
+                    self.invalid.pop(key_id, None)
+                except ValueError as e:
+                    self.invalid[key_id] = f"not an Ed25519 public key ({e})"
+
+    def public_key(self, key_id: str) -> Any:
+        if key_id not in self.keys:
+            self.refresh()
+        if key_id in self.keys:
+            return self.keys[key_id]
+        if key_id in self.invalid:
+            raise SignatureError(f"signing key {key_id} is not usable: {self.invalid[key_id]}")
+        raise SignatureError(f"unknown signing key {key_id} (not in ListSigningKeys)")
+
+    def verify(
+        self,
+        *,
+        name: str,
+        version: int,
+        digest: str,
+        created_at_micros: int,
+        signature: bytes,
+        key_id: str,
+    ) -> None:
+        """Raises SignatureError unless `signature` is the signature of key
+        `key_id` over this version's signed message."""
+        if not signature:
+            raise SignatureError(f"version {version} is unsigned")
+        if not key_id:
+            raise SignatureError(f"version {version} names no signing key")
+        if len(signature) != SIGNATURE_LEN:
+            raise SignatureError(f"the signature is {len(signature)} bytes, not {SIGNATURE_LEN}")
+        public_key = self.public_key(key_id)
+        try:
+            public_key.verify(bytes(signature), signed_message(name, version, digest, created_at_micros))
+        except self.InvalidSignature:
+            raise SignatureError(
+                f"invalid Ed25519 signature by key {key_id} over {name} v{version} {digest}"
+            ) from None
+
+
+# The signature example of --self-test: the documented digest example, as
+# version 1 of `examples/hi`, signed with the key of RFC 8032's test 1.
+EXAMPLE_SECRET_KEY = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60"
+EXAMPLE_CREATED_AT = (1714564800, 123456789)  # 2024-05-01T12:00:00.123456789Z
+
+
 def self_test() -> int:
-    """Prints the documented example's canonical bytes and digest."""
+    """Prints the documented digest example's canonical bytes and digest, and
+    the signed message and signature of an example version; checks both
+    against layouts written out by hand, and the signature checks (good,
+    tampered, unknown key) against a fixed key. Offline."""
     canonical = canonical_bytes(
         text="Hi {{name}}", variables=["name"], model_config_json="{}"
     )
@@ -147,18 +277,83 @@ def self_test() -> int:
         + bytes.fromhex("00000001") + bytes.fromhex("00000004") + b"name"
         + bytes.fromhex("00000002") + b"{}"
     )
+    digest = digest_of(canonical)
+
+    _ed25519()  # a readable error if `cryptography` is missing
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    private = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(EXAMPLE_SECRET_KEY))
+    public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    key_id = key_id_of(public)
+    seconds, nanos = EXAMPLE_CREATED_AT
+    micros = timestamp_micros(seconds, nanos)
+    message = signed_message("examples/hi", 1, digest, micros)
+    signed_documented = (
+        b"promptreg.signature.v1\n"
+        + bytes.fromhex("0000000b") + b"examples/hi"
+        + bytes.fromhex("0000000000000001")
+        + bytes.fromhex("00000047") + digest.encode()
+        + bytes.fromhex("0006176339db1240")  # 1714564800123456 microseconds
+    )
+    signature = private.sign(message)
+
+    keyring = KeyRing(lambda: [(key_id, public)])
+    checks = {}
+
+    def check(case: str, **changes: Any) -> None:
+        fields = dict(
+            name="examples/hi", version=1, digest=digest, created_at_micros=micros,
+            signature=signature, key_id=key_id,
+        )
+        fields.update(changes)
+        try:
+            keyring.verify(**fields)
+            checks[case] = "verified"
+        except SignatureError as e:
+            checks[case] = f"rejected: {e}"
+
+    tampered = bytearray(signature)
+    tampered[0] ^= 0x01
+    check("good")
+    check("tampered_signature", signature=bytes(tampered))
+    check("other_version", version=2)
+    check("other_created_at", created_at_micros=micros + 1)
+    check("unsigned", signature=b"", key_id="")
+    check("unknown_key", key_id="0123456789abcdef")
+    ok = (
+        canonical == documented
+        and message == signed_documented
+        and checks["good"] == "verified"
+        and all(v.startswith("rejected: ") for k, v in checks.items() if k != "good")
+    )
     print(
         json.dumps(
             {
                 "example": {"text": "Hi {{name}}", "variables": ["name"], "model_config_json": "{}"},
                 "canonical_hex": canonical.hex(),
-                "digest": digest_of(canonical),
+                "digest": digest,
                 "matches_documented_bytes": canonical == documented,
+                "signature_example": {
+                    "name": "examples/hi",
+                    "version": 1,
+                    "digest": digest,
+                    "created_at": {"seconds": seconds, "nanos": nanos},
+                    "created_at_micros": micros,
+                    "signed_message_hex": message.hex(),
+                    "matches_documented_layout": message == signed_documented,
+                    "secret_key_hex": EXAMPLE_SECRET_KEY,
+                    "public_key_hex": public.hex(),
+                    "key_id": key_id,
+                    "signature_hex": signature.hex(),
+                    "checks": checks,
+                },
+                "ok": ok,
             }
         ),
         flush=True,
     )
-    return 0 if canonical == documented else 1
+    return 0 if ok else 1
 
 
 # ---------------------------------------------------------------------------
@@ -301,16 +496,24 @@ class Agent:
         else:
             self.channel = grpc.insecure_channel(target, options)
         self.stub = pb2_grpc.RegistryStub(self.channel)
+        # The server's public keys, fetched on the first apply and again
+        # whenever a version names a key id not seen yet (a rotation).
+        self.keyring = KeyRing(self.list_signing_keys)
 
-        # What this agent serves: {"name","label","version","digest","revision"}
-        # plus the fetched content. It only changes on a verified apply.
+        # What this agent serves: {"name","label","version","digest",
+        # "revision","key_id"} plus the fetched content. It only changes on a
+        # verified apply.
         self.current: Optional[dict] = None
         self.template: Any = None
         self.model_config_json: str = "{}"
         # The highest revision whose changes are fully processed; the watch
         # resumes from the next one. 0: take a snapshot.
         self.last_revision = 0
-        self.pending_ack: Any = None
+        # Acks not sent yet, oldest first: at most an applied then a rejected.
+        self.pending_acks: list[Any] = []
+        # The rejection ack while the label still points at a version this
+        # agent refused: sent again after every reconnect.
+        self.rejection: Any = None
         self.attempt = 0  # reconnects since the last successful `created`
         self.stopping = False
         self.call: Any = None
@@ -397,6 +600,9 @@ class Agent:
                             self.current["digest"],
                             self.current["revision"],
                         )
+                    if self.rejection is not None:
+                        # ... and what we refused, if the label still points there.
+                        self.queue_ack_request(self.rejection)
                 elif kind == "snapshot":
                     snapshot = message.snapshot
                     for state in snapshot.labels:
@@ -445,6 +651,12 @@ class Agent:
         """The label points at `version` as of `revision`: apply it unless
         we already run it."""
         if self.current and self.current["version"] == version and self.current["digest"] == event_digest:
+            if self.rejection is not None:
+                # Back to what we run (e.g. a rollback after a rejected
+                # promote): report it, which clears the rejection in the
+                # fleet view.
+                self.rejection = None
+                self.queue_ack(self.pb2.APPLY_OUTCOME_APPLIED, version, event_digest, revision)
             return
         try:
             response = self.stub.GetVersion(
@@ -457,6 +669,8 @@ class Agent:
             self.reject(version, "", revision, f"cannot fetch version {version}: {e.code().name}: {e.details()}")
             return
         fetched = response.version
+
+        # 1. The content is what its digest says.
         try:
             computed = version_digest(fetched)
         except ValueError as e:
@@ -467,12 +681,37 @@ class Agent:
             self.reject(version, computed, revision, f"digest mismatch: expected {expected}, computed {computed}")
             return
 
+        # 2. The server signed that digest under this name, number and time.
+        # The message is built from what this agent asked for and computed,
+        # not from what the server says, so a swapped version fails too.
+        try:
+            self.keyring.verify(
+                name=self.name,
+                version=version,
+                digest=computed,
+                created_at_micros=timestamp_micros(fetched.created_at.seconds, fetched.created_at.nanos),
+                signature=bytes(fetched.signature),
+                key_id=fetched.signing_key_id,
+            )
+        except SignatureError as e:
+            self.reject(version, computed, revision, f"signature: {e}")
+            return
+        except self.grpc.RpcError as e:
+            if e.code() in self.transient_codes:
+                raise  # reconnect; the change is delivered again on resume
+            self.reject(
+                version, computed, revision,
+                f"signature: cannot list the signing keys: {e.code().name}: {e.details()}",
+            )
+            return
+
         prompt = {
             "name": self.name,
             "label": self.label,
             "version": version,
             "digest": computed,
             "revision": revision,
+            "key_id": fetched.signing_key_id,
         }
         with prompt_span("promptreg.apply", prompt):
             # Switch: from here on the new content is what this agent serves.
@@ -481,8 +720,13 @@ class Agent:
             self.current = prompt
             if self.state_file is not None:
                 write_state_atomically(self.state_file, prompt)
+        self.rejection = None
         self.queue_ack(self.pb2.APPLY_OUTCOME_APPLIED, version, computed, revision)
         emit("applied", **prompt)
+
+    def list_signing_keys(self) -> list[tuple[str, bytes]]:
+        response = self.stub.ListSigningKeys(self.pb2.ListSigningKeysRequest(), timeout=RPC_TIMEOUT)
+        return [(key.key_id, bytes(key.public_key)) for key in response.keys]
 
     def reject(self, version: int, computed: str, revision: int, reason: str) -> None:
         emit(
@@ -495,10 +739,12 @@ class Agent:
             reason=reason,
             serving_version=self.serving_version(),
         )
-        self.queue_ack(self.pb2.APPLY_OUTCOME_REJECTED, version, computed, revision, reason)
+        self.rejection = self.queue_ack(self.pb2.APPLY_OUTCOME_REJECTED, version, computed, revision, reason)
 
     def removed(self, revision: int) -> None:
-        # Nothing to apply: keep serving the last good version.
+        # Nothing to apply: keep serving the last good version. The label no
+        # longer points at a version we refused, if it did.
+        self.rejection = None
         emit(
             "removed",
             name=self.name,
@@ -509,10 +755,10 @@ class Agent:
 
     # -- acknowledgements ------------------------------------------------
 
-    def queue_ack(self, outcome: int, version: int, digest: str, revision: int, reason: str = "") -> None:
+    def queue_ack(self, outcome: int, version: int, digest: str, revision: int, reason: str = "") -> Any:
         """Acks are best effort: a failed one is retried after the next
         message, and every reconnect acks the current version anyway."""
-        self.pending_ack = self.pb2.AckAppliedRequest(
+        request = self.pb2.AckAppliedRequest(
             agent_id=self.agent_id,
             name=self.name,
             label=self.label,
@@ -522,16 +768,29 @@ class Agent:
             outcome=outcome,
             reason=reason,
         )
+        self.queue_ack_request(request)
+        return request
+
+    def queue_ack_request(self, request: Any) -> None:
+        # The registry keeps the last applied version and, after it, the last
+        # rejection: an applied ack supersedes every unsent ack, a rejection
+        # only unsent rejections.
+        if request.outcome == self.pb2.APPLY_OUTCOME_APPLIED:
+            self.pending_acks = [request]
+        else:
+            self.pending_acks = [
+                a for a in self.pending_acks if a.outcome == self.pb2.APPLY_OUTCOME_APPLIED
+            ] + [request]
         self.flush_ack()
 
     def flush_ack(self) -> None:
-        if self.pending_ack is None:
-            return
-        try:
-            self.stub.AckApplied(self.pending_ack, timeout=RPC_TIMEOUT)
-            self.pending_ack = None
-        except self.grpc.RpcError as e:
-            warn(f"AckApplied failed (will retry): {e.code().name}: {e.details()}")
+        while self.pending_acks:
+            try:
+                self.stub.AckApplied(self.pending_acks[0], timeout=RPC_TIMEOUT)
+            except self.grpc.RpcError as e:
+                warn(f"AckApplied failed (will retry): {e.code().name}: {e.details()}")
+                return
+            self.pending_acks.pop(0)
 
 
 def compact_revision_of(error: Any) -> Optional[int]:
@@ -568,7 +827,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--gen-dir", type=Path, default=HERE / "_gen",
                         help="where the generated client goes (default _gen next to agent.py)")
     parser.add_argument("--self-test", action="store_true",
-                        help="print the documented digest example and exit")
+                        help="print the documented digest and signature examples, check them, and exit")
     args = parser.parse_args(argv)
     if not args.self_test and not args.name:
         parser.error("--name is required")
