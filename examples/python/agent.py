@@ -442,11 +442,32 @@ def prompt_span(span_name: str, prompt: Optional[dict]) -> Iterator[Any]:
     if _TRACER is None:
         yield None
         return
+    # OpenTelemetry GenAI conventions, plus the registry's own attributes.
+    names = {
+        "name": "gen_ai.prompt.name",
+        "version": "gen_ai.prompt.version",
+        "digest": "promptreg.prompt.digest",
+        "label": "promptreg.label",
+        "revision": "promptreg.revision",
+    }
     with _TRACER.start_as_current_span(span_name) as span:
-        for key in ("name", "label", "version", "digest"):
+        for key, attribute in names.items():
             if prompt and prompt.get(key) is not None:
-                span.set_attribute(f"promptreg.prompt.{key}", prompt[key])
+                span.set_attribute(attribute, prompt[key])
         yield span
+
+
+def trace_metadata() -> list:
+    """gRPC metadata carrying the current trace context as W3C `traceparent`
+    (empty without OpenTelemetry), so the registry's spans join the agent's
+    trace."""
+    if _TRACER is None:
+        return []
+    from opentelemetry.propagate import inject
+
+    carrier: dict = {}
+    inject(carrier)
+    return [(k.lower(), v) for k, v in carrier.items()]
 
 
 # ---------------------------------------------------------------------------
@@ -662,6 +683,7 @@ class Agent:
             response = self.stub.GetVersion(
                 self.pb2.GetVersionRequest(name=self.name, version=version),
                 timeout=RPC_TIMEOUT,
+                metadata=trace_metadata(),
             )
         except self.grpc.RpcError as e:
             if e.code() in self.transient_codes:
@@ -720,8 +742,9 @@ class Agent:
             self.current = prompt
             if self.state_file is not None:
                 write_state_atomically(self.state_file, prompt)
-        self.rejection = None
-        self.queue_ack(self.pb2.APPLY_OUTCOME_APPLIED, version, computed, revision)
+            self.rejection = None
+            # Inside the span: the acknowledgement carries its traceparent.
+            self.queue_ack(self.pb2.APPLY_OUTCOME_APPLIED, version, computed, revision)
         emit("applied", **prompt)
 
     def list_signing_keys(self) -> list[tuple[str, bytes]]:
@@ -786,7 +809,7 @@ class Agent:
     def flush_ack(self) -> None:
         while self.pending_acks:
             try:
-                self.stub.AckApplied(self.pending_acks[0], timeout=RPC_TIMEOUT)
+                self.stub.AckApplied(self.pending_acks[0], timeout=RPC_TIMEOUT, metadata=trace_metadata())
             except self.grpc.RpcError as e:
                 warn(f"AckApplied failed (will retry): {e.code().name}: {e.details()}")
                 return
