@@ -7,14 +7,6 @@ use std::path::Path;
 use std::process::{Command, Output};
 use support::*;
 
-fn cli(url: &str, args: &[&str]) -> Output {
-    Command::new(binary())
-        .args(args)
-        .env("PROMPTREG_SERVER", url)
-        .output()
-        .unwrap()
-}
-
 /// Everything a client can read, as comparable values.
 async fn everything(client: &mut Client) -> Vec<String> {
     let mut out = Vec::new();
@@ -120,10 +112,11 @@ async fn a_restored_store_answers_exactly_as_the_original_did() {
     let file = temp.path().join("backup.prb");
     let url = server.url.clone();
     let file_arg = file.to_str().unwrap().to_string();
-    let out =
-        tokio::task::spawn_blocking(move || cli(&url, &["backup", &file_arg, "--output", "json"]))
-            .await
-            .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        run_cli(&url, &["backup", &file_arg, "--output", "json"])
+    })
+    .await
+    .unwrap();
     assert_eq!(
         out.status.code(),
         Some(0),

@@ -51,14 +51,6 @@ async fn verify_audit(
         .into_inner()
 }
 
-fn cli(url: &str, args: &[&str]) -> std::process::Output {
-    Command::new(binary())
-        .args(args)
-        .env("PROMPTREG_SERVER", url)
-        .output()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn versions_are_signed_and_keys_rotate() {
     let server = TestServer::start().await;
@@ -88,7 +80,7 @@ async fn versions_are_signed_and_keys_rotate() {
     // `promptreg verify` checks the digest and signature locally.
     let url = server.url.clone();
     let out = tokio::task::spawn_blocking(move || {
-        cli(&url, &["verify", "p", "--version", "1", "--output", "json"])
+        run_cli(&url, &["verify", "p", "--version", "1", "--output", "json"])
     })
     .await
     .unwrap();
@@ -131,10 +123,11 @@ async fn versions_are_signed_and_keys_rotate() {
     assert_eq!(active, [new_key.key_id.as_str()]);
     for version in ["1", "2"] {
         let url = server.url.clone();
-        let out =
-            tokio::task::spawn_blocking(move || cli(&url, &["verify", "p", "--version", version]))
-                .await
-                .unwrap();
+        let out = tokio::task::spawn_blocking(move || {
+            run_cli(&url, &["verify", "p", "--version", version])
+        })
+        .await
+        .unwrap();
         assert_eq!(
             out.status.code(),
             Some(0),
@@ -427,8 +420,8 @@ async fn verify_audit_names_exactly_what_was_altered() {
     let url = server.url.clone();
     let (audit_out, verify_out) = tokio::task::spawn_blocking(move || {
         (
-            cli(&url, &["audit", "verify"]),
-            cli(&url, &["verify", "p", "--version", "1"]),
+            run_cli(&url, &["audit", "verify"]),
+            run_cli(&url, &["verify", "p", "--version", "1"]),
         )
     })
     .await
@@ -543,7 +536,7 @@ async fn a_checkpoint_exposes_a_consistently_rewritten_ledger() {
     });
     std::fs::write(&file, saved.to_string()).unwrap();
     let out = tokio::task::spawn_blocking(move || {
-        cli(
+        run_cli(
             &url,
             &["audit", "verify", "--checkpoint", file.to_str().unwrap()],
         )
@@ -730,7 +723,7 @@ async fn pruning_keeps_labelled_versions_and_tombstones_the_rest() {
 
     let url = server.url.clone();
     let out = tokio::task::spawn_blocking(move || {
-        cli(
+        run_cli(
             &url,
             &[
                 "prune",

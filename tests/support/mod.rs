@@ -385,3 +385,12 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// Runs the `promptreg` CLI against the server at `url`.
+pub fn run_cli(url: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(binary())
+        .args(args)
+        .env("PROMPTREG_SERVER", url)
+        .output()
+        .expect("run promptreg")
+}
