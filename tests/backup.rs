@@ -4,7 +4,7 @@ mod support;
 
 use promptreg::grpc::pb;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use support::*;
 
 /// Everything a client can read, as comparable values.
