@@ -59,6 +59,9 @@ struct Cli {
     /// Seconds measured per load cell (default 5; 2 with --quick).
     #[arg(long)]
     duration: Option<f64>,
+    /// Milliseconds between FleetStatus polls in `converge`.
+    #[arg(long, default_value_t = 2)]
+    fleet_poll_ms: u64,
     /// etcd watchers per gRPC stream in the second etcd fan-out (0: skip).
     #[arg(long, default_value_t = 100)]
     etcd_shared_stream: usize,
@@ -93,6 +96,7 @@ impl Cli {
             duration: Duration::from_secs_f64(duration),
             warmup: Duration::from_millis(if q { 300 } else { 1000 }),
             etcd_shared_stream: self.etcd_shared_stream,
+            fleet_poll: Duration::from_millis(self.fleet_poll_ms),
             server_bin: self
                 .server_bin
                 .clone()

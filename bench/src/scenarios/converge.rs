@@ -101,7 +101,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Value> {
             Instant::now() < deadline,
             "no convergence after 120 s: {s:?}"
         );
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        tokio::time::sleep(opts.fleet_poll).await;
     };
     let cpu = meter.stop();
     stop_tx.send(true)?;
@@ -134,6 +134,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Value> {
         "last_ack_ms": ms(last_ack),
         "event": events.summary(),
         "fleet_status_poll": polls.summary(),
+        "fleet_poll_pause_ms": opts.fleet_poll.as_millis() as u64,
         "correct": bad == 0,
         "agents_with_wrong_events": bad,
         "cpu": cpu,

@@ -39,6 +39,8 @@ pub struct Options {
     /// etcd watchers per gRPC stream in the second etcd fan-out run
     /// (0: skip it).
     pub etcd_shared_stream: usize,
+    /// Pause between FleetStatus polls in `converge`.
+    pub fleet_poll: Duration,
     pub server_bin: PathBuf,
     pub etcd_bin: String,
     pub quick: bool,
