@@ -10,7 +10,6 @@ use std::time::Duration;
 /// How long a stop waits for in-flight requests after ending watch streams.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -79,14 +78,20 @@ pub async fn serve(
         // clients that ping every 10 s are accepted.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .tcp_keepalive(Some(Duration::from_secs(60)))
-        .tcp_nodelay(true)
         .layer(crate::telemetry::RpcLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
+        // The builder's tcp_nodelay/tcp_keepalive apply only to listeners it
+        // binds itself; set them on the accepted sockets here. Without
+        // TCP_NODELAY, small answers wait for delayed ACKs (40 ms stalls).
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(Duration::from_secs(60))),
+            shutdown,
+        );
     let grace = async {
         stopping.notified().await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;

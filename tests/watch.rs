@@ -548,16 +548,39 @@ async fn a_cancelled_stream_is_cleaned_up_at_once() {
     wait_for_open_streams(&server, 0).await;
 }
 
+/// Fleet status with rows; also checks that the summary-only answer (the
+/// path `--wait` polls) counts the same.
 async fn fleet(client: &mut Client, name: &str, label: &str) -> pb::FleetStatusResponse {
-    client
-        .fleet_status(pb::FleetStatusRequest {
-            name: name.into(),
-            label: label.into(),
-            summary_only: false,
-        })
+    let request = |summary_only| pb::FleetStatusRequest {
+        name: name.into(),
+        label: label.into(),
+        summary_only,
+    };
+    let before = client
+        .fleet_status(request(true))
         .await
         .unwrap()
-        .into_inner()
+        .into_inner();
+    let full = client
+        .fleet_status(request(false))
+        .await
+        .unwrap()
+        .into_inner();
+    let after = client
+        .fleet_status(request(true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(before.agents.is_empty());
+    // Agents may come and go between the calls; when nothing moved, the
+    // counts must agree.
+    if before.summary == after.summary {
+        assert_eq!(
+            after.summary, full.summary,
+            "summary-only counts agree with the rows"
+        );
+    }
+    full
 }
 
 fn ack(

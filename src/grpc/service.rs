@@ -302,6 +302,17 @@ impl RegistryApi for RegistryService {
             "" => None,
             raw => Some(label_name(raw)?),
         };
+        if let (true, Some(name), Some(label)) = (req.summary_only, &name, &label) {
+            let counts = self.registry.fleet_summary(name, label)?;
+            return Ok(Response::new(pb::FleetStatusResponse {
+                agents: Vec::new(),
+                summary: Some(pb::FleetSummary {
+                    in_sync: counts.in_sync,
+                    stale: counts.stale,
+                    disconnected: counts.disconnected,
+                }),
+            }));
+        }
         let rows = self.registry.fleet_status(name.as_ref(), label.as_ref())?;
         let mut summary = pb::FleetSummary::default();
         for row in &rows {

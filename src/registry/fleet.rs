@@ -37,6 +37,14 @@ pub struct Ack {
     pub outcome: ApplyOutcome,
 }
 
+/// Agents per state for one label.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FleetCounts {
+    pub in_sync: u32,
+    pub stale: u32,
+    pub disconnected: u32,
+}
+
 /// One agent's state for one label.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentLabelStatus {
@@ -164,6 +172,27 @@ impl Fleet {
         self.lock().retain(|_, agent| {
             agent.streams > 0 || now.saturating_sub(agent.last_seen) <= ttl_micros
         });
+    }
+
+    /// Counts agents in sync, stale and disconnected for one label whose
+    /// current target is `target`, without building rows: the cheap path
+    /// that `promote --wait` polls.
+    pub fn count(&self, name: &PromptName, label: &LabelName, target: Option<u64>) -> FleetCounts {
+        let key = (name.clone(), label.clone());
+        let mut counts = FleetCounts::default();
+        for agent in self.lock().values() {
+            let applied = agent.applied.get(&key);
+            if applied.is_none() && !agent.selectors.iter().any(|s| s.matches_label(name, label)) {
+                continue;
+            }
+            let in_sync = matches!((applied.and_then(|a| a.version.as_ref()), target), (Some((v, _)), Some(t)) if *v == t);
+            match (agent.streams > 0, in_sync) {
+                (false, _) => counts.disconnected += 1,
+                (true, true) => counts.in_sync += 1,
+                (true, false) => counts.stale += 1,
+            }
+        }
+        counts
     }
 
     /// Rows for every (agent, prompt, label) matching the filter: labels the

@@ -29,6 +29,9 @@ use watch::{Hub, WatchConfig};
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 pub const MAX_PAGE_SIZE: usize = 1000;
 
+/// Decoded versions kept in memory; the cache starts over when full.
+const VERSION_CACHE_ENTRIES: usize = 10_000;
+
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error(transparent)]
@@ -154,6 +157,10 @@ struct Inner {
     group_commit: Arc<GroupCommit>,
     hub: Hub,
     fleet: Arc<Fleet>,
+    /// Decoded versions by (name, number). Versions are immutable, so
+    /// entries never go stale; pruning removes the ones it empties. Saves
+    /// the record decoding (and decryption) on every resolve.
+    versions: Mutex<std::collections::HashMap<(PromptName, u64), Arc<Version>>>,
     data_dir: PathBuf,
     key_source: provenance::KeySource,
     /// Held for the registry's lifetime: the OS lock that keeps a second
@@ -225,6 +232,7 @@ impl Registry {
             group_commit: group_commit.clone(),
             hub: Hub::new(config.watch, head),
             fleet: Arc::new(Fleet::default()),
+            versions: Mutex::new(Default::default()),
             data_dir: dir.clone(),
             key_source: config.signing_key.clone(),
             _lock: lock,
@@ -559,12 +567,17 @@ impl Registry {
                     })?;
                 self.existing_version(name, number)
             }
-            VersionSelector::Label(label) => {
-                let target = self.existing_label_target(name, label)?.ok_or_else(|| {
-                    RegistryError::NotFound(format!("label {label} is not set on {name}"))
-                })?;
-                self.existing_version(name, target.version)
-            }
+            // The resolve hot path: one label read, then the version from
+            // the cache. The prompt is looked up only to explain a miss.
+            VersionSelector::Label(label) => match self.store().label(name, label)? {
+                Some(target) => self.existing_version(name, target.version),
+                None => {
+                    self.existing_prompt(name)?;
+                    Err(RegistryError::NotFound(format!(
+                        "label {label} is not set on {name}"
+                    )))
+                }
+            },
         }
     }
 
@@ -798,6 +811,17 @@ impl Registry {
         Ok(rows)
     }
 
+    /// Counts for one label, without per-agent rows.
+    pub fn fleet_summary(
+        &self,
+        name: &PromptName,
+        label: &LabelName,
+    ) -> Result<fleet::FleetCounts> {
+        self.expire_agents();
+        let target = self.existing_label_target(name, label)?.map(|t| t.version);
+        Ok(self.inner.fleet.count(name, label, target))
+    }
+
     fn expire_agents(&self) {
         let ttl = i64::try_from(self.inner.hub.config().agent_ttl.as_micros()).unwrap_or(i64::MAX);
         self.inner.fleet.expire(crate::time::now_micros(), ttl);
@@ -816,8 +840,29 @@ impl Registry {
     }
 
     fn existing_version(&self, name: &PromptName, number: u64) -> Result<Version> {
+        let key = (name.clone(), number);
+        if let Some(cached) = self
+            .inner
+            .versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(Version::clone(cached));
+        }
         match self.store().version(name, number)? {
-            Some(version) => Ok(version),
+            Some(version) => {
+                let mut cache = self
+                    .inner
+                    .versions
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if cache.len() >= VERSION_CACHE_ENTRIES {
+                    cache.clear();
+                }
+                cache.insert(key, Arc::new(version.clone()));
+                Ok(version)
+            }
             None => {
                 let latest = self.existing_prompt(name)?.latest_version;
                 Err(RegistryError::NotFound(format!(

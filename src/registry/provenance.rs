@@ -448,6 +448,14 @@ impl Registry {
                     &request.actor,
                     &request.reason,
                 )?;
+                let mut cache = self
+                    .inner
+                    .versions
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                for number in &outcome.pruned {
+                    cache.remove(&(name.clone(), *number));
+                }
             }
             outcome
         };
