@@ -34,12 +34,28 @@ impl From<RegistryError> for Status {
         if matches!(code, Code::Internal | Code::DataLoss | Code::Unavailable) {
             tracing::error!(%error, "request failed");
         }
-        Status::new(code, error.to_string())
+        Status::new(code, bounded(error.to_string()))
     }
 }
 
 pub fn invalid(error: ValidationError) -> Status {
-    Status::invalid_argument(error.to_string())
+    Status::invalid_argument(bounded(error.to_string()))
+}
+
+/// Status messages quote the offending input; a quoted 70 KB field would
+/// not fit in the HTTP/2 trailers the message travels in (the client would
+/// see a protocol error instead of the answer), so messages are cut.
+fn bounded(mut message: String) -> String {
+    const MAX: usize = 1024;
+    if message.len() > MAX {
+        let mut cut = MAX;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str("… (truncated)");
+    }
+    message
 }
 
 pub fn prompt_name(raw: &str, limits: &Limits) -> Result<PromptName, Status> {

@@ -203,7 +203,7 @@ impl Registry {
         page_token: &str,
     ) -> Result<Page<AuditEntry>> {
         let size = page_size_of(page_size);
-        let mut from = parse_number_token(page_token)?.map_or(1, |after| after + 1);
+        let mut from = parse_number_token(page_token)?.map_or(1, |after| after.saturating_add(1));
         let mut items = Vec::new();
         loop {
             let page = self.store().audit_entries(from, 1024)?;

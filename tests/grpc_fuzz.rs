@@ -1,0 +1,1252 @@
+//! gRPC-level fuzzing: a few hundred random and deliberately malformed
+//! requests for every RPC of `promptreg.v1.Registry` against a running
+//! server. Every answer must be OK or a deliberate status (INVALID_ARGUMENT,
+//! NOT_FOUND, FAILED_PRECONDITION, OUT_OF_RANGE, RESOURCE_EXHAUSTED,
+//! ALREADY_EXISTS): never INTERNAL, UNKNOWN or DATA_LOSS, never a dropped
+//! connection (UNAVAILABLE). Afterwards the server must still publish and
+//! read, and its audit ledger must verify.
+//!
+//! `PROMPTREG_FUZZ_SEED` replays a run (the seed is printed);
+//! `PROMPTREG_FUZZ_ROUNDS` sets the requests per RPC (default 300).
+
+mod support;
+
+use promptreg::grpc::pb;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use support::*;
+use tonic::Code;
+
+/// A small xorshift64* generator: reproducible from its seed, no crate.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn chance(&mut self, one_in: u64) -> bool {
+        self.below(one_in) == 0
+    }
+
+    fn pick<T: Clone>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len() as u64) as usize].clone()
+    }
+}
+
+/// Prompts that exist, so that random requests also reach the code behind
+/// validation.
+const NAMES: &[&str] = &["fuzz/a", "fuzz/b", "fuzz/c.v2"];
+const LABELS: &[&str] = &["production", "staging", "latest", "canary"];
+
+/// What the generators know about the registry's real state.
+struct World {
+    digests: Vec<String>,
+}
+
+fn huge(rng: &mut Rng) -> String {
+    // Over the default 4 MiB gRPC message limit.
+    let unit = rng.pick(&["a", "é", "{{", "/", "\u{0}"]);
+    unit.repeat(5 * 1024 * 1024 / unit.len() + 1)
+}
+
+fn big(rng: &mut Rng) -> String {
+    // Under the gRPC limit, over every application limit, and far over
+    // what fits in an HTTP/2 header if a server echoed it in a status.
+    let sizes = [300, 5_000, 70_000, 1_000_000, 3_500_000];
+    let unit = rng.pick(&["a", "é", "x/", "{{"]);
+    unit.repeat(rng.pick(&sizes) / unit.len())
+}
+
+fn random_unicode(rng: &mut Rng, len: usize) -> String {
+    (0..len)
+        .map(|_| loop {
+            let raw = match rng.below(4) {
+                0 => rng.below(0x80) as u32,
+                1 => rng.below(0x800) as u32,
+                2 => rng.below(0x1_0000) as u32,
+                _ => rng.below(0x11_0000) as u32,
+            };
+            if let Some(c) = char::from_u32(raw) {
+                break c;
+            }
+        })
+        .collect()
+}
+
+/// Any string: valid names, near misses, control characters, unicode,
+/// `..`, template syntax, and now and then a very large one.
+fn string(rng: &mut Rng) -> String {
+    if rng.chance(600) {
+        return huge(rng);
+    }
+    if rng.chance(150) {
+        return big(rng);
+    }
+    match rng.below(26) {
+        0 => String::new(),
+        1..=4 => rng.pick(NAMES).to_string(),
+        5 => rng.pick(LABELS).to_string(),
+        6 => rng
+            .pick(&["a/../b", "..", "../../etc/passwd", "a/./b", "a..b", "./a"])
+            .into(),
+        7 => rng.pick(&["/a", "a/", "a//b", "/", "//"]).into(),
+        8 => rng
+            .pick(&["пример/имя", "名前", "é", "a\u{301}", "😀/🔥", "ｆｕｚｚ"])
+            .into(),
+        9 => rng
+            .pick(&[
+                "a\u{0}b",
+                "a\nb",
+                "\t",
+                "\r\n",
+                "\u{7f}",
+                "\u{1b}[31m",
+                "a\u{85}",
+            ])
+            .into(),
+        10 => rng
+            .pick(&["\u{202e}evil", "\u{feff}a", "\u{200b}", "\u{fffd}"])
+            .into(),
+        11 => "a".repeat(rng.pick(&[63, 64, 128, 129, 257, 4097])),
+        12 => {
+            let len = rng.below(40) as usize;
+            random_unicode(rng, len)
+        }
+        13 => rng
+            .pick(&[
+                "{{", "}}", "{{x}}", "\\{{", "{{ }}", "{{1}}", "{{a b}}", "{{x",
+            ])
+            .into(),
+        14 => rng.pick(&[" ", "   ", "\u{3000}"]).into(),
+        15 => "Upper/Case".into(),
+        16 => rng
+            .pick(&["-a", "_a", ".a", "a b", "a\\b", "a:b", "a%2Fb"])
+            .into(),
+        17 => format!("fuzz/{}", rng.below(1_000)),
+        18 => "x/".repeat(rng.below(80) as usize) + "y",
+        _ => {
+            let len = rng.below(24) as usize;
+            (0..len)
+                .map(|_| {
+                    let alphabet = b"abcz09._-/ A{}\\";
+                    alphabet[rng.below(alphabet.len() as u64) as usize] as char
+                })
+                .collect()
+        }
+    }
+}
+
+/// Half the time an existing prompt, so that the other fields get checked.
+fn any_name(rng: &mut Rng) -> String {
+    if rng.chance(2) {
+        rng.pick(NAMES).into()
+    } else {
+        string(rng)
+    }
+}
+
+fn any_label(rng: &mut Rng) -> String {
+    if rng.chance(2) {
+        rng.pick(LABELS).into()
+    } else {
+        string(rng)
+    }
+}
+
+/// An actor, author, reason or description.
+fn any_text(rng: &mut Rng) -> String {
+    if rng.chance(2) {
+        "fuzz".into()
+    } else {
+        string(rng)
+    }
+}
+
+fn strings(rng: &mut Rng, max: u64) -> Vec<String> {
+    (0..rng.below(max + 1)).map(|_| string(rng)).collect()
+}
+
+fn number(rng: &mut Rng) -> u64 {
+    match rng.below(10) {
+        0 => 0,
+        1 => u64::MAX,
+        2 => u64::MAX - 1,
+        3 => i64::MAX as u64,
+        4 => i64::MAX as u64 + 1,
+        5 => u32::MAX as u64 + 1,
+        6 => rng.next(),
+        _ => rng.below(12),
+    }
+}
+
+fn page_size(rng: &mut Rng) -> u32 {
+    let random = rng.next() as u32;
+    rng.pick(&[0, 1, 2, 999, 1000, 1001, u32::MAX, random])
+}
+
+fn page_token(rng: &mut Rng) -> String {
+    match rng.below(12) {
+        0..=2 => String::new(),
+        3 => "18446744073709551615".into(),
+        4 => "18446744073709551616".into(),
+        5 => rng
+            .pick(&["0", "-1", "1", "+1", " 1", "1e3", "0x10"])
+            .into(),
+        6 => hex::encode(rng.pick(NAMES)),
+        7 => hex::encode("\u{0}\u{ff}"),
+        8 => hex::encode([0xff, 0xfe, 0x80]),
+        9 => "zz-not-a-token".into(),
+        10 => rng.next().to_string(),
+        _ => string(rng),
+    }
+}
+
+fn digest(rng: &mut Rng, world: &World) -> String {
+    let hex64: String = (0..4).map(|_| format!("{:016x}", rng.next())).collect();
+    match rng.below(12) {
+        0 if !world.digests.is_empty() => rng.pick(&world.digests),
+        1 => format!("sha256:{hex64}"),
+        2 => format!("sha256:{}", &hex64[..63]),
+        3 => format!("sha256:{hex64}0"),
+        4 => format!("sha256:{}", hex64.to_uppercase()),
+        5 => format!("sha512:{hex64}"),
+        6 => hex64,
+        7 => "sha256:".into(),
+        8 => format!("sha256:{}", "g".repeat(64)),
+        9 => format!("sha256:{}", "é".repeat(32)),
+        10 => String::new(),
+        _ => string(rng),
+    }
+}
+
+fn model_config(rng: &mut Rng) -> String {
+    match rng.below(20) {
+        0 | 1 => String::new(),
+        2 => "{}".into(),
+        3 => r#"{"model":"gpt-x","temperature":0.2}"#.into(),
+        4 => "[".repeat(10_000),
+        5 => "{\"a\":".repeat(3_000),
+        6 => format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000)),
+        7 => format!("{{\"a\":{}1{}}}", "[".repeat(127), "]".repeat(127)),
+        8 => format!("{{\"a\":{}1{}}}", "[".repeat(129), "]".repeat(129)),
+        9 => rng
+            .pick(&[
+                r#"{"a":1e400}"#,
+                r#"{"a":-1e400}"#,
+                r#"{"a":NaN}"#,
+                r#"{"a":Infinity}"#,
+                r#"{"a":18446744073709551616}"#,
+                r#"{"a":-9223372036854775809}"#,
+                r#"{"a":1.8045062573841701e-87}"#,
+            ])
+            .into(),
+        10 => rng
+            .pick(&["null", "[1,2]", "\"text\"", "42", "true"])
+            .into(),
+        11 => rng
+            .pick(&[
+                r#"{"a":1,"a":2}"#,
+                r#"{"a":"\u0000"}"#,
+                r#"{"a":"\ud800"}"#,
+                r#"{"\u00e9":"é"}"#,
+            ])
+            .into(),
+        12 => format!("{{\"a\":\"{}\"}}", "x".repeat(17_000)),
+        13 => "{".into(),
+        14 => "{\"a\":1,}".into(),
+        15 => format!("{{\"a\":{}}}", rng.next()),
+        _ => string(rng),
+    }
+}
+
+fn chat_message(rng: &mut Rng) -> pb::ChatMessage {
+    pb::ChatMessage {
+        role: match rng.below(4) {
+            0 => rng.pick(&["system", "user", "assistant", "tool"]).into(),
+            1 => rng
+                .pick(&[
+                    "",
+                    "USER",
+                    "1user",
+                    "user role",
+                    "a".repeat(33).as_str(),
+                    "über",
+                ])
+                .into(),
+            _ => string(rng),
+        },
+        content: match rng.below(3) {
+            0 => "Hello {{name}}".into(),
+            _ => string(rng),
+        },
+    }
+}
+
+fn template(rng: &mut Rng) -> Option<pb::Template> {
+    match rng.below(8) {
+        0 => None,
+        1 => Some(pb::Template { kind: None }),
+        2 => Some(pb::Template {
+            kind: Some(pb::template::Kind::Chat(pb::ChatTemplate {
+                messages: Vec::new(),
+            })),
+        }),
+        3 => Some(pb::Template {
+            kind: Some(pb::template::Kind::Chat(pb::ChatTemplate {
+                messages: (0..rng.pick(&[1usize, 2, 256, 257, 2000]))
+                    .map(|_| pb::ChatMessage {
+                        role: "user".into(),
+                        content: "x".into(),
+                    })
+                    .collect(),
+            })),
+        }),
+        4 | 5 => Some(pb::Template {
+            kind: Some(pb::template::Kind::Chat(pb::ChatTemplate {
+                messages: (0..rng.below(4) + 1).map(|_| chat_message(rng)).collect(),
+            })),
+        }),
+        _ => text(&match rng.below(3) {
+            0 => format!("Hi {{{{name}}}} #{}", rng.next()),
+            _ => string(rng),
+        }),
+    }
+}
+
+fn variables(rng: &mut Rng) -> Vec<String> {
+    match rng.below(6) {
+        0 => vec!["name".into()],
+        1 => vec!["name".into(), "name".into()],
+        2 => (0..65).map(|i| format!("v{i}")).collect(),
+        3 => Vec::new(),
+        _ => strings(rng, 3),
+    }
+}
+
+fn tags(rng: &mut Rng) -> std::collections::HashMap<String, String> {
+    match rng.below(5) {
+        0 => (0..33).map(|i| (format!("k{i}"), "v".into())).collect(),
+        1 => [("runtime".to_string(), "agent-v3".to_string())].into(),
+        _ => (0..rng.below(3))
+            .map(|_| (string(rng), string(rng)))
+            .collect(),
+    }
+}
+
+fn timestamp(rng: &mut Rng) -> Option<prost_types::Timestamp> {
+    if rng.chance(8) {
+        return None;
+    }
+    let (random_seconds, random_nanos) = (rng.next() as i64, rng.next() as i32);
+    Some(prost_types::Timestamp {
+        seconds: rng.pick(&[
+            i64::MIN,
+            i64::MAX,
+            i64::MIN + 1,
+            0,
+            -1,
+            1,
+            253_402_300_800,
+            -62_135_596_801,
+            4_102_444_800,
+            random_seconds,
+        ]),
+        nanos: rng.pick(&[
+            i32::MIN,
+            -1,
+            0,
+            1,
+            999_999_999,
+            1_000_000_000,
+            i32::MAX,
+            random_nanos,
+        ]),
+    })
+}
+
+fn enum_value(rng: &mut Rng) -> i32 {
+    rng.pick(&[0, 1, 2, 3, 77, 99, -1, i32::MAX, i32::MIN])
+}
+
+/// A valid publish with up to three fields replaced by random ones.
+fn publish_request(rng: &mut Rng) -> pb::PublishVersionRequest {
+    let mut req = pb::PublishVersionRequest {
+        name: rng.pick(NAMES).into(),
+        template: text(&format!("Hi {{{{name}}}} #{}", rng.below(1_000_000))),
+        variables: vec!["name".into()],
+        model_config_json: r#"{"model":"gpt-x"}"#.into(),
+        author: "fuzz".into(),
+        description: String::new(),
+        tags: Default::default(),
+    };
+    if rng.chance(4) {
+        return req;
+    }
+    for _ in 0..rng.below(3) + 1 {
+        match rng.below(7) {
+            0 => req.name = string(rng),
+            1 => req.template = template(rng),
+            2 => req.variables = variables(rng),
+            3 => req.model_config_json = model_config(rng),
+            4 => req.author = string(rng),
+            5 => req.description = string(rng),
+            _ => req.tags = tags(rng),
+        }
+    }
+    req
+}
+
+/// Answers that are a deliberate refusal of a bad request.
+const DELIBERATE: &[Code] = &[
+    Code::InvalidArgument,
+    Code::NotFound,
+    Code::FailedPrecondition,
+    Code::OutOfRange,
+    Code::ResourceExhausted,
+    Code::AlreadyExists,
+];
+
+/// A deliberate status code that really came from the server: an HTTP/2
+/// error (a reset stream, a refused header block) is mapped by the client to
+/// codes like RESOURCE_EXHAUSTED or CANCELLED, and is never deliberate.
+fn is_deliberate(status: &tonic::Status) -> bool {
+    DELIBERATE.contains(&status.code())
+        && !status.message().starts_with("h2 protocol error")
+        && !status.message().starts_with("transport error")
+}
+
+#[derive(Default)]
+struct Tally {
+    codes: BTreeMap<(&'static str, String), u64>,
+    /// One status message per (RPC, code) of the rarer refusals.
+    examples: BTreeMap<(&'static str, String), String>,
+    failures: Vec<String>,
+    /// Wall time per RPC (each call is timed from the previous record).
+    time: BTreeMap<&'static str, Duration>,
+    last: Option<std::time::Instant>,
+}
+
+impl Tally {
+    fn record<T>(
+        &mut self,
+        rpc: &'static str,
+        request: &dyn std::fmt::Debug,
+        answer: &Result<T, tonic::Status>,
+    ) {
+        let code = match answer {
+            Ok(_) => "Ok".to_string(),
+            Err(status) => format!("{:?}", status.code()),
+        };
+        let now = std::time::Instant::now();
+        *self.time.entry(rpc).or_default() += now - self.last.unwrap_or(now);
+        self.last = Some(now);
+        *self.codes.entry((rpc, code.clone())).or_default() += 1;
+        if let Err(status) = answer {
+            if !matches!(status.code(), Code::InvalidArgument | Code::NotFound) {
+                self.examples
+                    .entry((rpc, code))
+                    .or_insert_with(|| shorten(status.message(), 120));
+            }
+            if !is_deliberate(status) {
+                let request = shorten(&format!("{request:?}"), 400);
+                let message = shorten(status.message(), 300);
+                self.failures.push(format!(
+                    "{rpc}: {:?} {message:?}\n    request: {request}",
+                    status.code()
+                ));
+            }
+        }
+    }
+}
+
+fn shorten(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..cut], text.len())
+}
+
+/// Answers must arrive; a hang is as bad as a crash.
+async fn answer<T>(
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    match tokio::time::timeout(Duration::from_secs(60), call).await {
+        Ok(result) => result.map(tonic::Response::into_inner),
+        Err(_) => Err(tonic::Status::deadline_exceeded("no answer within 60 s")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_deliberate_statuses_and_the_server_keeps_serving() {
+    let seed = std::env::var("PROMPTREG_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    let rounds: u64 = std::env::var("PROMPTREG_FUZZ_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
+    println!("grpc fuzz: seed {seed} (PROMPTREG_FUZZ_SEED={seed} replays it), {rounds} rounds");
+    let mut rng = Rng::new(seed);
+
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    // Large messages are the point: let the client send them.
+    client = client.max_encoding_message_size(usize::MAX);
+
+    // Real prompts with versions and labels, so that some random requests
+    // pass validation and reach the registry.
+    let mut world = World {
+        digests: Vec::new(),
+    };
+    for name in NAMES {
+        for i in 1..=3 {
+            let published = client
+                .publish_version(publish_text(name, &format!("{name} text {i}"), &[]))
+                .await
+                .expect("seed publish")
+                .into_inner();
+            world.digests.push(published.digest);
+        }
+        client
+            .set_label(set_label(name, "production", 2, None))
+            .await
+            .expect("seed label");
+    }
+
+    let mut tally = Tally::default();
+    let started = std::time::Instant::now();
+    for round in 0..rounds {
+        let c = &mut client;
+        let r = &mut rng;
+
+        let req = publish_request(r);
+        let a = answer(c.publish_version(req.clone())).await;
+        if let Ok(published) = &a {
+            world.digests.push(published.digest.clone());
+        }
+        tally.record("PublishVersion", &req, &a);
+
+        use pb::get_version_request::Selector;
+        let req = pb::GetVersionRequest {
+            name: any_name(r),
+            selector: match r.below(4) {
+                0 => None,
+                1 => Some(Selector::Version(number(r))),
+                2 => Some(Selector::Digest(digest(r, &world))),
+                _ => Some(Selector::Label(string(r))),
+            },
+        };
+        let a = answer(c.get_version(req.clone())).await;
+        tally.record("GetVersion", &req, &a);
+
+        let req = pb::ListPromptsRequest {
+            prefix: string(r),
+            page_size: page_size(r),
+            page_token: page_token(r),
+        };
+        let a = answer(c.list_prompts(req.clone())).await;
+        tally.record("ListPrompts", &req, &a);
+
+        let req = pb::ListVersionsRequest {
+            name: any_name(r),
+            page_size: page_size(r),
+            page_token: page_token(r),
+        };
+        let a = answer(c.list_versions(req.clone())).await;
+        tally.record("ListVersions", &req, &a);
+
+        let req = pb::SetLabelRequest {
+            name: any_name(r),
+            label: any_label(r),
+            version: number(r),
+            actor: any_text(r),
+            reason: any_text(r),
+            expected_version: r.chance(2).then(|| number(r)),
+        };
+        let a = answer(c.set_label(req.clone())).await;
+        tally.record("SetLabel", &req, &a);
+
+        let req = pb::RollbackRequest {
+            name: any_name(r),
+            label: any_label(r),
+            to_version: r.chance(2).then(|| number(r)),
+            actor: any_text(r),
+            reason: any_text(r),
+        };
+        let a = answer(c.rollback(req.clone())).await;
+        tally.record("Rollback", &req, &a);
+
+        let req = pb::RemoveLabelRequest {
+            name: any_name(r),
+            label: any_label(r),
+            actor: any_text(r),
+            reason: any_text(r),
+        };
+        let a = answer(c.remove_label(req.clone())).await;
+        tally.record("RemoveLabel", &req, &a);
+
+        let req = pb::ListLabelsRequest { name: string(r) };
+        let a = answer(c.list_labels(req.clone())).await;
+        tally.record("ListLabels", &req, &a);
+
+        let req = pb::LabelHistoryRequest {
+            name: any_name(r),
+            label: any_label(r),
+            page_size: page_size(r),
+            page_token: page_token(r),
+        };
+        let a = answer(c.label_history(req.clone())).await;
+        tally.record("LabelHistory", &req, &a);
+
+        use pb::resolve_at_request::At;
+        let req = pb::ResolveAtRequest {
+            name: any_name(r),
+            label: any_label(r),
+            at: match r.below(3) {
+                0 => None,
+                1 => Some(At::Revision(number(r))),
+                _ => timestamp(r).map(At::Time),
+            },
+        };
+        let a = answer(c.resolve_at(req.clone())).await;
+        tally.record("ResolveAt", &req, &a);
+
+        let req = pb::DiffVersionsRequest {
+            name: any_name(r),
+            from_version: number(r),
+            to_version: number(r),
+        };
+        let a = answer(c.diff_versions(req.clone())).await;
+        tally.record("DiffVersions", &req, &a);
+
+        let req = pb::WatchRequest {
+            names: strings(r, 3),
+            prefixes: strings(r, 2),
+            labels: strings(r, 2),
+            include_versions: r.chance(2),
+            start_revision: number(r),
+            agent_id: if r.chance(2) {
+                String::new()
+            } else {
+                string(r)
+            },
+            agent: r.chance(2).then(|| pb::AgentInfo {
+                host: string(r),
+                sdk: string(r),
+                version: string(r),
+            }),
+        };
+        let a = watch_first_messages(c, req.clone()).await;
+        tally.record("Watch", &req, &a);
+
+        let req = pb::AckAppliedRequest {
+            agent_id: string(r),
+            name: any_name(r),
+            label: any_label(r),
+            version: number(r),
+            digest: digest(r, &world),
+            revision: number(r),
+            outcome: enum_value(r),
+            reason: any_text(r),
+        };
+        let a = answer(c.ack_applied(req.clone())).await;
+        tally.record("AckApplied", &req, &a);
+
+        let req = pb::FleetStatusRequest {
+            name: any_name(r),
+            label: any_label(r),
+            summary_only: r.chance(2),
+        };
+        let a = answer(c.fleet_status(req.clone())).await;
+        tally.record("FleetStatus", &req, &a);
+
+        let req = pb::ListSigningKeysRequest {};
+        let a = answer(c.list_signing_keys(req)).await;
+        tally.record("ListSigningKeys", &req, &a);
+
+        // A rotation that passes validation writes a key: do it rarely.
+        let req = pb::RotateSigningKeyRequest {
+            actor: if r.chance(10) {
+                any_text(r)
+            } else {
+                r.pick(&["", " ", "\t\n"]).into()
+            },
+            reason: any_text(r),
+        };
+        let a = answer(c.rotate_signing_key(req.clone())).await;
+        tally.record("RotateSigningKey", &req, &a);
+
+        let req = pb::ListAuditRequest {
+            name: if r.chance(2) {
+                String::new()
+            } else {
+                string(r)
+            },
+            actor: any_text(r),
+            action: string(r),
+            since: timestamp(r),
+            until: timestamp(r),
+            page_size: page_size(r),
+            page_token: page_token(r),
+        };
+        let a = answer(c.list_audit(req.clone())).await;
+        tally.record("ListAudit", &req, &a);
+
+        // VerifyAudit checks the whole ledger and every version: its cost
+        // grows with the store, so it runs every fifth round.
+        if round % 5 == 0 {
+            let req = pb::VerifyAuditRequest {
+                checkpoint: r.chance(2).then(|| pb::Checkpoint {
+                    sequence: number(r),
+                    head_hash: string(r),
+                    time: timestamp(r),
+                    key_id: string(r),
+                    signature: (0..r.pick(&[0usize, 1, 63, 64, 65, 1000]))
+                        .map(|_| r.next() as u8)
+                        .collect(),
+                }),
+            };
+            let a = answer(c.verify_audit(req.clone())).await;
+            if let Ok(report) = &a {
+                // A bad checkpoint may be reported, but never as a broken chain.
+                assert_eq!(
+                    report.first_broken_sequence, 0,
+                    "the ledger broke during fuzzing: {report:?}"
+                );
+            }
+            tally.record("VerifyAudit", &req, &a);
+        }
+
+        let req = pb::CreateCheckpointRequest {};
+        let a = answer(c.create_checkpoint(req)).await;
+        tally.record("CreateCheckpoint", &req, &a);
+
+        let req = pb::PruneVersionsRequest {
+            name: any_name(r),
+            keep_last: {
+                let random = r.next() as u32;
+                r.pick(&[0, 1, 2, u32::MAX, random])
+            },
+            older_than_seconds: number(r),
+            dry_run: r.chance(2),
+            actor: any_text(r),
+            reason: any_text(r),
+        };
+        let a = answer(c.prune_versions(req.clone())).await;
+        tally.record("PruneVersions", &req, &a);
+
+        let req = pb::FindByDigestRequest {
+            digest: digest(r, &world),
+        };
+        let a = answer(c.find_by_digest(req.clone())).await;
+        tally.record("FindByDigest", &req, &a);
+    }
+
+    println!(
+        "grpc fuzz: {} requests in {:.1} s; answers by RPC and code:",
+        tally.codes.values().sum::<u64>(),
+        started.elapsed().as_secs_f64()
+    );
+    let mut by_rpc: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for ((rpc, code), count) in &tally.codes {
+        by_rpc
+            .entry(rpc)
+            .or_default()
+            .push(format!("{code} {count}"));
+    }
+    for (rpc, codes) in by_rpc {
+        let time = tally.time.get(rpc).copied().unwrap_or_default();
+        println!(
+            "  {rpc:<17} {:>6.2} s  {}",
+            time.as_secs_f64(),
+            codes.join(", ")
+        );
+    }
+    for ((rpc, code), message) in &tally.examples {
+        println!("  e.g. {rpc} {code}: {message}");
+    }
+
+    // The server still works: a normal publish and get, and an intact
+    // ledger.
+    let published = client
+        .publish_version(publish_text("fuzz/after", "still {{here}}", &["here"]))
+        .await
+        .expect("publish after fuzzing")
+        .into_inner();
+    let version = client
+        .get_version(pb::GetVersionRequest {
+            name: "fuzz/after".into(),
+            selector: Some(pb::get_version_request::Selector::Digest(
+                published.digest.clone(),
+            )),
+        })
+        .await
+        .expect("get after fuzzing")
+        .into_inner()
+        .version
+        .expect("version");
+    assert_eq!(version.template, text("still {{here}}"));
+    let report = client
+        .verify_audit(pb::VerifyAuditRequest { checkpoint: None })
+        .await
+        .expect("verify audit")
+        .into_inner();
+    assert!(report.intact, "audit ledger after fuzzing: {report:?}");
+
+    if !tally.failures.is_empty() {
+        let mut shown: BTreeMap<String, (usize, String)> = BTreeMap::new();
+        for failure in &tally.failures {
+            let key = failure.split('"').next().unwrap_or_default().to_string();
+            shown.entry(key).or_insert((0, failure.clone())).0 += 1;
+        }
+        let listing: Vec<String> = shown
+            .values()
+            .map(|(count, example)| format!("{count} x {example}"))
+            .collect();
+        panic!(
+            "{} answers were not deliberate statuses (seed {seed}); one example per RPC and code:\n{}",
+            tally.failures.len(),
+            listing.join("\n")
+        );
+    }
+}
+
+/// Opens a watch and reads its first message (and, briefly, a second):
+/// either a status or `created` must come.
+async fn watch_first_messages(
+    client: &mut Client,
+    request: pb::WatchRequest,
+) -> Result<(), tonic::Status> {
+    let mut stream = answer(client.watch(request)).await?;
+    match tokio::time::timeout(Duration::from_secs(60), stream.message()).await {
+        Err(_) => {
+            return Err(tonic::Status::deadline_exceeded(
+                "no first watch message within 60 s",
+            ))
+        }
+        Ok(Err(status)) => return Err(status),
+        Ok(Ok(None)) => {
+            return Err(tonic::Status::unknown(
+                "the watch stream ended without a status",
+            ))
+        }
+        Ok(Ok(Some(first))) => {
+            if !matches!(first.event, Some(pb::watch_response::Event::Created(_))) {
+                return Err(tonic::Status::unknown(format!(
+                    "the first watch message was not `created`: {first:?}"
+                )));
+            }
+        }
+    }
+    match tokio::time::timeout(Duration::from_millis(50), stream.message()).await {
+        Ok(Err(status)) => Err(status),
+        Ok(Ok(None)) => Err(tonic::Status::unknown(
+            "the watch stream ended without a status",
+        )),
+        Ok(Ok(Some(_))) | Err(_) => Ok(()),
+    }
+}
+
+/// Every string field of every RPC, one at a time, holding 70 KB (35 000
+/// two-byte characters) in an otherwise valid request: under the gRPC
+/// message limit, over every application limit. Each must be refused (or
+/// served) with a deliberate status that reaches the client intact: a
+/// server that quotes the whole value back in its status message produces
+/// a header block no HTTP/2 peer accepts, and the client sees a reset
+/// stream instead of INVALID_ARGUMENT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_fields_get_a_status_that_reaches_the_client() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    let mut seed = client.clone();
+    let published = seed
+        .publish_version(publish_text("big/p", "Hi {{name}}", &["name"]))
+        .await
+        .expect("publish")
+        .into_inner();
+    seed.set_label(set_label("big/p", "production", 1, None))
+        .await
+        .expect("label");
+    let big = "é".repeat(35_000);
+    let digest = published.digest.clone();
+
+    let publish = |change: &dyn Fn(&mut pb::PublishVersionRequest)| {
+        let mut req = publish_text("big/p", "Hi {{name}} 2", &["name"]);
+        change(&mut req);
+        req
+    };
+    let chat = |role: &str, content: &str| {
+        Some(pb::Template {
+            kind: Some(pb::template::Kind::Chat(pb::ChatTemplate {
+                messages: vec![pb::ChatMessage {
+                    role: role.into(),
+                    content: content.into(),
+                }],
+            })),
+        })
+    };
+    let ack = |change: &dyn Fn(&mut pb::AckAppliedRequest)| {
+        let mut req = pb::AckAppliedRequest {
+            agent_id: "agent".into(),
+            name: "big/p".into(),
+            label: "production".into(),
+            version: 1,
+            digest: digest.clone(),
+            revision: 0,
+            outcome: pb::ApplyOutcome::Rejected as i32,
+            reason: "bad digest".into(),
+        };
+        change(&mut req);
+        req
+    };
+    let watch = |change: &dyn Fn(&mut pb::WatchRequest)| {
+        let mut req = pb::WatchRequest {
+            names: vec!["big/p".into()],
+            labels: vec!["production".into()],
+            ..Default::default()
+        };
+        change(&mut req);
+        req
+    };
+    let get = |selector| pb::GetVersionRequest {
+        name: "big/p".into(),
+        selector: Some(selector),
+    };
+    use pb::get_version_request::Selector;
+
+    // A connection of its own for every case, so that one broken
+    // connection cannot fail the cases after it.
+    let c = || {
+        let channel = tonic::transport::Endpoint::from_shared(server.url.clone())
+            .expect("url")
+            .connect_lazy();
+        pb::registry_client::RegistryClient::new(channel)
+    };
+    let mut answers: Vec<(&str, Result<(), tonic::Status>)> = Vec::new();
+    macro_rules! check {
+        ($what:expr, $call:expr) => {
+            answers.push(($what, answer($call).await.map(drop)));
+        };
+    }
+    check!(
+        "PublishVersion.name",
+        c().publish_version(publish(&|r| r.name = big.clone()))
+    );
+    check!(
+        "PublishVersion.template.text",
+        c().publish_version(publish(&|r| r.template = text(&big)))
+    );
+    check!(
+        "PublishVersion.variables",
+        c().publish_version(publish(&|r| r.variables = vec![big.clone()]))
+    );
+    check!(
+        "PublishVersion.chat.role",
+        c().publish_version(publish(&|r| {
+            r.template = chat(&big, "x");
+            r.variables.clear();
+        }))
+    );
+    check!(
+        "PublishVersion.chat.content",
+        c().publish_version(publish(&|r| {
+            r.template = chat("user", &big);
+            r.variables.clear();
+        }))
+    );
+    check!(
+        "PublishVersion.model_config_json",
+        c().publish_version(publish(
+            &|r| r.model_config_json = format!("{{\"{big}\":1}}")
+        ))
+    );
+    check!(
+        "PublishVersion.model_config_json (not JSON)",
+        c().publish_version(publish(&|r| r.model_config_json = big.clone()))
+    );
+    check!(
+        "PublishVersion.author",
+        c().publish_version(publish(&|r| r.author = big.clone()))
+    );
+    check!(
+        "PublishVersion.description",
+        c().publish_version(publish(&|r| r.description = big.clone()))
+    );
+    check!(
+        "PublishVersion.tags key",
+        c().publish_version(publish(&|r| r.tags = [(big.clone(), "v".into())].into()))
+    );
+    check!(
+        "PublishVersion.tags value",
+        c().publish_version(publish(&|r| r.tags = [("k".into(), big.clone())].into()))
+    );
+    check!(
+        "GetVersion.name",
+        c().get_version(pb::GetVersionRequest {
+            name: big.clone(),
+            selector: None
+        })
+    );
+    check!(
+        "GetVersion.digest",
+        c().get_version(get(Selector::Digest(big.clone())))
+    );
+    check!(
+        "GetVersion.label",
+        c().get_version(get(Selector::Label(big.clone())))
+    );
+    check!(
+        "ListPrompts.prefix",
+        c().list_prompts(pb::ListPromptsRequest {
+            prefix: big.clone(),
+            ..Default::default()
+        })
+    );
+    check!(
+        "ListPrompts.page_token",
+        c().list_prompts(pb::ListPromptsRequest {
+            page_token: big.clone(),
+            ..Default::default()
+        })
+    );
+    check!(
+        "ListVersions.page_token",
+        c().list_versions(pb::ListVersionsRequest {
+            name: "big/p".into(),
+            page_token: big.clone(),
+            ..Default::default()
+        })
+    );
+    check!(
+        "SetLabel.label",
+        c().set_label(pb::SetLabelRequest {
+            label: big.clone(),
+            ..set_label("big/p", "x", 1, None)
+        })
+    );
+    check!(
+        "SetLabel.actor",
+        c().set_label(pb::SetLabelRequest {
+            actor: big.clone(),
+            ..set_label("big/p", "staging", 1, None)
+        })
+    );
+    check!(
+        "SetLabel.reason",
+        c().set_label(pb::SetLabelRequest {
+            reason: big.clone(),
+            ..set_label("big/p", "staging", 1, None)
+        })
+    );
+    check!(
+        "Rollback.label",
+        c().rollback(pb::RollbackRequest {
+            label: big.clone(),
+            ..rollback("big/p", "x", None)
+        })
+    );
+    check!(
+        "RemoveLabel.label",
+        c().remove_label(pb::RemoveLabelRequest {
+            name: "big/p".into(),
+            label: big.clone(),
+            actor: "a".into(),
+            reason: "r".into()
+        })
+    );
+    check!(
+        "ListLabels.name",
+        c().list_labels(pb::ListLabelsRequest { name: big.clone() })
+    );
+    check!(
+        "LabelHistory.label",
+        c().label_history(pb::LabelHistoryRequest {
+            name: "big/p".into(),
+            label: big.clone(),
+            ..Default::default()
+        })
+    );
+    check!(
+        "LabelHistory.page_token",
+        c().label_history(pb::LabelHistoryRequest {
+            name: "big/p".into(),
+            label: "production".into(),
+            page_token: big.clone(),
+            ..Default::default()
+        })
+    );
+    check!(
+        "ResolveAt.label",
+        c().resolve_at(pb::ResolveAtRequest {
+            name: "big/p".into(),
+            label: big.clone(),
+            at: Some(pb::resolve_at_request::At::Revision(1))
+        })
+    );
+    answers.push((
+        "Watch.names",
+        watch_first_messages(&mut c(), watch(&|r| r.names = vec![big.clone()])).await,
+    ));
+    answers.push((
+        "Watch.prefixes",
+        watch_first_messages(&mut c(), watch(&|r| r.prefixes = vec![big.clone()])).await,
+    ));
+    answers.push((
+        "Watch.labels",
+        watch_first_messages(&mut c(), watch(&|r| r.labels = vec![big.clone()])).await,
+    ));
+    answers.push((
+        "Watch.agent_id",
+        watch_first_messages(&mut c(), watch(&|r| r.agent_id = big.clone())).await,
+    ));
+    check!(
+        "AckApplied.agent_id",
+        c().ack_applied(ack(&|r| r.agent_id = big.clone()))
+    );
+    check!(
+        "AckApplied.label",
+        c().ack_applied(ack(&|r| r.label = big.clone()))
+    );
+    check!(
+        "AckApplied.digest",
+        c().ack_applied(ack(&|r| r.digest = big.clone()))
+    );
+    check!(
+        "AckApplied.reason",
+        c().ack_applied(ack(&|r| r.reason = big.clone()))
+    );
+    check!(
+        "FleetStatus.label",
+        c().fleet_status(pb::FleetStatusRequest {
+            name: "big/p".into(),
+            label: big.clone(),
+            summary_only: false
+        })
+    );
+    check!(
+        "RotateSigningKey.actor",
+        c().rotate_signing_key(pb::RotateSigningKeyRequest {
+            actor: big.clone(),
+            reason: "r".into()
+        })
+    );
+    check!(
+        "RotateSigningKey.reason",
+        c().rotate_signing_key(pb::RotateSigningKeyRequest {
+            actor: "a".into(),
+            reason: big.clone()
+        })
+    );
+    check!(
+        "ListAudit.name",
+        c().list_audit(pb::ListAuditRequest {
+            name: big.clone(),
+            ..Default::default()
+        })
+    );
+    check!(
+        "ListAudit.actor",
+        c().list_audit(pb::ListAuditRequest {
+            actor: big.clone(),
+            ..Default::default()
+        })
+    );
+    check!(
+        "ListAudit.page_token",
+        c().list_audit(pb::ListAuditRequest {
+            page_token: big.clone(),
+            ..Default::default()
+        })
+    );
+    check!(
+        "VerifyAudit.checkpoint",
+        c().verify_audit(pb::VerifyAuditRequest {
+            checkpoint: Some(pb::Checkpoint {
+                sequence: 1,
+                head_hash: big.clone(),
+                time: None,
+                key_id: big.clone(),
+                signature: vec![7; 64]
+            })
+        })
+    );
+    check!(
+        "PruneVersions.actor",
+        c().prune_versions(pb::PruneVersionsRequest {
+            name: "big/p".into(),
+            keep_last: 1,
+            actor: big.clone(),
+            reason: "r".into(),
+            ..Default::default()
+        })
+    );
+    check!(
+        "PruneVersions.reason",
+        c().prune_versions(pb::PruneVersionsRequest {
+            name: "big/p".into(),
+            keep_last: 1,
+            actor: "a".into(),
+            reason: big.clone(),
+            ..Default::default()
+        })
+    );
+    check!(
+        "FindByDigest.digest",
+        c().find_by_digest(pb::FindByDigestRequest {
+            digest: big.clone()
+        })
+    );
+
+    let mut bad = Vec::new();
+    for (what, result) in &answers {
+        let shown = match result {
+            Ok(()) => "Ok".to_string(),
+            Err(status) => format!(
+                "{:?} ({} bytes of message)",
+                status.code(),
+                status.message().len()
+            ),
+        };
+        println!("  {what:<45} {shown}");
+        if let Err(status) = result {
+            if !is_deliberate(status) {
+                bad.push(format!(
+                    "{what}: {:?} {:?}",
+                    status.code(),
+                    shorten(status.message(), 100)
+                ));
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "{} of {} oversized fields did not get a deliberate status through to the client:\n{}",
+        bad.len(),
+        answers.len(),
+        bad.join("\n")
+    );
+}
