@@ -136,7 +136,7 @@ fn json_value() -> impl Strategy<Value = Value> {
             Just(5e-324),
             Just(1.7976931348623157e308),
             Just(-0.0),
-            Just(123456789.123456789),
+            Just(123_456_789.123_456_79),
         ]
         .prop_map(Value::from),
         tricky_string().prop_map(Value::String),
