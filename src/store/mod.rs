@@ -1082,6 +1082,28 @@ mod tests {
         assert!(error.to_string().contains("schema version 99"), "{error}");
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Arbitrary bytes in any record slot decode to an error or a
+        /// value, never a panic; so does a corrupted valid record.
+        #[test]
+        fn the_record_decoder_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512), flip in 0usize..512) {
+            let key = b"v/p\0\0\0\0\0\0\0\0\x01";
+            let _ = decode::<VersionRec>(key, &bytes).map(|r| r.into_domain());
+            let _ = decode::<RevisionRec>(key, &bytes).map(|r| r.into_domain());
+            let _ = decode::<MoveRec>(key, &bytes).map(|r| r.into_domain());
+            let _ = decode::<LabelRec>(key, &bytes).map(|r| r.into_domain("production"));
+            let _ = decode::<AuditRec>(key, &bytes);
+            let mut valid = encode(&LabelRec { version: 1, digest: format!("sha256:{}", "a".repeat(64)), revision: 2, updated_at: 3 });
+            if !valid.is_empty() {
+                let i = flip % valid.len();
+                valid[i] ^= 0x5a;
+            }
+            let _ = decode::<LabelRec>(key, &valid).map(|r| r.into_domain("production"));
+        }
+    }
+
     #[test]
     fn corrupt_records_are_errors_not_panics() {
         let dir = tempfile::tempdir().unwrap();
