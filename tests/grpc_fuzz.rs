@@ -1250,3 +1250,33 @@ async fn oversized_fields_get_a_status_that_reaches_the_client() {
         bad.join("\n")
     );
 }
+
+/// ListAudit pages by sequence: the token `N` means "entries after N". The
+/// largest token must give an empty last page (or be refused), never a
+/// panic in the server (debug builds: `after + 1` overflows and the stream
+/// is reset) and never the ledger from its start again (release builds: it
+/// wraps to 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_audit_after_the_largest_sequence_is_empty() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    publish(&mut client, "audit/p", "x").await;
+    for token in [u64::MAX, u64::MAX - 1, 1 << 63] {
+        let answer = answer(client.list_audit(pb::ListAuditRequest {
+            page_token: token.to_string(),
+            ..Default::default()
+        }))
+        .await;
+        match answer {
+            Ok(page) => assert!(
+                page.entries.is_empty() && page.next_page_token.is_empty(),
+                "entries after sequence {token}: {page:?}"
+            ),
+            Err(status) => assert_eq!(
+                status.code(),
+                Code::InvalidArgument,
+                "page_token {token}: {status:?}"
+            ),
+        }
+    }
+}
