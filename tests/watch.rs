@@ -734,6 +734,18 @@ async fn acks_and_fleet_status() {
         Code::InvalidArgument,
         "outcome",
     );
+    assert_status(
+        client
+            .ack_applied(ack(
+                &"a".repeat(300),
+                1,
+                &v1.digest,
+                pb::ApplyOutcome::Applied,
+            ))
+            .await,
+        Code::InvalidArgument,
+        "agent_id: is longer than 256 bytes",
+    );
 }
 
 #[tokio::test]

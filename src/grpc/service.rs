@@ -131,6 +131,20 @@ impl RegistryApi for RegistryService {
         if req.agent_id.trim().is_empty() {
             return Err(invalid(ValidationError::new("agent_id", "is required")));
         }
+        // The same bounds as a Watch's agent_id; the fleet view keeps both.
+        if req.agent_id.len() > 256 {
+            return Err(invalid(ValidationError::new(
+                "agent_id",
+                "is longer than 256 bytes",
+            )));
+        }
+        let reason_limit = self.registry.limits().max_text_bytes;
+        if req.reason.len() > reason_limit {
+            return Err(invalid(ValidationError::new(
+                "reason",
+                format!("is {} bytes; the limit is {reason_limit}", req.reason.len()),
+            )));
+        }
         let outcome = match pb::ApplyOutcome::try_from(req.outcome) {
             Ok(pb::ApplyOutcome::Applied) => ApplyOutcome::Applied,
             Ok(pb::ApplyOutcome::Rejected) => {

@@ -504,7 +504,9 @@ impl Watcher {
                     if changed.is_err() {
                         continue;
                     }
-                    let revision = self.next - 1;
+                    // A watch that starts beyond the head has nothing up to
+                    // its start: report no more than what exists.
+                    let revision = (self.next - 1).min(hub.published());
                     if self.send(WatchEvent::Progress { revision }).await.is_err() {
                         return Ok(Err(Gone));
                     }
