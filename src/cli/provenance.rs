@@ -6,7 +6,7 @@ use super::client::{connect, emit, time_text, Failure};
 use super::{
     exit, local_user, AuditAction, AuditArgs, KeysAction, KeysArgs, PruneArgs, VerifyArgs,
 };
-use crate::domain::{ChatMessage, Content, ContentDigest, PromptName, TemplateBody};
+use crate::domain::{ContentDigest, PromptName};
 use crate::grpc::pb;
 use crate::provenance::{key_id_of, verify_signature, version_message};
 use serde_json::{json, Value};
@@ -136,27 +136,7 @@ struct Check {
 /// Recomputes the digest from the content and checks the signature against
 /// the published key with the matching id.
 fn check_version(v: &pb::Version, keys: &[pb::SigningKey]) -> Check {
-    let template = match v.template.as_ref().and_then(|t| t.kind.as_ref()) {
-        Some(pb::template::Kind::Text(text)) => Some(TemplateBody::Text(text.clone())),
-        Some(pb::template::Kind::Chat(chat)) => Some(TemplateBody::Chat(
-            chat.messages
-                .iter()
-                .map(|m| ChatMessage {
-                    role: m.role.clone(),
-                    content: m.content.clone(),
-                })
-                .collect(),
-        )),
-        None => None,
-    };
-    let computed = template.map(|template| {
-        Content {
-            template,
-            variables: v.variables.clone(),
-            model_config_json: v.model_config_json.clone(),
-        }
-        .digest()
-    });
+    let computed = crate::grpc::content_of(v).map(|content| content.digest());
     let (digest_ok, digest_note) = match computed {
         Some(d) if d.to_string() == v.digest => (true, "the content hashes to it".to_string()),
         Some(d) => (false, format!("the content hashes to {d}")),

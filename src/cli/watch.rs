@@ -7,7 +7,6 @@
 
 use super::client::{connect, emit, kind_name, version_or_null, Failure};
 use super::{exit, WatchArgs};
-use crate::domain::{ChatMessage, Content, TemplateBody};
 use crate::grpc::pb::{self, registry_client::RegistryClient, watch_response::Event};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -332,24 +331,7 @@ async fn ack(
 
 /// The digest of fetched content, by the canonical form.
 fn recompute_digest(version: &pb::Version) -> Option<String> {
-    let template = match version.template.as_ref()?.kind.as_ref()? {
-        pb::template::Kind::Text(text) => TemplateBody::Text(text.clone()),
-        pb::template::Kind::Chat(chat) => TemplateBody::Chat(
-            chat.messages
-                .iter()
-                .map(|m| ChatMessage {
-                    role: m.role.clone(),
-                    content: m.content.clone(),
-                })
-                .collect(),
-        ),
-    };
-    let content = Content {
-        template,
-        variables: version.variables.clone(),
-        model_config_json: version.model_config_json.clone(),
-    };
-    Some(content.digest().to_string())
+    crate::grpc::content_of(version).map(|content| content.digest().to_string())
 }
 
 /// Exponential backoff with full jitter: each pause is a random time between

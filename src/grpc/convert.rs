@@ -517,3 +517,25 @@ pub fn label_period(period: crate::registry::provenance::LabelPeriod) -> pb::Lab
         trace_id: set.trace_id.unwrap_or_default(),
     }
 }
+
+/// The content of a fetched version, for recomputing its digest on the
+/// client side (`verify`, `watch --ack`); `None` when it carries no template.
+pub fn content_of(v: &pb::Version) -> Option<Content> {
+    let template = match v.template.as_ref()?.kind.as_ref()? {
+        pb::template::Kind::Text(text) => TemplateBody::Text(text.clone()),
+        pb::template::Kind::Chat(chat) => TemplateBody::Chat(
+            chat.messages
+                .iter()
+                .map(|m| ChatMessage {
+                    role: m.role.clone(),
+                    content: m.content.clone(),
+                })
+                .collect(),
+        ),
+    };
+    Some(Content {
+        template,
+        variables: v.variables.clone(),
+        model_config_json: v.model_config_json.clone(),
+    })
+}

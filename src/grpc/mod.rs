@@ -5,6 +5,7 @@ pub mod codec;
 mod convert;
 mod service;
 
+pub use convert::content_of;
 pub use service::RegistryService;
 
 /// The generated `promptreg.v1` package.

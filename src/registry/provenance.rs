@@ -257,131 +257,150 @@ impl Registry {
 /// signature, and (when given) a checkpoint. Works on a store that is not
 /// being served, for `promptreg check`.
 pub fn verify_store(store: &Store, checkpoint: Option<&Checkpoint>) -> Result<AuditReport> {
-    {
-        let mut report = AuditReport::default();
-        let mut previous = LedgerHead::default();
-        let mut hash_at_checkpoint = None;
-        let broken = |report: &mut AuditReport, sequence: u64, problem: String| {
-            if report.first_broken_sequence == 0 {
-                report.first_broken_sequence = sequence;
+    let mut report = AuditReport::default();
+    let mut previous = LedgerHead::default();
+    let mut hash_at_checkpoint = None;
+    let broken = |report: &mut AuditReport, sequence: u64, problem: String| {
+        if report.first_broken_sequence == 0 {
+            report.first_broken_sequence = sequence;
+        }
+        report.problems.push(problem);
+    };
+    loop {
+        let page = store.audit_entries(previous.sequence + 1, 1024)?;
+        if page.is_empty() {
+            break;
+        }
+        for entry in page {
+            report.entries += 1;
+            let seq = entry.sequence;
+            if seq != previous.sequence + 1 {
+                broken(
+                    &mut report,
+                    seq,
+                    format!(
+                        "ledger entries {} to {} are missing",
+                        previous.sequence + 1,
+                        seq - 1
+                    ),
+                );
             }
-            report.problems.push(problem);
+            if entry.previous_hash != previous.hash {
+                broken(
+                    &mut report,
+                    seq,
+                    format!(
+                        "ledger entry {seq} does not link to entry {}: its previous_hash differs",
+                        previous.sequence
+                    ),
+                );
+            }
+            if entry.compute_hash() != entry.hash {
+                broken(&mut report, seq, format!("ledger entry {seq} was altered: its hash does not match its contents ({} {} by {})", entry.action, entry.target, entry.actor));
+            }
+            if checkpoint.is_some_and(|c| c.sequence == seq) {
+                hash_at_checkpoint = Some(entry.hash.clone());
+            }
+            previous = entry.head();
+        }
+    }
+    let head = store.ledger_head()?;
+    if head != previous {
+        broken(
+            &mut report,
+            head.sequence,
+            format!(
+                "the ledger head says entry {} ({}) but the last entry is {} ({})",
+                head.sequence, head.hash, previous.sequence, previous.hash
+            ),
+        );
+    }
+    report.head_hash = previous.hash.clone();
+
+    let keys: HashMap<String, Vec<u8>> = store
+        .signing_keys()?
+        .into_iter()
+        .map(|k| (k.key_id, k.public_key))
+        .collect();
+    store.scan_versions(|version| {
+        report.versions += 1;
+        let version = match version {
+            Ok(version) => version,
+            Err(error) => {
+                report
+                    .problems
+                    .push(format!("unreadable version record: {error}"));
+                return;
+            }
         };
-        loop {
-            let page = store.audit_entries(previous.sequence + 1, 1024)?;
-            if page.is_empty() {
-                break;
-            }
-            for entry in page {
-                report.entries += 1;
-                let seq = entry.sequence;
-                if seq != previous.sequence + 1 {
-                    broken(
-                        &mut report,
-                        seq,
-                        format!(
-                            "ledger entries {} to {} are missing",
-                            previous.sequence + 1,
-                            seq - 1
-                        ),
-                    );
-                }
-                if entry.previous_hash != previous.hash {
-                    broken(&mut report, seq, format!("ledger entry {seq} does not link to entry {}: its previous_hash differs", previous.sequence));
-                }
-                if entry.compute_hash() != entry.hash {
-                    broken(&mut report, seq, format!("ledger entry {seq} was altered: its hash does not match its contents ({} {} by {})", entry.action, entry.target, entry.actor));
-                }
-                if checkpoint.is_some_and(|c| c.sequence == seq) {
-                    hash_at_checkpoint = Some(entry.hash.clone());
-                }
-                previous = entry.head();
-            }
+        let label = format!("{} v{}", version.name, version.number);
+        let computed = version.content.digest();
+        // A pruned version has no content left to hash; its signature
+        // still binds the digest.
+        if !version.pruned && computed != version.digest {
+            report.problems.push(format!(
+                "{label}: stored content was altered: it hashes to {computed}, not its digest {}",
+                version.digest
+            ));
         }
-        let head = store.ledger_head()?;
-        if head != previous {
-            broken(
-                &mut report,
-                head.sequence,
-                format!(
-                    "the ledger head says entry {} ({}) but the last entry is {} ({})",
-                    head.sequence, head.hash, previous.sequence, previous.hash
-                ),
-            );
-        }
-        report.head_hash = previous.hash.clone();
-
-        let keys: HashMap<String, Vec<u8>> = store
-            .signing_keys()?
-            .into_iter()
-            .map(|k| (k.key_id, k.public_key))
-            .collect();
-        store.scan_versions(|version| {
-            report.versions += 1;
-            let version = match version {
-                Ok(version) => version,
-                Err(error) => {
-                    report.problems.push(format!("unreadable version record: {error}"));
-                    return;
-                }
-            };
-            let label = format!("{} v{}", version.name, version.number);
-            let computed = version.content.digest();
-            // A pruned version has no content left to hash; its signature
-            // still binds the digest.
-            if !version.pruned && computed != version.digest {
-                report.problems.push(format!(
-                    "{label}: stored content was altered: it hashes to {computed}, not its digest {}",
-                    version.digest
-                ));
-            }
-            match &version.signature {
-                None => report.problems.push(format!("{label}: unsigned (published before signing existed)")),
-                Some(sig) => match keys.get(&sig.key_id) {
-                    None => report.problems.push(format!("{label}: signed by unknown key {}", sig.key_id)),
-                    Some(public) => {
-                        let message = version_message(&version.name, version.number, &version.digest, version.created_at);
-                        if !verify_signature(public, &message, &sig.bytes) {
-                            report.problems.push(format!("{label}: signature does not verify with key {}", sig.key_id));
-                        }
-                    }
-                },
-            }
-        })?;
-
-        if let Some(c) = checkpoint {
-            match keys.get(&c.key_id) {
-                None => report.problems.push(format!(
-                    "checkpoint at entry {}: signed by unknown key {}",
-                    c.sequence, c.key_id
-                )),
+        match &version.signature {
+            None => report.problems.push(format!(
+                "{label}: unsigned (published before signing existed)"
+            )),
+            Some(sig) => match keys.get(&sig.key_id) {
+                None => report
+                    .problems
+                    .push(format!("{label}: signed by unknown key {}", sig.key_id)),
                 Some(public) => {
-                    if !verify_signature(
-                        public,
-                        &checkpoint_message(c.sequence, &c.head_hash, c.time),
-                        &c.signature,
-                    ) {
+                    let message = version_message(
+                        &version.name,
+                        version.number,
+                        &version.digest,
+                        version.created_at,
+                    );
+                    if !verify_signature(public, &message, &sig.bytes) {
                         report.problems.push(format!(
-                            "checkpoint at entry {}: its signature does not verify",
-                            c.sequence
+                            "{label}: signature does not verify with key {}",
+                            sig.key_id
                         ));
                     }
                 }
-            }
-            match hash_at_checkpoint {
-                Some(hash) if hash == c.head_hash => {}
-                Some(hash) => report.problems.push(format!(
-                    "the ledger was rewritten: entry {} hashes to {hash}, the checkpoint says {}",
-                    c.sequence, c.head_hash
-                )),
-                None => report.problems.push(format!(
-                    "the ledger has no entry {} that the checkpoint names",
-                    c.sequence
-                )),
+            },
+        }
+    })?;
+
+    if let Some(c) = checkpoint {
+        match keys.get(&c.key_id) {
+            None => report.problems.push(format!(
+                "checkpoint at entry {}: signed by unknown key {}",
+                c.sequence, c.key_id
+            )),
+            Some(public) => {
+                if !verify_signature(
+                    public,
+                    &checkpoint_message(c.sequence, &c.head_hash, c.time),
+                    &c.signature,
+                ) {
+                    report.problems.push(format!(
+                        "checkpoint at entry {}: its signature does not verify",
+                        c.sequence
+                    ));
+                }
             }
         }
-        Ok(report)
+        match hash_at_checkpoint {
+            Some(hash) if hash == c.head_hash => {}
+            Some(hash) => report.problems.push(format!(
+                "the ledger was rewritten: entry {} hashes to {hash}, the checkpoint says {}",
+                c.sequence, c.head_hash
+            )),
+            None => report.problems.push(format!(
+                "the ledger has no entry {} that the checkpoint names",
+                c.sequence
+            )),
+        }
     }
+    Ok(report)
 }
 
 /// What [`Registry::prune_versions`] did (or would do, on a dry run).
