@@ -87,9 +87,12 @@ pub async fn serve(
         // binds itself; set them on the accepted sockets here. Without
         // TCP_NODELAY, small answers wait for delayed ACKs (40 ms stalls).
         .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener)
-                .with_nodelay(Some(true))
-                .with_keepalive(Some(Duration::from_secs(60))),
+            tokio_stream::StreamExt::map(
+                tonic::transport::server::TcpIncoming::from(listener)
+                    .with_nodelay(Some(true))
+                    .with_keepalive(Some(Duration::from_secs(60))),
+                |accepted| accepted.map(CoalescingWrites::new),
+            ),
             shutdown,
         );
     let grace = async {
@@ -102,4 +105,117 @@ pub async fn serve(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// An accepted connection that gathers HTTP/2's writes into one system
+/// call per flush.
+///
+/// h2 copies DATA frames into its 16 KiB write buffer only up to a
+/// threshold (256 bytes when the socket supports vectored writes, 1 KiB
+/// otherwise) and writes each larger frame with its own system call. A
+/// revision fanned out to the hundred watch streams of one connection then
+/// cost a hundred writes, and every resolve answer (about 1.2 KB) two.
+/// This wrapper reports no vectored writes (so small frames are copied into
+/// h2's buffer) and keeps what h2 writes in `pending` until h2 flushes,
+/// which it does after every frame it could not buffer and at the end of
+/// every batch; then all of it goes out in one `write`.
+struct CoalescingWrites {
+    io: tokio::net::TcpStream,
+    /// Written by h2, not yet by the socket. Bounded by `PENDING_LIMIT`
+    /// (plus one write); released after each flush, so an idle connection
+    /// holds nothing.
+    pending: Vec<u8>,
+}
+
+/// Above this, a write goes to the socket at once instead of waiting for
+/// the flush.
+const PENDING_LIMIT: usize = 64 * 1024;
+
+impl CoalescingWrites {
+    fn new(io: tokio::net::TcpStream) -> Self {
+        CoalescingWrites {
+            io,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Writes out `pending`, as far as the socket takes it.
+    fn poll_write_pending(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        use tokio::io::AsyncWrite as _;
+        while !self.pending.is_empty() {
+            match std::pin::Pin::new(&mut self.io).poll_write(cx, &self.pending) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.pending.drain(..n);
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        // Do not keep a large buffer on an idle connection.
+        self.pending = Vec::new();
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl tonic::transport::server::Connected for CoalescingWrites {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+impl tokio::io::AsyncRead for CoalescingWrites {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for CoalescingWrites {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.pending.len() + buf.len() <= PENDING_LIMIT {
+            this.pending.extend_from_slice(buf);
+            return Poll::Ready(Ok(buf.len()));
+        }
+        // Too much to hold: what is pending goes first, then this write.
+        std::task::ready!(this.poll_write_pending(cx))?;
+        std::pin::Pin::new(&mut this.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_write_pending(cx))?;
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_write_pending(cx))?;
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        false
+    }
 }

@@ -373,7 +373,6 @@ async fn resuming_below_the_retention_window_gets_out_of_range() {
 #[tokio::test]
 async fn a_slow_watcher_does_not_hold_back_the_others_and_stays_bounded() {
     let server = TestServer::start_with(|config| {
-        config.watch.stream_buffer = 4;
         config.watch.hub_capacity = 16;
     })
     .await;

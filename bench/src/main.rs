@@ -110,9 +110,13 @@ impl Cli {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let opts = cli.options();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    // The same runtime setting as the server (see its src/main.rs), for the
+    // etcd runs too.
+    #[cfg(tokio_unstable)]
+    builder.disable_lifo_slot();
+    let runtime = builder.build()?;
     let output = runtime.block_on(run(cli.scenario, &opts))?;
     // Leave no stream task running against a stopped server.
     runtime.shutdown_timeout(Duration::from_secs(1));

@@ -45,10 +45,6 @@ pub struct WatchArgs {
     /// heartbeat through proxies and load balancers).
     #[arg(long, env = "PROMPTREG_PROGRESS_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub progress_interval: Duration,
-    /// Messages buffered per watch stream before a slow watcher falls behind
-    /// and catches up from the change log.
-    #[arg(long, env = "PROMPTREG_WATCH_BUFFER", default_value_t = WatchConfig::default().stream_buffer)]
-    pub watch_buffer: usize,
     /// The change log keeps at least this many of the newest revisions for
     /// watch resumes ...
     #[arg(long, env = "PROMPTREG_LOG_RETENTION_REVISIONS", default_value_t = WatchConfig::default().retention_revisions)]
@@ -86,12 +82,8 @@ impl WatchArgs {
         if self.compaction_interval.is_zero() {
             return Err("--compaction-interval must be more than 0".into());
         }
-        if self.watch_buffer < 4 {
-            return Err("--watch-buffer must be at least 4".into());
-        }
         Ok(WatchConfig {
             progress_interval: self.progress_interval,
-            stream_buffer: self.watch_buffer,
             retention_revisions: self.log_retention_revisions,
             retention: self.log_retention,
             compaction_interval: self.compaction_interval,

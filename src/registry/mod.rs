@@ -31,6 +31,21 @@ pub const MAX_PAGE_SIZE: usize = 1000;
 
 /// Decoded versions kept in memory; the cache starts over when full.
 const VERSION_CACHE_ENTRIES: usize = 10_000;
+/// Label targets kept in memory; the cache starts over when full.
+const LABEL_CACHE_ENTRIES: usize = 100_000;
+
+/// Where labels point, as last read from the store: a resolve then costs
+/// no store read and no record decoding. Every commit that moves a label
+/// drops that label's entry and bumps `generation` (after applying the
+/// revision), and a read caches what it read only if the generation did not
+/// change meanwhile, so an entry is never older than the store.
+#[derive(Debug, Default)]
+struct LabelCache {
+    generation: u64,
+    targets:
+        std::collections::HashMap<PromptName, std::collections::HashMap<LabelName, LabelTarget>>,
+    entries: usize,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -161,6 +176,8 @@ struct Inner {
     /// entries never go stale; pruning removes the ones it empties. Saves
     /// the record decoding (and decryption) on every resolve.
     versions: Mutex<std::collections::HashMap<(PromptName, u64), Arc<Version>>>,
+    /// Label targets, for the resolve hot path; see [`LabelCache`].
+    labels: std::sync::RwLock<LabelCache>,
     data_dir: PathBuf,
     key_source: provenance::KeySource,
     /// Held for the registry's lifetime: the OS lock that keeps a second
@@ -233,6 +250,7 @@ impl Registry {
             hub: Hub::new(config.watch, head),
             fleet: Arc::new(Fleet::default()),
             versions: Mutex::new(Default::default()),
+            labels: Default::default(),
             data_dir: dir.clone(),
             key_source: config.signing_key.clone(),
             _lock: lock,
@@ -519,6 +537,7 @@ impl Registry {
         published: Option<&Version>,
     ) -> Result<()> {
         self.store().commit(&revision, published)?;
+        self.forget_moved_labels(&revision);
         writer.head = revision.revision;
         writer.last_time = revision.time;
         let number = revision.revision;
@@ -569,7 +588,7 @@ impl Registry {
             }
             // The resolve hot path: one label read, then the version from
             // the cache. The prompt is looked up only to explain a miss.
-            VersionSelector::Label(label) => match self.store().label(name, label)? {
+            VersionSelector::Label(label) => match self.label_target(name, label)? {
                 Some(target) => self.existing_version(name, target.version),
                 None => {
                     self.existing_prompt(name)?;
@@ -839,6 +858,60 @@ impl Registry {
             .ok_or_else(|| RegistryError::NotFound(format!("prompt {name} does not exist")))
     }
 
+    /// Where a label points now: from the cache, or read from the store and
+    /// cached.
+    fn label_target(&self, name: &PromptName, label: &LabelName) -> Result<Option<LabelTarget>> {
+        let generation = {
+            let cache = self.inner.labels.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(target) = cache.targets.get(name).and_then(|labels| labels.get(label)) {
+                return Ok(Some(target.clone()));
+            }
+            cache.generation
+        };
+        let target = self.store().label(name, label)?;
+        if let Some(target) = &target {
+            let mut cache = self.inner.labels.write().unwrap_or_else(|p| p.into_inner());
+            // A label moved since the read began: what was read may be old.
+            if cache.generation == generation {
+                if cache.entries >= LABEL_CACHE_ENTRIES {
+                    cache.targets.clear();
+                    cache.entries = 0;
+                }
+                let labels = cache.targets.entry(name.clone()).or_default();
+                if labels.insert(label.clone(), target.clone()).is_none() {
+                    cache.entries += 1;
+                }
+            }
+        }
+        Ok(target)
+    }
+
+    /// Drops the cached targets of the labels a revision moved. Called
+    /// after the revision is applied to the store, so a read that began
+    /// before it either sees the new generation (and does not cache) or
+    /// cached before this, and its entry is dropped here.
+    fn forget_moved_labels(&self, revision: &Revision) {
+        let moved = revision.changes.iter().filter_map(|change| match change {
+            Change::LabelMoved(mv) => Some(mv),
+            Change::VersionPublished { .. } => None,
+        });
+        let mut cache = None;
+        for mv in moved {
+            let cache = cache.get_or_insert_with(|| {
+                let mut cache = self.inner.labels.write().unwrap_or_else(|p| p.into_inner());
+                cache.generation += 1;
+                cache
+            });
+            let removed = cache
+                .targets
+                .get_mut(&mv.name)
+                .and_then(|labels| labels.remove(&mv.label));
+            if removed.is_some() {
+                cache.entries -= 1;
+            }
+        }
+    }
+
     fn existing_version(&self, name: &PromptName, number: u64) -> Result<Version> {
         let key = (name.clone(), number);
         if let Some(cached) = self
@@ -906,22 +979,30 @@ async fn run_flusher(registry: Weak<Inner>, group_commit: Arc<GroupCommit>) {
             .record(started.elapsed().as_secs_f64());
         match flushed {
             Ok(()) => {
-                // Publish to watchers before releasing the writers: a client
-                // that opens a watch after its write was acknowledged finds
-                // the hub at least at that revision.
-                if let Some(inner) = registry.upgrade() {
-                    let durable: Vec<Arc<Revision>> = {
-                        let mut writer = inner.writer.lock().unwrap_or_else(|p| p.into_inner());
-                        let count = writer
-                            .pending
-                            .iter()
-                            .take_while(|r| r.revision <= target)
-                            .count();
-                        writer.pending.drain(..count).collect()
-                    };
-                    inner.hub.publish(durable);
+                let Some(inner) = registry.upgrade() else {
+                    group_commit.flushed(target);
+                    return;
+                };
+                let durable: Vec<Arc<Revision>> = {
+                    let mut writer = inner.writer.lock().unwrap_or_else(|p| p.into_inner());
+                    let count = writer
+                        .pending
+                        .iter()
+                        .take_while(|r| r.revision <= target)
+                        .count();
+                    writer.pending.drain(..count).collect()
+                };
+                // The hub's head moves before the writers are released, so
+                // a client that opens a watch after its write was
+                // acknowledged finds the hub at least at that revision. The
+                // writers are answered before the revisions go out on the
+                // ring: waking ten thousand watchers first would put the
+                // answer to a rollback behind all of them.
+                if let Some(last) = durable.last() {
+                    inner.hub.advance(last.revision);
                 }
                 group_commit.flushed(target);
+                inner.hub.publish(durable);
             }
             Err(error) => {
                 tracing::error!(%error, target, "flush failed; writes are not acknowledged until a flush succeeds");
@@ -1207,6 +1288,75 @@ mod tests {
             registry.revision(),
             WRITERS + 1,
             "every write is durable when answered"
+        );
+    }
+
+    /// The label cache never answers with a target older than a move that
+    /// was acknowledged before the resolve began.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn resolves_follow_every_move_while_readers_fill_the_cache() {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(RegistryConfig::new(dir.path())).unwrap();
+        let name = PromptName::parse("name", "p", 128).unwrap();
+        let label = LabelName::parse("label", "production").unwrap();
+        const VERSIONS: u64 = 30;
+        for i in 0..VERSIONS {
+            registry
+                .publish(new_version(&name, &format!("v{i}")))
+                .await
+                .unwrap();
+        }
+        let request = || MoveRequest {
+            name: name.clone(),
+            label: label.clone(),
+            actor: "a".into(),
+            reason: "r".into(),
+            trace_id: None,
+        };
+        registry.set_label(request(), 1, None).await.unwrap();
+        let acked = Arc::new(AtomicU64::new(1));
+        let done = Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = (0..4)
+            .map(|_| {
+                let (registry, name, label) = (registry.clone(), name.clone(), label.clone());
+                let (acked, done) = (acked.clone(), done.clone());
+                tokio::task::spawn_blocking(move || {
+                    let mut reads = 0u64;
+                    while !done.load(Ordering::SeqCst) {
+                        let before = acked.load(Ordering::SeqCst);
+                        let selector = VersionSelector::Label(label.clone());
+                        let version = registry.get_version(&name, &selector).unwrap();
+                        assert!(
+                            version.number >= before,
+                            "resolved version {} after version {before} was acknowledged",
+                            version.number
+                        );
+                        reads += 1;
+                    }
+                    reads
+                })
+            })
+            .collect();
+        for version in 2..=VERSIONS {
+            registry.set_label(request(), version, None).await.unwrap();
+            acked.store(version, Ordering::SeqCst);
+            tokio::task::yield_now().await;
+        }
+        done.store(true, Ordering::SeqCst);
+        for reader in readers {
+            assert!(reader.await.unwrap() > 0);
+        }
+        let selector = VersionSelector::Label(label.clone());
+        assert_eq!(
+            registry.get_version(&name, &selector).unwrap().number,
+            VERSIONS
+        );
+        registry.rollback(request(), None).await.unwrap();
+        assert_eq!(
+            registry.get_version(&name, &selector).unwrap().number,
+            VERSIONS - 1,
+            "a rollback is seen at once"
         );
     }
 }

@@ -1,23 +1,25 @@
 //! Watch: how a committed revision reaches every watcher.
 //!
 //! The flusher makes a group of revisions durable and then publishes them, in
-//! order, on one `broadcast` channel (the hub). Every watch stream is a task
-//! with its own broadcast receiver and a small bounded `mpsc` towards its
-//! gRPC stream. The broadcast ring is shared and fixed in size, so memory
-//! does not grow with a slow watcher: a watcher that cannot keep up lags,
-//! and then reads what it missed from the change log on disk (the same log
-//! that serves resumes), in order and without a gap.
+//! order, on one `broadcast` channel (the hub). Every watch stream holds its
+//! own broadcast receiver and is driven by the task that writes its gRPC
+//! stream, so HTTP/2 flow control is its only buffer. The broadcast ring is
+//! shared and fixed in size, so memory does not grow with a slow watcher: a
+//! watcher that cannot keep up lags, and then reads what it missed from the
+//! change log on disk (the same log that serves resumes), a page at a time,
+//! in order and without a gap.
 
 use super::Registry;
 use crate::domain::{Change, LabelName, PromptName, Revision, Selector};
 use crate::telemetry::metrics as telemetry;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::broadcast;
 use tokio_stream::Stream;
 
 /// Watch settings, with their defaults.
@@ -26,9 +28,6 @@ pub struct WatchConfig {
     /// How often a progress notification ("you have everything up to R") is
     /// sent on every stream (default 30 s).
     pub progress_interval: Duration,
-    /// Messages buffered per stream before the watcher falls behind and
-    /// catches up from the log (default 64).
-    pub stream_buffer: usize,
     /// Revisions kept in the shared in-memory ring (default 1024).
     pub hub_capacity: usize,
     /// The change log keeps at least this many of the newest revisions
@@ -50,7 +49,6 @@ impl Default for WatchConfig {
     fn default() -> Self {
         WatchConfig {
             progress_interval: Duration::from_secs(30),
-            stream_buffer: 64,
             hub_capacity: 1024,
             retention_revisions: 100_000,
             retention: Duration::from_secs(24 * 3600),
@@ -118,13 +116,25 @@ pub struct WatchStats {
     pub batches_sent: AtomicU64,
 }
 
+/// What the ring carries. Progress ticks and the stop travel on the ring
+/// too, so a watcher waits on one thing only.
+#[derive(Debug, Clone)]
+enum Published {
+    /// A durable revision, in revision order.
+    Revision(Arc<Revision>),
+    /// Time for a progress notification on every stream.
+    ProgressTick,
+    /// The server is stopping (also in `Hub::stopping`, for a watcher that
+    /// lagged past this message).
+    ShuttingDown,
+}
+
 /// The fan-out point: the flusher publishes here, watchers subscribe here.
 pub struct Hub {
-    sender: broadcast::Sender<Arc<Revision>>,
+    sender: broadcast::Sender<Published>,
     /// The newest revision published (durable, and sent to the ring).
     published: AtomicU64,
-    progress: watch::Receiver<u64>,
-    shutdown: watch::Sender<bool>,
+    stopping: AtomicBool,
     /// Snapshots being built: bounded so a reconnect storm cannot starve
     /// writers of CPU and store bandwidth.
     snapshots: tokio::sync::Semaphore,
@@ -135,25 +145,25 @@ pub struct Hub {
 impl Hub {
     pub fn new(config: WatchConfig, head: u64) -> Hub {
         let (sender, _) = broadcast::channel(config.hub_capacity.max(16));
-        let (progress_tx, progress) = watch::channel(0u64);
+        let ticks = sender.downgrade();
         let interval = config.progress_interval;
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             ticker.tick().await;
             loop {
-                tokio::select! {
-                    _ = ticker.tick() => progress_tx.send_modify(|n| *n += 1),
-                    // Every receiver gone: the hub was dropped.
-                    () = progress_tx.closed() => return,
-                }
+                ticker.tick().await;
+                // The hub was dropped: nobody to tick for.
+                let Some(sender) = ticks.upgrade() else {
+                    return;
+                };
+                let _ = sender.send(Published::ProgressTick);
             }
         });
         Hub {
             sender,
             published: AtomicU64::new(head),
-            progress,
-            shutdown: watch::Sender::new(false),
+            stopping: AtomicBool::new(false),
             snapshots: tokio::sync::Semaphore::new(config.max_snapshots.max(1)),
             stats: WatchStats::default(),
             config,
@@ -168,20 +178,28 @@ impl Hub {
         self.published.load(Ordering::SeqCst)
     }
 
+    /// Moves the published head to `revision` (durable) before the
+    /// revisions up to it are sent on the ring. A watcher that reads the
+    /// head in between catches up from the log, and skips the ring's copies.
+    pub fn advance(&self, revision: u64) {
+        self.published.fetch_max(revision, Ordering::SeqCst);
+    }
+
     /// Publishes durable revisions, in revision order. Called by the flusher
     /// only.
     pub fn publish(&self, revisions: impl IntoIterator<Item = Arc<Revision>>) {
         for revision in revisions {
             let number = revision.revision;
             // No receiver is not an error: nobody is watching.
-            let _ = self.sender.send(revision);
-            self.published.store(number, Ordering::SeqCst);
+            let _ = self.sender.send(Published::Revision(revision));
+            self.published.fetch_max(number, Ordering::SeqCst);
         }
     }
 
     /// Ends every watch stream with UNAVAILABLE.
     pub fn shut_down(&self) {
-        self.shutdown.send_replace(true);
+        self.stopping.store(true, Ordering::SeqCst);
+        let _ = self.sender.send(Published::ShuttingDown);
     }
 }
 
@@ -203,15 +221,20 @@ pub struct WatchRequest {
     pub agent: Option<super::fleet::AgentHello>,
 }
 
-/// A watch stream: the watcher task's events, ended early with
-/// `ShuttingDown` when the server stops. It remembers the last revision it
-/// handed out, so the resume revision it reports is exact.
+/// A watch stream. Polling it runs the watcher itself, in the task that
+/// writes the gRPC stream: no task or channel of its own, so a delivery
+/// costs no extra wake-up and an idle stream holds only its state. Dropping
+/// it (the client left) ends the watch at once. When the server stops, the
+/// stream ends with `ShuttingDown` and the exact revision to resume from.
 pub struct WatchStream {
-    events: mpsc::Receiver<Result<WatchEvent, WatchEnd>>,
-    shutdown: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
-    delivered: u64,
+    /// The watcher, while no step is running.
+    watcher: Option<Box<Watcher>>,
+    /// The step being run: it owns the watcher until it finishes.
+    step: Option<Pin<Box<dyn Future<Output = Step> + Send>>>,
     done: bool,
 }
+
+type Step = (Box<Watcher>, Result<WatchEvent, WatchEnd>);
 
 impl Stream for WatchStream {
     type Item = Result<WatchEvent, WatchEnd>;
@@ -220,29 +243,24 @@ impl Stream for WatchStream {
         if self.done {
             return Poll::Ready(None);
         }
-        if self.shutdown.as_mut().poll(cx).is_ready() {
-            self.done = true;
-            let resume_revision = self.delivered + 1;
-            return Poll::Ready(Some(Err(WatchEnd::ShuttingDown { resume_revision })));
+        if self.step.is_none() {
+            let Some(mut watcher) = self.watcher.take() else {
+                self.done = true;
+                return Poll::Ready(None);
+            };
+            self.step = Some(Box::pin(async move {
+                let item = watcher.next().await;
+                (watcher, item)
+            }));
         }
-        let item = std::task::ready!(self.events.poll_recv(cx));
-        match &item {
-            Some(Ok(event)) => {
-                let revision = match event {
-                    WatchEvent::Created { .. } => None,
-                    WatchEvent::Snapshot {
-                        revision, complete, ..
-                    } => complete.then_some(*revision),
-                    WatchEvent::Changes(rev) => Some(rev.revision),
-                    WatchEvent::Progress { revision } => Some(*revision),
-                };
-                if let Some(revision) = revision {
-                    self.delivered = self.delivered.max(revision);
-                }
-            }
-            Some(Err(_)) | None => self.done = true,
-        }
-        Poll::Ready(item)
+        let Some(step) = self.step.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let (watcher, item) = std::task::ready!(step.as_mut().poll(cx));
+        self.step = None;
+        self.watcher = Some(watcher);
+        self.done = item.is_err();
+        Poll::Ready(Some(item))
     }
 }
 
@@ -252,9 +270,8 @@ const SNAPSHOT_CHUNK: usize = 500;
 const CATCH_UP_PAGE: usize = 256;
 
 impl Registry {
-    /// Opens a watch. The returned stream ends when the client drops it
-    /// (the watcher task notices at once and exits), when the server shuts
-    /// down, or with a [`WatchEnd`].
+    /// Opens a watch. The returned stream ends when the client drops it,
+    /// when the server shuts down, or with a [`WatchEnd`].
     pub fn watch(&self, request: WatchRequest) -> super::Result<WatchStream> {
         let inner = self.inner.clone();
         let limit = inner.hub.config.max_watchers;
@@ -266,41 +283,29 @@ impl Registry {
         inner.hub.stats.open_streams.fetch_add(1, Ordering::SeqCst);
         metrics::gauge!(telemetry::WATCH_STREAMS).increment(1.0);
         let open = OpenStream(inner.clone());
-        let (tx, rx) = mpsc::channel(inner.hub.config.stream_buffer.max(4));
         // Subscribe before reading any state, so no revision published from
         // here on can be missed.
         let ring = inner.hub.sender.subscribe();
-        let registry = self.clone();
         let start = request.start_revision;
         let connection = request.agent.as_ref().map(|hello| {
             self.inner
                 .fleet
                 .connect(hello.clone(), request.selector.clone())
         });
-        tokio::spawn(async move {
-            let _open = open;
-            let _connection = connection;
-            let mut watcher = Watcher {
-                registry,
-                selector: request.selector,
-                tx,
-                ring,
-                next: start.max(1),
-            };
-            if let Err(end) = watcher.run(start).await {
-                // The client may be gone already; then nobody needs to know.
-                let _ = watcher.tx.send(Err(end)).await;
-            }
+        let watcher = Box::new(Watcher {
+            registry: self.clone(),
+            selector: request.selector,
+            ring,
+            next: start.max(1),
+            phase: Phase::Start { start },
+            queue: VecDeque::new(),
+            catch_up_to: None,
+            _open: open,
+            _connection: connection,
         });
-        let mut shutdown = self.inner.hub.shutdown.subscribe();
         Ok(WatchStream {
-            events: rx,
-            shutdown: Box::pin(async move {
-                if shutdown.wait_for(|stopping| *stopping).await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-            }),
-            delivered: start.saturating_sub(1),
+            watcher: Some(watcher),
+            step: None,
             done: false,
         })
     }
@@ -376,30 +381,59 @@ impl Registry {
     }
 }
 
-/// One watch stream's task.
+/// Where a watcher is in its life.
+enum Phase {
+    /// Nothing sent yet; `start` is the requested start revision.
+    Start { start: u64 },
+    /// Created (and the snapshot) sent: following the ring.
+    Live,
+}
+
+/// One watch stream's state. [`Watcher::next`] produces the stream's next
+/// message; the queue holds messages already produced (snapshot chunks, a
+/// page of catch-up), so memory per stream is bounded by one page.
 struct Watcher {
     registry: Registry,
     selector: Selector,
-    tx: mpsc::Sender<Result<WatchEvent, WatchEnd>>,
-    ring: broadcast::Receiver<Arc<Revision>>,
+    ring: broadcast::Receiver<Published>,
     /// The next revision this watcher must deliver.
     next: u64,
+    phase: Phase,
+    queue: VecDeque<WatchEvent>,
+    /// Revisions up to this one are read from the change log before the
+    /// ring is followed again (a resume, or a watcher that lagged).
+    catch_up_to: Option<u64>,
+    _open: OpenStream,
+    _connection: Option<super::fleet::Connection>,
 }
 
-/// The client went away: stop quietly.
-struct Gone;
-
 impl Watcher {
-    async fn run(&mut self, start: u64) -> Result<(), WatchEnd> {
-        match self.run_inner(start).await {
-            Ok(Ok(())) | Ok(Err(Gone)) => Ok(()),
-            Err(end) => Err(end),
+    /// The stream's next message, or how it ends.
+    async fn next(&mut self) -> Result<WatchEvent, WatchEnd> {
+        loop {
+            if let Some(event) = self.queue.pop_front() {
+                return Ok(event);
+            }
+            match self.phase {
+                Phase::Start { start } => {
+                    self.begin(start).await?;
+                    self.phase = Phase::Live;
+                }
+                Phase::Live => match self.catch_up_to {
+                    Some(upto) if self.next <= upto => self.catch_up_page(upto)?,
+                    _ => {
+                        self.catch_up_to = None;
+                        self.follow().await?;
+                    }
+                },
+            }
         }
     }
 
-    async fn run_inner(&mut self, start: u64) -> Result<Result<(), Gone>, WatchEnd> {
-        let inner = self.registry.inner.clone();
-        let hub = &inner.hub;
+    /// Queues Created and the snapshot (start 0), or Created and the
+    /// catch-up from `start`.
+    async fn begin(&mut self, start: u64) -> Result<(), WatchEnd> {
+        let hub = &self.registry.inner.hub;
         let compact_revision = self
             .registry
             .store()
@@ -417,16 +451,10 @@ impl Watcher {
                 .snapshot(&self.selector)
                 .await
                 .map_err(|e| self.storage_end(e.to_string()))?;
-            if self
-                .send(WatchEvent::Created {
-                    revision,
-                    compact_revision,
-                })
-                .await
-                .is_err()
-            {
-                return Ok(Err(Gone));
-            }
+            self.queue.push_back(WatchEvent::Created {
+                revision,
+                compact_revision,
+            });
             let mut chunks: Vec<Vec<LabelState>> =
                 labels.chunks(SNAPSHOT_CHUNK).map(<[_]>::to_vec).collect();
             if chunks.is_empty() {
@@ -434,14 +462,11 @@ impl Watcher {
             }
             let last = chunks.len() - 1;
             for (i, labels) in chunks.into_iter().enumerate() {
-                let event = WatchEvent::Snapshot {
+                self.queue.push_back(WatchEvent::Snapshot {
                     revision,
                     labels,
                     complete: i == last,
-                };
-                if self.send(event).await.is_err() {
-                    return Ok(Err(Gone));
-                }
+                });
             }
             self.next = revision + 1;
         } else {
@@ -452,108 +477,96 @@ impl Watcher {
                 });
             }
             let revision = hub.published();
-            if self
-                .send(WatchEvent::Created {
-                    revision,
-                    compact_revision,
-                })
-                .await
-                .is_err()
-            {
-                return Ok(Err(Gone));
-            }
-            if let Err(gone) = self.catch_up(revision).await? {
-                return Ok(Err(gone));
-            }
+            self.queue.push_back(WatchEvent::Created {
+                revision,
+                compact_revision,
+            });
+            self.catch_up_to = Some(revision);
         }
-
-        let mut progress = hub.progress.clone();
-        progress.mark_unchanged();
-        loop {
-            tokio::select! {
-                biased;
-                () = self.tx.closed() => return Ok(Err(Gone)),
-                received = self.ring.recv() => match received {
-                    Ok(revision) => {
-                        if revision.revision < self.next {
-                            continue;
-                        }
-                        if revision.revision > self.next {
-                            // Cannot happen with an in-order ring; reading the
-                            // log keeps the no-gap promise even so.
-                            if let Err(gone) = self.catch_up(revision.revision - 1).await? {
-                                return Ok(Err(gone));
-                            }
-                        }
-                        if self.deliver(&revision).await.is_err() {
-                            return Ok(Err(Gone));
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        hub.stats.catchups.fetch_add(1, Ordering::Relaxed);
-                        metrics::counter!(telemetry::WATCH_OVERFLOWS).increment(1);
-                        if let Err(gone) = self.catch_up(hub.published()).await? {
-                            return Ok(Err(gone));
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Closed) => {
-                        return Err(WatchEnd::ShuttingDown { resume_revision: self.next });
-                    }
-                },
-                changed = progress.changed() => {
-                    if changed.is_err() {
-                        continue;
-                    }
-                    // A watch that starts beyond the head has nothing up to
-                    // its start: report no more than what exists.
-                    let revision = (self.next - 1).min(hub.published());
-                    if self.send(WatchEvent::Progress { revision }).await.is_err() {
-                        return Ok(Err(Gone));
-                    }
-                }
-            }
-        }
+        Ok(())
     }
 
-    /// Delivers every matching revision from `self.next` up to `upto` from
-    /// the change log.
-    async fn catch_up(&mut self, upto: u64) -> Result<Result<(), Gone>, WatchEnd> {
-        while self.next <= upto {
-            let store = self.registry.store();
+    /// Waits for the next message on the ring and queues what it brings.
+    /// Everything queued before has been handed out, so `next` is exactly
+    /// where a client resumes after a stop.
+    async fn follow(&mut self) -> Result<(), WatchEnd> {
+        let hub = &self.registry.inner.hub;
+        let shutting_down = WatchEnd::ShuttingDown {
+            resume_revision: self.next,
+        };
+        if hub.stopping.load(Ordering::SeqCst) {
+            return Err(shutting_down);
+        }
+        match self.ring.recv().await {
+            Ok(Published::Revision(revision)) => {
+                if revision.revision < self.next {
+                    return Ok(());
+                }
+                if revision.revision > self.next {
+                    // Cannot happen with an in-order ring; reading the log
+                    // keeps the no-gap promise even so.
+                    self.catch_up_to = Some(revision.revision);
+                    return Ok(());
+                }
+                self.deliver(&revision);
+            }
+            Ok(Published::ProgressTick) => {
+                // A watch that starts beyond the head has nothing up to its
+                // start: report no more than what exists.
+                let revision = (self.next - 1).min(hub.published());
+                self.queue.push_back(WatchEvent::Progress { revision });
+            }
+            Ok(Published::ShuttingDown) | Err(broadcast::error::RecvError::Closed) => {
+                return Err(shutting_down);
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                hub.stats.catchups.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(telemetry::WATCH_OVERFLOWS).increment(1);
+                self.catch_up_to = Some(hub.published());
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues the matching revisions of one page of the change log, from
+    /// `self.next` up to `upto`.
+    fn catch_up_page(&mut self, upto: u64) -> Result<(), WatchEnd> {
+        let store = self.registry.store();
+        let compact_revision = store
+            .compact_revision()
+            .map_err(|e| self.storage_end(e.to_string()))?;
+        if self.next <= compact_revision {
+            return Err(WatchEnd::Compacted {
+                requested: self.next,
+                compact_revision,
+            });
+        }
+        let page = store
+            .revisions(self.next, CATCH_UP_PAGE)
+            .map_err(|e| self.storage_end(e.to_string()))?;
+        let Some(first) = page.first() else {
+            // Nothing more in the log (yet): follow the ring.
+            self.catch_up_to = None;
+            return Ok(());
+        };
+        if first.revision != self.next {
             let compact_revision = store
                 .compact_revision()
                 .map_err(|e| self.storage_end(e.to_string()))?;
-            if self.next <= compact_revision {
-                return Err(WatchEnd::Compacted {
-                    requested: self.next,
-                    compact_revision,
-                });
-            }
-            let page = store
-                .revisions(self.next, CATCH_UP_PAGE)
-                .map_err(|e| self.storage_end(e.to_string()))?;
-            let Some(first) = page.first() else { break };
-            if first.revision != self.next {
-                let compact_revision = store
-                    .compact_revision()
-                    .map_err(|e| self.storage_end(e.to_string()))?;
-                return Err(WatchEnd::Compacted {
-                    requested: self.next,
-                    compact_revision: compact_revision.max(first.revision - 1),
-                });
-            }
-            for revision in page.into_iter().take_while(|r| r.revision <= upto) {
-                if self.deliver(&revision).await.is_err() {
-                    return Ok(Err(Gone));
-                }
-            }
+            return Err(WatchEnd::Compacted {
+                requested: self.next,
+                compact_revision: compact_revision.max(first.revision - 1),
+            });
         }
-        Ok(Ok(()))
+        for revision in page.into_iter().take_while(|r| r.revision <= upto) {
+            self.deliver(&revision);
+        }
+        Ok(())
     }
 
-    /// Sends the matching changes of one revision (nothing when none match)
-    /// and moves `next` past it.
-    async fn deliver(&mut self, revision: &Revision) -> Result<(), Gone> {
+    /// Queues the matching changes of one revision (nothing when none
+    /// match) and moves `next` past it.
+    fn deliver(&mut self, revision: &Revision) {
         self.next = revision.revision + 1;
         let changes: Vec<Change> = revision
             .changes
@@ -562,7 +575,7 @@ impl Watcher {
             .cloned()
             .collect();
         if changes.is_empty() {
-            return Ok(());
+            return;
         }
         self.registry
             .inner
@@ -571,24 +584,20 @@ impl Watcher {
             .batches_sent
             .fetch_add(1, Ordering::Relaxed);
         metrics::counter!(telemetry::WATCH_BATCHES).increment(1);
-        // Commit to queued for this watcher; the histogram's top is the
-        // fan-out completion. (Catch-up deliveries count too: they are late.)
+        // Commit to handed to the stream for this watcher; the histogram's
+        // top is the fan-out completion. (Catch-up deliveries count too:
+        // they are late.)
         let age = crate::time::now_micros()
             .saturating_sub(revision.time)
             .max(0) as f64
             / 1e6;
         metrics::histogram!(telemetry::WATCH_FANOUT).record(age);
-        self.send(WatchEvent::Changes(Revision {
+        self.queue.push_back(WatchEvent::Changes(Revision {
             revision: revision.revision,
             time: revision.time,
             trace_id: revision.trace_id.clone(),
             changes,
-        }))
-        .await
-    }
-
-    async fn send(&self, event: WatchEvent) -> Result<(), Gone> {
-        self.tx.send(Ok(event)).await.map_err(|_| Gone)
+        }));
     }
 
     fn storage_end(&self, message: String) -> WatchEnd {

@@ -23,7 +23,7 @@ where
 {
     fn format_event(
         &self,
-        ctx: &FmtContext<'_, S, N>,
+        _ctx: &FmtContext<'_, S, N>,
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
@@ -35,9 +35,12 @@ where
         line.insert("level".into(), event.metadata().level().as_str().into());
         line.insert("target".into(), event.metadata().target().into());
         event.record(&mut Fields(&mut line));
-        if let Some(span) = ctx.lookup_current() {
-            line.insert("span".into(), span.name().into());
-            let context = tracing::Span::current().context();
+        // The current span as the dispatcher knows it: the per-RPC span is
+        // hidden from the log layer (see `telemetry::init`), not from here.
+        let current = tracing::Span::current();
+        if let Some(metadata) = current.metadata() {
+            line.insert("span".into(), metadata.name().into());
+            let context = current.context();
             let otel = context.span();
             let span_context = otel.span_context();
             if span_context.is_valid() {

@@ -58,6 +58,13 @@ pub fn init(style: LogStyle) -> Telemetry {
             .event_format(json_log::JsonWithTrace)
             .boxed(),
     };
+    // The per-RPC span is for traces and its attributes are recorded on
+    // every request; the log layer would format them into a string each
+    // time (a third of a resolve's handler time) only to prefix log lines.
+    // Log lines get the trace and span ids instead (JSON style).
+    let fmt = fmt.with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+        !(meta.is_span() && meta.name() == rpc_layer::RPC_SPAN)
+    }));
     let provider = trace_provider();
     let otel = provider
         .as_ref()

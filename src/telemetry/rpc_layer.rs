@@ -15,6 +15,9 @@ use std::time::Instant;
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
+/// The name of the per-RPC span.
+pub(crate) const RPC_SPAN: &str = "rpc";
+
 /// The layer; see the module docs.
 #[derive(Debug, Clone, Default)]
 pub struct RpcLayer;
@@ -60,7 +63,7 @@ where
             .split_once('/')
             .unwrap_or(("", path.as_str()));
         let span = tracing::info_span!(
-            "rpc",
+            RPC_SPAN,
             otel.name = %path.trim_start_matches('/'),
             otel.kind = "server",
             otel.status_code = tracing::field::Empty,

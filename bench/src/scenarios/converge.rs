@@ -184,10 +184,14 @@ async fn agent(
         .into_inner();
     use pb::watch_response::Event;
     let mut trace = AgentTrace::default();
+    // One registration for the whole loop: a fresh `changed()` per message
+    // would lock the channel's waiter list once per delivery.
+    let stopped = stop.wait_for(|stopping| *stopping);
+    tokio::pin!(stopped);
     loop {
         let message = tokio::select! {
             m = stream.message() => m?,
-            _ = stop.changed() => break,
+            _ = &mut stopped => break,
         };
         match message {
             Some(pb::WatchResponse {

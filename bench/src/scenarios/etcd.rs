@@ -158,6 +158,10 @@ async fn stream_task(
         }
     }
     let mut got = vec![Vec::new(); k];
+    // One registration for the whole loop: a fresh `changed()` per message
+    // would lock the channel's waiter list once per delivery.
+    let stopped = stop.wait_for(|stopping| *stopping);
+    tokio::pin!(stopped);
     loop {
         tokio::select! {
             message = stream.message() => match message? {
@@ -173,7 +177,7 @@ async fn stream_task(
                 }
                 None => break,
             },
-            _ = stop.changed() => break,
+            _ = &mut stopped => break,
         }
     }
     Ok(got)

@@ -142,6 +142,10 @@ async fn watcher(
     }
     ready.fetch_add(1, Ordering::Relaxed);
     let mut got = Vec::new();
+    // One registration for the whole loop: a fresh `changed()` per message
+    // would lock the channel's waiter list once per delivery.
+    let stopped = stop.wait_for(|stopping| *stopping);
+    tokio::pin!(stopped);
     loop {
         tokio::select! {
             message = stream.message() => match message? {
@@ -157,7 +161,7 @@ async fn watcher(
                 Some(_) => {}
                 None => break,
             },
-            _ = stop.changed() => break,
+            _ = &mut stopped => break,
         }
     }
     Ok(got)
