@@ -18,9 +18,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("promptreg_descriptor.bin"),
         compiler.encode_file_descriptor_set(),
     )?;
+    // The messages and the client, for everyone.
+    tonic_prost_build::configure()
+        .build_server(false)
+        .build_client(true)
+        .codec_path("crate::grpc::codec::SmallBufferCodec")
+        .compile_fds(compiler.file_descriptor_set())?;
+    // The server, on its own: the messages are the ones above, except that
+    // the server answers Watch with `WatchFrame`, a `WatchResponse` encoded
+    // once per revision and shared by every stream that sends it.
+    let server_dir = out_dir.join("server");
+    std::fs::create_dir_all(&server_dir)?;
     tonic_prost_build::configure()
         .build_server(true)
-        .build_client(true)
+        .build_client(false)
+        .out_dir(&server_dir)
+        .extern_path(
+            ".promptreg.v1.WatchResponse",
+            "crate::grpc::wire::WatchFrame",
+        )
+        .extern_path(".promptreg.v1", "crate::grpc::pb")
         .codec_path("crate::grpc::codec::SmallBufferCodec")
         .compile_fds(compiler.file_descriptor_set())?;
     Ok(())

@@ -1,7 +1,9 @@
 //! The gRPC server: the registry service, gRPC health and reflection, and a
 //! graceful stop.
 
-use crate::grpc::{pb::registry_server::RegistryServer, RegistryService, FILE_DESCRIPTOR_SET};
+use crate::grpc::{
+    pb_server::registry_server::RegistryServer, RegistryService, FILE_DESCRIPTOR_SET,
+};
 use crate::registry::{Registry, RegistryConfig, RegistryError};
 use std::future::Future;
 use std::sync::Arc;

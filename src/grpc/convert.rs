@@ -266,9 +266,11 @@ pub fn moved(m: Moved) -> pb::LabelMoveResponse {
 
 // --- watch and fleet ------------------------------------------------------------
 
+use super::wire::WatchFrame;
 use crate::domain::{Change, Selector};
 use crate::registry::fleet::{AgentHello, AgentLabelStatus};
 use crate::registry::watch::{LabelState, WatchEnd, WatchEvent, WatchRequest};
+use prost::Message as _;
 
 pub fn watch_request(req: pb::WatchRequest, limits: &Limits) -> Result<WatchRequest, Status> {
     let mut selector = Selector {
@@ -348,6 +350,28 @@ fn change(change: Change) -> pb::Change {
     pb::Change { kind: Some(kind) }
 }
 
+/// A watch event as the server sends it. A revision's changes are encoded
+/// once, by the first stream that sends them, and shared.
+pub fn watch_frame(event: WatchEvent) -> WatchFrame {
+    match event {
+        WatchEvent::Changes(shared) => WatchFrame::encoded(shared.encoded_with(|revision| {
+            let response = pb::WatchResponse {
+                event: Some(pb::watch_response::Event::Changes(change_batch(revision))),
+            };
+            response.encode_to_vec().into()
+        })),
+        event => WatchFrame::of(&watch_event(event)),
+    }
+}
+
+fn change_batch(revision: &crate::domain::Revision) -> pb::ChangeBatch {
+    pb::ChangeBatch {
+        revision: revision.revision,
+        time: Some(to_timestamp(revision.time)),
+        changes: revision.changes.iter().cloned().map(change).collect(),
+    }
+}
+
 pub fn watch_event(event: WatchEvent) -> pb::WatchResponse {
     use pb::watch_response::Event;
     let event = match event {
@@ -367,11 +391,7 @@ pub fn watch_event(event: WatchEvent) -> pb::WatchResponse {
             labels: labels.into_iter().map(label_state).collect(),
             complete,
         }),
-        WatchEvent::Changes(revision) => Event::Changes(pb::ChangeBatch {
-            revision: revision.revision,
-            time: Some(to_timestamp(revision.time)),
-            changes: revision.changes.into_iter().map(change).collect(),
-        }),
+        WatchEvent::Changes(shared) => Event::Changes(change_batch(&shared.revision)),
         WatchEvent::Progress { revision } => Event::Progress(pb::Progress { revision }),
     };
     pb::WatchResponse { event: Some(event) }

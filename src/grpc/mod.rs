@@ -4,14 +4,22 @@
 pub mod codec;
 mod convert;
 mod service;
+pub mod wire;
 
 pub use convert::content_of;
 pub use service::RegistryService;
 
-/// The generated `promptreg.v1` package.
+/// The generated `promptreg.v1` package: messages and the client.
 pub mod pb {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("promptreg.v1");
+}
+
+/// The generated server of `promptreg.v1.Registry`, over the messages of
+/// [`pb`] (Watch answers with [`wire::WatchFrame`]).
+pub mod pb_server {
+    #![allow(clippy::all, missing_docs)]
+    include!(concat!(env!("OUT_DIR"), "/server/promptreg.v1.rs"));
 }
 
 /// The encoded descriptor set of `proto/`, for gRPC reflection.

@@ -1,7 +1,8 @@
 //! The `promptreg.v1.Registry` service: thin handlers over the registry core.
 
 use super::convert::{self, invalid, label_name, movable_label, prompt_name};
-use super::pb::{self, registry_server::Registry as RegistryApi};
+use super::pb;
+use super::pb_server::registry_server::Registry as RegistryApi;
 use crate::domain::{ContentDigest, ValidationError};
 use crate::registry::fleet::{Ack, ApplyOutcome};
 use crate::registry::provenance::{AuditFilter, PruneRequest};
@@ -91,7 +92,8 @@ fn annotate_move(name: &str, label: &str, reason: &str, moved: &crate::registry:
     );
 }
 
-type WatchResponseStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
+type WatchResponseStream =
+    Pin<Box<dyn Stream<Item = Result<super::wire::WatchFrame, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl RegistryApi for RegistryService {
@@ -119,7 +121,7 @@ impl RegistryApi for RegistryService {
         let stream = self
             .registry
             .watch(request)?
-            .map(|item| item.map(convert::watch_event).map_err(convert::watch_end));
+            .map(|item| item.map(convert::watch_frame).map_err(convert::watch_end));
         Ok(Response::new(Box::pin(stream)))
     }
 

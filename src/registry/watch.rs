@@ -80,7 +80,7 @@ pub enum WatchEvent {
         complete: bool,
     },
     /// The matching changes of one revision.
-    Changes(Revision),
+    Changes(Arc<SharedRevision>),
     Progress {
         revision: u64,
     },
@@ -116,12 +116,42 @@ pub struct WatchStats {
     pub batches_sent: AtomicU64,
 }
 
+/// A revision as watch streams send it, with a slot for its encoding on
+/// the wire: the first stream that sends the whole revision fills it, and
+/// every other stream sends the same bytes. (The registry does not know the
+/// encoding; the transport does.)
+#[derive(Debug)]
+pub struct SharedRevision {
+    pub revision: Arc<Revision>,
+    encoded: std::sync::OnceLock<bytes::Bytes>,
+}
+
+impl SharedRevision {
+    pub fn new(revision: Arc<Revision>) -> Arc<SharedRevision> {
+        Arc::new(SharedRevision {
+            revision,
+            encoded: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// The revision's encoding, made by `encode` if nobody made it yet.
+    pub fn encoded_with(&self, encode: impl FnOnce(&Revision) -> bytes::Bytes) -> bytes::Bytes {
+        self.encoded.get_or_init(|| encode(&self.revision)).clone()
+    }
+}
+
+impl PartialEq for SharedRevision {
+    fn eq(&self, other: &SharedRevision) -> bool {
+        self.revision == other.revision
+    }
+}
+
 /// What the ring carries. Progress ticks and the stop travel on the ring
 /// too, so a watcher waits on one thing only.
 #[derive(Debug, Clone)]
 enum Published {
     /// A durable revision, in revision order.
-    Revision(Arc<Revision>),
+    Revision(Arc<SharedRevision>),
     /// Time for a progress notification on every stream.
     ProgressTick,
     /// The server is stopping (also in `Hub::stopping`, for a watcher that
@@ -191,7 +221,9 @@ impl Hub {
         for revision in revisions {
             let number = revision.revision;
             // No receiver is not an error: nobody is watching.
-            let _ = self.sender.send(Published::Revision(revision));
+            let _ = self
+                .sender
+                .send(Published::Revision(SharedRevision::new(revision)));
             self.published.fetch_max(number, Ordering::SeqCst);
         }
     }
@@ -498,17 +530,18 @@ impl Watcher {
             return Err(shutting_down);
         }
         match self.ring.recv().await {
-            Ok(Published::Revision(revision)) => {
-                if revision.revision < self.next {
+            Ok(Published::Revision(shared)) => {
+                let number = shared.revision.revision;
+                if number < self.next {
                     return Ok(());
                 }
-                if revision.revision > self.next {
+                if number > self.next {
                     // Cannot happen with an in-order ring; reading the log
                     // keeps the no-gap promise even so.
-                    self.catch_up_to = Some(revision.revision);
+                    self.catch_up_to = Some(number);
                     return Ok(());
                 }
-                self.deliver(&revision);
+                self.deliver(shared);
             }
             Ok(Published::ProgressTick) => {
                 // A watch that starts beyond the head has nothing up to its
@@ -559,22 +592,23 @@ impl Watcher {
             });
         }
         for revision in page.into_iter().take_while(|r| r.revision <= upto) {
-            self.deliver(&revision);
+            self.deliver(SharedRevision::new(Arc::new(revision)));
         }
         Ok(())
     }
 
     /// Queues the matching changes of one revision (nothing when none
-    /// match) and moves `next` past it.
-    fn deliver(&mut self, revision: &Revision) {
+    /// match) and moves `next` past it. When every change matches, the
+    /// stream sends the shared revision (and its shared encoding).
+    fn deliver(&mut self, shared: Arc<SharedRevision>) {
+        let revision = &shared.revision;
         self.next = revision.revision + 1;
-        let changes: Vec<Change> = revision
+        let matching = revision
             .changes
             .iter()
             .filter(|c| self.selector.matches(c))
-            .cloned()
-            .collect();
-        if changes.is_empty() {
+            .count();
+        if matching == 0 {
             return;
         }
         self.registry
@@ -592,12 +626,23 @@ impl Watcher {
             .max(0) as f64
             / 1e6;
         metrics::histogram!(telemetry::WATCH_FANOUT).record(age);
-        self.queue.push_back(WatchEvent::Changes(Revision {
-            revision: revision.revision,
-            time: revision.time,
-            trace_id: revision.trace_id.clone(),
-            changes,
-        }));
+        let event = if matching == revision.changes.len() {
+            WatchEvent::Changes(shared)
+        } else {
+            let changes: Vec<Change> = revision
+                .changes
+                .iter()
+                .filter(|c| self.selector.matches(c))
+                .cloned()
+                .collect();
+            WatchEvent::Changes(SharedRevision::new(Arc::new(Revision {
+                revision: revision.revision,
+                time: revision.time,
+                trace_id: revision.trace_id.clone(),
+                changes,
+            })))
+        };
+        self.queue.push_back(event);
     }
 
     fn storage_end(&self, message: String) -> WatchEnd {
