@@ -117,6 +117,17 @@ impl TestServer {
                 .expect("server stops within 60 s")
                 .expect("server task");
         }
+        // Connection tasks that were still closing can hold the registry a
+        // moment after the server returned; the next open must not race
+        // them for the data directory's lock.
+        let lock = self.data_dir.join("LOCK");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while let Ok(file) = std::fs::OpenOptions::new().read(true).write(true).open(&lock) {
+            if file.try_lock().is_ok() || std::time::Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Stops the server and starts a new one on the same data directory and
