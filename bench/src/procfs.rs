@@ -43,6 +43,14 @@ pub fn cpu_seconds(pid: Option<u32>) -> f64 {
     ticks as f64 / hz
 }
 
+/// The state letter of a process (field 3 of /proc/PID/stat: `R`, `S`,
+/// `Z` for a zombie, ...), or `None` when there is no such process.
+pub fn state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().next()?.chars().next()
+}
+
 /// Busy CPU seconds of the whole machine (all cores), from /proc/stat.
 pub fn machine_busy_seconds() -> f64 {
     let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
@@ -81,11 +89,22 @@ pub struct CpuMeter {
 
 impl CpuMeter {
     pub fn start(server: Option<u32>) -> Self {
+        let server0 = server.map(|p| cpu_seconds(Some(p))).unwrap_or(0.0);
         CpuMeter {
             server,
+            ..Self::start_at(server0)
+        }
+    }
+
+    /// For a server that is restarted during the measurement, so its pid
+    /// changes: `server_cpu_s` is its CPU time summed over every process so
+    /// far (`ServerProcess::cpu_seconds`). End with `stop_at`.
+    pub fn start_at(server_cpu_s: f64) -> Self {
+        CpuMeter {
+            server: None,
             start: Instant::now(),
             harness0: cpu_seconds(None),
-            server0: server.map(|p| cpu_seconds(Some(p))).unwrap_or(0.0),
+            server0: server_cpu_s,
             machine0: machine_busy_seconds(),
         }
     }
@@ -94,12 +113,16 @@ impl CpuMeter {
     /// other_cores}`: `*_cores` is CPU seconds per wall second (2.0 = both
     /// cores busy); `other_cores` is every other process on the machine.
     pub fn stop(&self) -> Value {
+        let server = self.server.map(|p| cpu_seconds(Some(p))).unwrap_or(0.0);
+        self.stop_at(server)
+    }
+
+    /// `stop` for a meter begun with `start_at`: `server_cpu_s` is the
+    /// server's summed CPU time now.
+    pub fn stop_at(&self, server_cpu_s: f64) -> Value {
         let wall = self.start.elapsed().as_secs_f64().max(1e-9);
         let harness = cpu_seconds(None) - self.harness0;
-        let server = self
-            .server
-            .map(|p| cpu_seconds(Some(p)) - self.server0)
-            .unwrap_or(0.0);
+        let server = (server_cpu_s - self.server0).max(0.0);
         let other = (machine_busy_seconds() - self.machine0 - harness - server).max(0.0);
         json!({
             "wall_s": round3(wall),

@@ -21,10 +21,22 @@ fn cell<'a>(cells: &'a Value, key: &str, want: u64) -> &'a Value {
         .unwrap_or(&Value::Null)
 }
 
-/// Builds the summary from `{fanout, converge, resolve, write, etcd}`.
+/// The restart of the storm stopped with `stop` ("SIGKILL", "SIGTERM"), or
+/// Null.
+fn restart<'a>(storm: &'a Value, stop: &str) -> &'a Value {
+    storm["restarts"]
+        .as_array()
+        .and_then(|rs| rs.iter().find(|r| r["stop"] == stop))
+        .unwrap_or(&Value::Null)
+}
+
+/// Builds the summary from `{fanout, converge, storm, resolve, write, etcd}`.
 pub fn summary(opts: &Options, r: &Value, harness_cpu_s: f64) -> Value {
     let f = &r["fanout"];
     let e = &r["etcd"];
+    let st = &r["storm"];
+    let kill = restart(st, "SIGKILL");
+    let term = restart(st, "SIGTERM");
     let w1 = cell(&r["write"]["cells"], "writers", 1);
     let w64 = cell(&r["write"]["cells"], "writers", 64);
     let p1 = cell(&e["put"]["cells"], "writers", 1);
@@ -55,6 +67,17 @@ pub fn summary(opts: &Options, r: &Value, harness_cpu_s: f64) -> Value {
         "converge_ms": num(&r["converge"], "/converge_ms"),
         "converge_last_ack_ms": num(&r["converge"], "/last_ack_ms"),
         "converge_correct": r["converge"]["correct"],
+        "storm_watchers": st["watchers"],
+        "storm_resume_ms": num(kill, "/caught_up_ms"),
+        "storm_reconnected_ms": num(kill, "/reconnected_ms"),
+        "storm_down_ms": num(kill, "/down_ms"),
+        "storm_graceful_resume_ms": num(term, "/caught_up_ms"),
+        "storm_graceful_reconnected_ms": num(term, "/reconnected_ms"),
+        "storm_correct": st["correct"],
+        "storm_reconnect_attempts": st["reconnect_attempts"],
+        "storm_max_reconnects": st["max_reconnects_per_watcher"],
+        "storm_writes_acked": st["writes"]["acked_during_storm"],
+        "storm_write_outage_ms": num(st, "/writes/longest_gap_ms"),
         "resolve_qps": num(&r["resolve"], "/resolve_qps"),
         "empty_rpc_qps": num(&r["resolve"], "/empty_rpc_qps"),
         "resolve_ratio": num(&r["resolve"], "/ratio"),
@@ -218,6 +241,35 @@ pub fn markdown(s: &Value) -> String {
         "| (rollback → last AckApplied answered) (ms) | {} | | | | |\n",
         fmt(g("converge_last_ack_ms"))
     );
+    let sw = s["storm_watchers"].as_u64().unwrap_or(0);
+    for (stop, resume, reconnected) in [
+        ("SIGKILL", "storm_resume_ms", "storm_reconnected_ms"),
+        (
+            "graceful (SIGTERM)",
+            "storm_graceful_resume_ms",
+            "storm_graceful_reconnected_ms",
+        ),
+    ] {
+        out += &format!(
+            "| storm: {stop} restart → all {sw} watchers reconnected / caught up (ms) | {} / {} | | | | |\n",
+            fmt(g(reconnected)),
+            fmt(g(resume))
+        );
+    }
+    out += &format!(
+        "| storm: every watcher saw every committed promote once, in order, across both restarts | {} | | | required | {} |\n",
+        yes(ok("storm_correct")),
+        yes(ok("storm_correct"))
+    );
+    out += &format!(
+        "| storm: reconnect attempts, all watchers / most by one watcher | {} / {} | | | | |\n",
+        s["storm_reconnect_attempts"], s["storm_max_reconnects"]
+    );
+    out += &format!(
+        "| storm: promotes acknowledged during the storm / longest wait between two (ms) | {} / {} | | | | |\n",
+        s["storm_writes_acked"],
+        fmt(g("storm_write_outage_ms"))
+    );
     let (rq, eq, rr) = (g("resolve_qps"), g("empty_rpc_qps"), g("etcd_range_qps"));
     out += &format!(
         "| resolve (GetVersion by label), peak req/s | {} | {} (Range) | {} | ≥ 0.8× empty RPC | {} |\n",
@@ -312,6 +364,19 @@ pub fn markdown(s: &Value) -> String {
     cpu_row(
         "converge: rollback until in sync".into(),
         &sc["converge"]["cpu"],
+    );
+    for r in sc["storm"]["restarts"].as_array().into_iter().flatten() {
+        cpu_row(
+            format!(
+                "storm: {} restart until every watcher caught up",
+                r["stop"].as_str().unwrap_or("?")
+            ),
+            &r["cpu"],
+        );
+    }
+    cpu_row(
+        "storm: writes, both restarts, final catch-up".into(),
+        &sc["storm"]["cpu"],
     );
     for cl in sc["resolve"]["cells"].as_array().into_iter().flatten() {
         let conc = &cl["concurrency"];

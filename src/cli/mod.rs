@@ -17,6 +17,7 @@ use std::path::PathBuf;
 
 pub use client::run_client;
 pub use serve::{run_serve, ServeArgs};
+pub use watch::Backoff;
 
 /// The process exit codes of the CLI.
 pub mod exit {

@@ -336,7 +336,15 @@ fn recompute_digest(version: &pb::Version) -> Option<String> {
 
 /// Exponential backoff with full jitter: each pause is a random time between
 /// 0 and a ceiling that doubles from 100 ms up to the maximum.
-struct Backoff {
+///
+/// This is how `promptreg watch` reconnects, and what the Watch contract asks
+/// of every client: the jitter spreads a fleet's reconnections after a server
+/// restart instead of letting them arrive in lockstep. Call `next_pause`
+/// before each new attempt and `reset` once a connection works again (the
+/// watcher does so when its stream says `created`). Public so the
+/// benchmark's reconnect storm uses exactly this policy.
+#[derive(Debug, Clone)]
+pub struct Backoff {
     ceiling: Duration,
     max: Duration,
     seed: u64,
@@ -345,7 +353,10 @@ struct Backoff {
 impl Backoff {
     const START: Duration = Duration::from_millis(100);
 
-    fn new(max: Duration) -> Backoff {
+    /// A backoff whose ceiling starts at 100 ms and doubles up to `max`
+    /// (at least 100 ms). The jitter is seeded from the clock's nanoseconds
+    /// and the process id.
+    pub fn new(max: Duration) -> Backoff {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
@@ -357,12 +368,13 @@ impl Backoff {
         }
     }
 
-    fn reset(&mut self) {
+    /// Back to the 100 ms ceiling, after a successful connection.
+    pub fn reset(&mut self) {
         self.ceiling = Self::START;
     }
 
     /// Picks the next pause and doubles the ceiling.
-    fn next_pause(&mut self) -> Duration {
+    pub fn next_pause(&mut self) -> Duration {
         // xorshift64: jitter needs spread, not cryptographic quality.
         self.seed ^= self.seed << 13;
         self.seed ^= self.seed >> 7;

@@ -5,7 +5,7 @@
 
 use crate::stats::Samples;
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 /// One promote (label move or etcd Put) as the driver sent it.
@@ -26,31 +26,70 @@ pub struct Delivery {
     pub at: Instant,
 }
 
+/// How the revisions each watcher received compare with the revisions it
+/// should have received (each exactly once, in revision order).
+#[derive(Debug, Default)]
+pub struct SequenceCheck {
+    pub watchers: usize,
+    /// Watchers whose sequence differs from the expected one.
+    pub bad_watchers: usize,
+    /// Expected revisions a watcher never received (summed over watchers).
+    pub missing: usize,
+    /// Revisions received that were not expected, plus repeats.
+    pub duplicate_or_unknown: usize,
+    /// Pairs of consecutive deliveries whose revision did not increase.
+    pub out_of_order: usize,
+    /// The first bad watcher, expected against received.
+    pub example: Option<String>,
+}
+
+impl SequenceCheck {
+    pub fn correct(&self) -> bool {
+        self.bad_watchers == 0
+    }
+}
+
+/// Compares every watcher's received revisions with `expected`: the check
+/// behind "every watcher saw every promote exactly once, in order".
+pub fn check_sequences<'a>(
+    expected: &[u64],
+    watchers: impl IntoIterator<Item = &'a [u64]>,
+) -> SequenceCheck {
+    let wanted: HashSet<u64> = expected.iter().copied().collect();
+    let mut check = SequenceCheck::default();
+    for (w, revisions) in watchers.into_iter().enumerate() {
+        check.watchers += 1;
+        if revisions == expected {
+            continue;
+        }
+        check.bad_watchers += 1;
+        let unknown = revisions.iter().filter(|r| !wanted.contains(r)).count();
+        let mut seen = HashSet::new();
+        let dups = revisions.iter().filter(|r| !seen.insert(**r)).count();
+        check.duplicate_or_unknown += unknown + dups;
+        check.missing += expected.iter().filter(|r| !seen.contains(r)).count();
+        check.out_of_order += revisions.windows(2).filter(|p| p[1] <= p[0]).count();
+        check.example.get_or_insert_with(|| {
+            format!("watcher {w}: expected revisions {expected:?}, got {revisions:?}")
+        });
+    }
+    check
+}
+
 /// Checks the deliveries and computes: per-delivery latency (`delivery`),
 /// per-promote completion, i.e. the last watcher (`last_watcher`), and the
 /// promote's own round trip (`promote_rpc`).
 pub fn analyse(promotes: &[Promote], watchers: &[Vec<Delivery>]) -> Value {
     let sent: HashMap<u64, Instant> = promotes.iter().map(|p| (p.revision, p.sent)).collect();
     let expected: Vec<u64> = promotes.iter().map(|p| p.revision).collect();
+    let received: Vec<Vec<u64>> = watchers
+        .iter()
+        .map(|got| got.iter().map(|d| d.revision).collect())
+        .collect();
+    let check = check_sequences(&expected, received.iter().map(Vec::as_slice));
     let mut per_delivery = Samples::new();
     let mut last: HashMap<u64, Instant> = HashMap::new();
-    let (mut bad_watchers, mut missing, mut extra, mut out_of_order) =
-        (0usize, 0usize, 0usize, 0usize);
-    let mut example = None;
-    for (w, got) in watchers.iter().enumerate() {
-        let revisions: Vec<u64> = got.iter().map(|d| d.revision).collect();
-        if revisions != expected {
-            bad_watchers += 1;
-            let unknown = revisions.iter().filter(|r| !sent.contains_key(r)).count();
-            let mut seen = std::collections::HashSet::new();
-            let dups = revisions.iter().filter(|r| !seen.insert(**r)).count();
-            extra += unknown + dups;
-            missing += expected.iter().filter(|r| !revisions.contains(r)).count();
-            out_of_order += revisions.windows(2).filter(|p| p[1] <= p[0]).count();
-            example.get_or_insert_with(|| {
-                format!("watcher {w}: expected revisions {expected:?}, got {revisions:?}")
-            });
-        }
+    for got in watchers {
         for d in got {
             if let Some(s) = sent.get(&d.revision) {
                 per_delivery.push(d.at.saturating_duration_since(*s));
@@ -70,16 +109,16 @@ pub fn analyse(promotes: &[Promote], watchers: &[Vec<Delivery>]) -> Value {
         promote_rpc.push(p.acked.saturating_duration_since(p.sent));
     }
     json!({
-        "correct": bad_watchers == 0,
+        "correct": check.correct(),
         "check": {
-            "watchers": watchers.len(),
+            "watchers": check.watchers,
             "promotes": promotes.len(),
             "deliveries": per_delivery.len(),
-            "watchers_with_errors": bad_watchers,
-            "missing": missing,
-            "duplicate_or_unknown": extra,
-            "out_of_order": out_of_order,
-            "example": example,
+            "watchers_with_errors": check.bad_watchers,
+            "missing": check.missing,
+            "duplicate_or_unknown": check.duplicate_or_unknown,
+            "out_of_order": check.out_of_order,
+            "example": check.example,
         },
         "delivery": per_delivery.summary(),
         "last_watcher": completion.summary(),

@@ -6,6 +6,7 @@ pub mod delivery;
 pub mod etcd;
 pub mod fanout;
 pub mod resolve;
+pub mod storm;
 pub mod write;
 
 use crate::stats::Samples;
@@ -41,6 +42,8 @@ pub struct Options {
     pub etcd_shared_stream: usize,
     /// Pause between FleetStatus polls in `converge`.
     pub fleet_poll: Duration,
+    /// Pause between the promotes of `storm`'s writer.
+    pub storm_write_interval: Duration,
     pub server_bin: PathBuf,
     pub etcd_bin: String,
     pub quick: bool,
