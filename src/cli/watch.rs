@@ -361,10 +361,16 @@ impl Backoff {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
+        // Many backoffs made at once in one process (a fleet simulator, the
+        // benchmark) must not pause in lockstep: each takes its own number.
+        static MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let nth = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let seed = (u64::from(nanos) ^ (u64::from(std::process::id()) << 32))
+            .wrapping_add(nth.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         Backoff {
             ceiling: Self::START,
             max: max.max(Self::START),
-            seed: u64::from(nanos) ^ (u64::from(std::process::id()) << 32) | 1,
+            seed: seed | 1,
         }
     }
 
