@@ -19,6 +19,9 @@
 
 pub mod cli;
 pub mod domain;
+// Fuzz harnesses for fuzz/ and tests/fuzz_smoke.rs; not part of the API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grpc;
 pub mod provenance;
 pub mod registry;

@@ -256,8 +256,22 @@ fn normalise_model_config(raw: &str, limits: &Limits) -> Result<String, Validati
     if !value.is_object() {
         return Err(ValidationError::new(FIELD, "must be a JSON object"));
     }
-    serde_json::to_string(&value)
-        .map_err(|e| ValidationError::new(FIELD, format!("cannot be encoded: {e}")))
+    let normalised = serde_json::to_string(&value)
+        .map_err(|e| ValidationError::new(FIELD, format!("cannot be encoded: {e}")))?;
+    // The normalised form can be longer than what was sent (`1e5` is
+    // written `100000.0`). The limit holds for it too, so that the config
+    // the server stores and serves can always be published again.
+    if normalised.len() > limits.max_model_config_bytes {
+        return Err(ValidationError::new(
+            FIELD,
+            format!(
+                "is {} bytes once normalised (numbers written out, keys sorted); the limit is {} bytes",
+                normalised.len(),
+                limits.max_model_config_bytes
+            ),
+        ));
+    }
+    Ok(normalised)
 }
 
 fn put_u32(out: &mut Vec<u8>, n: usize) {

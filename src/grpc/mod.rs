@@ -2,7 +2,7 @@
 //! convert the request (`convert`), call the registry core, and convert back.
 
 pub mod codec;
-mod convert;
+pub(crate) mod convert;
 mod service;
 pub mod wire;
 

@@ -28,7 +28,7 @@
 //! the log can later be compacted without losing history.
 
 pub mod backup;
-mod records;
+pub(crate) mod records;
 mod sealing;
 
 use crate::domain::{

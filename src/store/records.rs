@@ -95,17 +95,24 @@ impl VersionRec {
         self.pruned = true;
     }
 
-    /// Replaces the template and model config by their sealed form.
+    /// Replaces the template and model config by their sealed form. A
+    /// record missing either (a tombstone, or a damaged record) is left as
+    /// it is.
     pub fn seal(&mut self, data_key: &DataKey, record_key: &[u8]) {
-        if let (Some(template), Some(model_config_json)) =
-            (self.template.take(), self.model_config_json.take())
-        {
-            let content = SealedContent {
-                template,
-                model_config_json,
-            };
-            let plain = serde_json::to_vec(&content).expect("sealed content serialises");
-            self.sealed = Some(data_key.seal(record_key, &plain));
+        match (self.template.take(), self.model_config_json.take()) {
+            (Some(template), Some(model_config_json)) => {
+                let content = SealedContent {
+                    template,
+                    model_config_json,
+                };
+                let plain = serde_json::to_vec(&content).expect("sealed content serialises");
+                self.sealed = Some(data_key.seal(record_key, &plain));
+            }
+            // Both `take`s ran before the match: put back what was there.
+            (template, model_config_json) => {
+                self.template = template;
+                self.model_config_json = model_config_json;
+            }
         }
     }
 

@@ -62,7 +62,7 @@ impl DataKey {
         })
     }
 
-    fn from_bytes(bytes: &[u8]) -> Option<DataKey> {
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Option<DataKey> {
         if bytes.len() != 32 {
             return None;
         }
