@@ -122,7 +122,11 @@ impl TestServer {
         // them for the data directory's lock.
         let lock = self.data_dir.join("LOCK");
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while let Ok(file) = std::fs::OpenOptions::new().read(true).write(true).open(&lock) {
+        while let Ok(file) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&lock)
+        {
             if file.try_lock().is_ok() || std::time::Instant::now() > deadline {
                 break;
             }
