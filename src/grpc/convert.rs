@@ -353,28 +353,19 @@ fn change(change: Change) -> pb::Change {
 /// A watch event as the server sends it. A revision's changes are encoded
 /// once, by the first stream that sends them, and shared.
 pub fn watch_frame(event: WatchEvent) -> WatchFrame {
-    match event {
-        WatchEvent::Changes(shared) => WatchFrame::encoded(shared.encoded_with(|revision| {
-            let response = pb::WatchResponse {
-                event: Some(pb::watch_response::Event::Changes(change_batch(revision))),
-            };
-            response.encode_to_vec().into()
-        })),
-        event => WatchFrame::of(&watch_event(event)),
-    }
-}
-
-fn change_batch(revision: &crate::domain::Revision) -> pb::ChangeBatch {
-    pb::ChangeBatch {
-        revision: revision.revision,
-        time: Some(to_timestamp(revision.time)),
-        changes: revision.changes.iter().cloned().map(change).collect(),
-    }
-}
-
-pub fn watch_event(event: WatchEvent) -> pb::WatchResponse {
     use pb::watch_response::Event;
+    let response = |event| pb::WatchResponse { event: Some(event) };
     let event = match event {
+        WatchEvent::Changes(shared) => {
+            return WatchFrame::encoded(shared.encoded_with(|revision| {
+                let batch = pb::ChangeBatch {
+                    revision: revision.revision,
+                    time: Some(to_timestamp(revision.time)),
+                    changes: revision.changes.iter().cloned().map(change).collect(),
+                };
+                response(Event::Changes(batch)).encode_to_vec().into()
+            }))
+        }
         WatchEvent::Created {
             revision,
             compact_revision,
@@ -391,10 +382,9 @@ pub fn watch_event(event: WatchEvent) -> pb::WatchResponse {
             labels: labels.into_iter().map(label_state).collect(),
             complete,
         }),
-        WatchEvent::Changes(shared) => Event::Changes(change_batch(&shared.revision)),
         WatchEvent::Progress { revision } => Event::Progress(pb::Progress { revision }),
     };
-    pb::WatchResponse { event: Some(event) }
+    WatchFrame::of(&response(event))
 }
 
 /// Trailer names that carry revisions machine-readably.
