@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::rng::Rng;
 use support::{publish_text, Client, ServerProcess};
 use tonic::Code;
 
@@ -42,24 +43,6 @@ const PROMOTERS: usize = 2;
 const PROMPTS_PER_PUBLISHER: usize = 3;
 /// The label the watcher follows (owned by promoter 0).
 const WATCHED: &str = "l0";
-
-/// A small xorshift64* generator: reproducible from its seed, no crate.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 #[derive(Debug, Clone)]
 struct AckedPublish {
@@ -222,7 +205,7 @@ async fn publisher(url: String, id: usize, ledger: Arc<Ledger>) {
 /// roll back, remove; records every acknowledged move.
 async fn promoter(url: String, id: usize, seed: u64, ledger: Arc<Ledger>) {
     let mut client = client(&url);
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed | 1);
     let mut last_revision = 0;
     let labels = [format!("l{}", 2 * id), format!("l{}", 2 * id + 1)];
     let mut known: BTreeMap<String, u64> = BTreeMap::new();
@@ -855,7 +838,7 @@ async fn acknowledged_writes_survive_sigkill() {
         .unwrap_or(20);
     let seed = seed_from_env();
     println!("crash: {cycles} cycles, seed {seed} (PROMPTREG_CRASH_SEED={seed} replays the kill moments)");
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed | 1);
     let temp = tempfile::tempdir().expect("temp dir");
     let data_dir = temp.path().join("data");
     let addr = format!("127.0.0.1:{}", free_port());

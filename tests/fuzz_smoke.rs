@@ -8,9 +8,12 @@
 //! `PROMPTREG_FUZZ_SMOKE_ROUNDS` sets the generated inputs per target
 //! (default 5000); `PROMPTREG_FUZZ_SMOKE_SEED` changes the generator's seed.
 
+mod support;
+
 use promptreg::fuzzing;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
+use support::rng::Rng;
 
 // Inputs that once broke an invariant, checked every run.
 
@@ -105,71 +108,49 @@ const TOKENS: &[&[u8]] = &[
     b"\x22",
 ];
 
-/// A small xorshift64* generator: reproducible from its seed, no crate.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.next() as u8).collect()
-    }
-}
-
 /// Applies one random edit, the kinds libFuzzer applies.
 fn mutate(rng: &mut Rng, input: &mut Vec<u8>, seeds: &[Vec<u8>]) {
-    let at = rng.below(input.len() + 1);
-    match rng.below(9) {
+    let at = rng.index(input.len() + 1);
+    match rng.index(9) {
         0 if !input.is_empty() => {
-            let i = rng.below(input.len());
-            input[i] ^= 1 << rng.below(8);
+            let i = rng.index(input.len());
+            input[i] ^= 1 << rng.index(8);
         }
         1 if !input.is_empty() => {
-            let i = rng.below(input.len());
-            input[i] = [0, 1, 0x7f, 0x80, 0xff, b'{', b'}', b'"'][rng.below(8)];
+            let i = rng.index(input.len());
+            input[i] = [0, 1, 0x7f, 0x80, 0xff, b'{', b'}', b'"'][rng.index(8)];
         }
         2 => {
-            let token = TOKENS[rng.below(TOKENS.len())];
+            let token = TOKENS[rng.index(TOKENS.len())];
             input.splice(at..at, token.iter().copied());
         }
         3 => {
-            let end = (at + 1 + rng.below(16)).min(input.len());
+            let end = (at + 1 + rng.index(16)).min(input.len());
             input.drain(at.min(end)..end);
         }
         4 => {
-            let end = (at + 1 + rng.below(32)).min(input.len());
+            let end = (at + 1 + rng.index(32)).min(input.len());
             let copy = input[at.min(end)..end].to_vec();
-            let to = rng.below(input.len() + 1);
+            let to = rng.index(input.len() + 1);
             input.splice(to..to, copy);
         }
         5 => {
             // Splice: this input's head, another seed's tail.
-            let other = &seeds[rng.below(seeds.len())];
-            let from = rng.below(other.len() + 1);
+            let other = &seeds[rng.index(seeds.len())];
+            let from = rng.index(other.len() + 1);
             input.truncate(at);
             input.extend_from_slice(&other[from..]);
         }
         6 => input.truncate(at),
         7 => {
-            let len = 1 + rng.below(8);
+            let len = 1 + rng.index(8);
             let random = rng.bytes(len);
             input.splice(at..at, random);
         }
         _ => {
             // Widen a field: repeat one byte many times.
             let byte = input.get(at).copied().unwrap_or(b'a');
-            input.splice(at..at, std::iter::repeat_n(byte, 1 + rng.below(300)));
+            input.splice(at..at, std::iter::repeat_n(byte, 1 + rng.index(300)));
         }
     }
 }
@@ -254,14 +235,14 @@ fn check(target: &str, harness: fn(&[u8]), regressions: &[&[u8]]) {
 
     let rounds = env_number("PROMPTREG_FUZZ_SMOKE_ROUNDS", 5000);
     let seed = env_number("PROMPTREG_FUZZ_SMOKE_SEED", 0x9e37_79b9_7f4a_7c15);
-    let mut rng = Rng((seed ^ target.len() as u64 ^ u64::from(target.as_bytes()[0]) << 32).max(1));
+    let mut rng = Rng::new(seed ^ target.len() as u64 ^ u64::from(target.as_bytes()[0]) << 32);
     for round in 0..rounds {
         let input = if round % 10 == 0 {
-            let len = rng.below(96);
+            let len = rng.index(96);
             rng.bytes(len)
         } else {
-            let mut input = seeds[rng.below(seeds.len())].clone();
-            for _ in 0..1 + rng.below(4) {
+            let mut input = seeds[rng.index(seeds.len())].clone();
+            for _ in 0..1 + rng.index(4) {
                 mutate(&mut rng, &mut input, &seeds);
             }
             input

@@ -14,38 +14,9 @@ mod support;
 use promptreg::grpc::pb;
 use std::collections::BTreeMap;
 use std::time::Duration;
+use support::rng::Rng;
 use support::*;
 use tonic::Code;
-
-/// A small xorshift64* generator: reproducible from its seed, no crate.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.max(1))
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn chance(&mut self, one_in: u64) -> bool {
-        self.below(one_in) == 0
-    }
-
-    fn pick<T: Clone>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len() as u64) as usize].clone()
-    }
-}
 
 /// Prompts that exist, so that random requests also reach the code behind
 /// validation.

@@ -2,6 +2,8 @@
 //! directory, reached through the generated client.
 #![allow(dead_code)]
 
+pub mod rng;
+
 use promptreg::domain::Limits;
 use promptreg::grpc::pb::{self, registry_client::RegistryClient};
 use promptreg::registry::{Registry, RegistryConfig};
