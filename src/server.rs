@@ -132,6 +132,8 @@ struct CoalescingWrites {
 /// Above this, a write goes to the socket at once instead of waiting for
 /// the flush.
 const PENDING_LIMIT: usize = 64 * 1024;
+/// The first allocation of a batch: h2's own write buffer is 16 KiB.
+const PENDING_START: usize = 16 * 1024;
 
 impl CoalescingWrites {
     fn new(io: tokio::net::TcpStream) -> Self {
@@ -193,6 +195,11 @@ impl tokio::io::AsyncWrite for CoalescingWrites {
         use std::task::Poll;
         let this = &mut *self;
         if this.pending.len() + buf.len() <= PENDING_LIMIT {
+            if this.pending.capacity() == 0 {
+                // One allocation per batch rather than a dozen doublings
+                // (the buffer is released after every flush).
+                this.pending.reserve(buf.len().max(PENDING_START));
+            }
             this.pending.extend_from_slice(buf);
             return Poll::Ready(Ok(buf.len()));
         }
