@@ -68,13 +68,12 @@ async fn limits_answer_resource_exhausted_naming_the_limit() {
     drop(open);
 }
 
-/// A watcher that reconnects like `promptreg watch`: exponential backoff
-/// with full jitter, resuming from the last revision it saw.
-async fn resilient_watcher(url: String, seed: u64, until: u64) -> Vec<u64> {
+/// A watcher that reconnects like `promptreg watch`, with its backoff
+/// (full jitter, at most 2 s here), resuming from the last revision it saw.
+async fn resilient_watcher(url: String, until: u64) -> Vec<u64> {
     let mut seen: Vec<u64> = Vec::new();
     let mut next = 0u64;
-    let mut ceiling = Duration::from_millis(100);
-    let mut state = seed | 1;
+    let mut backoff = promptreg::cli::Backoff::new(Duration::from_secs(2));
     loop {
         if seen.last().is_some_and(|last| *last >= until) {
             return seen;
@@ -115,12 +114,7 @@ async fn resilient_watcher(url: String, seed: u64, until: u64) -> Vec<u64> {
         if attempt.await.is_ok() {
             return seen;
         }
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        let pause = ceiling.mul_f64((state % 1000) as f64 / 1000.0);
-        ceiling = (ceiling * 2).min(Duration::from_secs(2));
-        tokio::time::sleep(pause).await;
+        tokio::time::sleep(backoff.next_pause()).await;
     }
 }
 
@@ -143,13 +137,7 @@ async fn a_reconnect_storm_resumes_every_watcher_without_gap_or_duplicate() {
     const MOVES: u64 = 10;
     let until = first.revision + MOVES;
     let watchers: Vec<_> = (0..WATCHERS)
-        .map(|i| {
-            tokio::spawn(resilient_watcher(
-                url.clone(),
-                0x9e37_79b9_7f4a_7c15 ^ i,
-                until,
-            ))
-        })
+        .map(|_| tokio::spawn(resilient_watcher(url.clone(), until)))
         .collect();
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while server
