@@ -26,7 +26,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .compile_fds(compiler.file_descriptor_set())?;
     // The server, on its own: the messages are the ones above, except that
     // the server answers Watch with `WatchFrame`, a `WatchResponse` encoded
-    // once per revision and shared by every stream that sends it.
+    // once per revision and shared by every stream that sends it (and
+    // WatchMany with `WatchManyFrame`, the same bytes behind watch ids).
     let server_dir = out_dir.join("server");
     std::fs::create_dir_all(&server_dir)?;
     tonic_prost_build::configure()
@@ -36,6 +37,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .extern_path(
             ".promptreg.v1.WatchResponse",
             "crate::grpc::wire::WatchFrame",
+        )
+        .extern_path(
+            ".promptreg.v1.WatchManyResponse",
+            "crate::grpc::wire::WatchManyFrame",
         )
         .extern_path(".promptreg.v1", "crate::grpc::pb")
         .codec_path("crate::grpc::codec::SmallBufferCodec")

@@ -391,9 +391,12 @@ pub fn watch_frame(event: WatchEvent) -> WatchFrame {
 pub const COMPACT_REVISION_TRAILER: &str = "promptreg-compact-revision";
 pub const RESUME_REVISION_TRAILER: &str = "promptreg-resume-revision";
 
-pub fn watch_end(end: WatchEnd) -> Status {
+/// How a watch ended, for a `Watch` stream's final status and a
+/// `WatchMany` stream's `WatchEnded` alike: the code, the message, and the
+/// revision (with the trailer that carries it on `Watch`).
+fn watch_end_parts(end: WatchEnd) -> (Code, String, Option<(&'static str, u64)>) {
     let (code, message, trailer, revision) = match end {
-        WatchEnd::Busy { message } => return Status::resource_exhausted(message),
+        WatchEnd::Busy { message } => return (Code::ResourceExhausted, message, None),
         WatchEnd::Compacted {
             requested,
             compact_revision,
@@ -424,11 +427,39 @@ pub fn watch_end(end: WatchEnd) -> Status {
             resume_revision,
         ),
     };
+    (code, message, Some((trailer, revision)))
+}
+
+pub fn watch_end(end: WatchEnd) -> Status {
+    let (code, message, revision) = watch_end_parts(end);
     let mut metadata = tonic::metadata::MetadataMap::new();
-    if let Ok(value) = revision.to_string().parse() {
-        metadata.insert(trailer, value);
+    if let Some((trailer, revision)) = revision {
+        if let Ok(value) = revision.to_string().parse() {
+            metadata.insert(trailer, value);
+        }
     }
     Status::with_metadata(code, message, metadata)
+}
+
+/// A watch of a `WatchMany` stream ended as a `Watch` stream would have.
+pub fn watch_ended(end: WatchEnd) -> pb::WatchEnded {
+    let (code, message, revision) = watch_end_parts(end);
+    let mut ended = ended(code, message);
+    match revision {
+        Some((COMPACT_REVISION_TRAILER, revision)) => ended.compact_revision = revision,
+        Some((_, revision)) => ended.resume_revision = revision,
+        None => {}
+    }
+    ended
+}
+
+/// A `WatchEnded` with only a code and a message.
+pub fn ended(code: Code, message: impl Into<String>) -> pb::WatchEnded {
+    pb::WatchEnded {
+        code: code as i32,
+        message: bounded(message.into()),
+        ..Default::default()
+    }
 }
 
 pub fn agent_status(row: AgentLabelStatus) -> pb::AgentStatus {

@@ -4,6 +4,7 @@
 pub mod codec;
 pub(crate) mod convert;
 mod service;
+mod watch_many;
 pub mod wire;
 
 pub use convert::content_of;
@@ -16,7 +17,8 @@ pub mod pb {
 }
 
 /// The generated server of `promptreg.v1.Registry`, over the messages of
-/// [`pb`] (Watch answers with [`wire::WatchFrame`]).
+/// [`pb`] (Watch answers with [`wire::WatchFrame`], WatchMany with
+/// [`wire::WatchManyFrame`]).
 pub mod pb_server {
     #![allow(clippy::all, missing_docs)]
     include!(concat!(env!("OUT_DIR"), "/server/promptreg.v1.rs"));

@@ -98,6 +98,8 @@ type WatchResponseStream =
 #[tonic::async_trait]
 impl RegistryApi for RegistryService {
     type WatchStream = WatchResponseStream;
+    type WatchManyStream =
+        Pin<Box<dyn Stream<Item = Result<super::wire::WatchManyFrame, Status>> + Send>>;
     type BackupStream = Pin<Box<dyn Stream<Item = Result<pb::BackupChunk, Status>> + Send>>;
 
     async fn backup(&self, _request: Request<pb::BackupRequest>) -> Answer<Self::BackupStream> {
@@ -123,6 +125,17 @@ impl RegistryApi for RegistryService {
             .watch(request)?
             .map(|item| item.map(convert::watch_frame).map_err(convert::watch_end));
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn watch_many(
+        &self,
+        request: Request<tonic::Streaming<pb::WatchManyRequest>>,
+    ) -> Answer<Self::WatchManyStream> {
+        let inbound = Box::pin(request.into_inner());
+        Ok(Response::new(Box::pin(super::watch_many::WatchMany::new(
+            self.registry.clone(),
+            inbound,
+        ))))
     }
 
     async fn ack_applied(

@@ -5,6 +5,9 @@
 //! fills the revision's slot, see `registry::watch::SharedRevision`) and
 //! every stream writes the same bytes. On the wire nothing changes: the
 //! bytes are exactly the `WatchResponse` that clients decode.
+//!
+//! `WatchManyFrame` does the same for `WatchMany`: the shared bytes of the
+//! `WatchResponse`, behind the ids of the watches it is for.
 
 use prost::bytes::{Buf, BufMut, Bytes};
 use prost::encoding::{DecodeContext, WireType};
@@ -54,10 +57,120 @@ impl Message for WatchFrame {
     }
 }
 
+/// An encoded `promptreg.v1.WatchManyResponse`: the ids, then the shared
+/// `WatchResponse` bytes (or a `WatchEnded`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WatchManyFrame {
+    watch_ids: Vec<u64>,
+    event: Option<ManyEvent>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum ManyEvent {
+    Response(WatchFrame),
+    Ended(super::pb::WatchEnded),
+}
+
+/// Field numbers of `WatchManyResponse`.
+const WATCH_IDS: u32 = 1;
+const RESPONSE: u32 = 2;
+const ENDED: u32 = 3;
+
+impl WatchManyFrame {
+    /// The same response for each of `watch_ids`.
+    pub fn response(watch_ids: Vec<u64>, response: WatchFrame) -> WatchManyFrame {
+        WatchManyFrame {
+            watch_ids,
+            event: Some(ManyEvent::Response(response)),
+        }
+    }
+
+    /// The watches in `watch_ids` have ended.
+    pub fn ended(watch_ids: Vec<u64>, ended: super::pb::WatchEnded) -> WatchManyFrame {
+        WatchManyFrame {
+            watch_ids,
+            event: Some(ManyEvent::Ended(ended)),
+        }
+    }
+}
+
+impl Message for WatchManyFrame {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        prost::encoding::uint64::encode_packed(WATCH_IDS, &self.watch_ids, buf);
+        match &self.event {
+            Some(ManyEvent::Response(frame)) => {
+                prost::encoding::message::encode(RESPONSE, frame, buf)
+            }
+            Some(ManyEvent::Ended(ended)) => prost::encoding::message::encode(ENDED, ended, buf),
+            None => {}
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        // As for `WatchFrame`: clients decode `pb::WatchManyResponse`.
+        prost::encoding::skip_field(wire_type, tag, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        prost::encoding::uint64::encoded_len_packed(WATCH_IDS, &self.watch_ids)
+            + match &self.event {
+                Some(ManyEvent::Response(frame)) => {
+                    prost::encoding::message::encoded_len(RESPONSE, frame)
+                }
+                Some(ManyEvent::Ended(ended)) => {
+                    prost::encoding::message::encoded_len(ENDED, ended)
+                }
+                None => 0,
+            }
+    }
+
+    fn clear(&mut self) {
+        *self = WatchManyFrame::default();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::grpc::pb;
+
+    #[test]
+    fn a_many_frame_encodes_to_exactly_the_response() {
+        let response = pb::WatchResponse {
+            event: Some(pb::watch_response::Event::Progress(pb::Progress {
+                revision: 9,
+            })),
+        };
+        let frame = WatchManyFrame::response(vec![3, 1, 300], WatchFrame::of(&response));
+        let bytes = frame.encode_to_vec();
+        assert_eq!(bytes.len(), frame.encoded_len());
+        let decoded = pb::WatchManyResponse::decode(bytes.as_slice()).unwrap();
+        assert_eq!(decoded.watch_ids, vec![3, 1, 300]);
+        assert_eq!(
+            decoded.event,
+            Some(pb::watch_many_response::Event::Response(response))
+        );
+
+        let ended = pb::WatchEnded {
+            code: 14,
+            message: "stopping".into(),
+            compact_revision: 0,
+            resume_revision: 12,
+        };
+        let bytes = WatchManyFrame::ended(vec![7], ended.clone()).encode_to_vec();
+        let decoded = pb::WatchManyResponse::decode(bytes.as_slice()).unwrap();
+        assert_eq!(decoded.watch_ids, vec![7]);
+        assert_eq!(
+            decoded.event,
+            Some(pb::watch_many_response::Event::Ended(ended))
+        );
+    }
 
     #[test]
     fn a_frame_encodes_to_exactly_the_response() {

@@ -165,6 +165,9 @@ pub struct Hub {
     /// The newest revision published (durable, and sent to the ring).
     published: AtomicU64,
     stopping: AtomicBool,
+    /// The same stop, for those that wait for it without a watch (an empty
+    /// `WatchMany` stream).
+    stopped: tokio::sync::watch::Sender<bool>,
     /// Snapshots being built: bounded so a reconnect storm cannot starve
     /// writers of CPU and store bandwidth.
     snapshots: tokio::sync::Semaphore,
@@ -194,6 +197,7 @@ impl Hub {
             sender,
             published: AtomicU64::new(head),
             stopping: AtomicBool::new(false),
+            stopped: tokio::sync::watch::Sender::new(false),
             snapshots: tokio::sync::Semaphore::new(config.max_snapshots.max(1)),
             stats: WatchStats::default(),
             config,
@@ -231,6 +235,7 @@ impl Hub {
     /// Ends every watch stream with UNAVAILABLE.
     pub fn shut_down(&self) {
         self.stopping.store(true, Ordering::SeqCst);
+        self.stopped.send_replace(true);
         let _ = self.sender.send(Published::ShuttingDown);
     }
 }
@@ -404,6 +409,15 @@ impl Registry {
     /// Revisions held in the shared ring now (at most its capacity).
     pub fn watch_ring_len(&self) -> usize {
         self.inner.hub.sender.len()
+    }
+
+    /// Completes when the server starts stopping (at once if it has).
+    pub fn watches_stopping(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut stopped = self.inner.hub.stopped.subscribe();
+        async move {
+            // An error means the hub is gone: stopped too.
+            let _ = stopped.wait_for(|stopped| *stopped).await;
+        }
     }
 
     /// Ends every open watch stream with UNAVAILABLE and the revision to

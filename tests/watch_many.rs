@@ -1,0 +1,403 @@
+//! WatchMany: many watches on one stream, each with the guarantees of Watch;
+//! one message for the watches that receive the same revision; bad opens
+//! and cancels end only their own watch; shutdown and cleanup.
+
+mod support;
+
+use promptreg::grpc::pb::{
+    self, watch_many_request::Request as Command, watch_many_response::Event as Out,
+    watch_response::Event,
+};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use support::*;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Streaming};
+
+/// Generous: a loaded 2-core machine is slow, but a message that never
+/// comes must still fail the test.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// One WatchMany call: the sending side and the responses.
+struct Many {
+    send: mpsc::Sender<pb::WatchManyRequest>,
+    stream: Streaming<pb::WatchManyResponse>,
+}
+
+impl Many {
+    async fn open(client: &mut Client) -> Many {
+        let (send, receive) = mpsc::channel(64);
+        let stream = client
+            .watch_many(ReceiverStream::new(receive))
+            .await
+            .expect("WatchMany opens")
+            .into_inner();
+        Many { send, stream }
+    }
+
+    async fn command(&self, request: Command) {
+        self.send
+            .send(pb::WatchManyRequest {
+                request: Some(request),
+            })
+            .await
+            .expect("the call is open");
+    }
+
+    async fn watch(&self, watch_id: u64, names: &[&str], start_revision: u64) {
+        self.command(Command::Open(pb::WatchOpen {
+            watch_id,
+            watch: Some(pb::WatchRequest {
+                names: names.iter().map(|s| s.to_string()).collect(),
+                labels: vec!["production".into()],
+                start_revision,
+                ..Default::default()
+            }),
+        }))
+        .await;
+    }
+
+    async fn cancel(&self, watch_id: u64) {
+        self.command(Command::Cancel(pb::WatchCancel { watch_id }))
+            .await;
+    }
+
+    /// The next message, failing after PATIENCE.
+    async fn next(&mut self) -> pb::WatchManyResponse {
+        tokio::time::timeout(PATIENCE, self.stream.message())
+            .await
+            .expect("a message within the timeout")
+            .expect("the stream is healthy")
+            .expect("the stream is open")
+    }
+
+    /// The next `WatchEnded`, skipping other messages.
+    async fn next_ended(&mut self) -> (Vec<u64>, pb::WatchEnded) {
+        loop {
+            let message = self.next().await;
+            if let Some(Out::Ended(ended)) = message.event {
+                return (message.watch_ids, ended);
+            }
+        }
+    }
+}
+
+/// What each watch received, in order.
+#[derive(Default)]
+struct Received {
+    events: BTreeMap<u64, Vec<Event>>,
+    /// The id lists of the messages that carried changes.
+    change_messages: Vec<Vec<u64>>,
+}
+
+impl Received {
+    fn add(&mut self, message: pb::WatchManyResponse) {
+        let Some(Out::Response(pb::WatchResponse { event: Some(event) })) = message.event else {
+            panic!("expected a response, got {message:?}");
+        };
+        if matches!(event, Event::Changes(_)) {
+            self.change_messages.push(message.watch_ids.clone());
+        }
+        for id in message.watch_ids {
+            self.events.entry(id).or_default().push(event.clone());
+        }
+    }
+
+    /// The revisions of the change batches watch `id` received.
+    fn revisions(&self, id: u64) -> Vec<u64> {
+        self.events
+            .get(&id)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| match e {
+                Event::Changes(batch) => Some(batch.revision),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn snapshot_complete(&self, id: u64) -> bool {
+        self.events
+            .get(&id)
+            .into_iter()
+            .flatten()
+            .any(|e| matches!(e, Event::Snapshot(s) if s.complete))
+    }
+}
+
+async fn promote(client: &mut Client, name: &str, version: u64) -> u64 {
+    client
+        .set_label(set_label(name, "production", version, None))
+        .await
+        .expect("the label moves")
+        .into_inner()
+        .revision
+}
+
+#[tokio::test]
+async fn many_watches_on_one_stream_each_keep_the_guarantees_of_watch() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    publish(&mut client, "p", "a").await;
+    publish(&mut client, "p", "b").await;
+    publish(&mut client, "q", "a").await;
+    let first = promote(&mut client, "p", 1).await;
+    promote(&mut client, "q", 1).await;
+
+    let mut many = Many::open(&mut client).await;
+    // 1 and 2: the same selector, from a snapshot. 3: another prompt.
+    // 4: p again, resuming from the first promote.
+    many.watch(1, &["p"], 0).await;
+    many.watch(2, &["p"], 0).await;
+    many.watch(3, &["q"], 0).await;
+    many.watch(4, &["p"], first).await;
+    let mut got = Received::default();
+    while !(1..=3).all(|id| got.snapshot_complete(id)) || got.revisions(4) != vec![first] {
+        got.add(many.next().await);
+    }
+    for id in 1..=4 {
+        assert!(
+            matches!(got.events[&id][0], Event::Created(_)),
+            "watch {id} starts with created: {:?}",
+            got.events[&id]
+        );
+    }
+    assert!(got.revisions(1).is_empty() && got.revisions(3).is_empty());
+
+    let second = promote(&mut client, "p", 2).await;
+    let third = promote(&mut client, "p", 1).await;
+    // q's label already points at version 1: not a change.
+    promote(&mut client, "q", 1).await;
+    while got.revisions(1).len() < 2 || got.revisions(2).len() < 2 || got.revisions(4).len() < 3 {
+        got.add(many.next().await);
+    }
+    // Each watch: every matching revision exactly once, in order, and
+    // nothing of the other prompt.
+    assert_eq!(got.revisions(1), vec![second, third]);
+    assert_eq!(got.revisions(2), vec![second, third]);
+    assert_eq!(got.revisions(4), vec![first, second, third]);
+    // Watches that were following the same revisions got one message for
+    // all of them.
+    assert!(
+        got.change_messages
+            .iter()
+            .any(|ids| ids.contains(&1) && ids.contains(&2)),
+        "one message for watches 1 and 2: {:?}",
+        got.change_messages
+    );
+    // q's label did not move (it already pointed at version 1), so watch 3
+    // has received no change at all.
+    assert!(got.revisions(3).is_empty());
+    assert_eq!(
+        server
+            .registry()
+            .watch_stats()
+            .open_streams
+            .load(std::sync::atomic::Ordering::SeqCst),
+        4,
+        "each watch counts as a watch stream"
+    );
+
+    // Cancelling one leaves the others working.
+    many.cancel(2).await;
+    let (ids, ended) = many.next_ended().await;
+    assert_eq!((ids, ended.code), (vec![2], Code::Cancelled as i32));
+    let fourth = promote(&mut client, "p", 2).await;
+    let mut after = Received::default();
+    while after.revisions(1).is_empty() || after.revisions(4).is_empty() {
+        after.add(many.next().await);
+    }
+    assert_eq!(after.revisions(1), vec![fourth]);
+    assert_eq!(after.revisions(4), vec![fourth]);
+    assert!(
+        after.revisions(2).is_empty(),
+        "a cancelled watch gets nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_open_or_cancel_ends_only_that_watch_and_names_the_field() {
+    let server = TestServer::start_with(|config| {
+        config.watch.retention_revisions = 3;
+        config.watch.retention = Duration::ZERO;
+    })
+    .await;
+    let mut client = server.client().await;
+    for i in 0..6 {
+        publish(&mut client, "p", &format!("v{i}")).await;
+    }
+    let first = promote(&mut client, "p", 1).await;
+    let compact = server.registry().compact_log().unwrap();
+    assert!(compact > 1);
+
+    let mut many = Many::open(&mut client).await;
+    many.watch(1, &["p"], first).await;
+    let mut got = Received::default();
+    while got.revisions(1).is_empty() {
+        got.add(many.next().await);
+    }
+    let cases: Vec<(Command, u64, Code, &str)> = vec![
+        (
+            Command::Open(pb::WatchOpen {
+                watch_id: 0,
+                watch: Some(pb::WatchRequest::default()),
+            }),
+            0,
+            Code::InvalidArgument,
+            "watch_id",
+        ),
+        (
+            Command::Open(pb::WatchOpen {
+                watch_id: 1,
+                watch: Some(pb::WatchRequest::default()),
+            }),
+            1,
+            Code::AlreadyExists,
+            "watch_id",
+        ),
+        (
+            Command::Open(pb::WatchOpen {
+                watch_id: 5,
+                watch: None,
+            }),
+            5,
+            Code::InvalidArgument,
+            "watch",
+        ),
+        (
+            Command::Open(pb::WatchOpen {
+                watch_id: 6,
+                watch: Some(pb::WatchRequest {
+                    names: vec!["Not A Name!".into()],
+                    ..Default::default()
+                }),
+            }),
+            6,
+            Code::InvalidArgument,
+            "watch.names[0]",
+        ),
+        (
+            Command::Open(pb::WatchOpen {
+                watch_id: 7,
+                watch: Some(pb::WatchRequest {
+                    start_revision: 1,
+                    ..Default::default()
+                }),
+            }),
+            7,
+            Code::OutOfRange,
+            "compact",
+        ),
+        (
+            Command::Cancel(pb::WatchCancel { watch_id: 99 }),
+            99,
+            Code::NotFound,
+            "99",
+        ),
+    ];
+    for (command, id, code, needle) in cases {
+        many.command(command).await;
+        let (ids, ended) = many.next_ended().await;
+        assert_eq!(ids, vec![id]);
+        assert_eq!(ended.code, code as i32, "{ended:?}");
+        assert!(ended.message.contains(needle), "{ended:?} names {needle}");
+        if code == Code::OutOfRange {
+            assert_eq!(ended.compact_revision, compact);
+        }
+    }
+    // Watch 1 is still open and still delivers.
+    let next = promote(&mut client, "p", 2).await;
+    while !got.revisions(1).contains(&next) {
+        let message = many.next().await;
+        if matches!(message.event, Some(Out::Response(_))) {
+            got.add(message);
+        }
+    }
+    assert_eq!(got.revisions(1), vec![first, next]);
+}
+
+#[tokio::test]
+async fn shutdown_ends_every_watch_with_its_resume_revision_then_the_stream() {
+    let mut server = TestServer::start().await;
+    let mut client = server.client().await;
+    publish(&mut client, "p", "a").await;
+    let moved = promote(&mut client, "p", 1).await;
+    let mut many = Many::open(&mut client).await;
+    many.watch(1, &["p"], moved).await;
+    many.watch(2, &["q"], 0).await;
+    let mut got = Received::default();
+    while got.revisions(1).is_empty() || !got.snapshot_complete(2) {
+        got.add(many.next().await);
+    }
+    // A call with no watch must end too.
+    let mut empty = Many::open(&mut client).await;
+
+    let stopping = tokio::spawn(async move {
+        server.stop().await;
+    });
+    let mut ended = BTreeMap::new();
+    let status = loop {
+        match tokio::time::timeout(PATIENCE, many.stream.message())
+            .await
+            .expect("the stream ends within the timeout")
+        {
+            Ok(Some(pb::WatchManyResponse {
+                watch_ids,
+                event: Some(Out::Ended(end)),
+            })) => {
+                for id in watch_ids {
+                    ended.insert(id, end.clone());
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the stream ended without a status"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(ended.len(), 2, "{ended:?}");
+    for end in ended.values() {
+        assert_eq!(end.code, Code::Unavailable as i32);
+        assert_eq!(end.resume_revision, moved + 1, "{end:?}");
+    }
+    let status = tokio::time::timeout(PATIENCE, empty.stream.message())
+        .await
+        .expect("the empty call ends within the timeout")
+        .expect_err("ends with a status");
+    assert_eq!(status.code(), Code::Unavailable);
+    stopping.await.unwrap();
+}
+
+#[tokio::test]
+async fn dropping_the_call_ends_all_its_watches() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    publish(&mut client, "p", "a").await;
+    let mut many = Many::open(&mut client).await;
+    for id in 1..=10 {
+        many.watch(id, &["p"], 0).await;
+    }
+    let mut got = Received::default();
+    while !(1..=10).all(|id| got.snapshot_complete(id)) {
+        got.add(many.next().await);
+    }
+    let open = || {
+        server
+            .registry()
+            .watch_stats()
+            .open_streams
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+    assert_eq!(open(), 10);
+    drop(many);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while open() != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} watches stayed open",
+            open()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
