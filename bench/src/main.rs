@@ -69,9 +69,10 @@ struct Cli {
     /// per watcher, at least 20 ms, so the fan-out keeps up).
     #[arg(long)]
     storm_write_ms: Option<u64>,
-    /// etcd watchers per gRPC stream in the second etcd fan-out (0: skip).
+    /// Watchers per stream in the second fan-out run of promptreg
+    /// (WatchMany) and of etcd (0 or 1: skip it).
     #[arg(long, default_value_t = 100)]
-    etcd_shared_stream: usize,
+    shared_stream: usize,
     /// Small and fast: everything in under a minute.
     #[arg(long)]
     quick: bool,
@@ -111,7 +112,7 @@ impl Cli {
             writers: vec![1, 64],
             duration: Duration::from_secs_f64(duration),
             warmup: Duration::from_millis(if q { 300 } else { 1000 }),
-            etcd_shared_stream: self.etcd_shared_stream,
+            shared_stream: self.shared_stream,
             fleet_poll: Duration::from_millis(self.fleet_poll_ms),
             storm_write_interval,
             server_bin: self

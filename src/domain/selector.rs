@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 /// A watch selector: prompt names and prefixes (both empty: every prompt),
 /// labels (empty: every label), and whether version publications are wanted.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Selector {
     pub names: BTreeSet<PromptName>,
     pub prefixes: Vec<String>,

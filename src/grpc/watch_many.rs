@@ -3,19 +3,27 @@
 //! Each watch is an ordinary [`WatchStream`], the same watcher that serves
 //! `Watch`, so every guarantee carries over (snapshot or resume, no gap, in
 //! order, compaction, shutdown with the revision to resume from). This
-//! stream polls them all from the task that writes the gRPC stream, and
-//! watches that take the same revision from the shared ring hold the same
-//! `SharedRevision`: one message, with the revision's shared encoding, goes
-//! out for all of them, listing their ids. A revision that reaches a
-//! hundred watches on a stream costs one message, not a hundred.
+//! stream polls them from the task that writes the gRPC stream.
+//!
+//! Watches that stand at the same place, the same selector and the same
+//! next revision while following live ([`WatchStream::position`]), send the
+//! same messages from then on, so they are merged: one watcher serves the
+//! group, each message goes out once listing every id of the group, and
+//! each watch keeps its own membership (its place among the open watches,
+//! its agent's connection). A hundred agents of one host following one
+//! label cost one watcher and one message per revision, not a hundred.
+//! Watches that do not stand together yet (different snapshots, a
+//! catch-up) still share a revision's encoding when they send it in the
+//! same round.
 
 use super::convert;
 use super::pb::{self, watch_many_request::Request as Command};
 use super::wire::WatchManyFrame;
-use crate::registry::watch::{SharedRevision, WatchEvent, WatchStream};
+use crate::registry::watch::{SharedRevision, WatchEvent, WatchMembership, WatchStream};
 use crate::registry::Registry;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
+use std::hash::{Hash, Hasher};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -30,13 +38,25 @@ const OUT_BATCH: usize = 256;
 
 type Inbound = Pin<Box<dyn Stream<Item = Result<pb::WatchManyRequest, Status>> + Send>>;
 
+/// Watches served by one watcher: they stand at the same place.
+struct Group {
+    stream: WatchStream,
+    /// The watch ids, in the order they joined.
+    ids: Vec<u64>,
+    /// Each watch's membership, by id.
+    members: BTreeMap<u64, WatchMembership>,
+}
+
 /// The response stream of one `WatchMany` call.
 pub struct WatchMany {
     registry: Registry,
     inbound: Inbound,
     /// The client may still send opens and cancels.
     inbound_open: bool,
-    watches: BTreeMap<u64, WatchStream>,
+    groups: BTreeMap<u64, Group>,
+    /// The group of each open watch id.
+    group_of: HashMap<u64, u64>,
+    next_group: u64,
     /// Messages ready to send, in order.
     out: VecDeque<WatchManyFrame>,
     /// Completes when the server starts stopping; `None` once it has.
@@ -51,7 +71,9 @@ impl WatchMany {
             registry,
             inbound,
             inbound_open: true,
-            watches: BTreeMap::new(),
+            groups: BTreeMap::new(),
+            group_of: HashMap::new(),
+            next_group: 0,
             out: VecDeque::new(),
             done: false,
         }
@@ -71,18 +93,7 @@ impl WatchMany {
     fn handle(&mut self, request: pb::WatchManyRequest) {
         match request.request {
             Some(Command::Open(open)) => self.open(open),
-            Some(Command::Cancel(cancel)) => {
-                let id = cancel.watch_id;
-                if self.watches.remove(&id).is_some() {
-                    self.end(id, Code::Cancelled, "cancelled by the client");
-                } else {
-                    self.end(
-                        id,
-                        Code::NotFound,
-                        format!("no watch {id} is open on this stream"),
-                    );
-                }
-            }
+            Some(Command::Cancel(cancel)) => self.cancel(cancel.watch_id),
             None => self.end(
                 0,
                 Code::InvalidArgument,
@@ -96,7 +107,7 @@ impl WatchMany {
         if id == 0 {
             return self.end(0, Code::InvalidArgument, "watch_id: must be 1 or more");
         }
-        if self.watches.contains_key(&id) {
+        if self.group_of.contains_key(&id) {
             return self.end(
                 id,
                 Code::AlreadyExists,
@@ -112,8 +123,23 @@ impl WatchMany {
         let opened = convert::watch_request(watch, self.registry.limits())
             .and_then(|request| self.registry.watch(request).map_err(Status::from));
         match opened {
-            Ok(stream) => {
-                self.watches.insert(id, stream);
+            Ok(mut stream) => {
+                let members = stream
+                    .take_membership()
+                    .map(|m| (id, m))
+                    .into_iter()
+                    .collect();
+                let key = self.next_group;
+                self.next_group += 1;
+                self.group_of.insert(id, key);
+                self.groups.insert(
+                    key,
+                    Group {
+                        stream,
+                        ids: vec![id],
+                        members,
+                    },
+                );
             }
             Err(status) => {
                 let message = format!("watch.{}", status.message());
@@ -122,54 +148,127 @@ impl WatchMany {
         }
     }
 
-    /// Polls the watches until none has a message ready (or the outgoing
-    /// queue holds a batch). The first round polls every watch, so that each
-    /// one that stays pending has registered to be woken; later rounds poll
-    /// only those that had a message.
+    fn cancel(&mut self, id: u64) {
+        let Some(key) = self.group_of.remove(&id) else {
+            return self.end(
+                id,
+                Code::NotFound,
+                format!("no watch {id} is open on this stream"),
+            );
+        };
+        if let Some(group) = self.groups.get_mut(&key) {
+            group.ids.retain(|&other| other != id);
+            group.members.remove(&id);
+            if group.ids.is_empty() {
+                self.groups.remove(&key);
+            }
+        }
+        self.end(id, Code::Cancelled, "cancelled by the client");
+    }
+
+    /// Polls the watchers until none has a message ready (or the outgoing
+    /// queue holds a batch). The first round polls every watcher, so that
+    /// each one that stays pending has registered to be woken; later rounds
+    /// poll only those that had a message. After each round, watchers that
+    /// now stand at the same place are merged.
     fn poll_watches(&mut self, cx: &mut Context<'_>) {
-        let mut polling: Vec<u64> = self.watches.keys().copied().collect();
+        let mut polling: Vec<u64> = self.groups.keys().copied().collect();
         while !polling.is_empty() && self.out.len() < OUT_BATCH {
             let mut ready = Vec::new();
             let mut ended = Vec::new();
             let mut shared: Vec<(Arc<SharedRevision>, Vec<u64>)> = Vec::new();
-            for id in polling {
-                let Some(stream) = self.watches.get_mut(&id) else {
+            for key in polling {
+                let Some(group) = self.groups.get_mut(&key) else {
                     continue;
                 };
-                let Poll::Ready(item) = Pin::new(stream).poll_next(cx) else {
+                let Poll::Ready(item) = Pin::new(&mut group.stream).poll_next(cx) else {
                     continue;
                 };
+                let ids = &group.ids;
                 match item {
                     Some(Ok(WatchEvent::Changes(revision))) => {
-                        ready.push(id);
+                        ready.push(key);
                         match shared.iter_mut().find(|(r, _)| Arc::ptr_eq(r, &revision)) {
-                            Some((_, ids)) => ids.push(id),
-                            None => shared.push((revision, vec![id])),
+                            Some((_, all)) => all.extend_from_slice(ids),
+                            None => shared.push((revision, ids.clone())),
                         }
                     }
                     Some(Ok(event)) => {
-                        ready.push(id);
+                        ready.push(key);
                         let frame = convert::watch_frame(event);
                         self.out
-                            .push_back(WatchManyFrame::response(vec![id], frame));
+                            .push_back(WatchManyFrame::response(ids.clone(), frame));
                     }
                     Some(Err(end)) => {
-                        ended.push(id);
-                        self.out
-                            .push_back(WatchManyFrame::ended(vec![id], convert::watch_ended(end)));
+                        ended.push(key);
+                        self.out.push_back(WatchManyFrame::ended(
+                            ids.clone(),
+                            convert::watch_ended(end),
+                        ));
                     }
-                    None => ended.push(id),
+                    None => ended.push(key),
                 }
             }
             for (revision, ids) in shared {
                 let frame = convert::watch_frame(WatchEvent::Changes(revision));
                 self.out.push_back(WatchManyFrame::response(ids, frame));
             }
-            for id in ended {
-                self.watches.remove(&id);
+            for key in ended {
+                if let Some(group) = self.groups.remove(&key) {
+                    for id in group.ids {
+                        self.group_of.remove(&id);
+                    }
+                }
             }
+            self.merge(&mut ready);
             polling = ready;
         }
+    }
+
+    /// Merges the groups among `keys` that stand at the same place into
+    /// one; `keys` keeps the survivors.
+    fn merge(&mut self, keys: &mut Vec<u64>) {
+        // Only watchers that just sent something are between two messages
+        // (a pending one is inside its step), so only they can merge.
+        if keys.len() < 2 {
+            return;
+        }
+        let mut at: HashMap<(u64, u64), Vec<u64>> = HashMap::new();
+        for &key in keys.iter() {
+            if let Some((next, selector)) = self.groups.get(&key).and_then(|g| g.stream.position())
+            {
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                selector.hash(&mut hasher);
+                at.entry((next, hasher.finish())).or_default().push(key);
+            }
+        }
+        for candidates in at.into_values().filter(|c| c.len() > 1) {
+            let mut survivors: Vec<u64> = Vec::new();
+            for key in candidates {
+                let position = |k: &u64| self.groups.get(k).and_then(|g| g.stream.position());
+                let into = survivors
+                    .iter()
+                    .copied()
+                    .find(|s| position(s).is_some() && position(s) == position(&key));
+                let Some(into) = into else {
+                    survivors.push(key);
+                    continue;
+                };
+                let Some(merged) = self.groups.remove(&key) else {
+                    continue;
+                };
+                for id in &merged.ids {
+                    self.group_of.insert(*id, into);
+                }
+                if let Some(group) = self.groups.get_mut(&into) {
+                    group.ids.extend(merged.ids);
+                    group.members.extend(merged.members);
+                }
+                // `merged.stream` is dropped here: its watcher is no longer
+                // needed.
+            }
+        }
+        keys.retain(|k| self.groups.contains_key(k));
     }
 }
 
@@ -210,7 +309,7 @@ impl Stream for WatchMany {
         if let Some(frame) = this.out.pop_front() {
             return Poll::Ready(Some(Ok(frame)));
         }
-        if this.watches.is_empty() {
+        if this.groups.is_empty() {
             if this.stopped() {
                 this.done = true;
                 return Poll::Ready(Some(Err(Status::unavailable(

@@ -250,6 +250,14 @@ impl Drop for OpenStream {
     }
 }
 
+/// What makes a watch count: it holds a place among the open watch streams
+/// (`--max-watchers`) and keeps its agent connected in the fleet view.
+/// Dropping it ends both.
+pub struct WatchMembership {
+    _open: OpenStream,
+    _connection: Option<super::fleet::Connection>,
+}
+
 /// The request of a watch, validated.
 #[derive(Debug, Clone)]
 pub struct WatchRequest {
@@ -272,6 +280,32 @@ pub struct WatchStream {
 }
 
 type Step = (Box<Watcher>, Result<WatchEvent, WatchEnd>);
+
+impl WatchStream {
+    /// Takes the watch's membership out, for a caller that serves several
+    /// watches from one stream (`WatchMany`): the stream goes on, and the
+    /// watch counts as long as the caller keeps the membership.
+    pub fn take_membership(&mut self) -> Option<WatchMembership> {
+        self.watcher.as_mut()?.membership.take()
+    }
+
+    /// Where the watch stands, when that alone decides everything it sends
+    /// from now on: between two messages, following the ring live, nothing
+    /// queued. It then sends the matching changes of every revision from
+    /// `next` on, in order (and progress, and how it ends), whatever its
+    /// position in the ring: revisions below `next` are skipped and a lag is
+    /// caught up from the log. So two watches with the same `(next,
+    /// selector)` send the same messages from here on, and one stream can
+    /// serve both.
+    pub fn position(&self) -> Option<(u64, &Selector)> {
+        if self.done || self.step.is_some() {
+            return None;
+        }
+        let w = self.watcher.as_ref()?;
+        let following = matches!(w.phase, Phase::Live) && w.queue.is_empty();
+        (following && w.catch_up_to.is_none()).then_some((w.next, &w.selector))
+    }
+}
 
 impl Stream for WatchStream {
     type Item = Result<WatchEvent, WatchEnd>;
@@ -337,8 +371,10 @@ impl Registry {
             phase: Phase::Start { start },
             queue: VecDeque::new(),
             catch_up_to: None,
-            _open: open,
-            _connection: connection,
+            membership: Some(WatchMembership {
+                _open: open,
+                _connection: connection,
+            }),
         });
         Ok(WatchStream {
             watcher: Some(watcher),
@@ -449,8 +485,8 @@ struct Watcher {
     /// Revisions up to this one are read from the change log before the
     /// ring is followed again (a resume, or a watcher that lagged).
     catch_up_to: Option<u64>,
-    _open: OpenStream,
-    _connection: Option<super::fleet::Connection>,
+    /// Held here unless taken by the caller.
+    membership: Option<WatchMembership>,
 }
 
 impl Watcher {

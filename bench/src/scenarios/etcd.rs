@@ -5,7 +5,7 @@
 //!
 //! The fan-out runs twice on fresh etcd processes: once with one gRPC stream
 //! per watcher (the same shape as the promptreg run) and, unless disabled,
-//! once with `etcd_shared_stream` watchers multiplexed on each stream (etcd's
+//! once with `shared_stream` watchers multiplexed on each stream (etcd's
 //! own watch-id multiplexing, its cheapest configuration).
 
 use super::delivery::{analyse, Delivery, Promote};
@@ -26,8 +26,8 @@ const RESOLVE_KEY: &str = "/bench/resolve/production";
 pub async fn run(opts: &Options) -> anyhow::Result<Value> {
     let mut result = json!({});
     result["fanout"] = fanout(opts, 1).await?;
-    if opts.etcd_shared_stream > 1 {
-        result["fanout_shared_stream"] = fanout(opts, opts.etcd_shared_stream).await?;
+    if opts.shared_stream > 1 {
+        result["fanout_shared_stream"] = fanout(opts, opts.shared_stream).await?;
     }
     let etcd = EtcdProcess::start(&opts.etcd_bin).await?;
     result["range"] = range(opts, &etcd).await?;

@@ -3,6 +3,11 @@
 //! versions so each one moves the label). For each promote, the time from
 //! sending SetLabel to each watcher receiving the event. Also the server's
 //! resident memory before and after opening the watchers.
+//!
+//! It runs twice, each time on a fresh server: once with one Watch stream
+//! per watcher, and (unless `shared_stream` is 0 or 1) once with
+//! `shared_stream` watchers on each WatchMany stream, the shape of etcd's
+//! shared-stream run.
 
 use super::delivery::{analyse, Delivery, Promote};
 use super::{publish, set_label, wait_until, Options};
@@ -15,11 +20,22 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+use tokio_stream::StreamExt as _;
 
 const NAME: &str = "bench/fanout";
 const LABEL: &str = "production";
 
 pub async fn run(opts: &Options) -> anyhow::Result<Value> {
+    let mut result = measure(opts, 1).await?;
+    if opts.shared_stream > 1 {
+        result["shared_stream"] = measure(opts, opts.shared_stream).await?;
+    }
+    Ok(result)
+}
+
+/// N watchers, `per_stream` of them on each stream (Watch for 1, WatchMany
+/// otherwise), streams spread over the connections.
+async fn measure(opts: &Options, per_stream: usize) -> anyhow::Result<Value> {
     let server = ServerProcess::start(&opts.server_bin)?;
     let channels = server.channels(opts.connections).await?;
     let mut admin = RegistryClient::new(channels[0].clone());
@@ -35,17 +51,19 @@ pub async fn run(opts: &Options) -> anyhow::Result<Value> {
     let ready = Arc::new(AtomicUsize::new(0));
     let received = Arc::new(AtomicUsize::new(0));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut tasks = Vec::with_capacity(opts.watchers);
-    for i in 0..opts.watchers {
-        let client = RegistryClient::new(channels[i % channels.len()].clone());
-        tasks.push(tokio::spawn(watcher(
-            client,
-            ready.clone(),
-            received.clone(),
-            stop_rx.clone(),
-        )));
-    }
     let n = opts.watchers;
+    let streams = n.div_ceil(per_stream);
+    let mut tasks = Vec::with_capacity(streams);
+    for s in 0..streams {
+        let client = RegistryClient::new(channels[s % channels.len()].clone());
+        let (ready, received, stop) = (ready.clone(), received.clone(), stop_rx.clone());
+        tasks.push(if per_stream == 1 {
+            tokio::spawn(async move { Ok(vec![watcher(client, ready, received, stop).await?]) })
+        } else {
+            let k = per_stream.min(n - s * per_stream);
+            tokio::spawn(shared_stream(client, k, ready, received, stop))
+        });
+    }
     wait_until(
         "every watcher's snapshot",
         Duration::from_secs(120),
@@ -99,10 +117,11 @@ pub async fn run(opts: &Options) -> anyhow::Result<Value> {
     stop_tx.send(true)?;
     let mut watchers = Vec::with_capacity(n);
     for t in tasks {
-        watchers.push(t.await??);
+        watchers.extend(t.await??);
     }
     let mut result = analyse(&promotes, &watchers);
     result["watchers"] = json!(n);
+    result["watchers_per_stream"] = json!(per_stream);
     result["connections"] = json!(channels.len());
     result["open_s"] = json!(crate::procfs::round3(open_s));
     result["open_cpu"] = open_cpu;
@@ -157,6 +176,93 @@ async fn watcher(
                             received.fetch_add(1, Ordering::Relaxed);
                         }
                     }
+                }
+                Some(_) => {}
+                None => break,
+            },
+            _ = &mut stopped => break,
+        }
+    }
+    Ok(got)
+}
+
+/// One WatchMany stream carrying `k` watchers of the label: open them all,
+/// read their snapshots, then record every label move for each watcher the
+/// message names, until told to stop.
+async fn shared_stream(
+    mut client: RegistryClient<tonic::transport::Channel>,
+    k: usize,
+    ready: Arc<AtomicUsize>,
+    received: Arc<AtomicUsize>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<Vec<Vec<Delivery>>> {
+    use pb::watch_many_response::Event as Many;
+    use pb::watch_response::Event;
+    let opens = (1..=k as u64).map(|watch_id| pb::WatchManyRequest {
+        request: Some(pb::watch_many_request::Request::Open(pb::WatchOpen {
+            watch_id,
+            watch: Some(pb::WatchRequest {
+                names: vec![NAME.into()],
+                labels: vec![LABEL.into()],
+                start_revision: 0,
+                ..Default::default()
+            }),
+        })),
+    });
+    // The sending side stays open (a closed one would still be fine).
+    let requests = tokio_stream::iter(opens.collect::<Vec<_>>()).chain(tokio_stream::pending());
+    let mut stream = client.watch_many(requests).await?.into_inner();
+    let watcher = |id: u64| -> anyhow::Result<usize> {
+        match id as usize {
+            w @ 1.. if w <= k => Ok(w - 1),
+            _ => anyhow::bail!("a message for unknown watch {id}"),
+        }
+    };
+    let mut snapshots = 0;
+    while snapshots < k {
+        let message = stream
+            .message()
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the stream ended before its snapshots"))?;
+        match message.event {
+            Some(Many::Response(pb::WatchResponse {
+                event: Some(Event::Snapshot(s)),
+            })) if s.complete => {
+                snapshots += message.watch_ids.len();
+                ready.fetch_add(message.watch_ids.len(), Ordering::Relaxed);
+            }
+            Some(Many::Ended(ended)) => {
+                anyhow::bail!("watch {:?} ended: {ended:?}", message.watch_ids)
+            }
+            _ => {}
+        }
+    }
+    let mut got = vec![Vec::new(); k];
+    let stopped = stop.wait_for(|stopping| *stopping);
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            message = stream.message() => match message? {
+                Some(pb::WatchManyResponse {
+                    watch_ids,
+                    event: Some(Many::Response(pb::WatchResponse { event: Some(Event::Changes(batch)) })),
+                }) => {
+                    let at = Instant::now();
+                    let moves = batch
+                        .changes
+                        .iter()
+                        .filter(|c| matches!(c.kind, Some(pb::change::Kind::LabelMoved(_))))
+                        .count();
+                    for id in &watch_ids {
+                        let w = watcher(*id)?;
+                        for _ in 0..moves {
+                            got[w].push(Delivery { revision: batch.revision, at });
+                        }
+                    }
+                    received.fetch_add(moves * watch_ids.len(), Ordering::Relaxed);
+                }
+                Some(pb::WatchManyResponse { watch_ids, event: Some(Many::Ended(ended)) }) => {
+                    anyhow::bail!("watch {watch_ids:?} ended: {ended:?}")
                 }
                 Some(_) => {}
                 None => break,

@@ -37,9 +37,9 @@ pub struct Options {
     pub duration: Duration,
     /// Unmeasured time before each load cell.
     pub warmup: Duration,
-    /// etcd watchers per gRPC stream in the second etcd fan-out run
-    /// (0: skip it).
-    pub etcd_shared_stream: usize,
+    /// Watchers per stream in the second fan-out run, promptreg (WatchMany)
+    /// and etcd (watch ids) alike (0: skip it).
+    pub shared_stream: usize,
     /// Pause between FleetStatus polls in `converge`.
     pub fleet_poll: Duration,
     /// Pause between the promotes of `storm`'s writer.
