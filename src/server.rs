@@ -118,16 +118,31 @@ pub async fn serve(
 /// revision fanned out to the hundred watch streams of one connection then
 /// cost a hundred writes, and every resolve answer (about 1.2 KB) two.
 /// This wrapper reports no vectored writes (so small frames are copied into
-/// h2's buffer) and keeps what h2 writes in `pending` until h2 flushes,
-/// which it does after every frame it could not buffer and at the end of
-/// every batch; then all of it goes out in one `write`.
+/// h2's buffer) and keeps what h2 writes in `pending` until h2 flushes.
+///
+/// h2 flushes in two places: before every frame it could not buffer (any
+/// DATA frame over 1 KiB: every resolve answer) and when the connection has
+/// nothing more to do. It cannot tell which, and neither can the socket;
+/// but the second comes with no write since the previous flush. So a flush
+/// that follows writes only wakes the connection's task and returns: the
+/// task runs again after the stream tasks already queued (which hand it
+/// more frames), and a flush with nothing written since goes to the socket.
+/// A batch therefore covers every answer ready by then, in one `write`.
+/// `PENDING_LIMIT` and `MAX_DEFERRED` bound the wait under steady load.
 struct CoalescingWrites {
     io: tokio::net::TcpStream,
     /// Written by h2, not yet by the socket. Bounded by `PENDING_LIMIT`
     /// (plus one write); released after each flush, so an idle connection
     /// holds nothing.
     pending: Vec<u8>,
+    /// h2 wrote since its last flush.
+    wrote: bool,
+    /// Flushes put off in a row.
+    deferred: u32,
 }
+
+/// Most flushes put off in a row before one goes to the socket.
+const MAX_DEFERRED: u32 = 64;
 
 /// Above this, a write goes to the socket at once instead of waiting for
 /// the flush.
@@ -140,6 +155,8 @@ impl CoalescingWrites {
         CoalescingWrites {
             io,
             pending: Vec::new(),
+            wrote: false,
+            deferred: 0,
         }
     }
 
@@ -194,6 +211,7 @@ impl tokio::io::AsyncWrite for CoalescingWrites {
     ) -> std::task::Poll<std::io::Result<usize>> {
         use std::task::Poll;
         let this = &mut *self;
+        this.wrote = true;
         if this.pending.len() + buf.len() <= PENDING_LIMIT {
             if this.pending.capacity() == 0 {
                 // One allocation per batch rather than a dozen doublings
@@ -212,7 +230,17 @@ impl tokio::io::AsyncWrite for CoalescingWrites {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::ready!(self.poll_write_pending(cx))?;
+        let this = &mut *self;
+        if this.wrote && this.deferred < MAX_DEFERRED && !this.pending.is_empty() {
+            // Put off: h2 flushes again when the task runs next.
+            this.wrote = false;
+            this.deferred += 1;
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Ready(Ok(()));
+        }
+        this.wrote = false;
+        this.deferred = 0;
+        std::task::ready!(this.poll_write_pending(cx))?;
         std::pin::Pin::new(&mut self.io).poll_flush(cx)
     }
 

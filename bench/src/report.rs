@@ -62,7 +62,14 @@ pub fn summary(opts: &Options, r: &Value, harness_cpu_s: f64) -> Value {
         "etcd_fanout_last_p50_ms": num(e, "/fanout/last_watcher/p50_ms"),
         "etcd_fanout_last_p99_ms": num(e, "/fanout/last_watcher/p99_ms"),
         "etcd_fanout_correct": e["fanout"]["correct"],
+        "shared_stream": opts.shared_stream,
+        "fanout_shared_p50_ms": num(f, "/shared_stream/delivery/p50_ms"),
+        "fanout_shared_p99_ms": num(f, "/shared_stream/delivery/p99_ms"),
+        "fanout_shared_last_p99_ms": num(f, "/shared_stream/last_watcher/p99_ms"),
+        "fanout_shared_correct": f["shared_stream"]["correct"],
+        "etcd_shared_fanout_p50_ms": num(e, "/fanout_shared_stream/delivery/p50_ms"),
         "etcd_shared_fanout_p99_ms": num(e, "/fanout_shared_stream/delivery/p99_ms"),
+        "etcd_shared_fanout_correct": e["fanout_shared_stream"]["correct"],
         "etcd_shared_fanout_last_p99_ms": num(e, "/fanout_shared_stream/last_watcher/p99_ms"),
         "converge_ms": num(&r["converge"], "/converge_ms"),
         "converge_last_ack_ms": num(&r["converge"], "/last_ack_ms"),
@@ -93,6 +100,7 @@ pub fn summary(opts: &Options, r: &Value, harness_cpu_s: f64) -> Value {
         "bytes_per_watch": f["bytes_per_watch"],
         "etcd_bytes_per_watch": e["fanout"]["bytes_per_watch"],
         "etcd_shared_bytes_per_watch": e["fanout_shared_stream"]["bytes_per_watch"],
+        "shared_bytes_per_watch": f["shared_stream"]["bytes_per_watch"],
         "harness_cpu_s": crate::procfs::round3(harness_cpu_s),
         "scenarios": r,
     })
@@ -193,44 +201,62 @@ pub fn markdown(s: &Value) -> String {
     );
     out += "| figure | promptreg | etcd 3.4 | promptreg / etcd | target | met |\n";
     out += "| --- | ---: | ---: | ---: | --- | --- |\n";
-    let (f50, e50) = (g("fanout_p50_ms"), g("etcd_fanout_p50_ms"));
-    out += &format!(
-        "| promote → each watcher, p50 (ms) | {} | {} | {} | | |\n",
-        fmt(f50),
-        fmt(e50),
-        ratio(f50, e50)
-    );
-    let (f99, e99) = (g("fanout_p99_ms"), g("etcd_fanout_p99_ms"));
-    out += &format!(
-        "| promote → each watcher, p99 (ms) | {} | {} | {} | < 100 and ≤ 0.5× etcd | {} |\n",
-        fmt(f99),
-        fmt(e99),
-        ratio(f99, e99),
-        yes(f99 < 100.0 && f99 <= 0.5 * e99)
-    );
-    let (fl, el) = (g("fanout_last_p99_ms"), g("etcd_fanout_last_p99_ms"));
-    out += &format!(
-        "| promote → last of {n} watchers, p99 over promotes (ms) | {} | {} | {} | < 100 and ≤ 0.5× etcd | {} |\n",
-        fmt(fl),
-        fmt(el),
-        ratio(fl, el),
-        yes(fl < 100.0 && fl <= 0.5 * el)
-    );
-    let es = g("etcd_shared_fanout_p99_ms");
-    if !es.is_nan() {
+    let ok = |k: &str| s[k] == true;
+    let shapes = [
+        ("", "one stream per watcher (Watch)".to_string()),
+        (
+            "_shared",
+            format!(
+                "{} watchers per stream (WatchMany; etcd watch ids)",
+                s["shared_stream"]
+            ),
+        ),
+    ];
+    for (key, shape) in shapes {
+        let (f50, e50) = (
+            g(&format!("fanout{key}_p50_ms")),
+            g(&format!("etcd{key}_fanout_p50_ms")),
+        );
+        if f50.is_nan() && e50.is_nan() {
+            continue;
+        }
+        out += &format!("| **{shape}** | | | | | |\n");
         out += &format!(
-            "| (etcd, 100 watchers per stream) each watcher p99 / last p99 (ms) | | {} / {} | | | |\n",
-            fmt(es),
-            fmt(g("etcd_shared_fanout_last_p99_ms"))
+            "| promote → each watcher, p50 (ms) | {} | {} | {} | | |\n",
+            fmt(f50),
+            fmt(e50),
+            ratio(f50, e50)
+        );
+        let (f99, e99) = (
+            g(&format!("fanout{key}_p99_ms")),
+            g(&format!("etcd{key}_fanout_p99_ms")),
+        );
+        out += &format!(
+            "| promote → each watcher, p99 (ms) | {} | {} | {} | < 100 and ≤ 0.5× etcd | {} |\n",
+            fmt(f99),
+            fmt(e99),
+            ratio(f99, e99),
+            yes(f99 < 100.0 && f99 <= 0.5 * e99)
+        );
+        let (fl, el) = (
+            g(&format!("fanout{key}_last_p99_ms")),
+            g(&format!("etcd{key}_fanout_last_p99_ms")),
+        );
+        out += &format!(
+            "| promote → last of {n} watchers, p99 over promotes (ms) | {} | {} | {} | < 100 and ≤ 0.5× etcd | {} |\n",
+            fmt(fl),
+            fmt(el),
+            ratio(fl, el),
+            yes(fl < 100.0 && fl <= 0.5 * el)
+        );
+        out += &format!(
+            "| every watcher saw every promote once, in order | {} | {} | | required | {} |\n",
+            yes(ok(&format!("fanout{key}_correct"))),
+            yes(ok(&format!("etcd{key}_fanout_correct"))),
+            yes(ok(&format!("fanout{key}_correct")))
         );
     }
-    let ok = |k: &str| s[k] == true;
-    out += &format!(
-        "| every watcher saw every promote once, in order | {} | {} | | required | {} |\n",
-        yes(ok("fanout_correct")),
-        yes(ok("etcd_fanout_correct")),
-        yes(ok("fanout_correct"))
-    );
+    out += "| **other figures** | | | | | |\n";
     let conv = g("converge_ms");
     out += &format!(
         "| rollback → {n} agents acknowledged, FleetStatus in sync (ms) | {} | | | < 1000 | {} |\n",
@@ -311,11 +337,17 @@ pub fn markdown(s: &Value) -> String {
         ratio(bw, ebw),
         yes(bw < 10_000.0)
     );
-    let ebs = g("etcd_shared_bytes_per_watch");
-    if !ebs.is_nan() {
+    let (sbw, ebs) = (
+        g("shared_bytes_per_watch"),
+        g("etcd_shared_bytes_per_watch"),
+    );
+    if !(sbw.is_nan() && ebs.is_nan()) {
         out += &format!(
-            "| (etcd, 100 watchers per stream) memory per watcher (bytes) | | {} | | | |\n",
-            fmt(ebs)
+            "| memory per idle watch, {} per stream (bytes) | {} | {} | {} | | |\n",
+            s["shared_stream"],
+            fmt(sbw),
+            fmt(ebs),
+            ratio(sbw, ebs)
         );
     }
 
@@ -361,6 +393,14 @@ pub fn markdown(s: &Value) -> String {
         &sc["fanout"]["open_cpu"],
     );
     cpu_row(format!("fanout: {m} promotes"), &sc["fanout"]["cpu"]);
+    cpu_row(
+        "fanout, shared streams: open watchers".into(),
+        &sc["fanout"]["shared_stream"]["open_cpu"],
+    );
+    cpu_row(
+        format!("fanout, shared streams: {m} promotes"),
+        &sc["fanout"]["shared_stream"]["cpu"],
+    );
     cpu_row(
         "converge: rollback until in sync".into(),
         &sc["converge"]["cpu"],
