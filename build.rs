@@ -27,7 +27,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The server, on its own: the messages are the ones above, except that
     // the server answers Watch with `WatchFrame`, a `WatchResponse` encoded
     // once per revision and shared by every stream that sends it (and
-    // WatchMany with `WatchManyFrame`, the same bytes behind watch ids).
+    // WatchMany with `WatchManyFrame`, the same bytes behind watch ids; and
+    // GetVersion with `GetVersionFrame`, a version encoded once).
     let server_dir = out_dir.join("server");
     std::fs::create_dir_all(&server_dir)?;
     tonic_prost_build::configure()
@@ -37,6 +38,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .extern_path(
             ".promptreg.v1.WatchResponse",
             "crate::grpc::wire::WatchFrame",
+        )
+        .extern_path(
+            ".promptreg.v1.GetVersionResponse",
+            "crate::grpc::wire::GetVersionFrame",
         )
         .extern_path(
             ".promptreg.v1.WatchManyResponse",

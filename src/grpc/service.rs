@@ -8,6 +8,7 @@ use crate::registry::fleet::{Ack, ApplyOutcome};
 use crate::registry::provenance::{AuditFilter, PruneRequest};
 use crate::registry::{MoveRequest, PointInTime, Registry, VersionSelector};
 use crate::time::from_timestamp;
+use prost::Message as _;
 use std::pin::Pin;
 use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status};
@@ -388,7 +389,7 @@ impl RegistryApi for RegistryService {
     async fn get_version(
         &self,
         request: Request<pb::GetVersionRequest>,
-    ) -> Answer<pb::GetVersionResponse> {
+    ) -> Answer<super::wire::GetVersionFrame> {
         let req = request.into_inner();
         let name = prompt_name(&req.name, self.registry.limits())?;
         use pb::get_version_request::Selector;
@@ -413,10 +414,11 @@ impl RegistryApi for RegistryService {
             label,
             None,
         );
-        Ok(Response::new(pb::GetVersionResponse {
-            version: Some(convert::version(version, true)),
-            revision,
-        }))
+        let encoded =
+            version.encoded_with(|v| convert::version(v.clone(), true).encode_to_vec().into());
+        Ok(Response::new(super::wire::GetVersionFrame::new(
+            encoded, revision,
+        )))
     }
 
     async fn list_prompts(

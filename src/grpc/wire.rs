@@ -7,29 +7,34 @@
 //! bytes are exactly the `WatchResponse` that clients decode.
 //!
 //! `WatchManyFrame` does the same for `WatchMany`: the shared bytes of the
-//! `WatchResponse`, behind the ids of the watches it is for.
+//! `WatchResponse`, behind the ids of the watches it is for. And
+//! `GetVersionFrame` for resolves: a version is immutable, so its encoding
+//! is made once and every resolve sends it, followed by the revision.
 
 use prost::bytes::{Buf, BufMut, Bytes};
 use prost::encoding::{DecodeContext, WireType};
 use prost::{DecodeError, Message};
 
-/// An encoded `promptreg.v1.WatchResponse`.
+/// A message already encoded: written as it is.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct WatchFrame(Bytes);
+pub struct Encoded(Bytes);
 
-impl WatchFrame {
-    /// Wraps the encoding of a `WatchResponse`.
-    pub fn encoded(bytes: Bytes) -> WatchFrame {
-        WatchFrame(bytes)
+/// An encoded `promptreg.v1.WatchResponse`.
+pub type WatchFrame = Encoded;
+
+impl Encoded {
+    /// Wraps the encoding of a message.
+    pub fn encoded(bytes: Bytes) -> Encoded {
+        Encoded(bytes)
     }
 
-    /// Encodes `response`.
-    pub fn of(response: &super::pb::WatchResponse) -> WatchFrame {
-        WatchFrame(Bytes::from(response.encode_to_vec()))
+    /// Encodes `message`.
+    pub fn of(message: &impl Message) -> Encoded {
+        Encoded(Bytes::from(message.encode_to_vec()))
     }
 }
 
-impl Message for WatchFrame {
+impl Message for Encoded {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         // A message is the concatenation of its fields: the encoded
         // response is written as it is.
@@ -43,8 +48,8 @@ impl Message for WatchFrame {
         buf: &mut impl Buf,
         ctx: DecodeContext,
     ) -> Result<(), DecodeError> {
-        // The server never decodes a WatchFrame; clients decode
-        // `pb::WatchResponse`.
+        // The server never decodes these; clients decode the generated
+        // message.
         prost::encoding::skip_field(wire_type, tag, buf, ctx)
     }
 
@@ -54,6 +59,60 @@ impl Message for WatchFrame {
 
     fn clear(&mut self) {
         self.0 = Bytes::new();
+    }
+}
+
+/// An encoded `promptreg.v1.GetVersionResponse`: the version's shared
+/// encoding, then the revision.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GetVersionFrame {
+    version: Encoded,
+    revision: u64,
+}
+
+/// Field numbers of `GetVersionResponse`.
+const VERSION: u32 = 1;
+const REVISION: u32 = 2;
+
+impl GetVersionFrame {
+    /// `version`: the encoding of a `promptreg.v1.Version`.
+    pub fn new(version: Bytes, revision: u64) -> GetVersionFrame {
+        GetVersionFrame {
+            version: Encoded(version),
+            revision,
+        }
+    }
+}
+
+impl Message for GetVersionFrame {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        prost::encoding::message::encode(VERSION, &self.version, buf);
+        if self.revision != 0 {
+            prost::encoding::uint64::encode(REVISION, &self.revision, buf);
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        prost::encoding::skip_field(wire_type, tag, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        prost::encoding::message::encoded_len(VERSION, &self.version)
+            + if self.revision != 0 {
+                prost::encoding::uint64::encoded_len(REVISION, &self.revision)
+            } else {
+                0
+            }
+    }
+
+    fn clear(&mut self) {
+        *self = GetVersionFrame::default();
     }
 }
 
@@ -139,6 +198,30 @@ impl Message for WatchManyFrame {
 mod tests {
     use super::*;
     use crate::grpc::pb;
+
+    #[test]
+    fn a_version_frame_encodes_to_exactly_the_response() {
+        let version = pb::Version {
+            name: "support/triage".into(),
+            version: 3,
+            digest: "ab".repeat(32),
+            template: Some(pb::Template {
+                kind: Some(pb::template::Kind::Text("Hello {{name}}".into())),
+            }),
+            variables: vec!["name".into()],
+            ..Default::default()
+        };
+        for revision in [0, 1, 1 << 40] {
+            let response = pb::GetVersionResponse {
+                version: Some(version.clone()),
+                revision,
+            };
+            let frame = GetVersionFrame::new(version.encode_to_vec().into(), revision);
+            let bytes = frame.encode_to_vec();
+            assert_eq!(bytes.len(), frame.encoded_len());
+            assert_eq!(bytes, response.encode_to_vec());
+        }
+    }
 
     #[test]
     fn a_many_frame_encodes_to_exactly_the_response() {

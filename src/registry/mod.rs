@@ -102,6 +102,49 @@ impl RegistryConfig {
     }
 }
 
+/// Something the registry hands out many times, with a slot for its
+/// encoding on the wire: the first answer that sends it fills the slot, and
+/// every later one sends the same bytes. (The registry does not know the
+/// encoding; the transport does.) A revision fanned out to every watcher
+/// and a version resolved by every agent are encoded once each.
+#[derive(Debug)]
+pub struct Encodable<T> {
+    value: T,
+    encoded: std::sync::OnceLock<bytes::Bytes>,
+}
+
+impl<T> Encodable<T> {
+    pub fn new(value: T) -> Encodable<T> {
+        Encodable {
+            value,
+            encoded: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The encoding, made by `encode` if nobody made it yet.
+    pub fn encoded_with(&self, encode: impl FnOnce(&T) -> bytes::Bytes) -> bytes::Bytes {
+        self.encoded.get_or_init(|| encode(&self.value)).clone()
+    }
+}
+
+impl<T> std::ops::Deref for Encodable<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<T: PartialEq> PartialEq for Encodable<T> {
+    fn eq(&self, other: &Encodable<T>) -> bool {
+        self.value == other.value
+    }
+}
+
+/// A version as the resolve path hands it out: immutable, so one encoding
+/// serves every resolve of it.
+pub type SharedVersion = Encodable<Version>;
+
 /// The outcome of a publish.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Published {
@@ -175,7 +218,7 @@ struct Inner {
     /// Decoded versions by (name, number). Versions are immutable, so
     /// entries never go stale; pruning removes the ones it empties. Saves
     /// the record decoding (and decryption) on every resolve.
-    versions: Mutex<std::collections::HashMap<(PromptName, u64), Arc<Version>>>,
+    versions: Mutex<std::collections::HashMap<(PromptName, u64), Arc<SharedVersion>>>,
     /// Label targets, for the resolve hot path; see [`LabelCache`].
     labels: std::sync::RwLock<LabelCache>,
     data_dir: PathBuf,
@@ -571,9 +614,15 @@ impl Registry {
 
     // --- reads ----------------------------------------------------------------
 
-    pub fn get_version(&self, name: &PromptName, selector: &VersionSelector) -> Result<Version> {
+    /// A version by number, digest or label. The answer is shared (see
+    /// [`Encodable`]); it dereferences to the [`Version`].
+    pub fn get_version(
+        &self,
+        name: &PromptName,
+        selector: &VersionSelector,
+    ) -> Result<Arc<SharedVersion>> {
         match selector {
-            VersionSelector::Number(number) => self.existing_version(name, *number),
+            VersionSelector::Number(number) => self.shared_version(name, *number),
             VersionSelector::Digest(digest) => {
                 self.existing_prompt(name)?;
                 let number = self
@@ -584,12 +633,12 @@ impl Registry {
                             "{name} has no version with digest {digest}"
                         ))
                     })?;
-                self.existing_version(name, number)
+                self.shared_version(name, number)
             }
             // The resolve hot path: one label read, then the version from
             // the cache. The prompt is looked up only to explain a miss.
             VersionSelector::Label(label) => match self.label_target(name, label)? {
-                Some(target) => self.existing_version(name, target.version),
+                Some(target) => self.shared_version(name, target.version),
                 None => {
                     self.existing_prompt(name)?;
                     Err(RegistryError::NotFound(format!(
@@ -913,6 +962,12 @@ impl Registry {
     }
 
     fn existing_version(&self, name: &PromptName, number: u64) -> Result<Version> {
+        let shared = self.shared_version(name, number)?;
+        Ok(Version::clone(&shared))
+    }
+
+    /// A version from the cache, or read from the store and cached.
+    fn shared_version(&self, name: &PromptName, number: u64) -> Result<Arc<SharedVersion>> {
         let key = (name.clone(), number);
         if let Some(cached) = self
             .inner
@@ -921,7 +976,7 @@ impl Registry {
             .unwrap_or_else(|p| p.into_inner())
             .get(&key)
         {
-            return Ok(Version::clone(cached));
+            return Ok(cached.clone());
         }
         match self.store().version(name, number)? {
             Some(version) => {
@@ -933,8 +988,9 @@ impl Registry {
                 if cache.len() >= VERSION_CACHE_ENTRIES {
                     cache.clear();
                 }
-                cache.insert(key, Arc::new(version.clone()));
-                Ok(version)
+                let shared = Arc::new(SharedVersion::new(version));
+                cache.insert(key, shared.clone());
+                Ok(shared)
             }
             None => {
                 let latest = self.existing_prompt(name)?.latest_version;

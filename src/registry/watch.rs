@@ -116,35 +116,9 @@ pub struct WatchStats {
     pub batches_sent: AtomicU64,
 }
 
-/// A revision as watch streams send it, with a slot for its encoding on
-/// the wire: the first stream that sends the whole revision fills it, and
-/// every other stream sends the same bytes. (The registry does not know the
-/// encoding; the transport does.)
-#[derive(Debug)]
-pub struct SharedRevision {
-    pub revision: Arc<Revision>,
-    encoded: std::sync::OnceLock<bytes::Bytes>,
-}
-
-impl SharedRevision {
-    pub fn new(revision: Arc<Revision>) -> Arc<SharedRevision> {
-        Arc::new(SharedRevision {
-            revision,
-            encoded: std::sync::OnceLock::new(),
-        })
-    }
-
-    /// The revision's encoding, made by `encode` if nobody made it yet.
-    pub fn encoded_with(&self, encode: impl FnOnce(&Revision) -> bytes::Bytes) -> bytes::Bytes {
-        self.encoded.get_or_init(|| encode(&self.revision)).clone()
-    }
-}
-
-impl PartialEq for SharedRevision {
-    fn eq(&self, other: &SharedRevision) -> bool {
-        self.revision == other.revision
-    }
-}
+/// A revision as watch streams send it: the first stream that sends the
+/// whole revision encodes it, and every other stream sends the same bytes.
+pub type SharedRevision = super::Encodable<Arc<Revision>>;
 
 /// What the ring carries. Progress ticks and the stop travel on the ring
 /// too, so a watcher waits on one thing only.
@@ -227,7 +201,7 @@ impl Hub {
             // No receiver is not an error: nobody is watching.
             let _ = self
                 .sender
-                .send(Published::Revision(SharedRevision::new(revision)));
+                .send(Published::Revision(Arc::new(SharedRevision::new(revision))));
             self.published.fetch_max(number, Ordering::SeqCst);
         }
     }
@@ -581,7 +555,7 @@ impl Watcher {
         }
         match self.ring.recv().await {
             Ok(Published::Revision(shared)) => {
-                let number = shared.revision.revision;
+                let number = shared.revision;
                 if number < self.next {
                     return Ok(());
                 }
@@ -642,7 +616,7 @@ impl Watcher {
             });
         }
         for revision in page.into_iter().take_while(|r| r.revision <= upto) {
-            self.deliver(SharedRevision::new(Arc::new(revision)));
+            self.deliver(Arc::new(SharedRevision::new(Arc::new(revision))));
         }
         Ok(())
     }
@@ -651,7 +625,7 @@ impl Watcher {
     /// match) and moves `next` past it. When every change matches, the
     /// stream sends the shared revision (and its shared encoding).
     fn deliver(&mut self, shared: Arc<SharedRevision>) {
-        let revision = &shared.revision;
+        let revision: &Revision = &shared;
         self.next = revision.revision + 1;
         let matching = revision
             .changes
@@ -685,12 +659,12 @@ impl Watcher {
                 .filter(|c| self.selector.matches(c))
                 .cloned()
                 .collect();
-            WatchEvent::Changes(SharedRevision::new(Arc::new(Revision {
+            WatchEvent::Changes(Arc::new(SharedRevision::new(Arc::new(Revision {
                 revision: revision.revision,
                 time: revision.time,
                 trace_id: revision.trace_id.clone(),
                 changes,
-            })))
+            }))))
         };
         self.queue.push_back(event);
     }
