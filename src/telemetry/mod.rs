@@ -61,10 +61,9 @@ pub fn init(style: LogStyle) -> Telemetry {
     // The per-RPC span is for traces and its attributes are recorded on
     // every request; the log layer would format them into a string each
     // time (a third of a resolve's handler time) only to prefix log lines.
-    // Log lines get the trace and span ids instead (JSON style).
-    let fmt = fmt.with_filter(tracing_subscriber::filter::filter_fn(|meta| {
-        !(meta.is_span() && meta.name() == rpc_layer::RPC_SPAN)
-    }));
+    // Log lines get the trace and span ids instead (JSON style). (Not a
+    // per-layer filter: see `WithoutRpcSpan`.)
+    let fmt = WithoutRpcSpan(fmt);
     let provider = trace_provider();
     let otel = provider
         .as_ref()
@@ -79,6 +78,124 @@ pub fn init(style: LogStyle) -> Telemetry {
         .with(otel)
         .try_init();
     Telemetry { provider }
+}
+
+/// The log layer, blind to the RPC span (see `init`). A per-layer filter
+/// would say the same, but tracing does not consult it for callsites that
+/// the global filter always enables, and the span's fields were formatted
+/// on every request regardless. Everything else is passed through.
+struct WithoutRpcSpan<L>(L);
+
+impl<L> WithoutRpcSpan<L> {
+    fn is_rpc<S>(id: &tracing::span::Id, ctx: &tracing_subscriber::layer::Context<'_, S>) -> bool
+    where
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    {
+        ctx.metadata(id)
+            .is_some_and(|meta| meta.name() == rpc_layer::RPC_SPAN)
+    }
+}
+
+impl<S, L> tracing_subscriber::Layer<S> for WithoutRpcSpan<L>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    L: tracing_subscriber::Layer<S>,
+{
+    fn on_register_dispatch(&self, subscriber: &tracing::Dispatch) {
+        self.0.on_register_dispatch(subscriber)
+    }
+
+    fn on_layer(&mut self, subscriber: &mut S) {
+        self.0.on_layer(subscriber)
+    }
+
+    fn register_callsite(
+        &self,
+        metadata: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        self.0.register_callsite(metadata)
+    }
+
+    fn enabled(
+        &self,
+        metadata: &tracing::Metadata<'_>,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        self.0.enabled(metadata, ctx)
+    }
+
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if attrs.metadata().name() != rpc_layer::RPC_SPAN {
+            self.0.on_new_span(attrs, id, ctx)
+        }
+    }
+
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if !Self::is_rpc(id, &ctx) {
+            self.0.on_record(id, values, ctx)
+        }
+    }
+
+    fn on_follows_from(
+        &self,
+        span: &tracing::span::Id,
+        follows: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        self.0.on_follows_from(span, follows, ctx)
+    }
+
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        self.0.event_enabled(event, ctx)
+    }
+
+    fn on_event(&self, event: &tracing::Event<'_>, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        self.0.on_event(event, ctx)
+    }
+
+    fn on_enter(&self, id: &tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        self.0.on_enter(id, ctx)
+    }
+
+    fn on_exit(&self, id: &tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        self.0.on_exit(id, ctx)
+    }
+
+    fn on_close(&self, id: tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        self.0.on_close(id, ctx)
+    }
+
+    fn on_id_change(
+        &self,
+        old: &tracing::span::Id,
+        new: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        self.0.on_id_change(old, new, ctx)
+    }
+
+    unsafe fn downcast_raw(&self, id: std::any::TypeId) -> Option<*const ()> {
+        if id == std::any::TypeId::of::<Self>() {
+            Some(self as *const Self as *const ())
+        } else {
+            // SAFETY: the inner layer answers for its own types.
+            unsafe { self.0.downcast_raw(id) }
+        }
+    }
 }
 
 /// The OTLP trace pipeline, when `OTEL_EXPORTER_OTLP_ENDPOINT` (or the
