@@ -357,7 +357,7 @@ pub fn watch_frame(event: WatchEvent) -> WatchFrame {
     let response = |event| pb::WatchResponse { event: Some(event) };
     let event = match event {
         WatchEvent::Changes(shared) => {
-            return WatchFrame::encoded(shared.encoded_with(|revision| {
+            return WatchFrame::new(shared.encoded_with(|revision| {
                 let batch = pb::ChangeBatch {
                     revision: revision.revision,
                     time: Some(to_timestamp(revision.time)),

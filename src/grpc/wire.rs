@@ -24,7 +24,7 @@ pub type WatchFrame = Encoded;
 
 impl Encoded {
     /// Wraps the encoding of a message.
-    pub fn encoded(bytes: Bytes) -> Encoded {
+    pub fn new(bytes: Bytes) -> Encoded {
         Encoded(bytes)
     }
 
