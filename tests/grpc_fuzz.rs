@@ -4,13 +4,18 @@
 //! NOT_FOUND, FAILED_PRECONDITION, OUT_OF_RANGE, RESOURCE_EXHAUSTED,
 //! ALREADY_EXISTS): never INTERNAL, UNKNOWN or DATA_LOSS, never a dropped
 //! connection (UNAVAILABLE). Afterwards the server must still publish and
-//! read, and its audit ledger must verify.
+//! read, and its audit ledger must verify. `WatchMany` gets a seeded random
+//! sequence of opens, cancels and empty requests on one call: each bad one
+//! ends only its own watch, with a documented code in `WatchEnded`.
 //!
 //! `PROMPTREG_FUZZ_SEED` replays a run (the seed is printed);
 //! `PROMPTREG_FUZZ_ROUNDS` sets the requests per RPC (default 300).
 
 mod support;
 
+use pb::watch_many_request::Request as WatchCommand;
+use pb::watch_many_response::Event as WatchOut;
+use pb::watch_response::Event as WatchEvent;
 use promptreg::grpc::pb;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -1250,4 +1255,763 @@ async fn list_audit_after_the_largest_sequence_is_empty() {
             ),
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// WatchMany
+// ---------------------------------------------------------------------------
+
+/// The codes a `WatchEnded` may carry for a bad open or cancel (see
+/// `WatchEnded` in the proto; UNAVAILABLE only comes with a stop).
+const WATCH_ENDED_CODES: &[Code] = &[
+    Code::InvalidArgument,
+    Code::AlreadyExists,
+    Code::NotFound,
+    Code::Cancelled,
+    Code::OutOfRange,
+    Code::ResourceExhausted,
+];
+
+/// A `WatchEnded` message is bounded: the server cuts it at 1 KiB and marks
+/// the cut, whatever the request held.
+const MAX_ENDED_MESSAGE: usize = 1100;
+
+/// A watch id the generators never produce: the fuzz run's last, normal
+/// watch.
+const SENTINEL: u64 = u64::MAX - 1;
+
+/// The most watches open at once in the WatchMany fuzz server, so that
+/// opens also meet `--max-watchers`.
+const FUZZ_MAX_WATCHERS: usize = 16;
+
+/// A string for a watch selector or an agent field: like `string`, but
+/// small enough that a request never nears the gRPC message limit (that
+/// ends the whole call at the transport, before the server sees a watch).
+fn watch_string(rng: &mut Rng) -> String {
+    loop {
+        let s = string(rng);
+        if s.len() <= 5_000 {
+            return s;
+        }
+    }
+}
+
+/// Far over every application limit, still under the gRPC message limit.
+fn watch_big_string(rng: &mut Rng) -> String {
+    let unit = rng.pick(&["a", "é", "x/", "{{"]);
+    unit.repeat(rng.pick(&[300, 5_000, 70_000, 1_000_000]) / unit.len())
+}
+
+/// A watch id: mostly the small range the stream reuses, 0, the extremes,
+/// one of `open` (a duplicate), or any number; never `SENTINEL`.
+fn watch_id(rng: &mut Rng, open: &[u64]) -> u64 {
+    let id = match rng.below(10) {
+        0 => 0,
+        1 | 2 if !open.is_empty() => rng.pick(open),
+        3 => u64::MAX,
+        4 => rng.next(),
+        _ => 1 + rng.below(24),
+    };
+    if id == SENTINEL {
+        1
+    } else {
+        id
+    }
+}
+
+/// A watch of one real prompt's `production` label (from a snapshot or a
+/// revision that exists) with up to three fields replaced by random,
+/// invalid or huge ones.
+fn watch_open_request(rng: &mut Rng, head: u64) -> pb::WatchRequest {
+    let mut req = pb::WatchRequest {
+        names: vec![rng.pick(NAMES).into()],
+        labels: vec!["production".into()],
+        start_revision: if rng.chance(2) {
+            0
+        } else {
+            1 + rng.below(head.max(1))
+        },
+        ..Default::default()
+    };
+    if rng.chance(3) {
+        req.agent_id = format!("fuzz-agent-{}", rng.below(8));
+        req.agent = Some(pb::AgentInfo {
+            host: "fuzz-host".into(),
+            sdk: "fuzz".into(),
+            version: "1".into(),
+        });
+    }
+    if rng.chance(3) {
+        return req;
+    }
+    for _ in 0..rng.below(3) + 1 {
+        match rng.below(11) {
+            0 => req.names = (0..rng.below(4)).map(|_| watch_string(rng)).collect(),
+            1 => req.names.push(rng.pick(NAMES).into()),
+            2 => {
+                req.prefixes = (0..rng.below(3))
+                    .map(|_| match rng.below(4) {
+                        0 => "fuzz/".into(),
+                        1 => String::new(),
+                        2 => "x".repeat(rng.pick(&[256, 257, 4097])),
+                        _ => watch_string(rng),
+                    })
+                    .collect()
+            }
+            3 => req.labels = (0..rng.below(3)).map(|_| watch_string(rng)).collect(),
+            4 => req.start_revision = number(rng),
+            5 => req.include_versions = rng.chance(2),
+            6 => req.agent_id = watch_string(rng),
+            7 => {
+                req.agent = Some(pb::AgentInfo {
+                    host: watch_string(rng),
+                    sdk: watch_string(rng),
+                    version: watch_string(rng),
+                })
+            }
+            8 => {
+                // One field far over its limit.
+                let big = watch_big_string(rng);
+                match rng.below(5) {
+                    0 => req.names = vec![big],
+                    1 => req.prefixes = vec![big],
+                    2 => req.labels = vec![big],
+                    3 => req.agent_id = big,
+                    _ => {
+                        req.agent_id = "fuzz-agent-big".into();
+                        req.agent = Some(pb::AgentInfo {
+                            host: big,
+                            ..Default::default()
+                        });
+                    }
+                }
+            }
+            9 => req.labels.clear(),
+            _ => {
+                // Every prompt.
+                req.names.clear();
+                req.prefixes.clear();
+            }
+        }
+    }
+    req
+}
+
+/// One random client message: an open (bad ids, bad or missing watches),
+/// a cancel (open and unknown ids) or no request at all.
+fn watch_many_request(rng: &mut Rng, open: &[u64], head: u64) -> pb::WatchManyRequest {
+    let request = match rng.below(12) {
+        0 => None,
+        1..=3 => Some(WatchCommand::Cancel(pb::WatchCancel {
+            watch_id: if !open.is_empty() && rng.chance(2) {
+                rng.pick(open)
+            } else {
+                watch_id(rng, open)
+            },
+        })),
+        _ => Some(WatchCommand::Open(pb::WatchOpen {
+            watch_id: watch_id(rng, open),
+            watch: if rng.chance(10) {
+                None
+            } else {
+                Some(watch_open_request(rng, head))
+            },
+        })),
+    };
+    pb::WatchManyRequest { request }
+}
+
+/// A watch whose every change is known: one real prompt's `production`
+/// label, no versions.
+fn simple_watch(request: &pb::WatchRequest) -> Option<String> {
+    let simple = request.names.len() == 1
+        && NAMES.contains(&request.names[0].as_str())
+        && request.prefixes.is_empty()
+        && request.labels == ["production"]
+        && !request.include_versions;
+    simple.then(|| request.names[0].clone())
+}
+
+/// One open watch, as the client saw it.
+struct OpenWatch {
+    /// For a simple watch: its prompt and the first revision it must
+    /// deliver.
+    simple: Option<(String, u64)>,
+    /// The revisions of the change batches it received.
+    revisions: Vec<u64>,
+}
+
+/// What a WatchMany client can check on every message, whatever it sent.
+struct WatchChecker {
+    /// Watches that received `created` and have not ended.
+    open: BTreeMap<u64, OpenWatch>,
+    /// Every `production` move: (prompt, revision), in order.
+    moves: Vec<(String, u64)>,
+    /// `WatchEnded` answers by code.
+    ended: BTreeMap<String, u64>,
+    /// Messages that were not `WatchEnded`, by kind.
+    responses: BTreeMap<&'static str, u64>,
+    /// Change batches checked against the known moves.
+    checked_changes: u64,
+}
+
+/// What a message was, for the caller's own expectations.
+enum Seen {
+    Created(u64),
+    Ended(u64, Code, String),
+    Other,
+}
+
+impl WatchChecker {
+    /// The revisions a simple watch of `name` from `from` must deliver.
+    fn expected(&self, name: &str, from: u64) -> Vec<u64> {
+        self.moves
+            .iter()
+            .filter(|(n, r)| n == name && *r >= from)
+            .map(|(_, r)| *r)
+            .collect()
+    }
+
+    fn open_ids(&self) -> Vec<u64> {
+        self.open.keys().copied().collect()
+    }
+
+    /// Checks one message. `opening` is the open being answered (its id
+    /// and request), when the caller knows it.
+    fn observe(
+        &mut self,
+        message: pb::WatchManyResponse,
+        opening: Option<(u64, &pb::WatchRequest)>,
+    ) -> Result<Seen, String> {
+        let ids = message.watch_ids;
+        if ids.is_empty() {
+            return Err(format!("a message for no watch: {:?}", message.event));
+        }
+        let event = match message.event {
+            Some(WatchOut::Ended(ended)) => {
+                let code = Code::from_i32(ended.code);
+                *self.ended.entry(format!("{code:?}")).or_default() += 1;
+                if !WATCH_ENDED_CODES.contains(&code) {
+                    return Err(format!(
+                        "ended {ids:?} with an undocumented code: {ended:?}"
+                    ));
+                }
+                if ended.message.trim().is_empty() || ended.message.len() > MAX_ENDED_MESSAGE {
+                    return Err(format!(
+                        "ended {ids:?} with an empty or unbounded message ({} bytes): {:?}",
+                        ended.message.len(),
+                        shorten(&ended.message, 200)
+                    ));
+                }
+                // Every answer to an open or a cancel names one watch.
+                let [id] = ids[..] else {
+                    return Err(format!("one ended for several watches {ids:?}: {ended:?}"));
+                };
+                match code {
+                    // The open watch goes on.
+                    Code::AlreadyExists => {
+                        if !self.open.contains_key(&id) && opening.is_some() {
+                            return Err(format!("ALREADY_EXISTS for watch {id}, not open"));
+                        }
+                    }
+                    Code::NotFound if self.open.contains_key(&id) => {
+                        return Err(format!("NOT_FOUND for watch {id}, which is open"));
+                    }
+                    _ => {
+                        self.open.remove(&id);
+                    }
+                }
+                return Ok(Seen::Ended(id, code, ended.message));
+            }
+            Some(WatchOut::Response(pb::WatchResponse { event: Some(event) })) => event,
+            other => return Err(format!("a message with no event for {ids:?}: {other:?}")),
+        };
+        if let WatchEvent::Created(created) = &event {
+            *self.responses.entry("created").or_default() += 1;
+            let [id] = ids[..] else {
+                return Err(format!("one created for several watches {ids:?}"));
+            };
+            if self.open.contains_key(&id) {
+                return Err(format!("a second created for open watch {id}"));
+            }
+            let simple = opening
+                .filter(|(opening, _)| *opening == id)
+                .and_then(|(_, request)| {
+                    let name = simple_watch(request)?;
+                    let from = match request.start_revision {
+                        0 => created.revision + 1,
+                        start => start,
+                    };
+                    Some((name, from))
+                });
+            self.open.insert(
+                id,
+                OpenWatch {
+                    simple,
+                    revisions: Vec::new(),
+                },
+            );
+            return Ok(Seen::Created(id));
+        }
+        for id in &ids {
+            let Some(watch) = self.open.get_mut(id) else {
+                return Err(format!(
+                    "a message for watch {id}, which is not open: {event:?}"
+                ));
+            };
+            match &event {
+                WatchEvent::Changes(batch) => {
+                    if watch
+                        .revisions
+                        .last()
+                        .is_some_and(|last| *last >= batch.revision)
+                    {
+                        return Err(format!(
+                            "watch {id}: revision {} after {:?}",
+                            batch.revision, watch.revisions
+                        ));
+                    }
+                    watch.revisions.push(batch.revision);
+                }
+                WatchEvent::Snapshot(snapshot) => {
+                    if !watch.revisions.is_empty() {
+                        return Err(format!("watch {id}: a snapshot after changes"));
+                    }
+                    if let Some((name, _)) = &watch.simple {
+                        if let Some(other) = snapshot
+                            .labels
+                            .iter()
+                            .find(|l| l.name != *name || l.label != "production")
+                        {
+                            return Err(format!(
+                                "watch {id} of {name}/production got {other:?} in its snapshot"
+                            ));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        *self
+            .responses
+            .entry(match &event {
+                WatchEvent::Snapshot(_) => "snapshot",
+                WatchEvent::Changes(_) => "changes",
+                WatchEvent::Progress(_) => "progress",
+                WatchEvent::Created(_) => "created",
+            })
+            .or_default() += 1;
+        // Simple watches: in order and without a gap, exactly what moved,
+        // and a progress of R means everything up to R has come.
+        for id in &ids {
+            let watch = &self.open[id];
+            let Some((name, from)) = &watch.simple else {
+                continue;
+            };
+            let expected = self.expected(name, *from);
+            if matches!(event, WatchEvent::Changes(_)) {
+                self.checked_changes += 1;
+            }
+            let upto = match &event {
+                WatchEvent::Progress(progress) => progress.revision,
+                _ => 0,
+            };
+            let complete: Vec<u64> = expected.iter().copied().filter(|r| *r <= upto).collect();
+            if !expected.starts_with(&watch.revisions) || !watch.revisions.starts_with(&complete) {
+                return Err(format!(
+                    "watch {id} of {name}/production from revision {from} received {:?} \
+                     (after {event:?}); the moves were {expected:?}",
+                    watch.revisions
+                ));
+            }
+        }
+        Ok(Seen::Other)
+    }
+}
+
+/// One WatchMany call under fuzzing.
+struct FuzzedWatchMany {
+    seed: u64,
+    send: tokio::sync::mpsc::Sender<pb::WatchManyRequest>,
+    stream: tonic::Streaming<pb::WatchManyResponse>,
+    checker: WatchChecker,
+}
+
+impl FuzzedWatchMany {
+    /// The next message, checked. The stream never fails, never ends and
+    /// never goes silent while an answer is due.
+    async fn next(&mut self, opening: Option<(u64, &pb::WatchRequest)>, doing: &str) -> Seen {
+        let seed = self.seed;
+        let message =
+            match tokio::time::timeout(Duration::from_secs(60), self.stream.message()).await {
+                Err(_) => panic!("WatchMany (seed {seed}): no message within 60 s while {doing}"),
+                Ok(Err(status)) => {
+                    panic!("WatchMany (seed {seed}): the call failed while {doing}: {status:?}")
+                }
+                Ok(Ok(None)) => panic!("WatchMany (seed {seed}): the call ended while {doing}"),
+                Ok(Ok(Some(message))) => message,
+            };
+        self.checker
+            .observe(message, opening)
+            .unwrap_or_else(|e| panic!("WatchMany (seed {seed}) while {doing}: {e}"))
+    }
+
+    async fn send(&self, request: pb::WatchManyRequest) {
+        self.send.send(request).await.expect("the call is open");
+    }
+
+    /// Sends `request` and reads until its answer, checking the answer
+    /// against what the client knows.
+    async fn exchange(&mut self, request: pb::WatchManyRequest) -> Seen {
+        let doing = format!("answering {}", shorten(&format!("{request:?}"), 300));
+        let seed = self.seed;
+        // The answer this request must get: (id, exact code), or None for
+        // an open that may succeed.
+        let (id, expected, opening) = match &request.request {
+            None => (0, Some(Code::InvalidArgument), None),
+            Some(WatchCommand::Cancel(cancel)) => {
+                let code = if self.checker.open.contains_key(&cancel.watch_id) {
+                    Code::Cancelled
+                } else {
+                    Code::NotFound
+                };
+                (cancel.watch_id, Some(code), None)
+            }
+            Some(WatchCommand::Open(open)) => {
+                let id = open.watch_id;
+                match &open.watch {
+                    _ if id == 0 => (0, Some(Code::InvalidArgument), None),
+                    _ if self.checker.open.contains_key(&id) => {
+                        (id, Some(Code::AlreadyExists), None)
+                    }
+                    None => (id, Some(Code::InvalidArgument), None),
+                    Some(watch) => (id, None, Some((id, watch.clone()))),
+                }
+            }
+        };
+        self.send(request).await;
+        loop {
+            let seen = self
+                .next(opening.as_ref().map(|(id, w)| (*id, w)), &doing)
+                .await;
+            match seen {
+                Seen::Other => {}
+                Seen::Created(created) if opening.is_some() && created == id => return seen,
+                Seen::Created(other) => {
+                    panic!("WatchMany (seed {seed}): created for watch {other} while {doing}")
+                }
+                Seen::Ended(ended, code, ref message) => {
+                    if ended != id {
+                        panic!(
+                            "WatchMany (seed {seed}): watch {ended} ended ({code:?} {message:?}) \
+                             while {doing}"
+                        );
+                    }
+                    match expected {
+                        Some(expected) => assert_eq!(
+                            code, expected,
+                            "WatchMany (seed {seed}): {message:?} while {doing}"
+                        ),
+                        None => {
+                            assert!(
+                                matches!(
+                                    code,
+                                    Code::InvalidArgument
+                                        | Code::OutOfRange
+                                        | Code::ResourceExhausted
+                                ),
+                                "WatchMany (seed {seed}): {code:?} {message:?} while {doing}"
+                            );
+                            // A refused selector names its field.
+                            if code == Code::InvalidArgument {
+                                assert!(
+                                    message.starts_with("watch."),
+                                    "WatchMany (seed {seed}): {message:?} names no field \
+                                     while {doing}"
+                                );
+                            }
+                        }
+                    }
+                    return seen;
+                }
+            }
+        }
+    }
+}
+
+/// Moves a random prompt's `production` label to another version and
+/// records the move.
+async fn watch_fuzz_promote(client: &mut Client, rng: &mut Rng, checker: &mut WatchChecker) {
+    let name = rng.pick(NAMES);
+    let moved = client
+        .set_label(set_label(name, "production", 1 + rng.below(3), None))
+        .await
+        .expect("promote")
+        .into_inner();
+    if moved.changed {
+        checker.moves.push((name.to_string(), moved.revision));
+    }
+}
+
+/// A seeded random sequence of WatchMany opens (bad, duplicate and zero
+/// ids; invalid, huge and missing selectors; huge start revisions),
+/// cancels (open and unknown ids) and empty requests on one call, first one
+/// at a time, then as a burst. The call never fails; every bad open or
+/// cancel gets a `WatchEnded` with a documented code and a bounded message;
+/// watches that are served stay in order without a gap, also when they are
+/// merged; and afterwards the same call serves a normal watch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_many_survives_random_opens_and_cancels() {
+    let seed = std::env::var("PROMPTREG_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    let rounds: u64 = std::env::var("PROMPTREG_FUZZ_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
+    println!(
+        "WatchMany fuzz: seed {seed} (PROMPTREG_FUZZ_SEED={seed} replays it), {rounds} rounds"
+    );
+    let mut rng = Rng::new(seed);
+
+    let server = TestServer::start_with(|config| {
+        config.watch.max_watchers = FUZZ_MAX_WATCHERS;
+        config.watch.progress_interval = Duration::from_millis(100);
+    })
+    .await;
+    let mut client = server.client().await;
+    client = client.max_encoding_message_size(usize::MAX);
+    let mut checker = WatchChecker {
+        open: BTreeMap::new(),
+        moves: Vec::new(),
+        ended: BTreeMap::new(),
+        responses: BTreeMap::new(),
+        checked_changes: 0,
+    };
+    for name in NAMES {
+        for i in 1..=3 {
+            client
+                .publish_version(publish_text(name, &format!("{name} text {i}"), &[]))
+                .await
+                .expect("seed publish");
+        }
+    }
+    for _ in 0..6 {
+        watch_fuzz_promote(&mut client, &mut rng, &mut checker).await;
+    }
+    let head = checker.moves.last().map_or(1, |(_, r)| *r) + 1;
+
+    let (send, receive) = tokio::sync::mpsc::channel(64);
+    let stream = client
+        .clone()
+        .watch_many(tokio_stream::wrappers::ReceiverStream::new(receive))
+        .await
+        .expect("WatchMany opens")
+        .into_inner();
+    let mut many = FuzzedWatchMany {
+        seed,
+        send,
+        stream,
+        checker,
+    };
+    let started = std::time::Instant::now();
+
+    // One request at a time: each answer is known exactly.
+    for round in 0..rounds {
+        if round % 8 == 0 {
+            watch_fuzz_promote(&mut client, &mut rng, &mut many.checker).await;
+        }
+        let request = watch_many_request(&mut rng, &many.checker.open_ids(), head);
+        many.exchange(request).await;
+    }
+
+    // A burst, sent while the answers are read: every cancel and every
+    // empty request is answered, whatever the order.
+    let open = many.checker.open_ids();
+    let mut burst: Vec<pb::WatchManyRequest> = (0..rounds)
+        .map(|_| watch_many_request(&mut rng, &open, head))
+        .collect();
+    // Last, a request without a watch: once it is answered, every request
+    // of the burst has been handled.
+    burst.push(pb::WatchManyRequest { request: None });
+    let cancels = burst
+        .iter()
+        .filter(|r| matches!(r.request, Some(WatchCommand::Cancel(_))))
+        .count();
+    let zero_ids = burst
+        .iter()
+        .filter(|r| match &r.request {
+            None => true,
+            Some(WatchCommand::Open(open)) => open.watch_id == 0,
+            Some(WatchCommand::Cancel(_)) => false,
+        })
+        .count();
+    let mut ids: Vec<u64> = burst
+        .iter()
+        .filter_map(|r| match &r.request {
+            Some(WatchCommand::Open(open)) if open.watch_id != 0 => Some(open.watch_id),
+            _ => None,
+        })
+        .chain(open.iter().copied())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let sender = many.send.clone();
+    let sending = tokio::spawn(async move {
+        for request in burst {
+            sender.send(request).await.expect("the call is open");
+        }
+    });
+    let (mut cancels_answered, mut zero_ids_answered) = (0, 0);
+    let mut read = 0u64;
+    while cancels_answered < cancels || zero_ids_answered < zero_ids {
+        read += 1;
+        if read.is_multiple_of(32) {
+            watch_fuzz_promote(&mut client, &mut rng, &mut many.checker).await;
+        }
+        if let Seen::Ended(id, code, _) = many.next(None, "reading the burst's answers").await {
+            match code {
+                Code::Cancelled | Code::NotFound => cancels_answered += 1,
+                Code::InvalidArgument if id == 0 => zero_ids_answered += 1,
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(
+        (cancels_answered, zero_ids_answered),
+        (cancels, zero_ids),
+        "seed {seed}: one answer for every cancel and every request without a watch id"
+    );
+    sending.await.expect("the burst is sent");
+
+    // Cancel everything: every membership is released.
+    for id in ids {
+        let doing = format!("cancelling watch {id} after the burst");
+        many.send(pb::WatchManyRequest {
+            request: Some(WatchCommand::Cancel(pb::WatchCancel { watch_id: id })),
+        })
+        .await;
+        loop {
+            match many.next(None, &doing).await {
+                Seen::Ended(ended, code, _) if ended == id => match code {
+                    Code::Cancelled | Code::NotFound => break,
+                    // A late answer to an open of the burst, refused while
+                    // its watcher started.
+                    Code::ResourceExhausted | Code::OutOfRange => {}
+                    _ => panic!("seed {seed}: {code:?} while {doing}"),
+                },
+                // The burst's last opens may still be answered.
+                Seen::Ended(..) | Seen::Created(_) | Seen::Other => {}
+            }
+        }
+    }
+    assert!(
+        many.checker.open.is_empty(),
+        "seed {seed}: watches still open after cancelling every id: {:?}",
+        many.checker.open_ids()
+    );
+    let registry = server.registry();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let open = registry
+            .watch_stats()
+            .open_streams
+            .load(std::sync::atomic::Ordering::SeqCst);
+        let fleet = client
+            .fleet_status(pb::FleetStatusRequest::default())
+            .await
+            .expect("fleet status")
+            .into_inner();
+        let connected: Vec<&str> = fleet
+            .agents
+            .iter()
+            .filter(|a| a.connected)
+            .map(|a| a.agent_id.as_str())
+            .collect();
+        if open == 0 && connected.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "seed {seed}: after every watch was cancelled, {open} watches still count \
+             and agents {connected:?} are still connected"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The same call still serves a normal watch.
+    let normal = pb::WatchRequest {
+        names: vec!["fuzz/a".into()],
+        labels: vec!["production".into()],
+        agent_id: "fuzz-sentinel".into(),
+        ..Default::default()
+    };
+    let seen = many
+        .exchange(pb::WatchManyRequest {
+            request: Some(WatchCommand::Open(pb::WatchOpen {
+                watch_id: SENTINEL,
+                watch: Some(normal),
+            })),
+        })
+        .await;
+    assert!(
+        matches!(seen, Seen::Created(SENTINEL)),
+        "seed {seed}: a normal watch opens"
+    );
+    let moved = client
+        .set_label(set_label("fuzz/a", "production", 1, None))
+        .await
+        .expect("promote")
+        .into_inner();
+    let moved = if moved.changed {
+        moved
+    } else {
+        client
+            .set_label(set_label("fuzz/a", "production", 2, None))
+            .await
+            .expect("promote")
+            .into_inner()
+    };
+    many.checker
+        .moves
+        .push(("fuzz/a".to_string(), moved.revision));
+    while !many.checker.open[&SENTINEL]
+        .revisions
+        .contains(&moved.revision)
+    {
+        many.next(None, "waiting for the normal watch's change")
+            .await;
+    }
+    let fleet = client
+        .fleet_status(pb::FleetStatusRequest {
+            name: "fuzz/a".into(),
+            label: "production".into(),
+            summary_only: false,
+        })
+        .await
+        .expect("fleet status")
+        .into_inner();
+    assert!(
+        fleet
+            .agents
+            .iter()
+            .any(|a| a.agent_id == "fuzz-sentinel" && a.connected),
+        "seed {seed}: the normal watch's agent is connected: {fleet:?}"
+    );
+
+    println!(
+        "WatchMany fuzz: {} requests in {:.1} s; ended by code {:?}; responses {:?}; \
+         {} change batches checked against the moves",
+        2 * rounds + 1,
+        started.elapsed().as_secs_f64(),
+        many.checker.ended,
+        many.checker.responses,
+        many.checker.checked_changes
+    );
 }

@@ -401,3 +401,188 @@ async fn dropping_the_call_ends_all_its_watches() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// The fleet view of `p`/`production`: each agent's `connected`, by id.
+async fn connected_agents(client: &mut Client) -> (BTreeMap<String, bool>, pb::FleetSummary) {
+    let status = client
+        .fleet_status(pb::FleetStatusRequest {
+            name: "p".into(),
+            label: "production".into(),
+            summary_only: false,
+        })
+        .await
+        .expect("fleet status")
+        .into_inner();
+    let rows = status
+        .agents
+        .into_iter()
+        .map(|row| (row.agent_id, row.connected))
+        .collect();
+    (rows, status.summary.unwrap_or_default())
+}
+
+/// Polls the fleet view until `want` holds, failing after PATIENCE with
+/// the last view seen.
+async fn wait_for_fleet(
+    client: &mut Client,
+    what: &str,
+    want: impl Fn(&BTreeMap<String, bool>) -> bool,
+) -> (BTreeMap<String, bool>, pb::FleetSummary) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (rows, summary) = connected_agents(client).await;
+        if want(&rows) {
+            return (rows, summary);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: the fleet view stayed {rows:?} ({summary:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn merged_agent_watches_keep_their_own_fleet_membership() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    publish(&mut client, "p", "a").await;
+    publish(&mut client, "p", "b").await;
+    promote(&mut client, "p", 1).await;
+    let batches = || {
+        server
+            .registry()
+            .watch_stats()
+            .batches_sent
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+    let open_streams = || {
+        server
+            .registry()
+            .watch_stats()
+            .open_streams
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+    let agent = |id: u64| format!("agent-{id}");
+
+    // Three agents of one host follow the same label on one stream.
+    let mut many = Many::open(&mut client).await;
+    for id in 1..=3 {
+        many.command(Command::Open(pb::WatchOpen {
+            watch_id: id,
+            watch: Some(pb::WatchRequest {
+                names: vec!["p".into()],
+                labels: vec!["production".into()],
+                agent_id: agent(id),
+                agent: Some(pb::AgentInfo {
+                    host: "pod-1".into(),
+                    sdk: "test".into(),
+                    version: id.to_string(),
+                }),
+                ..Default::default()
+            }),
+        }))
+        .await;
+    }
+    let mut got = Received::default();
+    while !(1..=3).all(|id| got.snapshot_complete(id)) {
+        got.add(many.next().await);
+    }
+    // The first promote reaches all three in one round: from then on they
+    // stand at the same place and are merged into one watcher.
+    let first = promote(&mut client, "p", 2).await;
+    while !(1..=3).all(|id| got.revisions(id).contains(&first)) {
+        got.add(many.next().await);
+    }
+    // Merged: the next promote is delivered by one watcher (one batch),
+    // in one message for all three.
+    let before = batches();
+    let second = promote(&mut client, "p", 1).await;
+    while !(1..=3).all(|id| got.revisions(id).contains(&second)) {
+        got.add(many.next().await);
+    }
+    assert_eq!(
+        batches() - before,
+        1,
+        "one watcher serves the three merged watches"
+    );
+    assert!(
+        got.change_messages.iter().any(|ids| {
+            let mut ids = ids.clone();
+            ids.sort_unstable();
+            ids == [1, 2, 3]
+        }),
+        "one message for the merged watches: {:?}",
+        got.change_messages
+    );
+    for id in 1..=3 {
+        assert_eq!(got.revisions(id), vec![first, second], "watch {id}");
+    }
+
+    // Each merged watch still counts on its own.
+    assert_eq!(open_streams(), 3, "each watch counts as a watch stream");
+    let all: BTreeMap<String, bool> = (1..=3).map(|id| (agent(id), true)).collect();
+    let (rows, summary) =
+        wait_for_fleet(&mut client, "three agents connected", |rows| *rows == all).await;
+    assert_eq!(rows, all);
+    assert_eq!(
+        summary,
+        pb::FleetSummary {
+            in_sync: 0,
+            stale: 3,
+            disconnected: 0
+        }
+    );
+
+    // Cancelling one watch disconnects exactly its agent.
+    many.cancel(2).await;
+    let (ids, ended) = many.next_ended().await;
+    assert_eq!((ids, ended.code), (vec![2], Code::Cancelled as i32));
+    let expected: BTreeMap<String, bool> = (1..=3).map(|id| (agent(id), id != 2)).collect();
+    let (rows, summary) = wait_for_fleet(&mut client, "agent-2 disconnected", |rows| {
+        rows.get("agent-2") == Some(&false)
+    })
+    .await;
+    assert_eq!(rows, expected, "only agent-2 is disconnected");
+    assert_eq!(
+        summary,
+        pb::FleetSummary {
+            in_sync: 0,
+            stale: 2,
+            disconnected: 1
+        }
+    );
+    assert_eq!(open_streams(), 2);
+
+    // The other two are still served, still by one watcher, and agent-2's
+    // watch gets nothing.
+    let before = batches();
+    let third = promote(&mut client, "p", 2).await;
+    let mut after = Received::default();
+    while !(after.revisions(1).contains(&third) && after.revisions(3).contains(&third)) {
+        let message = many.next().await;
+        assert!(
+            !message.watch_ids.contains(&2),
+            "a cancelled watch gets nothing: {message:?}"
+        );
+        after.add(message);
+    }
+    assert_eq!(after.revisions(1), vec![third]);
+    assert_eq!(after.revisions(3), vec![third]);
+    assert!(after.revisions(2).is_empty());
+    assert_eq!(
+        batches() - before,
+        1,
+        "watches 1 and 3 still share a watcher"
+    );
+    let (rows, _) = connected_agents(&mut client).await;
+    assert_eq!(rows, expected, "agents 1 and 3 stay connected");
+
+    // Ending the call disconnects the rest.
+    drop(many);
+    let none: BTreeMap<String, bool> = (1..=3).map(|id| (agent(id), false)).collect();
+    wait_for_fleet(&mut client, "every agent disconnected", |rows| {
+        *rows == none
+    })
+    .await;
+}
