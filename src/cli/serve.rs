@@ -53,8 +53,8 @@ pub struct WatchArgs {
     /// history and versions are never compacted.
     #[arg(long, env = "PROMPTREG_LOG_RETENTION", default_value = "24h", value_parser = parse_duration)]
     pub log_retention: Duration,
-    /// Most watch streams open at once; more are refused with
-    /// RESOURCE_EXHAUSTED.
+    /// Most watches open at once (each Watch stream, and each watch of a
+    /// WatchMany stream); more are refused with RESOURCE_EXHAUSTED.
     #[arg(long, env = "PROMPTREG_MAX_WATCHERS", default_value_t = WatchConfig::default().max_watchers)]
     pub max_watchers: usize,
     /// Most snapshots (watches from revision 0) being built at once; more

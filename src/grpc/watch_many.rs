@@ -142,7 +142,12 @@ impl WatchMany {
                 );
             }
             Err(status) => {
-                let message = format!("watch.{}", status.message());
+                // A field of the WatchRequest is named from the WatchOpen.
+                let message = if status.code() == Code::InvalidArgument {
+                    format!("watch.{}", status.message())
+                } else {
+                    status.message().to_string()
+                };
                 self.end(id, status.code(), message);
             }
         }

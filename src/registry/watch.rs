@@ -39,7 +39,8 @@ pub struct WatchConfig {
     pub compaction_interval: Duration,
     /// Agents disconnected for longer than this are forgotten (default 1 h).
     pub agent_ttl: Duration,
-    /// Most watch streams open at once (default 100 000).
+    /// Most watches open at once, Watch streams and the watches of
+    /// WatchMany streams alike (default 100 000).
     pub max_watchers: usize,
     /// Most snapshots being built at once (default 64).
     pub max_snapshots: usize,
