@@ -812,18 +812,6 @@ async fn check(url: &str, ledger: &Ledger, checked_publishes: &mut usize) -> Vec
     problems
 }
 
-fn seed_from_env() -> u64 {
-    std::env::var("PROMPTREG_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        })
-}
-
 async fn spawn_server(data_dir: PathBuf, addr: String) -> ServerProcess {
     tokio::task::spawn_blocking(move || start_server(&data_dir, &addr))
         .await
@@ -836,7 +824,7 @@ async fn acknowledged_writes_survive_sigkill() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
-    let seed = seed_from_env();
+    let seed = support::rng::seed_from_env("PROMPTREG_CRASH_SEED");
     println!("crash: {cycles} cycles, seed {seed} (PROMPTREG_CRASH_SEED={seed} replays the kill moments)");
     let mut rng = Rng::new(seed | 1);
     let temp = tempfile::tempdir().expect("temp dir");

@@ -470,21 +470,20 @@ async fn answer<T>(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_requests_get_deliberate_statuses_and_the_server_keeps_serving() {
-    let seed = std::env::var("PROMPTREG_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    let rounds: u64 = std::env::var("PROMPTREG_FUZZ_ROUNDS")
+/// The seed (`PROMPTREG_FUZZ_SEED`, else from the clock) and the requests
+/// per RPC (`PROMPTREG_FUZZ_ROUNDS`, default 300).
+fn fuzz_settings() -> (u64, u64) {
+    let seed = support::rng::seed_from_env("PROMPTREG_FUZZ_SEED");
+    let rounds = std::env::var("PROMPTREG_FUZZ_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(300);
+    (seed, rounds)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_deliberate_statuses_and_the_server_keeps_serving() {
+    let (seed, rounds) = fuzz_settings();
     println!("grpc fuzz: seed {seed} (PROMPTREG_FUZZ_SEED={seed} replays it), {rounds} rounds");
     let mut rng = Rng::new(seed);
 
@@ -1762,19 +1761,7 @@ async fn watch_fuzz_promote(client: &mut Client, rng: &mut Rng, checker: &mut Wa
 /// merged; and afterwards the same call serves a normal watch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_many_survives_random_opens_and_cancels() {
-    let seed = std::env::var("PROMPTREG_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    let rounds: u64 = std::env::var("PROMPTREG_FUZZ_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(300);
+    let (seed, rounds) = fuzz_settings();
     println!(
         "WatchMany fuzz: seed {seed} (PROMPTREG_FUZZ_SEED={seed} replays it), {rounds} rounds"
     );

@@ -15,6 +15,27 @@ use prost::bytes::{Buf, BufMut, Bytes};
 use prost::encoding::{DecodeContext, WireType};
 use prost::{DecodeError, Message};
 
+/// The decoding half of `prost::Message` for answers the server only
+/// encodes: clients decode the generated messages, so nothing here is ever
+/// decoded; it skips every field.
+macro_rules! encode_only {
+    () => {
+        fn merge_field(
+            &mut self,
+            tag: u32,
+            wire_type: WireType,
+            buf: &mut impl Buf,
+            ctx: DecodeContext,
+        ) -> Result<(), DecodeError> {
+            prost::encoding::skip_field(wire_type, tag, buf, ctx)
+        }
+
+        fn clear(&mut self) {
+            *self = Self::default();
+        }
+    };
+}
+
 /// A message already encoded: written as it is.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Encoded(Bytes);
@@ -41,24 +62,10 @@ impl Message for Encoded {
         buf.put_slice(&self.0);
     }
 
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: WireType,
-        buf: &mut impl Buf,
-        ctx: DecodeContext,
-    ) -> Result<(), DecodeError> {
-        // The server never decodes these; clients decode the generated
-        // message.
-        prost::encoding::skip_field(wire_type, tag, buf, ctx)
-    }
+    encode_only!();
 
     fn encoded_len(&self) -> usize {
         self.0.len()
-    }
-
-    fn clear(&mut self) {
-        self.0 = Bytes::new();
     }
 }
 
@@ -92,15 +99,7 @@ impl Message for GetVersionFrame {
         }
     }
 
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: WireType,
-        buf: &mut impl Buf,
-        ctx: DecodeContext,
-    ) -> Result<(), DecodeError> {
-        prost::encoding::skip_field(wire_type, tag, buf, ctx)
-    }
+    encode_only!();
 
     fn encoded_len(&self) -> usize {
         prost::encoding::message::encoded_len(VERSION, &self.version)
@@ -109,10 +108,6 @@ impl Message for GetVersionFrame {
             } else {
                 0
             }
-    }
-
-    fn clear(&mut self) {
-        *self = GetVersionFrame::default();
     }
 }
 
@@ -165,16 +160,7 @@ impl Message for WatchManyFrame {
         }
     }
 
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: WireType,
-        buf: &mut impl Buf,
-        ctx: DecodeContext,
-    ) -> Result<(), DecodeError> {
-        // As for `WatchFrame`: clients decode `pb::WatchManyResponse`.
-        prost::encoding::skip_field(wire_type, tag, buf, ctx)
-    }
+    encode_only!();
 
     fn encoded_len(&self) -> usize {
         prost::encoding::uint64::encoded_len_packed(WATCH_IDS, &self.watch_ids)
@@ -187,10 +173,6 @@ impl Message for WatchManyFrame {
                 }
                 None => 0,
             }
-    }
-
-    fn clear(&mut self) {
-        *self = WatchManyFrame::default();
     }
 }
 

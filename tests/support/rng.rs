@@ -3,6 +3,20 @@
 
 pub struct Rng(u64);
 
+/// The seed in the environment variable `var`, or one from the clock. A
+/// test prints its seed; setting the variable to it replays the run.
+pub fn seed_from_env(var: &str) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        })
+}
+
 impl Rng {
     /// A generator for `seed` (0 is moved to 1: xorshift never leaves 0).
     pub fn new(seed: u64) -> Rng {
