@@ -7,6 +7,8 @@ use crate::stats::Samples;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
+use tokio::sync::watch;
+use tokio_stream::{Stream, StreamExt as _};
 
 /// One promote (label move or etcd Put) as the driver sent it.
 #[derive(Debug, Clone, Copy)]
@@ -46,6 +48,33 @@ pub struct SequenceCheck {
 impl SequenceCheck {
     pub fn correct(&self) -> bool {
         self.bad_watchers == 0
+    }
+}
+
+/// Hands every message of `stream` to `on_message` until the stream ends
+/// or `stop` turns true: the receive loop of every fan-out watcher,
+/// promptreg's and etcd's alike.
+pub async fn receive_until_stopped<S, T, E>(
+    stream: &mut S,
+    stop: &mut watch::Receiver<bool>,
+    mut on_message: impl FnMut(T) -> anyhow::Result<()>,
+) -> anyhow::Result<()>
+where
+    S: Stream<Item = Result<T, E>> + Unpin,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    // One registration for the whole loop: a fresh `changed()` per message
+    // would lock the channel's waiter list once per delivery.
+    let stopped = stop.wait_for(|stopping| *stopping);
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            message = stream.next() => match message {
+                Some(message) => on_message(message?)?,
+                None => return Ok(()),
+            },
+            _ = &mut stopped => return Ok(()),
+        }
     }
 }
 

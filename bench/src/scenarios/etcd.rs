@@ -8,7 +8,7 @@
 //! once with `shared_stream` watchers multiplexed on each stream (etcd's
 //! own watch-id multiplexing, its cheapest configuration).
 
-use super::delivery::{analyse, Delivery, Promote};
+use super::delivery::{analyse, receive_until_stopped, Delivery, Promote};
 use super::{closed_loop, template_text, wait_until, Options};
 use crate::etcd::EtcdProcess;
 use crate::procfs::{rss_bytes, CpuMeter};
@@ -158,28 +158,22 @@ async fn stream_task(
         }
     }
     let mut got = vec![Vec::new(); k];
-    // One registration for the whole loop: a fresh `changed()` per message
-    // would lock the channel's waiter list once per delivery.
-    let stopped = stop.wait_for(|stopping| *stopping);
-    tokio::pin!(stopped);
-    loop {
-        tokio::select! {
-            message = stream.message() => match message? {
-                Some(message) => {
-                    let at = Instant::now();
-                    let Some(&w) = index.get(&message.watch_id()) else { continue };
-                    for event in message.events() {
-                        if let Some(kv) = event.kv() {
-                            got[w].push(Delivery { revision: kv.mod_revision() as u64, at });
-                            received.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
+    receive_until_stopped(&mut stream, &mut stop, |message| {
+        let at = Instant::now();
+        if let Some(&w) = index.get(&message.watch_id()) {
+            for event in message.events() {
+                if let Some(kv) = event.kv() {
+                    got[w].push(Delivery {
+                        revision: kv.mod_revision() as u64,
+                        at,
+                    });
+                    received.fetch_add(1, Ordering::Relaxed);
                 }
-                None => break,
-            },
-            _ = &mut stopped => break,
+            }
         }
-    }
+        Ok(())
+    })
+    .await?;
     Ok(got)
 }
 

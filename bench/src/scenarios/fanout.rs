@@ -9,7 +9,7 @@
 //! `shared_stream` watchers on each WatchMany stream, the shape of etcd's
 //! shared-stream run.
 
-use super::delivery::{analyse, Delivery, Promote};
+use super::delivery::{analyse, receive_until_stopped, Delivery, Promote};
 use super::{publish, set_label, wait_until, Options};
 use crate::procfs::{rss_bytes, CpuMeter};
 use crate::server::ServerProcess;
@@ -161,28 +161,25 @@ async fn watcher(
     }
     ready.fetch_add(1, Ordering::Relaxed);
     let mut got = Vec::new();
-    // One registration for the whole loop: a fresh `changed()` per message
-    // would lock the channel's waiter list once per delivery.
-    let stopped = stop.wait_for(|stopping| *stopping);
-    tokio::pin!(stopped);
-    loop {
-        tokio::select! {
-            message = stream.message() => match message? {
-                Some(pb::WatchResponse { event: Some(Event::Changes(batch)) }) => {
-                    let at = Instant::now();
-                    for change in batch.changes {
-                        if let Some(pb::change::Kind::LabelMoved(_)) = change.kind {
-                            got.push(Delivery { revision: batch.revision, at });
-                            received.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
+    receive_until_stopped(&mut stream, &mut stop, |message| {
+        if let pb::WatchResponse {
+            event: Some(Event::Changes(batch)),
+        } = message
+        {
+            let at = Instant::now();
+            for change in batch.changes {
+                if let Some(pb::change::Kind::LabelMoved(_)) = change.kind {
+                    got.push(Delivery {
+                        revision: batch.revision,
+                        at,
+                    });
+                    received.fetch_add(1, Ordering::Relaxed);
                 }
-                Some(_) => {}
-                None => break,
-            },
-            _ = &mut stopped => break,
+            }
         }
-    }
+        Ok(())
+    })
+    .await?;
     Ok(got)
 }
 
@@ -238,37 +235,38 @@ async fn shared_stream(
         }
     }
     let mut got = vec![Vec::new(); k];
-    let stopped = stop.wait_for(|stopping| *stopping);
-    tokio::pin!(stopped);
-    loop {
-        tokio::select! {
-            message = stream.message() => match message? {
-                Some(pb::WatchManyResponse {
-                    watch_ids,
-                    event: Some(Many::Response(pb::WatchResponse { event: Some(Event::Changes(batch)) })),
-                }) => {
-                    let at = Instant::now();
-                    let moves = batch
-                        .changes
-                        .iter()
-                        .filter(|c| matches!(c.kind, Some(pb::change::Kind::LabelMoved(_))))
-                        .count();
-                    for id in &watch_ids {
-                        let w = watcher(*id)?;
-                        for _ in 0..moves {
-                            got[w].push(Delivery { revision: batch.revision, at });
-                        }
-                    }
-                    received.fetch_add(moves * watch_ids.len(), Ordering::Relaxed);
+    receive_until_stopped(&mut stream, &mut stop, |message| match message {
+        pb::WatchManyResponse {
+            watch_ids,
+            event:
+                Some(Many::Response(pb::WatchResponse {
+                    event: Some(Event::Changes(batch)),
+                })),
+        } => {
+            let at = Instant::now();
+            let moves = batch
+                .changes
+                .iter()
+                .filter(|c| matches!(c.kind, Some(pb::change::Kind::LabelMoved(_))))
+                .count();
+            for id in &watch_ids {
+                let w = watcher(*id)?;
+                for _ in 0..moves {
+                    got[w].push(Delivery {
+                        revision: batch.revision,
+                        at,
+                    });
                 }
-                Some(pb::WatchManyResponse { watch_ids, event: Some(Many::Ended(ended)) }) => {
-                    anyhow::bail!("watch {watch_ids:?} ended: {ended:?}")
-                }
-                Some(_) => {}
-                None => break,
-            },
-            _ = &mut stopped => break,
+            }
+            received.fetch_add(moves * watch_ids.len(), Ordering::Relaxed);
+            Ok(())
         }
-    }
+        pb::WatchManyResponse {
+            watch_ids,
+            event: Some(Many::Ended(ended)),
+        } => anyhow::bail!("watch {watch_ids:?} ended: {ended:?}"),
+        _ => Ok(()),
+    })
+    .await?;
     Ok(got)
 }
