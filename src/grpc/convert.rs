@@ -391,66 +391,63 @@ pub fn watch_frame(event: WatchEvent) -> WatchFrame {
 pub const COMPACT_REVISION_TRAILER: &str = "promptreg-compact-revision";
 pub const RESUME_REVISION_TRAILER: &str = "promptreg-resume-revision";
 
-/// How a watch ended, for a `Watch` stream's final status and a
-/// `WatchMany` stream's `WatchEnded` alike: the code, the message, and the
-/// revision (with the trailer that carries it on `Watch`).
-fn watch_end_parts(end: WatchEnd) -> (Code, String, Option<(&'static str, u64)>) {
-    let (code, message, trailer, revision) = match end {
-        WatchEnd::Busy { message } => return (Code::ResourceExhausted, message, None),
+/// How a watch ended: the `WatchEnded` of a `WatchMany` watch, and the
+/// source of a `Watch` stream's final status (see `watch_end`).
+pub fn watch_ended(end: WatchEnd) -> pb::WatchEnded {
+    match end {
+        WatchEnd::Busy { message } => ended(Code::ResourceExhausted, message),
         WatchEnd::Compacted {
             requested,
             compact_revision,
-        } => (
-            Code::OutOfRange,
-            format!(
-                "revision {requested} has been compacted (compact revision {compact_revision}); \
-                 take a fresh snapshot with start_revision 0"
-            ),
-            COMPACT_REVISION_TRAILER,
+        } => pb::WatchEnded {
             compact_revision,
-        ),
-        WatchEnd::ShuttingDown { resume_revision } => (
-            Code::Unavailable,
-            format!("the server is shutting down; resume from revision {resume_revision}"),
-            RESUME_REVISION_TRAILER,
+            ..ended(
+                Code::OutOfRange,
+                format!(
+                    "revision {requested} has been compacted (compact revision \
+                     {compact_revision}); take a fresh snapshot with start_revision 0"
+                ),
+            )
+        },
+        WatchEnd::ShuttingDown { resume_revision } => pb::WatchEnded {
             resume_revision,
-        ),
+            ..ended(
+                Code::Unavailable,
+                format!("the server is shutting down; resume from revision {resume_revision}"),
+            )
+        },
         WatchEnd::Storage {
             message,
             resume_revision,
-        } => (
-            Code::Unavailable,
-            format!(
-                "reading the change log failed ({message}); resume from revision {resume_revision}"
-            ),
-            RESUME_REVISION_TRAILER,
+        } => pb::WatchEnded {
             resume_revision,
-        ),
-    };
-    (code, message, Some((trailer, revision)))
+            ..ended(
+                Code::Unavailable,
+                format!(
+                    "reading the change log failed ({message}); resume from revision \
+                     {resume_revision}"
+                ),
+            )
+        },
+    }
 }
 
+/// A `Watch` stream's final status: the `WatchEnded`, with its revision in
+/// a trailer (revisions start at 1, so 0 means none).
 pub fn watch_end(end: WatchEnd) -> Status {
-    let (code, message, revision) = watch_end_parts(end);
+    let ended = watch_ended(end);
     let mut metadata = tonic::metadata::MetadataMap::new();
-    if let Some((trailer, revision)) = revision {
-        if let Ok(value) = revision.to_string().parse() {
-            metadata.insert(trailer, value);
+    for (trailer, revision) in [
+        (COMPACT_REVISION_TRAILER, ended.compact_revision),
+        (RESUME_REVISION_TRAILER, ended.resume_revision),
+    ] {
+        if revision != 0 {
+            if let Ok(value) = revision.to_string().parse() {
+                metadata.insert(trailer, value);
+            }
         }
     }
-    Status::with_metadata(code, message, metadata)
-}
-
-/// A watch of a `WatchMany` stream ended as a `Watch` stream would have.
-pub fn watch_ended(end: WatchEnd) -> pb::WatchEnded {
-    let (code, message, revision) = watch_end_parts(end);
-    let mut ended = ended(code, message);
-    match revision {
-        Some((COMPACT_REVISION_TRAILER, revision)) => ended.compact_revision = revision,
-        Some((_, revision)) => ended.resume_revision = revision,
-        None => {}
-    }
-    ended
+    Status::with_metadata(Code::from(ended.code), ended.message, metadata)
 }
 
 /// A `WatchEnded` with only a code and a message.
