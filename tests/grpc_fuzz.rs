@@ -6,7 +6,9 @@
 //! connection (UNAVAILABLE). Afterwards the server must still publish and
 //! read, and its audit ledger must verify. `WatchMany` gets a seeded random
 //! sequence of opens, cancels and empty requests on one call: each bad one
-//! ends only its own watch, with a documented code in `WatchEnded`.
+//! ends only its own watch, with a documented code in `WatchEnded`. And
+//! every RPC, found in the service's descriptor, gets bytes that are not a
+//! message at all: INVALID_ARGUMENT, never INTERNAL.
 //!
 //! `PROMPTREG_FUZZ_SEED` replays a run (the seed is printed);
 //! `PROMPTREG_FUZZ_ROUNDS` sets the requests per RPC (default 300).
@@ -1254,6 +1256,188 @@ async fn list_audit_after_the_largest_sequence_is_empty() {
             ),
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Bytes that are not a message
+// ---------------------------------------------------------------------------
+
+/// A codec that sends its bytes as they are, framed as one gRPC message, and
+/// hands back the answer's bytes undecoded: the client of another language
+/// (or a broken one) that the generated client cannot imitate.
+#[derive(Debug, Clone, Default)]
+struct RawCodec;
+
+#[derive(Debug, Clone, Default)]
+struct RawBytes;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawBytes;
+    type Decoder = RawBytes;
+
+    fn encoder(&mut self) -> RawBytes {
+        RawBytes
+    }
+
+    fn decoder(&mut self) -> RawBytes {
+        RawBytes
+    }
+}
+
+impl tonic::codec::Encoder for RawBytes {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        buf: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut as _;
+        buf.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawBytes {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        buf: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf as _;
+        Ok(Some(buf.copy_to_bytes(buf.remaining()).to_vec()))
+    }
+}
+
+/// Bytes that no message of `promptreg.v1` decodes from, whatever its
+/// fields: a varint key longer than ten bytes (the twelve 0xff), a
+/// field number 0, the wire type 7 that does not exist, and a group that
+/// never ends.
+const UNDECODABLE: &[(&str, &[u8])] = &[
+    ("twelve 0xff bytes", &[0xff; 12]),
+    ("field number 0", &[0x00, 0x01]),
+    ("wire type 7", &[0x0f]),
+    ("an unterminated group", &[0x0b]),
+];
+
+/// Every RPC of `promptreg.v1.Registry`, from the descriptor the server
+/// publishes for reflection, so that an RPC added later is covered too:
+/// (name, client streams, server streams).
+fn every_rpc() -> Vec<(String, bool, bool)> {
+    use prost::Message as _;
+    let set = prost_types::FileDescriptorSet::decode(promptreg::grpc::FILE_DESCRIPTOR_SET)
+        .expect("the descriptor set decodes");
+    let service = set
+        .file
+        .iter()
+        .filter(|f| f.package() == "promptreg.v1")
+        .flat_map(|f| f.service.iter())
+        .find(|s| s.name() == "Registry")
+        .expect("the Registry service");
+    service
+        .method
+        .iter()
+        .map(|m| {
+            (
+                m.name().to_string(),
+                m.client_streaming(),
+                m.server_streaming(),
+            )
+        })
+        .collect()
+}
+
+/// Sends `bytes` as the one request message of `rpc` and returns the
+/// status the call ends with (OK if it ended without one).
+async fn send_raw(
+    channel: &tonic::transport::Channel,
+    (rpc, client_streams, server_streams): &(String, bool, bool),
+    bytes: &[u8],
+) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.expect("the channel is ready");
+    let path: http::uri::PathAndQuery = format!("/promptreg.v1.Registry/{rpc}")
+        .parse()
+        .expect("a path");
+    let call = async {
+        let opened = match (client_streams, server_streams) {
+            (false, false) => {
+                return grpc
+                    .unary(tonic::Request::new(bytes.to_vec()), path, RawCodec)
+                    .await
+                    .err()
+            }
+            (false, true) => {
+                grpc.server_streaming(tonic::Request::new(bytes.to_vec()), path, RawCodec)
+                    .await
+            }
+            (true, _) => {
+                let once = tokio_stream::iter(vec![bytes.to_vec()]);
+                grpc.streaming(tonic::Request::new(once), path, RawCodec)
+                    .await
+            }
+        };
+        let mut stream = match opened {
+            Ok(response) => response.into_inner(),
+            Err(status) => return Some(status),
+        };
+        // A streaming answer may start before the bad request is read.
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(status) => return Some(status),
+            }
+        }
+    };
+    let ended = tokio::time::timeout(Duration::from_secs(60), call)
+        .await
+        .unwrap_or_else(|_| Some(tonic::Status::deadline_exceeded("no answer within 60 s")));
+    ended.unwrap_or_else(|| tonic::Status::ok("the call ended without a status"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_requests_are_invalid_argument_on_every_rpc() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    publish(&mut client, "raw/p", "x").await;
+    let channel = tonic::transport::Channel::from_shared(server.url.clone())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connects");
+    let rpcs = every_rpc();
+    assert!(rpcs.len() >= 21, "every RPC of the service: {rpcs:?}");
+    let mut wrong = Vec::new();
+    for rpc in &rpcs {
+        for (what, bytes) in UNDECODABLE {
+            let status = send_raw(&channel, rpc, bytes).await;
+            let named = status.message().contains("could not be decoded");
+            if status.code() != Code::InvalidArgument || !named {
+                wrong.push(format!(
+                    "{} sent {what}: {:?} {:?}",
+                    rpc.0,
+                    status.code(),
+                    status.message()
+                ));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "undecodable requests must be INVALID_ARGUMENT saying so:\n{}",
+        wrong.join("\n")
+    );
+    // And the server goes on serving.
+    let resolved = resolve(&mut client, "raw/p", "latest")
+        .await
+        .expect("the server still answers");
+    assert_eq!(resolved.version, 1);
 }
 
 // ---------------------------------------------------------------------------
