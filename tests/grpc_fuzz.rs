@@ -1258,6 +1258,75 @@ async fn list_audit_after_the_largest_sequence_is_empty() {
     }
 }
 
+/// Timestamps outside what `google.protobuf.Timestamp` allows: nanos
+/// below 0 or of a whole second and more, the year 0, the year 10000.
+fn out_of_range_times() -> Vec<(prost_types::Timestamp, &'static str)> {
+    let t = |seconds, nanos| prost_types::Timestamp { seconds, nanos };
+    vec![
+        (t(1_700_000_000, -1), "nanos"),
+        (t(1_700_000_000, 1_000_000_000), "nanos"),
+        (t(1_700_000_000, i32::MIN), "nanos"),
+        // 0000-12-31T23:59:59Z and 10000-01-01T00:00:00Z.
+        (t(-62_135_596_801, 0), "seconds"),
+        (t(253_402_300_800, 0), "seconds"),
+        (t(i64::MIN, 0), "seconds"),
+        (t(i64::MAX, 999_999_999), "seconds"),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_range_timestamps_are_invalid_argument_naming_the_field() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    publish(&mut client, "time/p", "x").await;
+    client
+        .set_label(set_label("time/p", "production", 1, None))
+        .await
+        .expect("promote");
+    for (time, part) in out_of_range_times() {
+        let at = answer(client.resolve_at(pb::ResolveAtRequest {
+            name: "time/p".into(),
+            label: "production".into(),
+            at: Some(pb::resolve_at_request::At::Time(time)),
+        }))
+        .await;
+        assert_status(at, Code::InvalidArgument, &format!("time.{part}:"));
+        for field in ["since", "until"] {
+            let mut request = pb::ListAuditRequest::default();
+            if field == "since" {
+                request.since = Some(time);
+            } else {
+                request.until = Some(time);
+            }
+            let listed = answer(client.list_audit(request)).await;
+            assert_status(listed, Code::InvalidArgument, &format!("{field}.{part}:"));
+        }
+        let verified = answer(client.verify_audit(pb::VerifyAuditRequest {
+            checkpoint: Some(pb::Checkpoint {
+                time: Some(time),
+                ..Default::default()
+            }),
+        }))
+        .await;
+        assert_status(
+            verified,
+            Code::InvalidArgument,
+            &format!("checkpoint.time.{part}:"),
+        );
+    }
+    // The edges themselves are times.
+    let edges = [(-62_135_596_800, 0), (253_402_300_799, 999_999_999)];
+    for (seconds, nanos) in edges {
+        let time = prost_types::Timestamp { seconds, nanos };
+        let listed = answer(client.list_audit(pb::ListAuditRequest {
+            since: Some(time),
+            ..Default::default()
+        }))
+        .await;
+        assert!(listed.is_ok(), "{time:?}: {listed:?}");
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Bytes that are not a message
 // ---------------------------------------------------------------------------

@@ -38,6 +38,14 @@ impl From<RegistryError> for Status {
     }
 }
 
+/// A time from a request, held to the domain's rule (`instant_micros`).
+pub fn instant(
+    field: &str,
+    time: &prost_types::Timestamp,
+) -> Result<crate::domain::Micros, Status> {
+    crate::domain::instant_micros(field, time.seconds, time.nanos).map_err(invalid)
+}
+
 pub fn invalid(error: ValidationError) -> Status {
     Status::invalid_argument(bounded(error.to_string()))
 }
@@ -521,14 +529,17 @@ pub fn checkpoint_to_pb(c: Checkpoint) -> pb::Checkpoint {
     }
 }
 
-pub fn checkpoint_from_pb(c: pb::Checkpoint) -> Checkpoint {
-    Checkpoint {
+pub fn checkpoint_from_pb(c: pb::Checkpoint) -> Result<Checkpoint, Status> {
+    Ok(Checkpoint {
         sequence: c.sequence,
         head_hash: c.head_hash,
-        time: c.time.as_ref().map_or(0, crate::time::from_timestamp),
+        time: match &c.time {
+            Some(time) => instant("checkpoint.time", time)?,
+            None => 0,
+        },
         key_id: c.key_id,
         signature: c.signature,
-    }
+    })
 }
 
 pub fn audit_report(r: AuditReport) -> pb::VerifyAuditResponse {

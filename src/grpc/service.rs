@@ -7,7 +7,6 @@ use crate::domain::{ContentDigest, ValidationError};
 use crate::registry::fleet::{Ack, ApplyOutcome};
 use crate::registry::provenance::{AuditFilter, PruneRequest};
 use crate::registry::{MoveRequest, PointInTime, Registry, VersionSelector};
-use crate::time::from_timestamp;
 use prost::Message as _;
 use std::pin::Pin;
 use tokio_stream::{Stream, StreamExt as _};
@@ -246,8 +245,16 @@ impl RegistryApi for RegistryService {
             },
             actor: non_empty(req.actor),
             action: non_empty(req.action),
-            since: req.since.as_ref().map(from_timestamp),
-            until: req.until.as_ref().map(from_timestamp),
+            since: req
+                .since
+                .as_ref()
+                .map(|t| convert::instant("since", t))
+                .transpose()?,
+            until: req
+                .until
+                .as_ref()
+                .map(|t| convert::instant("until", t))
+                .transpose()?,
         };
         let page = self
             .registry
@@ -265,7 +272,8 @@ impl RegistryApi for RegistryService {
         let checkpoint = request
             .into_inner()
             .checkpoint
-            .map(convert::checkpoint_from_pb);
+            .map(convert::checkpoint_from_pb)
+            .transpose()?;
         let report = self.registry.verify_audit(checkpoint.as_ref())?;
         Ok(Response::new(convert::audit_report(report)))
     }
@@ -551,7 +559,7 @@ impl RegistryApi for RegistryService {
                 )))
             }
             Some(At::Revision(r)) => PointInTime::Revision(r),
-            Some(At::Time(t)) => PointInTime::Time(from_timestamp(&t)),
+            Some(At::Time(t)) => PointInTime::Time(convert::instant("time", &t)?),
         };
         let (version, mv) = self.registry.resolve_at(&name, &label, at)?;
         annotate(
