@@ -291,12 +291,8 @@ pub fn watch_request(req: pb::WatchRequest, limits: &Limits) -> Result<WatchRequ
         selector.names.insert(name);
     }
     for (i, prefix) in req.prefixes.iter().enumerate() {
-        if prefix.is_empty() || prefix.len() > limits.max_name_bytes {
-            return Err(invalid(ValidationError::new(
-                format!("prefixes[{i}]"),
-                format!("must be 1 to {} bytes", limits.max_name_bytes),
-            )));
-        }
+        PromptName::check_prefix(&format!("prefixes[{i}]"), prefix, limits.max_name_bytes)
+            .map_err(invalid)?;
         selector.prefixes.push(prefix.clone());
     }
     for (i, label) in req.labels.iter().enumerate() {

@@ -3,7 +3,7 @@
 use super::convert::{self, invalid, label_name, movable_label, prompt_name};
 use super::pb;
 use super::pb_server::registry_server::Registry as RegistryApi;
-use crate::domain::{ContentDigest, ValidationError};
+use crate::domain::{ContentDigest, PromptName, ValidationError};
 use crate::registry::fleet::{Ack, ApplyOutcome};
 use crate::registry::provenance::{AuditFilter, PruneRequest};
 use crate::registry::{MoveRequest, PointInTime, Registry, VersionSelector};
@@ -434,11 +434,9 @@ impl RegistryApi for RegistryService {
         request: Request<pb::ListPromptsRequest>,
     ) -> Answer<pb::ListPromptsResponse> {
         let req = request.into_inner();
-        if req.prefix.len() > self.registry.limits().max_name_bytes {
-            return Err(invalid(ValidationError::new(
-                "prefix",
-                "is longer than any prompt name",
-            )));
+        if !req.prefix.is_empty() {
+            PromptName::check_prefix("prefix", &req.prefix, self.registry.limits().max_name_bytes)
+                .map_err(invalid)?;
         }
         let page = self
             .registry
