@@ -1509,6 +1509,68 @@ async fn undecodable_requests_are_invalid_argument_on_every_rpc() {
     assert_eq!(resolved.version, 1);
 }
 
+/// Request bodies whose gRPC framing is broken before any message decoder
+/// sees them (all ASCII, so that a `String` body carries them).
+const BROKEN_FRAMES: &[(&str, &str)] = &[
+    (
+        "a compressed flag without grpc-encoding",
+        "\u{1}\0\0\0\u{3}abc",
+    ),
+    ("compression flag 7", "\u{7}\0\0\0\u{3}abc"),
+    ("a message cut short", "\0\0\0\0\u{a}abc"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_framing_is_invalid_argument_on_every_rpc() {
+    use tower::Service as _;
+    let server = TestServer::start().await;
+    let mut channel = tonic::transport::Channel::from_shared(server.url.clone())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connects");
+    let mut wrong = Vec::new();
+    // A WatchMany call answers after its headers, in trailers; its bad
+    // frames are covered by tests/watch_many.rs.
+    let unary_requests = every_rpc().into_iter().filter(|(_, client, _)| !client);
+    for (rpc, _, _) in unary_requests {
+        for (what, body) in BROKEN_FRAMES {
+            let request = http::Request::builder()
+                .method("POST")
+                .uri(format!("{}/promptreg.v1.Registry/{rpc}", server.url))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(tonic::body::Body::new(body.to_string()))
+                .expect("a request");
+            std::future::poll_fn(|cx| channel.poll_ready(cx))
+                .await
+                .expect("ready");
+            let response = tokio::time::timeout(Duration::from_secs(60), channel.call(request))
+                .await
+                .expect("an answer within 60 s")
+                .expect("an HTTP answer");
+            let header = |name: &str| {
+                response
+                    .headers()
+                    .get(name)
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            };
+            if header("grpc-status").as_deref() != Some("3") {
+                wrong.push(format!(
+                    "{rpc} sent {what}: grpc-status {:?} {:?}",
+                    header("grpc-status"),
+                    header("grpc-message")
+                ));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "broken framing must be INVALID_ARGUMENT:\n{}",
+        wrong.join("\n")
+    );
+}
+
 // ---------------------------------------------------------------------------
 // WatchMany
 // ---------------------------------------------------------------------------

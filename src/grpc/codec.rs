@@ -8,7 +8,8 @@
 //! INVALID_ARGUMENT: tonic's prost decoder says INTERNAL, as if the server
 //! were at fault, when the bytes came from the client. The client keeps
 //! tonic's decoder, since an answer it cannot decode is not its own
-//! argument's fault.
+//! argument's fault. [`FramingErrorLayer`] does the same for requests whose
+//! gRPC framing tonic refuses before a decoder runs.
 
 use std::marker::PhantomData;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
@@ -99,5 +100,72 @@ impl<U: prost::Message + Default> Decoder for RequestDecoder<U> {
 
     fn buffer_settings(&self) -> BufferSettings {
         BufferSettings::default()
+    }
+}
+
+/// The texts of tonic's INTERNAL answers to a request whose gRPC framing is
+/// broken before any decoder sees it: a compressed-flag with no
+/// `grpc-encoding`, a flag other than 0 or 1, a message cut short by the
+/// end of the stream. All are the client's bytes.
+const BROKEN_FRAMING: &[&str] = &[
+    "protocol error: received message with",
+    "Unexpected EOF decoding stream",
+];
+
+/// A layer in front of every service that turns tonic's INTERNAL answer to a
+/// request with broken gRPC framing into INVALID_ARGUMENT (the answer is
+/// trailers-only, so its status is in the response headers).
+#[derive(Debug, Clone, Default)]
+pub struct FramingErrorLayer;
+
+impl<S> tower::Layer<S> for FramingErrorLayer {
+    type Service = FramingErrors<S>;
+
+    fn layer(&self, inner: S) -> FramingErrors<S> {
+        FramingErrors { inner }
+    }
+}
+
+/// See [`FramingErrorLayer`].
+#[derive(Debug, Clone)]
+pub struct FramingErrors<S> {
+    inner: S,
+}
+
+impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for FramingErrors<S>
+where
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let mut response = answer.await?;
+            let headers = response.headers_mut();
+            let internal = headers
+                .get("grpc-status")
+                .is_some_and(|code| code.as_bytes() == b"13");
+            // The message is percent-encoded: a space is `%20`.
+            let broken_framing = headers.get("grpc-message").is_some_and(|message| {
+                let message = String::from_utf8_lossy(message.as_bytes()).replace("%20", " ");
+                BROKEN_FRAMING.iter().any(|text| message.starts_with(text))
+            });
+            if internal && broken_framing {
+                headers.insert("grpc-status", http::HeaderValue::from_static("3"));
+            }
+            Ok(response)
+        })
     }
 }
