@@ -28,7 +28,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // the server answers Watch with `WatchFrame`, a `WatchResponse` encoded
     // once per revision and shared by every stream that sends it (and
     // WatchMany with `WatchManyFrame`, the same bytes behind watch ids; and
-    // GetVersion with `GetVersionFrame`, a version encoded once).
+    // GetVersion with `GetVersionFrame`, a version encoded once). Its codec
+    // answers an undecodable request with INVALID_ARGUMENT.
     let server_dir = out_dir.join("server");
     std::fs::create_dir_all(&server_dir)?;
     tonic_prost_build::configure()
@@ -48,7 +49,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "crate::grpc::wire::WatchManyFrame",
         )
         .extern_path(".promptreg.v1", "crate::grpc::pb")
-        .codec_path("crate::grpc::codec::SmallBufferCodec")
+        .codec_path("crate::grpc::codec::ServerCodec")
         .compile_fds(compiler.file_descriptor_set())?;
     Ok(())
 }

@@ -6,7 +6,9 @@
 //! connection (UNAVAILABLE). Afterwards the server must still publish and
 //! read, and its audit ledger must verify. `WatchMany` gets a seeded random
 //! sequence of opens, cancels and empty requests on one call: each bad one
-//! ends only its own watch, with a documented code in `WatchEnded`.
+//! ends only its own watch, with a documented code in `WatchEnded`. And
+//! every RPC, found in the service's descriptor, gets bytes that are not a
+//! message at all: INVALID_ARGUMENT, never INTERNAL.
 //!
 //! `PROMPTREG_FUZZ_SEED` replays a run (the seed is printed);
 //! `PROMPTREG_FUZZ_ROUNDS` sets the requests per RPC (default 300).
@@ -1254,6 +1256,319 @@ async fn list_audit_after_the_largest_sequence_is_empty() {
             ),
         }
     }
+}
+
+/// Timestamps outside what `google.protobuf.Timestamp` allows: nanos
+/// below 0 or of a whole second and more, the year 0, the year 10000.
+fn out_of_range_times() -> Vec<(prost_types::Timestamp, &'static str)> {
+    let t = |seconds, nanos| prost_types::Timestamp { seconds, nanos };
+    vec![
+        (t(1_700_000_000, -1), "nanos"),
+        (t(1_700_000_000, 1_000_000_000), "nanos"),
+        (t(1_700_000_000, i32::MIN), "nanos"),
+        // 0000-12-31T23:59:59Z and 10000-01-01T00:00:00Z.
+        (t(-62_135_596_801, 0), "seconds"),
+        (t(253_402_300_800, 0), "seconds"),
+        (t(i64::MIN, 0), "seconds"),
+        (t(i64::MAX, 999_999_999), "seconds"),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_range_timestamps_are_invalid_argument_naming_the_field() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    publish(&mut client, "time/p", "x").await;
+    client
+        .set_label(set_label("time/p", "production", 1, None))
+        .await
+        .expect("promote");
+    for (time, part) in out_of_range_times() {
+        let at = answer(client.resolve_at(pb::ResolveAtRequest {
+            name: "time/p".into(),
+            label: "production".into(),
+            at: Some(pb::resolve_at_request::At::Time(time)),
+        }))
+        .await;
+        assert_status(at, Code::InvalidArgument, &format!("time.{part}:"));
+        for field in ["since", "until"] {
+            let mut request = pb::ListAuditRequest::default();
+            if field == "since" {
+                request.since = Some(time);
+            } else {
+                request.until = Some(time);
+            }
+            let listed = answer(client.list_audit(request)).await;
+            assert_status(listed, Code::InvalidArgument, &format!("{field}.{part}:"));
+        }
+        let verified = answer(client.verify_audit(pb::VerifyAuditRequest {
+            checkpoint: Some(pb::Checkpoint {
+                time: Some(time),
+                ..Default::default()
+            }),
+        }))
+        .await;
+        assert_status(
+            verified,
+            Code::InvalidArgument,
+            &format!("checkpoint.time.{part}:"),
+        );
+    }
+    // The edges themselves are times.
+    let edges = [(-62_135_596_800, 0), (253_402_300_799, 999_999_999)];
+    for (seconds, nanos) in edges {
+        let time = prost_types::Timestamp { seconds, nanos };
+        let listed = answer(client.list_audit(pb::ListAuditRequest {
+            since: Some(time),
+            ..Default::default()
+        }))
+        .await;
+        assert!(listed.is_ok(), "{time:?}: {listed:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Bytes that are not a message
+// ---------------------------------------------------------------------------
+
+/// A codec that sends its bytes as they are, framed as one gRPC message, and
+/// hands back the answer's bytes undecoded: the client of another language
+/// (or a broken one) that the generated client cannot imitate.
+#[derive(Debug, Clone, Default)]
+struct RawCodec;
+
+#[derive(Debug, Clone, Default)]
+struct RawBytes;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawBytes;
+    type Decoder = RawBytes;
+
+    fn encoder(&mut self) -> RawBytes {
+        RawBytes
+    }
+
+    fn decoder(&mut self) -> RawBytes {
+        RawBytes
+    }
+}
+
+impl tonic::codec::Encoder for RawBytes {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        buf: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut as _;
+        buf.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawBytes {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        buf: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf as _;
+        Ok(Some(buf.copy_to_bytes(buf.remaining()).to_vec()))
+    }
+}
+
+/// Bytes that no message of `promptreg.v1` decodes from, whatever its
+/// fields: a varint key longer than ten bytes (the twelve 0xff), a
+/// field number 0, the wire type 7 that does not exist, and a group that
+/// never ends.
+const UNDECODABLE: &[(&str, &[u8])] = &[
+    ("twelve 0xff bytes", &[0xff; 12]),
+    ("field number 0", &[0x00, 0x01]),
+    ("wire type 7", &[0x0f]),
+    ("an unterminated group", &[0x0b]),
+];
+
+/// Every RPC of `promptreg.v1.Registry`, from the descriptor the server
+/// publishes for reflection, so that an RPC added later is covered too:
+/// (name, client streams, server streams).
+fn every_rpc() -> Vec<(String, bool, bool)> {
+    use prost::Message as _;
+    let set = prost_types::FileDescriptorSet::decode(promptreg::grpc::FILE_DESCRIPTOR_SET)
+        .expect("the descriptor set decodes");
+    let service = set
+        .file
+        .iter()
+        .filter(|f| f.package() == "promptreg.v1")
+        .flat_map(|f| f.service.iter())
+        .find(|s| s.name() == "Registry")
+        .expect("the Registry service");
+    service
+        .method
+        .iter()
+        .map(|m| {
+            (
+                m.name().to_string(),
+                m.client_streaming(),
+                m.server_streaming(),
+            )
+        })
+        .collect()
+}
+
+/// Sends `bytes` as the one request message of `rpc` and returns the
+/// status the call ends with (OK if it ended without one).
+async fn send_raw(
+    channel: &tonic::transport::Channel,
+    (rpc, client_streams, server_streams): &(String, bool, bool),
+    bytes: &[u8],
+) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.expect("the channel is ready");
+    let path: http::uri::PathAndQuery = format!("/promptreg.v1.Registry/{rpc}")
+        .parse()
+        .expect("a path");
+    let call = async {
+        let opened = match (client_streams, server_streams) {
+            (false, false) => {
+                return grpc
+                    .unary(tonic::Request::new(bytes.to_vec()), path, RawCodec)
+                    .await
+                    .err()
+            }
+            (false, true) => {
+                grpc.server_streaming(tonic::Request::new(bytes.to_vec()), path, RawCodec)
+                    .await
+            }
+            (true, _) => {
+                let once = tokio_stream::iter(vec![bytes.to_vec()]);
+                grpc.streaming(tonic::Request::new(once), path, RawCodec)
+                    .await
+            }
+        };
+        let mut stream = match opened {
+            Ok(response) => response.into_inner(),
+            Err(status) => return Some(status),
+        };
+        // A streaming answer may start before the bad request is read.
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(status) => return Some(status),
+            }
+        }
+    };
+    let ended = tokio::time::timeout(Duration::from_secs(60), call)
+        .await
+        .unwrap_or_else(|_| Some(tonic::Status::deadline_exceeded("no answer within 60 s")));
+    ended.unwrap_or_else(|| tonic::Status::ok("the call ended without a status"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_requests_are_invalid_argument_on_every_rpc() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    publish(&mut client, "raw/p", "x").await;
+    let channel = tonic::transport::Channel::from_shared(server.url.clone())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connects");
+    let rpcs = every_rpc();
+    assert!(rpcs.len() >= 21, "every RPC of the service: {rpcs:?}");
+    let mut wrong = Vec::new();
+    for rpc in &rpcs {
+        for (what, bytes) in UNDECODABLE {
+            let status = send_raw(&channel, rpc, bytes).await;
+            let named = status.message().contains("could not be decoded");
+            if status.code() != Code::InvalidArgument || !named {
+                wrong.push(format!(
+                    "{} sent {what}: {:?} {:?}",
+                    rpc.0,
+                    status.code(),
+                    status.message()
+                ));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "undecodable requests must be INVALID_ARGUMENT saying so:\n{}",
+        wrong.join("\n")
+    );
+    // And the server goes on serving.
+    let resolved = resolve(&mut client, "raw/p", "latest")
+        .await
+        .expect("the server still answers");
+    assert_eq!(resolved.version, 1);
+}
+
+/// Request bodies whose gRPC framing is broken before any message decoder
+/// sees them (all ASCII, so that a `String` body carries them).
+const BROKEN_FRAMES: &[(&str, &str)] = &[
+    (
+        "a compressed flag without grpc-encoding",
+        "\u{1}\0\0\0\u{3}abc",
+    ),
+    ("compression flag 7", "\u{7}\0\0\0\u{3}abc"),
+    ("a message cut short", "\0\0\0\0\u{a}abc"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_framing_is_invalid_argument_on_every_rpc() {
+    use tower::Service as _;
+    let server = TestServer::start().await;
+    let mut channel = tonic::transport::Channel::from_shared(server.url.clone())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connects");
+    let mut wrong = Vec::new();
+    // A WatchMany call answers after its headers, in trailers; its bad
+    // frames are covered by tests/watch_many.rs.
+    let unary_requests = every_rpc().into_iter().filter(|(_, client, _)| !client);
+    for (rpc, _, _) in unary_requests {
+        for (what, body) in BROKEN_FRAMES {
+            let request = http::Request::builder()
+                .method("POST")
+                .uri(format!("{}/promptreg.v1.Registry/{rpc}", server.url))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(tonic::body::Body::new(body.to_string()))
+                .expect("a request");
+            std::future::poll_fn(|cx| channel.poll_ready(cx))
+                .await
+                .expect("ready");
+            let response = tokio::time::timeout(Duration::from_secs(60), channel.call(request))
+                .await
+                .expect("an answer within 60 s")
+                .expect("an HTTP answer");
+            let header = |name: &str| {
+                response
+                    .headers()
+                    .get(name)
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            };
+            if header("grpc-status").as_deref() != Some("3") {
+                wrong.push(format!(
+                    "{rpc} sent {what}: grpc-status {:?} {:?}",
+                    header("grpc-status"),
+                    header("grpc-message")
+                ));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "broken framing must be INVALID_ARGUMENT:\n{}",
+        wrong.join("\n")
+    );
 }
 
 // ---------------------------------------------------------------------------

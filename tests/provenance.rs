@@ -163,6 +163,48 @@ async fn versions_are_signed_and_keys_rotate() {
     assert!(verify_audit(&mut client, None).await.intact);
 }
 
+/// A rotation is not a revision of its own: its `revision` is the head at
+/// the rotation, the one its audit entry records, and the first version
+/// signed with the new key has the next revision.
+#[tokio::test]
+async fn a_rotation_reports_the_head_revision_its_audit_entry_records() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    publish(&mut client, "p", "one").await;
+    let moved = client
+        .set_label(set_label("p", "production", 1, None))
+        .await
+        .unwrap()
+        .into_inner();
+    let rotated = client
+        .rotate_signing_key(pb::RotateSigningKeyRequest {
+            actor: "sec".into(),
+            reason: "rotation".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rotated.revision, moved.revision, "the head at the rotation");
+    let entries = audit(
+        &mut client,
+        pb::ListAuditRequest {
+            action: "rotate_key".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    // The first is the key generated on first start.
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert_eq!(entries[1].revision, rotated.revision);
+    let key_id = rotated.key.unwrap().key_id;
+    assert_eq!(entries[1].target, format!("key:{key_id}"));
+    publish(&mut client, "p", "two").await;
+    let two = get(&mut client, "p", 2).await;
+    assert_eq!(two.revision, rotated.revision + 1);
+    assert_eq!(two.signing_key_id, key_id);
+    assert_ne!(get(&mut client, "p", 1).await.signing_key_id, key_id);
+}
+
 #[tokio::test]
 async fn the_ledger_records_every_mutation_in_a_chain() {
     let server = TestServer::start().await;

@@ -484,10 +484,23 @@ async fn rollback_twice_walks_back_two_steps() {
         Code::FailedPrecondition,
         "nothing to roll back to",
     );
-    assert_status(
-        client.rollback(rollback("p", "staging", None)).await,
-        Code::FailedPrecondition,
-        "has never been set",
+    // A label that was never set is unknown, as everywhere: NOT_FOUND, with
+    // or without an explicit target (and nothing is written).
+    for to in [None, Some(1)] {
+        assert_status(
+            client.rollback(rollback("p", "staging", to)).await,
+            Code::NotFound,
+            "label staging of p has never been set",
+        );
+    }
+    let labels = client
+        .list_labels(pb::ListLabelsRequest { name: "p".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        labels.labels.iter().all(|l| l.label != "staging"),
+        "{labels:?}"
     );
     // An explicit target.
     let explicit = client

@@ -370,6 +370,77 @@ async fn resuming_below_the_retention_window_gets_out_of_range() {
     assert_eq!(history.moves.len(), 10);
 }
 
+/// The status a Watch call ends with before its first message, or its
+/// first event.
+async fn watch_refusal(
+    client: &mut Client,
+    request: pb::WatchRequest,
+) -> Result<Event, tonic::Status> {
+    let mut stream = client.watch(request).await?.into_inner();
+    match tokio::time::timeout(PATIENCE, stream.message()).await {
+        Ok(Ok(Some(message))) => Ok(message.event.expect("an event")),
+        Ok(Ok(None)) => Err(tonic::Status::ok("ended without a status")),
+        Ok(Err(status)) => Err(status),
+        Err(_) => panic!("no answer within {PATIENCE:?}"),
+    }
+}
+
+/// Watch holds its fields to the rules the rest of the API keeps: a prefix
+/// is the start of a valid name (as ListPrompts' prefix), and a start
+/// revision past the head is refused as ResolveAt refuses a future revision.
+#[tokio::test]
+async fn watch_refuses_invalid_prefixes_and_a_start_beyond_the_head() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    publish(&mut client, "support/triage", "a").await;
+    let head = publish(&mut client, "support/triage", "b").await.revision;
+
+    for (i, bad) in [(0, "Support/"), (1, "support//"), (0, "/support")] {
+        let mut request = watch_request(&[], &[], 0);
+        request.prefixes = vec!["support/".into(); i];
+        request.prefixes.push(bad.into());
+        let refused = watch_refusal(&mut client, request).await;
+        assert_status(refused, Code::InvalidArgument, &format!("prefixes[{i}]:"));
+        let listed = client
+            .list_prompts(pb::ListPromptsRequest {
+                prefix: bad.into(),
+                ..Default::default()
+            })
+            .await;
+        assert_status(listed, Code::InvalidArgument, "prefix:");
+    }
+    let mut request = watch_request(&[], &[], 0);
+    request.prefixes = vec!["support/tri".into()];
+    assert!(matches!(
+        watch_refusal(&mut client, request).await,
+        Ok(Event::Created(_))
+    ));
+
+    for start in [head + 2, u64::MAX] {
+        let refused =
+            watch_refusal(&mut client, watch_request(&["support/triage"], &[], start)).await;
+        assert_status(refused, Code::InvalidArgument, "start_revision:");
+        let resolved = client
+            .resolve_at(pb::ResolveAtRequest {
+                name: "support/triage".into(),
+                label: "latest".into(),
+                at: Some(pb::resolve_at_request::At::Revision(start)),
+            })
+            .await;
+        assert_status(resolved, Code::InvalidArgument, "revision:");
+    }
+    // Resuming from the revision after the head is how a client that saw
+    // everything carries on.
+    let mut stream = open(
+        &mut client,
+        watch_request(&["support/triage"], &[], head + 1),
+    )
+    .await;
+    assert!(matches!(next_event(&mut stream).await, Event::Created(_)));
+    let third = publish(&mut client, "support/triage", "c").await.revision;
+    assert_eq!(batches_until(&mut stream, third).await.len(), 1);
+}
+
 #[tokio::test]
 async fn a_slow_watcher_does_not_hold_back_the_others_and_stays_bounded() {
     let server = TestServer::start_with(|config| {

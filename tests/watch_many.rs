@@ -402,6 +402,135 @@ async fn dropping_the_call_ends_all_its_watches() {
     }
 }
 
+/// Sends request frames as raw bytes (any bytes, framed as one gRPC message
+/// each) and decodes the answers as usual: a client that sends what the
+/// generated one never would.
+#[derive(Debug, Clone, Default)]
+struct RawFrames;
+
+impl tonic::codec::Codec for RawFrames {
+    type Encode = Vec<u8>;
+    type Decode = pb::WatchManyResponse;
+    type Encoder = RawFrames;
+    type Decoder = tonic_prost::ProstDecoder<pb::WatchManyResponse>;
+
+    fn encoder(&mut self) -> RawFrames {
+        RawFrames
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstDecoder::default()
+    }
+}
+
+impl tonic::codec::Encoder for RawFrames {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        buf: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut as _;
+        buf.put_slice(&item);
+        Ok(())
+    }
+}
+
+fn open_frame(watch_id: u64, name: &str) -> Vec<u8> {
+    use prost::Message as _;
+    pb::WatchManyRequest {
+        request: Some(Command::Open(pb::WatchOpen {
+            watch_id,
+            watch: Some(pb::WatchRequest {
+                names: vec![name.into()],
+                ..Default::default()
+            }),
+        })),
+    }
+    .encode_to_vec()
+}
+
+#[tokio::test]
+async fn an_undecodable_frame_ends_the_stream_invalid_argument_naming_the_frame() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    publish(&mut client, "p", "a").await;
+    let channel = tonic::transport::Channel::from_shared(server.url.clone())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connects");
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("ready");
+    let (send, receive) = mpsc::channel::<Vec<u8>>(8);
+    let mut stream = grpc
+        .streaming(
+            tonic::Request::new(ReceiverStream::new(receive)),
+            "/promptreg.v1.Registry/WatchMany".parse().expect("path"),
+            RawFrames,
+        )
+        .await
+        .expect("WatchMany opens")
+        .into_inner();
+    for id in [1, 2] {
+        send.send(open_frame(id, "p")).await.expect("sent");
+    }
+    let mut got = Received::default();
+    while !(got.snapshot_complete(1) && got.snapshot_complete(2)) {
+        let message = tokio::time::timeout(PATIENCE, stream.message())
+            .await
+            .expect("a message within the timeout")
+            .expect("the stream is healthy")
+            .expect("the stream is open");
+        got.add(message);
+    }
+    // The third frame is the twelve 0xff bytes.
+    send.send(vec![0xff; 12]).await.expect("sent");
+    let status = loop {
+        match tokio::time::timeout(PATIENCE, stream.message())
+            .await
+            .expect("the stream ends within the timeout")
+        {
+            Ok(Some(message)) => assert!(
+                !matches!(message.event, Some(Out::Ended(_))),
+                "the status ends the watches, not a WatchEnded each: {message:?}"
+            ),
+            Ok(None) => panic!("the stream ended OK after an undecodable frame"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status
+            .message()
+            .starts_with("request frame 3 could not be decoded: failed to decode Protobuf message"),
+        "names the frame: {status:?}"
+    );
+    assert!(
+        status.message().contains("every watch"),
+        "says what became of the watches: {status:?}"
+    );
+    // Both watches are gone with the stream.
+    let open = || {
+        server
+            .registry()
+            .watch_stats()
+            .open_streams
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while open() != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} watches stayed open",
+            open()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// The fleet view of `p`/`production`: each agent's `connected`, by id.
 async fn connected_agents(client: &mut Client) -> (BTreeMap<String, bool>, pb::FleetSummary) {
     let status = client

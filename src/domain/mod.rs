@@ -3,6 +3,7 @@
 
 mod content;
 mod history;
+mod instant;
 mod limits;
 mod names;
 mod selector;
@@ -10,6 +11,7 @@ mod template;
 
 pub use content::{ChatMessage, Content, ContentDigest, TemplateBody};
 pub use history::{rollback_target, NoRollbackTarget};
+pub use instant::instant_micros;
 pub use limits::Limits;
 pub use names::{LabelName, PromptName, LATEST_LABEL};
 pub use selector::Selector;

@@ -42,6 +42,32 @@ impl PromptName {
         Ok(PromptName(raw.to_string()))
     }
 
+    /// Checks a name prefix (`WatchRequest.prefixes`, `ListPromptsRequest.prefix`):
+    /// it must be the start of some valid name, so that it can match one. That
+    /// is a valid name, or a valid name followed by `/` (`support/`, `support/tri`).
+    pub fn check_prefix(field: &str, raw: &str, max_bytes: usize) -> Result<(), ValidationError> {
+        if raw.len() > max_bytes {
+            return Err(ValidationError::new(
+                field,
+                format!(
+                    "is {} bytes, longer than any prompt name (at most {max_bytes})",
+                    raw.len()
+                ),
+            ));
+        }
+        let whole = raw.strip_suffix('/').unwrap_or(raw);
+        PromptName::parse(field, whole, max_bytes).map_err(|_| {
+            ValidationError::new(
+                field,
+                format!(
+                    "{raw:?} is not the start of any prompt name; a name is segments matching \
+                     [a-z0-9][a-z0-9._-]* joined by '/', and a prefix is a name or a name and '/'"
+                ),
+            )
+        })?;
+        Ok(())
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -126,6 +152,32 @@ mod tests {
         }
         check_name(&"a".repeat(128), true);
         check_name(&"a".repeat(129), false);
+    }
+
+    #[test]
+    fn name_prefixes_are_the_start_of_a_valid_name() {
+        for good in [
+            "a",
+            "support/",
+            "support/tri",
+            "a.",
+            "a-",
+            "x1/y_2/",
+            "a/b/c",
+        ] {
+            assert!(
+                PromptName::check_prefix("prefixes[0]", good, 128).is_ok(),
+                "{good:?}"
+            );
+        }
+        for bad in [
+            "", "/", "/a", "a//", "A", "Support/", "a/../", "a..", "-a", "a/.", "a b", "é",
+        ] {
+            let err = PromptName::check_prefix("prefixes[0]", bad, 128).unwrap_err();
+            assert_eq!(err.field, "prefixes[0]", "{bad:?}");
+        }
+        assert!(PromptName::check_prefix("prefix", &"a".repeat(128), 128).is_ok());
+        assert!(PromptName::check_prefix("prefix", &"a".repeat(129), 128).is_err());
     }
 
     #[test]

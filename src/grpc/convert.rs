@@ -38,6 +38,14 @@ impl From<RegistryError> for Status {
     }
 }
 
+/// A time from a request, held to the domain's rule (`instant_micros`).
+pub fn instant(
+    field: &str,
+    time: &prost_types::Timestamp,
+) -> Result<crate::domain::Micros, Status> {
+    crate::domain::instant_micros(field, time.seconds, time.nanos).map_err(invalid)
+}
+
 pub fn invalid(error: ValidationError) -> Status {
     Status::invalid_argument(bounded(error.to_string()))
 }
@@ -283,12 +291,8 @@ pub fn watch_request(req: pb::WatchRequest, limits: &Limits) -> Result<WatchRequ
         selector.names.insert(name);
     }
     for (i, prefix) in req.prefixes.iter().enumerate() {
-        if prefix.is_empty() || prefix.len() > limits.max_name_bytes {
-            return Err(invalid(ValidationError::new(
-                format!("prefixes[{i}]"),
-                format!("must be 1 to {} bytes", limits.max_name_bytes),
-            )));
-        }
+        PromptName::check_prefix(&format!("prefixes[{i}]"), prefix, limits.max_name_bytes)
+            .map_err(invalid)?;
         selector.prefixes.push(prefix.clone());
     }
     for (i, label) in req.labels.iter().enumerate() {
@@ -521,14 +525,17 @@ pub fn checkpoint_to_pb(c: Checkpoint) -> pb::Checkpoint {
     }
 }
 
-pub fn checkpoint_from_pb(c: pb::Checkpoint) -> Checkpoint {
-    Checkpoint {
+pub fn checkpoint_from_pb(c: pb::Checkpoint) -> Result<Checkpoint, Status> {
+    Ok(Checkpoint {
         sequence: c.sequence,
         head_hash: c.head_hash,
-        time: c.time.as_ref().map_or(0, crate::time::from_timestamp),
+        time: match &c.time {
+            Some(time) => instant("checkpoint.time", time)?,
+            None => 0,
+        },
         key_id: c.key_id,
         signature: c.signature,
-    }
+    })
 }
 
 pub fn audit_report(r: AuditReport) -> pb::VerifyAuditResponse {

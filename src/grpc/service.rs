@@ -3,11 +3,10 @@
 use super::convert::{self, invalid, label_name, movable_label, prompt_name};
 use super::pb;
 use super::pb_server::registry_server::Registry as RegistryApi;
-use crate::domain::{ContentDigest, ValidationError};
+use crate::domain::{ContentDigest, PromptName, ValidationError};
 use crate::registry::fleet::{Ack, ApplyOutcome};
 use crate::registry::provenance::{AuditFilter, PruneRequest};
 use crate::registry::{MoveRequest, PointInTime, Registry, VersionSelector};
-use crate::time::from_timestamp;
 use prost::Message as _;
 use std::pin::Pin;
 use tokio_stream::{Stream, StreamExt as _};
@@ -246,8 +245,16 @@ impl RegistryApi for RegistryService {
             },
             actor: non_empty(req.actor),
             action: non_empty(req.action),
-            since: req.since.as_ref().map(from_timestamp),
-            until: req.until.as_ref().map(from_timestamp),
+            since: req
+                .since
+                .as_ref()
+                .map(|t| convert::instant("since", t))
+                .transpose()?,
+            until: req
+                .until
+                .as_ref()
+                .map(|t| convert::instant("until", t))
+                .transpose()?,
         };
         let page = self
             .registry
@@ -265,7 +272,8 @@ impl RegistryApi for RegistryService {
         let checkpoint = request
             .into_inner()
             .checkpoint
-            .map(convert::checkpoint_from_pb);
+            .map(convert::checkpoint_from_pb)
+            .transpose()?;
         let report = self.registry.verify_audit(checkpoint.as_ref())?;
         Ok(Response::new(convert::audit_report(report)))
     }
@@ -426,11 +434,9 @@ impl RegistryApi for RegistryService {
         request: Request<pb::ListPromptsRequest>,
     ) -> Answer<pb::ListPromptsResponse> {
         let req = request.into_inner();
-        if req.prefix.len() > self.registry.limits().max_name_bytes {
-            return Err(invalid(ValidationError::new(
-                "prefix",
-                "is longer than any prompt name",
-            )));
+        if !req.prefix.is_empty() {
+            PromptName::check_prefix("prefix", &req.prefix, self.registry.limits().max_name_bytes)
+                .map_err(invalid)?;
         }
         let page = self
             .registry
@@ -551,7 +557,7 @@ impl RegistryApi for RegistryService {
                 )))
             }
             Some(At::Revision(r)) => PointInTime::Revision(r),
-            Some(At::Time(t)) => PointInTime::Time(from_timestamp(&t)),
+            Some(At::Time(t)) => PointInTime::Time(convert::instant("time", &t)?),
         };
         let (version, mv) = self.registry.resolve_at(&name, &label, at)?;
         annotate(

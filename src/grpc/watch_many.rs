@@ -59,6 +59,10 @@ pub struct WatchMany {
     next_group: u64,
     /// Messages ready to send, in order.
     out: VecDeque<WatchManyFrame>,
+    /// Request frames received so far, to name a bad one.
+    frames: u64,
+    /// The status the call ends with once `out` is sent (a bad frame).
+    failed: Option<Status>,
     /// Completes when the server starts stopping; `None` once it has.
     stopping: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     done: bool,
@@ -75,6 +79,8 @@ impl WatchMany {
             group_of: HashMap::new(),
             next_group: 0,
             out: VecDeque::new(),
+            frames: 0,
+            failed: None,
             done: false,
         }
     }
@@ -286,7 +292,7 @@ impl Stream for WatchMany {
             return Poll::Ready(Some(Ok(frame)));
         }
         if this.done {
-            return Poll::Ready(None);
+            return Poll::Ready(this.failed.take().map(Err));
         }
         if let Some(stopping) = this.stopping.as_mut() {
             if stopping.as_mut().poll(cx).is_ready() {
@@ -298,17 +304,29 @@ impl Stream for WatchMany {
             match this.inbound.as_mut().poll_next(cx) {
                 Poll::Ready(Some(Ok(request))) => {
                     handled += 1;
+                    this.frames += 1;
                     this.handle(request);
                 }
-                // The client reset the call: nobody to send to.
-                Poll::Ready(Some(Err(_))) => {
+                // A frame that is not a request (or the transport failed, and
+                // then nobody reads this): the stream cannot go on.
+                Poll::Ready(Some(Err(status))) => {
                     this.done = true;
-                    return Poll::Ready(None);
+                    this.groups.clear();
+                    this.group_of.clear();
+                    this.failed = Some(bad_frame(this.frames + 1, &status));
+                    break;
                 }
                 // Half-closed: the open watches go on.
                 Poll::Ready(None) => this.inbound_open = false,
                 Poll::Pending => break,
             }
+        }
+        if this.done {
+            // What was ready before the bad frame goes out first.
+            return match this.out.pop_front() {
+                Some(frame) => Poll::Ready(Some(Ok(frame))),
+                None => Poll::Ready(this.failed.take().map(Err)),
+            };
         }
         this.poll_watches(cx);
         if let Some(frame) = this.out.pop_front() {
@@ -335,4 +353,27 @@ impl Stream for WatchMany {
         }
         Poll::Pending
     }
+}
+
+/// The status that ends a `WatchMany` call whose request frame `number`
+/// (the first is 1) could not be read: INVALID_ARGUMENT, or the limit it
+/// broke (OUT_OF_RANGE for a frame over the size limit). Every watch of the
+/// stream ends with it; the message says how to go on.
+fn bad_frame(number: u64, status: &Status) -> Status {
+    let code = match status.code() {
+        Code::OutOfRange | Code::ResourceExhausted => status.code(),
+        _ => Code::InvalidArgument,
+    };
+    let reason = status
+        .message()
+        .strip_prefix(super::codec::UNDECODABLE)
+        .unwrap_or(status.message());
+    Status::new(
+        code,
+        format!(
+            "request frame {number} could not be decoded: {reason}; this ends every watch on \
+             the stream: open a new stream and reopen each watch with start_revision = the \
+             revision after the last change it received (0 if its snapshot had not completed)"
+        ),
+    )
 }

@@ -457,25 +457,41 @@ impl Registry {
         let moved = {
             let mut writer = self.lock_writer();
             let current = self.existing_label_target(&request.name, &request.label)?;
+            // A label that was never set is an unknown label (NOT_FOUND, as
+            // everywhere), with or without an explicit target: there is no
+            // "back" to move it to.
+            let never_set = || {
+                RegistryError::NotFound(format!(
+                    "label {} of {} has never been set: nothing to roll back (promote a version)",
+                    request.label, request.name
+                ))
+            };
             let target = match to_version {
-                Some(version) => version,
+                Some(version) => {
+                    if current.is_none()
+                        && self
+                            .store()
+                            .history(&request.name, &request.label, None, 1)?
+                            .is_empty()
+                    {
+                        return Err(never_set());
+                    }
+                    version
+                }
                 None => {
                     let mut history =
                         self.store()
                             .history(&request.name, &request.label, None, usize::MAX)?;
                     history.reverse();
-                    rollback_target(&history).map_err(|why| {
-                        RegistryError::FailedPrecondition(match why {
-                            NoRollbackTarget::NoHistory => format!(
-                                "nothing to roll back: label {} of {} has never been set",
+                    rollback_target(&history).map_err(|why| match why {
+                        NoRollbackTarget::NoHistory => never_set(),
+                        NoRollbackTarget::LabelDidNotExist => {
+                            RegistryError::FailedPrecondition(format!(
+                                "nothing to roll back to: before its latest move, label {} of {} \
+                                 was not set (use unlabel to remove it, or promote a version)",
                                 request.label, request.name
-                            ),
-                            NoRollbackTarget::LabelDidNotExist => format!(
-                                "nothing to roll back to: before its latest move, label {} of {} was not set \
-                                 (use unlabel to remove it, or promote a version)",
-                                request.label, request.name
-                            ),
-                        })
+                            ))
+                        }
                     })?
                 }
             };
