@@ -747,3 +747,234 @@ async fn pruning_keeps_labelled_versions_and_tombstones_the_rest() {
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["pruned"], serde_json::json!([6]));
 }
+
+/// Publishes `p` v1..v3 ("text 1".."text 3") and prunes all but the newest.
+async fn three_versions_pruned_to_one(client: &mut Client) {
+    for i in 1..=3 {
+        publish(client, "p", &format!("text {i}")).await;
+    }
+    let done = client
+        .prune_versions(prune("p", 1, false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(done.pruned, [1, 2]);
+}
+
+#[tokio::test]
+async fn audit_filtered_by_prompt_returns_every_entry_about_it() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    three_versions_pruned_to_one(&mut client).await;
+    // A prompt named like the other target forms collects none of them.
+    publish(&mut client, "key", "k").await;
+    client
+        .rotate_signing_key(pb::RotateSigningKeyRequest {
+            actor: "sec".into(),
+            reason: "yearly".into(),
+        })
+        .await
+        .unwrap();
+
+    let about_p = audit(
+        &mut client,
+        pb::ListAuditRequest {
+            name: "p".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let seen: Vec<(&str, &str)> = about_p
+        .iter()
+        .map(|e| (e.action.as_str(), e.target.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("publish", "p@v1"),
+            ("promote", "p:latest"),
+            ("publish", "p@v2"),
+            ("promote", "p:latest"),
+            ("publish", "p@v3"),
+            ("promote", "p:latest"),
+            ("prune", "p"),
+        ]
+    );
+    let about_key = audit(
+        &mut client,
+        pb::ListAuditRequest {
+            name: "key".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(
+        about_key
+            .iter()
+            .all(|e| e.target.starts_with("key@") || e.target.starts_with("key:latest")),
+        "{about_key:?}"
+    );
+    assert_eq!(about_key.len(), 2, "{about_key:?}");
+}
+
+#[tokio::test]
+async fn find_by_digest_keeps_a_pruned_version_published_again() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let c1 = publish(&mut client, "p", "content one").await;
+    publish(&mut client, "p", "content two").await;
+    client.prune_versions(prune("p", 1, false)).await.unwrap();
+    assert!(get(&mut client, "p", 1).await.pruned);
+    let again = publish(&mut client, "p", "content one").await;
+    assert_eq!((again.version, again.created), (3, true));
+    assert_eq!(again.digest, c1.digest);
+
+    let find = |mut client: Client| {
+        let digest = c1.digest.clone();
+        async move {
+            client
+                .find_by_digest(pb::FindByDigestRequest { digest })
+                .await
+                .unwrap()
+                .into_inner()
+                .matches
+        }
+    };
+    let check = |matches: Vec<pb::DigestMatch>| {
+        let found: Vec<(u64, bool)> = matches
+            .iter()
+            .map(|m| {
+                let v = m.version.as_ref().unwrap();
+                (v.version, v.pruned)
+            })
+            .collect();
+        assert_eq!(found, [(1, true), (3, false)], "{matches:?}");
+        // v1 was `latest` from its publish until v2's; v3 still is.
+        let periods = |i: usize| -> Vec<(String, u64, u64)> {
+            matches[i]
+                .labels
+                .iter()
+                .map(|p| (p.label.clone(), p.from_revision, p.until_revision))
+                .collect()
+        };
+        assert_eq!(periods(0), [("latest".to_string(), 1, 2)]);
+        assert_eq!(periods(1), [("latest".to_string(), 3, 0)]);
+    };
+    check(find(client.clone()).await);
+    // The index is on disk, not rebuilt in memory.
+    let server = server.restart().await;
+    check(find(server.client().await).await);
+}
+
+#[tokio::test]
+async fn diff_against_a_pruned_version_is_refused() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    three_versions_pruned_to_one(&mut client).await;
+    let diff = |from, to| pb::DiffVersionsRequest {
+        name: "p".into(),
+        from_version: from,
+        to_version: to,
+    };
+    assert_status(
+        client.diff_versions(diff(1, 3)).await,
+        Code::FailedPrecondition,
+        "p v1 was pruned",
+    );
+    assert_status(
+        client.diff_versions(diff(3, 2)).await,
+        Code::FailedPrecondition,
+        "p v2 was pruned",
+    );
+    assert_status(
+        client.diff_versions(diff(1, 1)).await,
+        Code::FailedPrecondition,
+        "p v1 was pruned",
+    );
+    publish(&mut client, "p", "text 4").await;
+    let fine = client.diff_versions(diff(3, 4)).await.unwrap().into_inner();
+    assert!(fine.template_diff.contains("+text 4"), "{fine:?}");
+}
+
+#[tokio::test]
+async fn a_label_cannot_move_to_a_pruned_version() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    three_versions_pruned_to_one(&mut client).await;
+    assert_status(
+        client
+            .set_label(set_label("p", "production", 2, None))
+            .await,
+        Code::FailedPrecondition,
+        "to version 2: p v2 was pruned",
+    );
+    client
+        .set_label(set_label("p", "production", 3, None))
+        .await
+        .unwrap();
+    assert_status(
+        client.rollback(rollback("p", "production", Some(1))).await,
+        Code::FailedPrecondition,
+        "roll back label production of p to version 1: p v1 was pruned",
+    );
+    // Nothing moved.
+    assert_eq!(
+        resolve(&mut client, "p", "production")
+            .await
+            .unwrap()
+            .version,
+        3
+    );
+    let history = client
+        .label_history(pb::LabelHistoryRequest {
+            name: "p".into(),
+            label: "production".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(history.moves.len(), 1, "{history:?}");
+}
+
+#[tokio::test]
+async fn find_by_digest_finds_every_version_in_a_store_with_the_old_index() {
+    // Stores written before the index kept every version hold one
+    // `x/{digest}{name}` key per prompt, pointing at the newest version
+    // published with the digest.
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let c1 = publish(&mut client, "p", "content one").await;
+    publish(&mut client, "p", "content two").await;
+    client.prune_versions(prune("p", 1, false)).await.unwrap();
+    publish(&mut client, "p", "content one").await;
+    let mut server = server;
+    server.stop().await;
+    {
+        let db = open_store_directly(server.data_dir());
+        let digest = hex::decode(c1.digest.trim_start_matches("sha256:")).unwrap();
+        let prefix = [b"x/".as_slice(), &digest].concat();
+        for key in db.scan_prefix(&prefix).keys() {
+            db.remove(key.unwrap()).unwrap();
+        }
+        db.insert([prefix.as_slice(), b"p"].concat(), &3u64.to_be_bytes())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let server = server.restart().await;
+    let matches = server
+        .client()
+        .await
+        .find_by_digest(pb::FindByDigestRequest {
+            digest: c1.digest.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .matches;
+    let found: Vec<u64> = matches
+        .iter()
+        .map(|m| m.version.as_ref().unwrap().version)
+        .collect();
+    assert_eq!(found, [1, 3]);
+}

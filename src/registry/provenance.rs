@@ -36,17 +36,30 @@ pub struct AuditFilter {
 
 impl AuditFilter {
     fn matches(&self, e: &AuditEntry) -> bool {
-        let prompt_ok = self.name.as_ref().is_none_or(|n| {
-            let name = n.as_str();
-            e.target
-                .strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('@') || rest.starts_with(':'))
-        });
+        let prompt_ok = self.name.as_ref().is_none_or(|n| is_about_prompt(e, n));
         prompt_ok
             && self.actor.as_ref().is_none_or(|a| &e.actor == a)
             && self.action.as_ref().is_none_or(|a| &e.action == a)
             && self.since.is_none_or(|t| e.time >= t)
             && self.until.is_none_or(|t| e.time < t)
+    }
+}
+
+/// Whether a ledger entry is about the prompt `name`. Targets take four
+/// forms (documented on `AuditEntry.target` in the proto): `name@vN` for a
+/// publish, `name:label` for a label move, the bare `name` for a prune, and
+/// `key:ID` or `store` for what is not about a prompt (a key rotation,
+/// enabling encryption). The action tells them apart, so that a prompt
+/// named `store` or `key` does not collect those.
+fn is_about_prompt(entry: &AuditEntry, name: &PromptName) -> bool {
+    let name = name.as_str();
+    match entry.action.as_str() {
+        "rotate_key" | "enable_encryption" => false,
+        "prune" => entry.target == name,
+        _ => entry
+            .target
+            .strip_prefix(name)
+            .is_some_and(|rest| rest.starts_with('@') || rest.starts_with(':')),
     }
 }
 
