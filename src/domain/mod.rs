@@ -4,6 +4,7 @@
 mod content;
 mod history;
 mod limits;
+mod model_config;
 mod names;
 mod selector;
 mod template;
