@@ -554,6 +554,8 @@ async fn a_configured_key_file_is_used_and_not_rotated_by_the_server() {
         ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
     let key_file = temp.path().join("signing.pk8");
     std::fs::write(&key_file, pkcs8.as_ref()).unwrap();
+    #[cfg(unix)]
+    set_mode(&key_file, 0o600);
     let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
     use ring::signature::KeyPair as _;
     let expected_id = promptreg::provenance::key_id_of(pair.public_key().as_ref());
@@ -578,6 +580,8 @@ async fn a_configured_key_file_is_used_and_not_rotated_by_the_server() {
     // A missing or broken key file stops the server from starting, naming it.
     let bad = temp.path().join("broken.pk8");
     std::fs::write(&bad, b"nonsense").unwrap();
+    #[cfg(unix)]
+    set_mode(&bad, 0o600);
     let out = Command::new(binary())
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(temp.path().join("other"))
@@ -587,7 +591,7 @@ async fn a_configured_key_file_is_used_and_not_rotated_by_the_server() {
         .unwrap();
     assert_ne!(out.status.code(), Some(0));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("broken.pk8"),
+        String::from_utf8_lossy(&out.stderr).contains("broken.pk8 is not an Ed25519 PKCS#8 key"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -977,4 +981,191 @@ async fn find_by_digest_finds_every_version_in_a_store_with_the_old_index() {
         .map(|m| m.version.as_ref().unwrap().version)
         .collect();
     assert_eq!(found, [1, 3]);
+}
+
+/// The mode bits of a file or directory.
+#[cfg(unix)]
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[cfg(unix)]
+fn set_mode(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// The server's refusal to start, with its stderr.
+fn refused_start(data_dir: &std::path::Path, extra: &[&str]) -> String {
+    match ServerProcess::start_at(data_dir, "127.0.0.1:0", extra) {
+        Ok(server) => {
+            server.kill();
+            panic!("the server started")
+        }
+        Err(log) => log,
+    }
+}
+
+#[tokio::test]
+async fn a_pem_signing_key_as_openssl_writes_it_is_used() {
+    let temp = tempfile::tempdir().unwrap();
+    let pem = temp.path().join("signing.pem");
+    let made = Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ed25519", "-out"])
+        .arg(&pem)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !made {
+        // No openssl here: a key it wrote, kept as text.
+        std::fs::write(
+            &pem,
+            "-----BEGIN PRIVATE KEY-----\n\
+             MC4CAQAwBQYDK2VwBCIEIFi+h2Tvz69rUG8oTzMqqxnTgtoHA3Qn6Fz3w911XdlC\n\
+             -----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+    }
+    #[cfg(unix)]
+    set_mode(&pem, 0o600);
+    let expected = promptreg::provenance::SigningKey::load(&pem)
+        .unwrap()
+        .key_id;
+    let data = temp.path().join("data");
+    let server = ServerProcess::start(&data, &["--signing-key", pem.to_str().unwrap()]);
+    let mut client =
+        promptreg::grpc::pb::registry_client::RegistryClient::connect(server.url.clone())
+            .await
+            .unwrap();
+    publish(&mut client, "p", "a").await;
+    let version = get(&mut client, "p", 1).await;
+    assert_eq!(version.signing_key_id, expected);
+    assert!(keys(&mut client).await.iter().any(|k| k.key_id == expected));
+    server.terminate();
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn key_files_and_backups_are_private_whatever_the_umask() {
+    let temp = tempfile::tempdir().unwrap();
+    let data = temp.path().join("data");
+    let server = ServerProcess::start_with_umask(&data, "000", &[])
+        .unwrap_or_else(|log| panic!("server did not start:\n{log}"));
+    let keys_dir = data.join("keys");
+    assert_eq!(mode_of(&keys_dir), 0o700, "DATA_DIR/keys/");
+    let key_files: Vec<_> = std::fs::read_dir(&keys_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(key_files.len(), 1);
+    assert_eq!(mode_of(&key_files[0]), 0o600);
+
+    let backup = temp.path().join("b.prb");
+    let url = server.url.clone();
+    let file = backup.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("sh")
+            .arg("-c")
+            .arg("umask 000 && exec \"$0\" \"$@\"")
+            .arg(binary())
+            .args(["backup"])
+            .arg(&file)
+            .env("PROMPTREG_SERVER", &url)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(mode_of(&backup), 0o600, "the backup file");
+    server.terminate();
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_signing_key_others_can_read_is_refused_naming_the_fix() {
+    let temp = tempfile::tempdir().unwrap();
+    // --signing-key
+    let pkcs8 =
+        ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+    let key_file = temp.path().join("signing.pk8");
+    std::fs::write(&key_file, pkcs8.as_ref()).unwrap();
+    set_mode(&key_file, 0o644);
+    let log = refused_start(
+        &temp.path().join("a"),
+        &["--signing-key", key_file.to_str().unwrap()],
+    );
+    let fix = format!("chmod 600 {}", key_file.display());
+    assert!(log.contains(&fix) && log.contains("mode 0644"), "{log}");
+
+    // The key generated into DATA_DIR/keys/, made readable later.
+    let data = temp.path().join("b");
+    ServerProcess::start(&data, &[]).terminate();
+    let generated = std::fs::read_dir(data.join("keys"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    set_mode(&generated, 0o640);
+    let log = refused_start(&data, &[]);
+    assert!(
+        log.contains(&format!("chmod 600 {}", generated.display())),
+        "{log}"
+    );
+    set_mode(&generated, 0o600);
+    ServerProcess::start(&data, &[]).terminate();
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn another_stores_key_under_the_active_keys_name_is_refused() {
+    let temp = tempfile::tempdir().unwrap();
+    let (mine, theirs) = (temp.path().join("mine"), temp.path().join("theirs"));
+    ServerProcess::start(&mine, &[]).terminate();
+    ServerProcess::start(&theirs, &[]).terminate();
+    let only_key = |dir: &std::path::Path| {
+        std::fs::read_dir(dir.join("keys"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path()
+    };
+    let (my_key, their_key) = (only_key(&mine), only_key(&theirs));
+    let my_id = my_key.file_stem().unwrap().to_str().unwrap().to_string();
+    let their_id = their_key.file_stem().unwrap().to_str().unwrap().to_string();
+    let original = std::fs::read(&my_key).unwrap();
+    std::fs::remove_file(&my_key).unwrap();
+    std::fs::copy(&their_key, &my_key).unwrap();
+
+    let log = refused_start(&mine, &[]);
+    assert!(
+        log.contains(&format!(
+            "{} holds signing key {their_id}, not the active key {my_id}",
+            my_key.display()
+        )),
+        "{log}"
+    );
+    // Nothing was adopted: with its own key back, the store starts on it.
+    std::fs::remove_file(&my_key).unwrap();
+    std::fs::write(&my_key, &original).unwrap();
+    set_mode(&my_key, 0o600);
+    let server = ServerProcess::start(&mine, &[]);
+    let mut client =
+        promptreg::grpc::pb::registry_client::RegistryClient::connect(server.url.clone())
+            .await
+            .unwrap();
+    let ids: Vec<String> = keys(&mut client)
+        .await
+        .into_iter()
+        .map(|k| k.key_id)
+        .collect();
+    assert_eq!(ids, [my_id]);
+    server.terminate();
 }

@@ -19,8 +19,8 @@ pub enum KeySource {
     /// Generated into `DATA_DIR/keys/` on first start; rotated by the server.
     #[default]
     DataDir,
-    /// Loaded from a PKCS#8 file (`--signing-key`); rotated by replacing the
-    /// file and restarting.
+    /// Loaded from a PKCS#8 file, DER or PEM (`--signing-key`); rotated by
+    /// replacing the file and restarting.
     File(PathBuf),
 }
 
@@ -107,7 +107,8 @@ pub(super) fn open_signing_key(
             format!("signing key loaded from {}", path.display()),
         ),
         (KeySource::DataDir, Some(id)) => {
-            let path = keys_dir(data_dir).join(format!("{id}.pk8"));
+            let dir = keys_dir(data_dir);
+            let path = dir.join(format!("{id}.pk8"));
             if !path.exists() {
                 return Err(RegistryError::FailedPrecondition(format!(
                     "the active signing key {id} is missing: {} does not exist. Restore it from a backup, \
@@ -115,7 +116,24 @@ pub(super) fn open_signing_key(
                     path.display()
                 )));
             }
-            (SigningKey::load(&path)?, String::new())
+            // A directory made by an older release (or by hand) follows the umask.
+            crate::provenance::secure_keys_dir(&dir).map_err(|source| RegistryError::DataDir {
+                dir: dir.clone(),
+                source,
+            })?;
+            let key = SigningKey::load(&path)?;
+            // Adopting it would silently switch keys: another store's key
+            // copied under this name, say.
+            if &key.key_id != id {
+                return Err(RegistryError::FailedPrecondition(format!(
+                    "{} holds signing key {}, not the active key {id} its name says: it is another key \
+                     (another store's?). Put this store's key file back (from your backup of DATA_DIR/keys/), \
+                     or start with --signing-key FILE to switch keys on purpose (recorded in the audit ledger)",
+                    path.display(),
+                    key.key_id
+                )));
+            }
+            (key, String::new())
         }
         (KeySource::DataDir, None) => (
             SigningKey::generate_into(&keys_dir(data_dir))?,
