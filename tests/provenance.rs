@@ -596,6 +596,8 @@ async fn a_configured_key_file_is_used_and_not_rotated_by_the_server() {
         ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
     let key_file = temp.path().join("signing.pk8");
     std::fs::write(&key_file, pkcs8.as_ref()).unwrap();
+    #[cfg(unix)]
+    set_mode(&key_file, 0o600);
     let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
     use ring::signature::KeyPair as _;
     let expected_id = promptreg::provenance::key_id_of(pair.public_key().as_ref());
@@ -620,6 +622,8 @@ async fn a_configured_key_file_is_used_and_not_rotated_by_the_server() {
     // A missing or broken key file stops the server from starting, naming it.
     let bad = temp.path().join("broken.pk8");
     std::fs::write(&bad, b"nonsense").unwrap();
+    #[cfg(unix)]
+    set_mode(&bad, 0o600);
     let out = Command::new(binary())
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(temp.path().join("other"))
@@ -629,7 +633,7 @@ async fn a_configured_key_file_is_used_and_not_rotated_by_the_server() {
         .unwrap();
     assert_ne!(out.status.code(), Some(0));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("broken.pk8"),
+        String::from_utf8_lossy(&out.stderr).contains("broken.pk8 is not an Ed25519 PKCS#8 key"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -788,4 +792,422 @@ async fn pruning_keeps_labelled_versions_and_tombstones_the_rest() {
     );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["pruned"], serde_json::json!([6]));
+}
+
+/// Publishes `p` v1..v3 ("text 1".."text 3") and prunes all but the newest.
+async fn three_versions_pruned_to_one(client: &mut Client) {
+    for i in 1..=3 {
+        publish(client, "p", &format!("text {i}")).await;
+    }
+    let done = client
+        .prune_versions(prune("p", 1, false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(done.pruned, [1, 2]);
+}
+
+#[tokio::test]
+async fn audit_filtered_by_prompt_returns_every_entry_about_it() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    three_versions_pruned_to_one(&mut client).await;
+    // A prompt named like the other target forms collects none of them.
+    publish(&mut client, "key", "k").await;
+    client
+        .rotate_signing_key(pb::RotateSigningKeyRequest {
+            actor: "sec".into(),
+            reason: "yearly".into(),
+        })
+        .await
+        .unwrap();
+
+    let about_p = audit(
+        &mut client,
+        pb::ListAuditRequest {
+            name: "p".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let seen: Vec<(&str, &str)> = about_p
+        .iter()
+        .map(|e| (e.action.as_str(), e.target.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("publish", "p@v1"),
+            ("promote", "p:latest"),
+            ("publish", "p@v2"),
+            ("promote", "p:latest"),
+            ("publish", "p@v3"),
+            ("promote", "p:latest"),
+            ("prune", "p"),
+        ]
+    );
+    let about_key = audit(
+        &mut client,
+        pb::ListAuditRequest {
+            name: "key".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(
+        about_key
+            .iter()
+            .all(|e| e.target.starts_with("key@") || e.target.starts_with("key:latest")),
+        "{about_key:?}"
+    );
+    assert_eq!(about_key.len(), 2, "{about_key:?}");
+}
+
+#[tokio::test]
+async fn find_by_digest_keeps_a_pruned_version_published_again() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let c1 = publish(&mut client, "p", "content one").await;
+    publish(&mut client, "p", "content two").await;
+    client.prune_versions(prune("p", 1, false)).await.unwrap();
+    assert!(get(&mut client, "p", 1).await.pruned);
+    let again = publish(&mut client, "p", "content one").await;
+    assert_eq!((again.version, again.created), (3, true));
+    assert_eq!(again.digest, c1.digest);
+
+    let find = |mut client: Client| {
+        let digest = c1.digest.clone();
+        async move {
+            client
+                .find_by_digest(pb::FindByDigestRequest { digest })
+                .await
+                .unwrap()
+                .into_inner()
+                .matches
+        }
+    };
+    let check = |matches: Vec<pb::DigestMatch>| {
+        let found: Vec<(u64, bool)> = matches
+            .iter()
+            .map(|m| {
+                let v = m.version.as_ref().unwrap();
+                (v.version, v.pruned)
+            })
+            .collect();
+        assert_eq!(found, [(1, true), (3, false)], "{matches:?}");
+        // v1 was `latest` from its publish until v2's; v3 still is.
+        let periods = |i: usize| -> Vec<(String, u64, u64)> {
+            matches[i]
+                .labels
+                .iter()
+                .map(|p| (p.label.clone(), p.from_revision, p.until_revision))
+                .collect()
+        };
+        assert_eq!(periods(0), [("latest".to_string(), 1, 2)]);
+        assert_eq!(periods(1), [("latest".to_string(), 3, 0)]);
+    };
+    check(find(client.clone()).await);
+    // The index is on disk, not rebuilt in memory.
+    let server = server.restart().await;
+    check(find(server.client().await).await);
+}
+
+#[tokio::test]
+async fn diff_against_a_pruned_version_is_refused() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    three_versions_pruned_to_one(&mut client).await;
+    let diff = |from, to| pb::DiffVersionsRequest {
+        name: "p".into(),
+        from_version: from,
+        to_version: to,
+    };
+    assert_status(
+        client.diff_versions(diff(1, 3)).await,
+        Code::FailedPrecondition,
+        "p v1 was pruned",
+    );
+    assert_status(
+        client.diff_versions(diff(3, 2)).await,
+        Code::FailedPrecondition,
+        "p v2 was pruned",
+    );
+    assert_status(
+        client.diff_versions(diff(1, 1)).await,
+        Code::FailedPrecondition,
+        "p v1 was pruned",
+    );
+    publish(&mut client, "p", "text 4").await;
+    let fine = client.diff_versions(diff(3, 4)).await.unwrap().into_inner();
+    assert!(fine.template_diff.contains("+text 4"), "{fine:?}");
+}
+
+#[tokio::test]
+async fn a_label_cannot_move_to_a_pruned_version() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    three_versions_pruned_to_one(&mut client).await;
+    assert_status(
+        client
+            .set_label(set_label("p", "production", 2, None))
+            .await,
+        Code::FailedPrecondition,
+        "to version 2: p v2 was pruned",
+    );
+    client
+        .set_label(set_label("p", "production", 3, None))
+        .await
+        .unwrap();
+    assert_status(
+        client.rollback(rollback("p", "production", Some(1))).await,
+        Code::FailedPrecondition,
+        "roll back label production of p to version 1: p v1 was pruned",
+    );
+    // Nothing moved.
+    assert_eq!(
+        resolve(&mut client, "p", "production")
+            .await
+            .unwrap()
+            .version,
+        3
+    );
+    let history = client
+        .label_history(pb::LabelHistoryRequest {
+            name: "p".into(),
+            label: "production".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(history.moves.len(), 1, "{history:?}");
+}
+
+#[tokio::test]
+async fn find_by_digest_finds_every_version_in_a_store_with_the_old_index() {
+    // Stores written before the index kept every version hold one
+    // `x/{digest}{name}` key per prompt, pointing at the newest version
+    // published with the digest.
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let c1 = publish(&mut client, "p", "content one").await;
+    publish(&mut client, "p", "content two").await;
+    client.prune_versions(prune("p", 1, false)).await.unwrap();
+    publish(&mut client, "p", "content one").await;
+    let mut server = server;
+    server.stop().await;
+    {
+        let db = open_store_directly(server.data_dir());
+        let digest = hex::decode(c1.digest.trim_start_matches("sha256:")).unwrap();
+        let prefix = [b"x/".as_slice(), &digest].concat();
+        for key in db.scan_prefix(&prefix).keys() {
+            db.remove(key.unwrap()).unwrap();
+        }
+        db.insert([prefix.as_slice(), b"p"].concat(), &3u64.to_be_bytes())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let server = server.restart().await;
+    let matches = server
+        .client()
+        .await
+        .find_by_digest(pb::FindByDigestRequest {
+            digest: c1.digest.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .matches;
+    let found: Vec<u64> = matches
+        .iter()
+        .map(|m| m.version.as_ref().unwrap().version)
+        .collect();
+    assert_eq!(found, [1, 3]);
+}
+
+/// The mode bits of a file or directory.
+#[cfg(unix)]
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[cfg(unix)]
+fn set_mode(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// The server's refusal to start, with its stderr.
+fn refused_start(data_dir: &std::path::Path, extra: &[&str]) -> String {
+    match ServerProcess::start_at(data_dir, "127.0.0.1:0", extra) {
+        Ok(server) => {
+            server.kill();
+            panic!("the server started")
+        }
+        Err(log) => log,
+    }
+}
+
+#[tokio::test]
+async fn a_pem_signing_key_as_openssl_writes_it_is_used() {
+    let temp = tempfile::tempdir().unwrap();
+    let pem = temp.path().join("signing.pem");
+    let made = Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ed25519", "-out"])
+        .arg(&pem)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !made {
+        // No openssl here: a key it wrote, kept as text.
+        std::fs::write(
+            &pem,
+            "-----BEGIN PRIVATE KEY-----\n\
+             MC4CAQAwBQYDK2VwBCIEIFi+h2Tvz69rUG8oTzMqqxnTgtoHA3Qn6Fz3w911XdlC\n\
+             -----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+    }
+    #[cfg(unix)]
+    set_mode(&pem, 0o600);
+    let expected = promptreg::provenance::SigningKey::load(&pem)
+        .unwrap()
+        .key_id;
+    let data = temp.path().join("data");
+    let server = ServerProcess::start(&data, &["--signing-key", pem.to_str().unwrap()]);
+    let mut client =
+        promptreg::grpc::pb::registry_client::RegistryClient::connect(server.url.clone())
+            .await
+            .unwrap();
+    publish(&mut client, "p", "a").await;
+    let version = get(&mut client, "p", 1).await;
+    assert_eq!(version.signing_key_id, expected);
+    assert!(keys(&mut client).await.iter().any(|k| k.key_id == expected));
+    server.terminate();
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn key_files_and_backups_are_private_whatever_the_umask() {
+    let temp = tempfile::tempdir().unwrap();
+    let data = temp.path().join("data");
+    let server = ServerProcess::start_with_umask(&data, "000", &[])
+        .unwrap_or_else(|log| panic!("server did not start:\n{log}"));
+    let keys_dir = data.join("keys");
+    assert_eq!(mode_of(&keys_dir), 0o700, "DATA_DIR/keys/");
+    let key_files: Vec<_> = std::fs::read_dir(&keys_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(key_files.len(), 1);
+    assert_eq!(mode_of(&key_files[0]), 0o600);
+
+    let backup = temp.path().join("b.prb");
+    let url = server.url.clone();
+    let file = backup.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("sh")
+            .arg("-c")
+            .arg("umask 000 && exec \"$0\" \"$@\"")
+            .arg(binary())
+            .args(["backup"])
+            .arg(&file)
+            .env("PROMPTREG_SERVER", &url)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(mode_of(&backup), 0o600, "the backup file");
+    server.terminate();
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_signing_key_others_can_read_is_refused_naming_the_fix() {
+    let temp = tempfile::tempdir().unwrap();
+    // --signing-key
+    let pkcs8 =
+        ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+    let key_file = temp.path().join("signing.pk8");
+    std::fs::write(&key_file, pkcs8.as_ref()).unwrap();
+    set_mode(&key_file, 0o644);
+    let log = refused_start(
+        &temp.path().join("a"),
+        &["--signing-key", key_file.to_str().unwrap()],
+    );
+    let fix = format!("chmod 600 {}", key_file.display());
+    assert!(log.contains(&fix) && log.contains("mode 0644"), "{log}");
+
+    // The key generated into DATA_DIR/keys/, made readable later.
+    let data = temp.path().join("b");
+    ServerProcess::start(&data, &[]).terminate();
+    let generated = std::fs::read_dir(data.join("keys"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    set_mode(&generated, 0o640);
+    let log = refused_start(&data, &[]);
+    assert!(
+        log.contains(&format!("chmod 600 {}", generated.display())),
+        "{log}"
+    );
+    set_mode(&generated, 0o600);
+    ServerProcess::start(&data, &[]).terminate();
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn another_stores_key_under_the_active_keys_name_is_refused() {
+    let temp = tempfile::tempdir().unwrap();
+    let (mine, theirs) = (temp.path().join("mine"), temp.path().join("theirs"));
+    ServerProcess::start(&mine, &[]).terminate();
+    ServerProcess::start(&theirs, &[]).terminate();
+    let only_key = |dir: &std::path::Path| {
+        std::fs::read_dir(dir.join("keys"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path()
+    };
+    let (my_key, their_key) = (only_key(&mine), only_key(&theirs));
+    let my_id = my_key.file_stem().unwrap().to_str().unwrap().to_string();
+    let their_id = their_key.file_stem().unwrap().to_str().unwrap().to_string();
+    let original = std::fs::read(&my_key).unwrap();
+    std::fs::remove_file(&my_key).unwrap();
+    std::fs::copy(&their_key, &my_key).unwrap();
+
+    let log = refused_start(&mine, &[]);
+    assert!(
+        log.contains(&format!(
+            "{} holds signing key {their_id}, not the active key {my_id}",
+            my_key.display()
+        )),
+        "{log}"
+    );
+    // Nothing was adopted: with its own key back, the store starts on it.
+    std::fs::remove_file(&my_key).unwrap();
+    std::fs::write(&my_key, &original).unwrap();
+    set_mode(&my_key, 0o600);
+    let server = ServerProcess::start(&mine, &[]);
+    let mut client =
+        promptreg::grpc::pb::registry_client::RegistryClient::connect(server.url.clone())
+            .await
+            .unwrap();
+    let ids: Vec<String> = keys(&mut client)
+        .await
+        .into_iter()
+        .map(|k| k.key_id)
+        .collect();
+    assert_eq!(ids, [my_id]);
+    server.terminate();
 }

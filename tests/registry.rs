@@ -966,3 +966,61 @@ async fn health_and_reflection_answer() {
         "{names:?}"
     );
 }
+
+#[tokio::test]
+async fn model_config_keeps_numbers_exactly_and_refuses_duplicate_keys() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let with_config = |config: &str| {
+        let mut request = publish_text("p", "x", &[]);
+        request.model_config_json = config.into();
+        request
+    };
+    assert_status(
+        client
+            .publish_version(with_config(
+                r#"{"model": "m", "seed": 123456789012345678901234567890}"#,
+            ))
+            .await,
+        Code::InvalidArgument,
+        "model_config_json: the number 123456789012345678901234567890 at .seed cannot be kept exactly",
+    );
+    assert_status(
+        client
+            .publish_version(with_config(r#"{"model": "a", "model": "b"}"#))
+            .await,
+        Code::InvalidArgument,
+        r#"model_config_json: key "model" appears twice"#,
+    );
+    // What can be kept is kept, in the documented normal form.
+    let published = client
+        .publish_version(with_config(
+            r#"{"seed": 18446744073709551615, "t": 0.25, "big": 1e5, "s": "123456789012345678901234567890"}"#,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let stored = client
+        .get_version(pb::GetVersionRequest {
+            name: "p".into(),
+            selector: Some(pb::get_version_request::Selector::Version(
+                published.version,
+            )),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .version
+        .unwrap();
+    assert_eq!(
+        stored.model_config_json,
+        r#"{"big":100000.0,"s":"123456789012345678901234567890","seed":18446744073709551615,"t":0.25}"#
+    );
+    // The stored form publishes as the same version.
+    let again = client
+        .publish_version(with_config(&stored.model_config_json))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((again.version, again.created), (published.version, false));
+}

@@ -22,7 +22,7 @@ pub(super) async fn backup(args: BackupArgs) -> Result<(), Failure> {
         message: format!("the backup received is not valid: {e}"),
     })?;
     let partial = args.file.with_extension("partial");
-    let write = |path: &std::path::Path| std::fs::write(path, &bytes);
+    let write = |path: &std::path::Path| write_owner_only(path, &bytes);
     write(&partial)
         .and_then(|()| std::fs::rename(&partial, &args.file))
         .map_err(|e| Failure::usage(format!("cannot write {}: {e}", args.file.display())))?;
@@ -40,6 +40,28 @@ pub(super) async fn backup(args: BackupArgs) -> Result<(), Failure> {
                "entries": header.entries, "encryption_key_id": header.encryption_key_id}),
     );
     Ok(())
+}
+
+/// Writes a file only its owner can read (mode 0600): a backup holds every
+/// version's content.
+fn write_owner_only(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    // A file left by an earlier attempt keeps its mode when opened.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    file.write_all(bytes)?;
+    file.sync_all()
 }
 
 pub(super) fn restore(args: RestoreArgs) -> Result<(), Failure> {

@@ -23,8 +23,10 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics on this address, at /metrics (off by default).
     #[arg(long, env = "PROMPTREG_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
-    /// Sign versions with this Ed25519 PKCS#8 key instead of one generated
-    /// into DATA_DIR/keys/ (then rotate by restarting with a new file).
+    /// Sign versions with this Ed25519 PKCS#8 key (DER, or PEM as `openssl
+    /// genpkey -algorithm ed25519` writes; readable by its owner only)
+    /// instead of one generated into DATA_DIR/keys/ (then rotate by
+    /// restarting with a new file).
     #[arg(long, env = "PROMPTREG_SIGNING_KEY", value_name = "FILE")]
     pub signing_key: Option<PathBuf>,
     /// Encrypt templates, chat messages and model config at rest (AES-256-GCM)

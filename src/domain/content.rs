@@ -123,7 +123,7 @@ impl Content {
         Ok(Content {
             template,
             variables: variables.into_iter().collect(),
-            model_config_json: normalise_model_config(model_config_json, limits)?,
+            model_config_json: super::model_config::normalise(model_config_json, limits)?,
         })
     }
 
@@ -231,47 +231,6 @@ fn check_template_size(field: &str, size: usize, limits: &Limits) -> Result<(), 
         ));
     }
     Ok(())
-}
-
-/// Parses the model config and re-serialises it with sorted keys and no
-/// whitespace, so equal configs give equal digests.
-fn normalise_model_config(raw: &str, limits: &Limits) -> Result<String, ValidationError> {
-    const FIELD: &str = "model_config_json";
-    if raw.trim().is_empty() {
-        return Ok("{}".to_string());
-    }
-    if raw.len() > limits.max_model_config_bytes {
-        return Err(ValidationError::new(
-            FIELD,
-            format!(
-                "is {} bytes; the limit is {} bytes",
-                raw.len(),
-                limits.max_model_config_bytes
-            ),
-        ));
-    }
-    // serde_json's default map is a BTreeMap: serialising sorts the keys.
-    let value: serde_json::Value = serde_json::from_str(raw)
-        .map_err(|e| ValidationError::new(FIELD, format!("is not valid JSON: {e}")))?;
-    if !value.is_object() {
-        return Err(ValidationError::new(FIELD, "must be a JSON object"));
-    }
-    let normalised = serde_json::to_string(&value)
-        .map_err(|e| ValidationError::new(FIELD, format!("cannot be encoded: {e}")))?;
-    // The normalised form can be longer than what was sent (`1e5` is
-    // written `100000.0`). The limit holds for it too, so that the config
-    // the server stores and serves can always be published again.
-    if normalised.len() > limits.max_model_config_bytes {
-        return Err(ValidationError::new(
-            FIELD,
-            format!(
-                "is {} bytes once normalised (numbers written out, keys sorted); the limit is {} bytes",
-                normalised.len(),
-                limits.max_model_config_bytes
-            ),
-        ));
-    }
-    Ok(normalised)
 }
 
 fn put_u32(out: &mut Vec<u8>, n: usize) {

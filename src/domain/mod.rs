@@ -5,6 +5,7 @@ mod content;
 mod history;
 mod instant;
 mod limits;
+mod model_config;
 mod names;
 mod selector;
 mod template;

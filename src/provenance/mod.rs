@@ -10,7 +10,7 @@ mod ledger;
 mod signing;
 
 pub use ledger::{AuditEntry, LedgerHead};
-pub use signing::{key_id_of, verify_signature, KeyError, SigningKey};
+pub use signing::{key_id_of, secure_keys_dir, verify_signature, KeyError, SigningKey};
 
 use crate::domain::{ContentDigest, Micros, PromptName};
 

@@ -536,7 +536,23 @@ impl Registry {
         to_version: Option<u64>,
     ) -> Result<Moved> {
         let digest = match to_version {
-            Some(number) => Some(self.existing_version(&request.name, number)?.digest),
+            Some(number) => {
+                let version = self.existing_version(&request.name, number)?;
+                // Agents could neither fetch nor verify what the label would
+                // point to.
+                if version.pruned {
+                    let what = match kind {
+                        MoveKind::Rollback => "roll back",
+                        MoveKind::Promote | MoveKind::Remove => "move",
+                    };
+                    return Err(RegistryError::FailedPrecondition(format!(
+                        "cannot {what} label {} of {} to version {number}: {} v{number} was pruned \
+                         (its content is gone); choose a version that is not pruned",
+                        request.label, request.name, request.name
+                    )));
+                }
+                Some(version.digest)
+            }
             None => None,
         };
         let from_version = current.as_ref().map(|c| c.version);
@@ -801,6 +817,15 @@ impl Registry {
     ) -> Result<(Version, Version, VersionDiff)> {
         let old = self.existing_version(name, from)?;
         let new = self.existing_version(name, to)?;
+        // A pruned version has no content left: a diff against it would be
+        // invented. Its digest is kept, so say so instead.
+        if let Some(pruned) = [&old, &new].into_iter().find(|v| v.pruned) {
+            return Err(RegistryError::FailedPrecondition(format!(
+                "{name} v{} was pruned: its content is gone, so there is nothing to diff \
+                 (its digest {} is kept: compare digests with GetVersion)",
+                pruned.number, pruned.digest
+            )));
+        }
         let diff = VersionDiff::between(&old, &new);
         Ok((old, new, diff))
     }

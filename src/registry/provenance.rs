@@ -19,8 +19,8 @@ pub enum KeySource {
     /// Generated into `DATA_DIR/keys/` on first start; rotated by the server.
     #[default]
     DataDir,
-    /// Loaded from a PKCS#8 file (`--signing-key`); rotated by replacing the
-    /// file and restarting.
+    /// Loaded from a PKCS#8 file, DER or PEM (`--signing-key`); rotated by
+    /// replacing the file and restarting.
     File(PathBuf),
 }
 
@@ -36,17 +36,30 @@ pub struct AuditFilter {
 
 impl AuditFilter {
     fn matches(&self, e: &AuditEntry) -> bool {
-        let prompt_ok = self.name.as_ref().is_none_or(|n| {
-            let name = n.as_str();
-            e.target
-                .strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('@') || rest.starts_with(':'))
-        });
+        let prompt_ok = self.name.as_ref().is_none_or(|n| is_about_prompt(e, n));
         prompt_ok
             && self.actor.as_ref().is_none_or(|a| &e.actor == a)
             && self.action.as_ref().is_none_or(|a| &e.action == a)
             && self.since.is_none_or(|t| e.time >= t)
             && self.until.is_none_or(|t| e.time < t)
+    }
+}
+
+/// Whether a ledger entry is about the prompt `name`. Targets take four
+/// forms (documented on `AuditEntry.target` in the proto): `name@vN` for a
+/// publish, `name:label` for a label move, the bare `name` for a prune, and
+/// `key:ID` or `store` for what is not about a prompt (a key rotation,
+/// enabling encryption). The action tells them apart, so that a prompt
+/// named `store` or `key` does not collect those.
+fn is_about_prompt(entry: &AuditEntry, name: &PromptName) -> bool {
+    let name = name.as_str();
+    match entry.action.as_str() {
+        "rotate_key" | "enable_encryption" => false,
+        "prune" => entry.target == name,
+        _ => entry
+            .target
+            .strip_prefix(name)
+            .is_some_and(|rest| rest.starts_with('@') || rest.starts_with(':')),
     }
 }
 
@@ -94,7 +107,8 @@ pub(super) fn open_signing_key(
             format!("signing key loaded from {}", path.display()),
         ),
         (KeySource::DataDir, Some(id)) => {
-            let path = keys_dir(data_dir).join(format!("{id}.pk8"));
+            let dir = keys_dir(data_dir);
+            let path = dir.join(format!("{id}.pk8"));
             if !path.exists() {
                 return Err(RegistryError::FailedPrecondition(format!(
                     "the active signing key {id} is missing: {} does not exist. Restore it from a backup, \
@@ -102,7 +116,24 @@ pub(super) fn open_signing_key(
                     path.display()
                 )));
             }
-            (SigningKey::load(&path)?, String::new())
+            // A directory made by an older release (or by hand) follows the umask.
+            crate::provenance::secure_keys_dir(&dir).map_err(|source| RegistryError::DataDir {
+                dir: dir.clone(),
+                source,
+            })?;
+            let key = SigningKey::load(&path)?;
+            // Adopting it would silently switch keys: another store's key
+            // copied under this name, say.
+            if &key.key_id != id {
+                return Err(RegistryError::FailedPrecondition(format!(
+                    "{} holds signing key {}, not the active key {id} its name says: it is another key \
+                     (another store's?). Put this store's key file back (from your backup of DATA_DIR/keys/), \
+                     or start with --signing-key FILE to switch keys on purpose (recorded in the audit ledger)",
+                    path.display(),
+                    key.key_id
+                )));
+            }
+            (key, String::new())
         }
         (KeySource::DataDir, None) => (
             SigningKey::generate_into(&keys_dir(data_dir))?,

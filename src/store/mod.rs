@@ -12,7 +12,7 @@
 //! | `p/{name}` | prompt summary (newest version) |
 //! | `v/{name}\0{version}` | one version with its content |
 //! | `d/{name}\0{digest}` | digest → version number |
-//! | `x/{digest}{name}` | digest → version number across prompts (FindByDigest) |
+//! | `x/{digest}{name}\0{version}` | one version with that digest, across prompts (FindByDigest) |
 //! | `l/{name}\0{label}` | a label's current target |
 //! | `h/{name}\0{label}\0{rev}` | one move in a label's history |
 //! | `a/{seq}` | one audit ledger entry, hash-chained to the one before |
@@ -252,9 +252,10 @@ impl Store {
                     let value = self.encode_version(&key, full);
                     batch.insert(key, value);
                     batch.insert(digest_key(name, digest), &version.to_be_bytes());
-                    let by_digest =
-                        [b"x/".as_slice(), &digest.0, name.as_str().as_bytes()].concat();
-                    batch.insert(by_digest, &version.to_be_bytes());
+                    batch.insert(
+                        digest_index_key(digest, name, *version),
+                        &version.to_be_bytes(),
+                    );
                     let prompt = PromptRec {
                         latest_version: *version,
                         latest_digest: digest.to_string(),
@@ -608,19 +609,45 @@ impl Store {
         Ok(())
     }
 
-    /// Every (prompt, version) whose content has `digest`.
+    /// Every (prompt, version) whose content has `digest`, pruned or not,
+    /// in (name, number) order.
+    ///
+    /// Stores written before the index kept one key per version hold
+    /// `x/{digest}{name}` → the newest version published with the digest,
+    /// which forgot an older (pruned) version once the same content was
+    /// published again. For a prompt found under such a key, its versions
+    /// are scanned for the digest, so that those are found too.
     pub fn versions_with_digest(&self, digest: &ContentDigest) -> Result<Vec<(PromptName, u64)>> {
         let prefix = key(&[b"x/", &digest.0]);
-        self.db
-            .scan_prefix(&prefix)
-            .map(|item| {
-                let (key, raw) = item?;
-                let name = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
-                let name = PromptName::parse("name", &name, 4096)
-                    .map_err(|e| corrupt(&key, e.to_string()))?;
-                Ok((name, read_u64(&key, &raw)?))
-            })
-            .collect()
+        let parse_name = |key: &[u8], raw: &[u8]| {
+            PromptName::parse("name", &String::from_utf8_lossy(raw), 4096)
+                .map_err(|e| corrupt(key, e.to_string()))
+        };
+        let mut found = std::collections::BTreeSet::new();
+        let mut legacy = std::collections::BTreeSet::new();
+        for item in self.db.scan_prefix(&prefix) {
+            let (key, raw) = item?;
+            let rest = &key[prefix.len()..];
+            match rest.iter().position(|b| *b == 0) {
+                Some(split) => {
+                    let name = parse_name(&key, &rest[..split])?;
+                    found.insert((name, read_u64(&key, &rest[split + 1..])?));
+                }
+                None => {
+                    let name = parse_name(&key, rest)?;
+                    found.insert((name.clone(), read_u64(&key, &raw)?));
+                    legacy.insert(name);
+                }
+            }
+        }
+        for name in legacy {
+            for version in self.list_versions(&name, None, usize::MAX)? {
+                if version.digest == *digest {
+                    found.insert((name.clone(), version.number));
+                }
+            }
+        }
+        Ok(found.into_iter().collect())
     }
 
     /// Every move of every label of a prompt, ordered by label then revision.
@@ -971,6 +998,19 @@ fn version_key(name: &PromptName, version: u64) -> Vec<u8> {
 
 fn digest_key(name: &PromptName, digest: &ContentDigest) -> Vec<u8> {
     key(&[b"d/", name.as_str().as_bytes(), b"\0", &digest.0])
+}
+
+/// One version in the digest index: the digest first, so that a prefix
+/// scan finds every version with it across prompts. Names never hold a
+/// 0 byte, which separates the name from the number.
+fn digest_index_key(digest: &ContentDigest, name: &PromptName, version: u64) -> Vec<u8> {
+    key(&[
+        b"x/",
+        &digest.0,
+        name.as_str().as_bytes(),
+        b"\0",
+        &version.to_be_bytes(),
+    ])
 }
 
 fn label_key_prefix(name: &PromptName) -> Vec<u8> {

@@ -287,11 +287,37 @@ impl ServerProcess {
         listen: &str,
         extra: &[&str],
     ) -> Result<ServerProcess, String> {
-        use std::io::BufRead as _;
-        let mut child = std::process::Command::new(binary())
+        let mut command = std::process::Command::new(binary());
+        command
             .args(["serve", "--listen", listen, "--data-dir"])
             .arg(data_dir)
-            .args(extra)
+            .args(extra);
+        Self::spawn(command)
+    }
+
+    /// Like [`ServerProcess::start_at`] on 127.0.0.1:0, with the process's
+    /// umask set to `umask` (octal, e.g. "000") first, through `sh`.
+    pub fn start_with_umask(
+        data_dir: &Path,
+        umask: &str,
+        extra: &[&str],
+    ) -> Result<ServerProcess, String> {
+        let mut command = std::process::Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("umask {umask} && exec \"$0\" \"$@\""))
+            .arg(binary())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra);
+        Self::spawn(command)
+    }
+
+    /// Spawns a `promptreg serve` command and waits (up to 60 s) for it to
+    /// log its address.
+    fn spawn(mut command: std::process::Command) -> Result<ServerProcess, String> {
+        use std::io::BufRead as _;
+        let mut child = command
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
