@@ -392,3 +392,330 @@ fn help_explains_every_subcommand() {
     let status = wait_with_timeout(&mut child, std::time::Duration::from_secs(30));
     assert!(status.success());
 }
+
+/// Runs the CLI against `url`; returns (exit code, stdout, stderr).
+fn run_at(url: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(binary())
+        .args(args)
+        .env("PROMPTREG_SERVER", url)
+        .env("USER", "oncall")
+        .output()
+        .expect("run promptreg");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Polls `promptreg fleet` until `ready` holds for its JSON (60 s at most).
+fn wait_for_fleet(cli: &Cli, name: &str, label: &str, ready: impl Fn(&Value) -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let fleet = &cli.json(&["fleet", name, "--label", label])[0];
+        if ready(fleet) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fleet never got there: {fleet}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn agent<'a>(fleet: &'a Value, id: &str) -> Option<&'a Value> {
+    fleet["agents"]
+        .as_array()?
+        .iter()
+        .find(|a| a["agent_id"] == id)
+}
+
+/// `promptreg watch` as an agent (`--ack`) or a silent watcher, killed at
+/// the end of the test.
+fn spawn_watcher(url: &str, name: &str, label: &str, id: &str, ack: bool) -> support::KillOnDrop {
+    let mut command = Command::new(binary());
+    command
+        .args(["watch", name, "--label", label, "--agent-id", id])
+        .env("PROMPTREG_SERVER", url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    if ack {
+        command.arg("--ack");
+    }
+    support::KillOnDrop(command.spawn().expect("spawn watch"))
+}
+
+#[test]
+fn a_move_whose_fleet_lags_is_printed_and_exits_4() {
+    let temp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&temp.path().join("data"), &[]);
+    let cli = Cli {
+        url: server.url.clone(),
+    };
+    let name = "support/triage";
+    cli.ok(&["publish", name, "--template", "one"]);
+    cli.ok(&["publish", name, "--template", "two"]);
+    cli.ok(&[
+        "promote",
+        name,
+        "1",
+        "--label",
+        "production",
+        "--reason",
+        "a",
+    ]);
+    cli.ok(&[
+        "promote",
+        name,
+        "2",
+        "--label",
+        "production",
+        "--reason",
+        "b",
+    ]);
+
+    // An agent applies v2, then goes away.
+    let gone = spawn_watcher(&cli.url, name, "production", "gone-1", true);
+    wait_for_fleet(&cli, name, "production", |f| {
+        agent(f, "gone-1").is_some_and(|a| a["in_sync"] == true)
+    });
+    drop(gone);
+    wait_for_fleet(&cli, name, "production", |f| {
+        agent(f, "gone-1").is_some_and(|a| a["connected"] == false)
+    });
+
+    // No connected agent: the rollback happened, and --wait says nobody
+    // confirmed it, naming the disconnected agent; exit 4 at once.
+    let (code, stdout, stderr) = run_at(
+        &cli.url,
+        &[
+            "rollback",
+            name,
+            "--label",
+            "production",
+            "--reason",
+            "INC-1",
+            "--wait",
+            "--timeout",
+            "60s",
+            "--output",
+            "json",
+        ],
+    );
+    assert_eq!(code, 4, "{stderr}");
+    let moved: Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{stdout}: {e}"));
+    assert_eq!(
+        (moved["from_version"].as_u64(), moved["to_version"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(moved["fleet"]["converged"], false);
+    assert_eq!(moved["fleet"]["disconnected"][0]["agent_id"], "gone-1");
+    assert_eq!(moved["fleet"]["disconnected"][0]["applied_version"], 2);
+    assert!(
+        stderr.contains("no connected agent") && stderr.contains("gone-1"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("the move happened"), "{stderr}");
+
+    // A connected agent that does not apply it: --wait times out; the move
+    // is printed first, then who lags and what they run.
+    let _stale = spawn_watcher(&cli.url, name, "production", "stale-1", false);
+    wait_for_fleet(&cli, name, "production", |f| {
+        agent(f, "stale-1").is_some_and(|a| a["connected"] == true)
+    });
+    let (code, stdout, stderr) = run_at(
+        &cli.url,
+        &[
+            "promote",
+            name,
+            "2",
+            "--label",
+            "production",
+            "--reason",
+            "again",
+            "--wait",
+            "--timeout",
+            "300ms",
+        ],
+    );
+    assert_eq!(code, 4, "{stderr}");
+    assert!(
+        stdout.contains("support/triage production: v1 -> v2"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("fleet NOT converged"), "{stdout}");
+    assert!(stdout.contains("stale: stale-1 runs -"), "{stdout}");
+    assert!(stdout.contains("disconnected: gone-1 runs v2"), "{stdout}");
+    assert!(
+        stderr.contains("did not converge") && stderr.contains("1 stale agent"),
+        "{stderr}"
+    );
+
+    let (code, stdout, stderr) = run_at(
+        &cli.url,
+        &[
+            "rollback",
+            name,
+            "--label",
+            "production",
+            "--reason",
+            "INC-2",
+            "--wait",
+            "--timeout",
+            "300ms",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(code, 4, "{stderr}");
+    let moved: Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{stdout}: {e}"));
+    assert_eq!(moved["to_version"], 1);
+    assert_eq!(moved["fleet"]["converged"], false);
+    assert_eq!(moved["fleet"]["stale"][0]["agent_id"], "stale-1");
+    assert_eq!(moved["fleet"]["stale"][0]["applied_version"], Value::Null);
+
+    // A refusal changed nothing: exit 1, not 4.
+    let (code, stdout, _) = run_at(
+        &cli.url,
+        &[
+            "rollback", name, "--label", "latest", "--reason", "x", "--wait",
+        ],
+    );
+    assert_eq!((code, stdout.as_str()), (1, ""));
+}
+
+#[test]
+fn rollback_expect_is_a_compare_and_set() {
+    let temp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&temp.path().join("data"), &[]);
+    let cli = Cli {
+        url: server.url.clone(),
+    };
+    let name = "support/triage";
+    cli.ok(&["publish", name, "--template", "one"]);
+    cli.ok(&["publish", name, "--template", "two"]);
+    cli.ok(&["publish", name, "--template", "three"]);
+    for v in ["1", "2", "3"] {
+        cli.ok(&[
+            "promote",
+            name,
+            v,
+            "--label",
+            "production",
+            "--reason",
+            "up",
+        ]);
+    }
+    let rollback = [
+        "rollback",
+        name,
+        "--label",
+        "production",
+        "--reason",
+        "INC-7",
+        "--expect",
+        "3",
+    ];
+    let moved = &cli.json(&rollback)[0];
+    assert_eq!(
+        (moved["from_version"].as_u64(), moved["to_version"].as_u64()),
+        (Some(3), Some(2))
+    );
+    // The same command again (a retry after a timeout): refused, and the
+    // label stays on v2 instead of going back to v1.
+    cli.fails(
+        &rollback,
+        1,
+        "points to version 2, not the expected version 3",
+    );
+    let now = &cli.json(&["resolve", name, "--label", "production"])[0];
+    assert_eq!(now["version"], 2);
+    assert_eq!(
+        cli.json(&["history", name, "--label", "production"]).len(),
+        4
+    );
+}
+
+#[test]
+fn server_addresses_and_why_they_cannot_be_reached() {
+    let temp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&temp.path().join("data"), &[]);
+    let cli = Cli {
+        url: server.url.clone(),
+    };
+    let host_port = server.url.trim_start_matches("http://").to_string();
+    // HOST:PORT, the form other clients use, works.
+    cli.ok(&["list", "--server", &host_port]);
+    cli.ok(&["list", "--server", &server.url]);
+    // https:// would talk plaintext to an address that promised TLS.
+    cli.fails(
+        &["list", "--server", &format!("https://{host_port}")],
+        2,
+        "https:// is not supported",
+    );
+    cli.fails(
+        &["list", "--server", "127.0.0.1:1"],
+        3,
+        "connection refused",
+    );
+    cli.fails(
+        &["list", "--server", "http://no-such-host.invalid:50051"],
+        3,
+        "name not resolved",
+    );
+}
+
+/// A gRPC server that answers every call with UNAVAILABLE: up, reachable,
+/// refusing.
+#[derive(Clone)]
+struct AlwaysUnavailable;
+
+impl tower::Service<http::Request<tonic::body::Body>> for AlwaysUnavailable {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Request<tonic::body::Body>) -> Self::Future {
+        std::future::ready(Ok(
+            tonic::Status::unavailable("the store is not available").into_http()
+        ))
+    }
+}
+
+impl tonic::server::NamedService for AlwaysUnavailable {
+    const NAME: &'static str = "promptreg.v1.Registry";
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unavailable_answer_is_a_refusal_not_unreachable() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AlwaysUnavailable)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let (verify, list) = tokio::task::spawn_blocking(move || {
+        (run_at(&url, &["audit", "verify"]), run_at(&url, &["list"]))
+    })
+    .await
+    .unwrap();
+    for (code, stdout, stderr) in [verify, list] {
+        assert_eq!(code, 1, "{stderr}");
+        assert!(
+            stderr.contains("unavailable: the store is not available"),
+            "{stderr}"
+        );
+        assert!(stdout.is_empty());
+    }
+}

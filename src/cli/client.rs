@@ -25,14 +25,19 @@ impl Failure {
 }
 
 impl From<tonic::Status> for Failure {
+    /// A status made on this side from a transport error (no answer came)
+    /// is "cannot reach", exit 3; every status the server answered with,
+    /// UNAVAILABLE included, is a refusal, exit 1.
     fn from(status: tonic::Status) -> Failure {
-        let code = match status.code() {
-            Code::Unavailable | Code::DeadlineExceeded | Code::Unknown if is_transport(&status) => {
-                exit::UNREACHABLE
-            }
-            Code::Unavailable => exit::UNREACHABLE,
-            _ => exit::REFUSED,
-        };
+        if let Some(source) = std::error::Error::source(&status) {
+            return Failure {
+                code: exit::UNREACHABLE,
+                message: format!(
+                    "cannot reach the registry: {}",
+                    why_unreachable(source, status.message())
+                ),
+            };
+        }
         let kind = match status.code() {
             Code::NotFound => "not found",
             Code::InvalidArgument => "invalid argument",
@@ -41,14 +46,75 @@ impl From<tonic::Status> for Failure {
             _ => "refused",
         };
         Failure {
-            code,
+            code: exit::REFUSED,
             message: format!("{kind}: {}", status.message()),
         }
     }
 }
 
-fn is_transport(status: &tonic::Status) -> bool {
-    std::error::Error::source(status).is_some()
+/// Why a connection failed, in the words an operator searches for first:
+/// connection refused, name not resolved, timed out, TLS; then the
+/// innermost error's own words.
+pub(super) fn why_unreachable(error: &(dyn std::error::Error + 'static), context: &str) -> String {
+    let mut messages = vec![context.to_string()];
+    let mut io_kind = None;
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            io_kind.get_or_insert(io.kind());
+        }
+        messages.push(e.to_string());
+        current = e.source();
+    }
+    let all = messages.join(": ").to_lowercase();
+    let innermost = messages
+        .iter()
+        .rev()
+        .find(|m| !m.is_empty())
+        .cloned()
+        .unwrap_or_default();
+    use std::io::ErrorKind;
+    let why = if all.contains("dns error")
+        || all.contains("failed to lookup address")
+        || all.contains("name or service not known")
+        || all.contains("no address associated")
+    {
+        "name not resolved"
+    } else if io_kind == Some(ErrorKind::ConnectionRefused) || all.contains("connection refused") {
+        "connection refused (is the server running on that address?)"
+    } else if io_kind == Some(ErrorKind::TimedOut)
+        || all.contains("timed out")
+        || all.contains("elapsed")
+    {
+        "timed out"
+    } else if all.contains("tls") || all.contains("certificate") || all.contains("handshake") {
+        "TLS handshake failed"
+    } else if io_kind == Some(ErrorKind::ConnectionReset) || all.contains("connection reset") {
+        "connection reset"
+    } else if all.contains("unreachable") {
+        "network unreachable"
+    } else {
+        "transport error"
+    };
+    format!("{why} ({innermost})")
+}
+
+/// `--server` as an endpoint URI: `HOST:PORT` means `http://HOST:PORT`;
+/// `https://` is refused while the server has no TLS (it would otherwise
+/// talk plaintext to an address that promised encryption).
+pub(super) fn server_uri(raw: &str) -> Result<String, Failure> {
+    let raw = raw.trim();
+    match raw.split_once("://") {
+        None => Ok(format!("http://{raw}")),
+        Some(("http", _)) => Ok(raw.to_string()),
+        Some(("https", _)) => Err(Failure::usage(format!(
+            "--server {raw}: https:// is not supported yet: promptreg serves plaintext gRPC only \
+             (no TLS); use HOST:PORT or http://HOST:PORT, over a network you trust"
+        ))),
+        Some((scheme, _)) => Err(Failure::usage(format!(
+            "--server {raw}: unknown scheme {scheme}://; use HOST:PORT or http://HOST:PORT"
+        ))),
+    }
 }
 
 /// Runs one client subcommand; returns the process exit code.
@@ -63,12 +129,22 @@ pub async fn run_client(command: Command) -> i32 {
 }
 
 pub(super) async fn connect(options: &ClientOptions) -> Result<RegistryClient<Channel>, Failure> {
-    let endpoint = tonic::transport::Endpoint::from_shared(options.server.clone())
-        .map_err(|e| Failure::usage(format!("--server {:?} is not a URL: {e}", options.server)))?
+    let uri = server_uri(&options.server)?;
+    let endpoint = tonic::transport::Endpoint::from_shared(uri)
+        .map_err(|e| {
+            Failure::usage(format!(
+                "--server {:?} is not an address: {e}",
+                options.server
+            ))
+        })?
         .connect_timeout(Duration::from_secs(5));
     let channel = endpoint.connect().await.map_err(|e| Failure {
         code: exit::UNREACHABLE,
-        message: format!("cannot reach the registry at {}: {e}", options.server),
+        message: format!(
+            "cannot reach the registry at {}: {}",
+            options.server,
+            why_unreachable(&e, "")
+        ),
     })?;
     Ok(RegistryClient::new(channel))
 }
@@ -351,46 +427,9 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
                 );
             }
         }
-        Command::Promote(args) => {
-            let mut client = connect(&args.client).await?;
-            let request = pb::SetLabelRequest {
-                name: args.name.clone(),
-                label: args.label.clone(),
-                version: args.version,
-                actor: args.actor.clone().unwrap_or_else(local_user),
-                reason: args.reason.clone(),
-                expected_version: args.expect,
-            };
-            let r = client.set_label(request).await?.into_inner();
-            let fleet =
-                wait_for_fleet(&mut client, &args.name, &args.label, &r, &args.wait).await?;
-            print_move(&args.client, &args.name, &args.label, &r, fleet);
-        }
-        Command::Rollback(args) => {
-            let mut client = connect(&args.client).await?;
-            let request = pb::RollbackRequest {
-                name: args.name.clone(),
-                label: args.label.clone(),
-                to_version: args.to,
-                actor: args.actor.clone().unwrap_or_else(local_user),
-                reason: args.reason.clone(),
-            };
-            let r = client.rollback(request).await?.into_inner();
-            let fleet =
-                wait_for_fleet(&mut client, &args.name, &args.label, &r, &args.wait).await?;
-            print_move(&args.client, &args.name, &args.label, &r, fleet);
-        }
-        Command::Unlabel(args) => {
-            let mut client = connect(&args.client).await?;
-            let request = pb::RemoveLabelRequest {
-                name: args.name.clone(),
-                label: args.label.clone(),
-                actor: args.actor.clone().unwrap_or_else(local_user),
-                reason: args.reason.clone(),
-            };
-            let r = client.remove_label(request).await?.into_inner();
-            print_move(&args.client, &args.name, &args.label, &r, None);
-        }
+        Command::Promote(args) => return super::moves::promote(args).await,
+        Command::Rollback(args) => return super::moves::rollback(args).await,
+        Command::Unlabel(args) => return super::moves::unlabel(args).await,
         Command::History(args) => {
             let mut client = connect(&args.client).await?;
             let mut token = String::new();
@@ -648,111 +687,6 @@ fn move_text(m: &pb::LabelMove) -> String {
         line.push_str(&format!("\ttrace {}", m.trace_id));
     }
     line
-}
-
-/// How a fleet converged after a move with `--wait`.
-struct Converged {
-    agents: u32,
-    elapsed: Duration,
-}
-
-/// With `--wait`: polls fleet status until every connected agent watching
-/// the label runs its new target.
-async fn wait_for_fleet(
-    client: &mut RegistryClient<Channel>,
-    name: &str,
-    label: &str,
-    moved: &pb::LabelMoveResponse,
-    wait: &super::WaitArgs,
-) -> Result<Option<Converged>, Failure> {
-    if !wait.wait {
-        return Ok(None);
-    }
-    let started = std::time::Instant::now();
-    loop {
-        let request = pb::FleetStatusRequest {
-            name: name.to_string(),
-            label: label.to_string(),
-            summary_only: true,
-        };
-        let summary = client
-            .fleet_status(request)
-            .await?
-            .into_inner()
-            .summary
-            .unwrap_or_default();
-        if summary.stale == 0 {
-            return Ok(Some(Converged {
-                agents: summary.in_sync,
-                elapsed: started.elapsed(),
-            }));
-        }
-        if started.elapsed() >= wait.timeout {
-            return Err(Failure {
-                code: exit::REFUSED,
-                message: format!(
-                    "timed out after {:?}: {} connected agents have not applied v{} yet ({} in sync)",
-                    wait.timeout, summary.stale, moved.to_version, summary.in_sync
-                ),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-fn print_move(
-    options: &ClientOptions,
-    name: &str,
-    label: &str,
-    r: &pb::LabelMoveResponse,
-    fleet: Option<Converged>,
-) {
-    let mut object = json!({"name": name, "label": label, "changed": r.changed, "revision": r.revision,
-           "from_version": version_or_null(r.from_version), "to_version": version_or_null(r.to_version),
-           "version": version_or_null(r.to_version), "digest": r.digest});
-    if let Some(fleet) = &fleet {
-        object["fleet"] = json!({"converged": true, "agents": fleet.agents, "elapsed_ms": fleet.elapsed.as_secs_f64() * 1000.0});
-    }
-    emit(
-        options,
-        || {
-            let mut text = move_summary(name, label, r);
-            if let Some(fleet) = &fleet {
-                text.push_str(&format!(
-                    "\nfleet converged: {} agents on v{} after {:.1} ms",
-                    fleet.agents,
-                    r.to_version,
-                    fleet.elapsed.as_secs_f64() * 1000.0
-                ));
-            }
-            text
-        },
-        object,
-    );
-}
-
-fn move_summary(name: &str, label: &str, r: &pb::LabelMoveResponse) -> String {
-    if !r.changed {
-        format!(
-            "{name} {label} already points to v{} (revision {}): nothing changed",
-            r.to_version, r.revision
-        )
-    } else if r.to_version == 0 {
-        format!(
-            "{name} {label} removed (was v{}) at revision {}",
-            r.from_version, r.revision
-        )
-    } else {
-        let from = if r.from_version == 0 {
-            "unset".to_string()
-        } else {
-            format!("v{}", r.from_version)
-        };
-        format!(
-            "{name} {label}: {from} -> v{} ({}) at revision {}",
-            r.to_version, r.digest, r.revision
-        )
-    }
 }
 
 fn diff_text(name: &str, from: u64, to: u64, d: &pb::DiffVersionsResponse) -> String {

@@ -3,13 +3,16 @@
 //! subcommand takes `--output json`.
 //!
 //! Exit codes: 0 success; 1 the server refused the request (not found,
-//! failed precondition, invalid argument); 2 a usage error; 3 the server
-//! could not be reached.
+//! failed precondition, invalid argument, unavailable: nothing changed); 2 a
+//! usage error; 3 the server could not be reached; 4 a label move happened
+//! but `--wait` did not see the fleet converge.
 
 mod backup;
 mod client;
+mod moves;
 mod provenance;
 mod serve;
+mod text;
 mod watch;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -24,6 +27,9 @@ pub mod exit {
     pub const REFUSED: i32 = 1;
     pub const USAGE: i32 = 2;
     pub const UNREACHABLE: i32 = 3;
+    /// The label moved, but `--wait` did not see every connected agent
+    /// apply it (timed out, or no agent is connected): do not repeat the move.
+    pub const NOT_CONVERGED: i32 = 4;
 }
 
 #[derive(Debug, Parser)]
@@ -35,7 +41,9 @@ pub mod exit {
         `promptreg serve` runs the registry. Every other subcommand is a client of a running \
         registry, reached at --server (env PROMPTREG_SERVER).\n\n\
         Exit codes: 0 success; 1 the request was refused (not found, failed precondition, \
-        invalid argument); 2 usage error; 3 the server could not be reached."
+        invalid argument, unavailable): nothing changed; 2 usage error; 3 the server could not be \
+        reached; 4 the label moved but `--wait` did not see the fleet converge (timed out, or no \
+        connected agent): the move happened, do not repeat it."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -45,7 +53,8 @@ pub struct Cli {
 /// Options every client subcommand takes.
 #[derive(Debug, Clone, Args)]
 pub struct ClientOptions {
-    /// The registry's gRPC address.
+    /// The registry's gRPC address: HOST:PORT or http://HOST:PORT
+    /// (https:// is refused: the server has no TLS yet).
     #[arg(
         long,
         env = "PROMPTREG_SERVER",
@@ -54,7 +63,7 @@ pub struct ClientOptions {
     pub server: String,
     /// Output format: human-readable text, or JSON (one object per result,
     /// JSON lines for lists).
-    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
 }
 
@@ -265,8 +274,10 @@ pub enum AuditAction {
 /// `--wait`: after a label move, wait for the fleet to converge.
 #[derive(Debug, Clone, Args)]
 pub struct WaitArgs {
-    /// Return only when every connected agent watching the label has
-    /// acknowledged the new target (exit 1 if --timeout passes first).
+    /// After the move, wait until every connected agent watching the label
+    /// has acknowledged the new target. The move is printed first in any
+    /// case; exit 4 (moved, not converged) when --timeout passes first or
+    /// no agent is connected, naming the stale and disconnected agents.
     #[arg(long)]
     pub wait: bool,
     /// How long --wait waits, e.g. 30s or 2m.
@@ -421,6 +432,10 @@ pub struct RollbackArgs {
     /// Roll back to this version instead of one step back.
     #[arg(long, value_name = "VERSION")]
     pub to: Option<u64>,
+    /// Move only if the label points to this version now (compare-and-set):
+    /// a retried rollback then cannot go one step further back.
+    #[arg(long, value_name = "VERSION")]
+    pub expect: Option<u64>,
     /// Who rolls back (default: the local user name).
     #[arg(long)]
     pub actor: Option<String>,
