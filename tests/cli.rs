@@ -719,3 +719,130 @@ async fn an_unavailable_answer_is_a_refusal_not_unreachable() {
         assert!(stdout.is_empty());
     }
 }
+
+#[test]
+fn resolve_says_who_set_the_label_and_revision_means_the_move() {
+    let temp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&temp.path().join("data"), &[]);
+    let cli = Cli {
+        url: server.url.clone(),
+    };
+    let name = "support/triage";
+    let v1 = &cli.json(&["publish", name, "--template", "one"])[0];
+    cli.ok(&["publish", name, "--template", "two"]);
+    cli.ok(&[
+        "promote",
+        name,
+        "1",
+        "--label",
+        "production",
+        "--reason",
+        "first",
+        "--actor",
+        "sre",
+    ]);
+    for resolved in [
+        &cli.json(&["resolve", name, "--label", "production"])[0],
+        &cli.json(&["resolve", name, "--label", "production", "--revision", "3"])[0],
+    ] {
+        assert_eq!(resolved["version"], 1);
+        assert_eq!(resolved["revision"], 3, "the move's revision: {resolved}");
+        assert_eq!(resolved["published_revision"], v1["revision"], "{resolved}");
+        assert_eq!(resolved["move"]["actor"], "sre");
+    }
+    let labels = cli.json(&["labels", name]);
+    let production = labels.iter().find(|l| l["label"] == "production").unwrap();
+    assert_eq!(production["revision"], 3);
+    let text = cli.ok(&["resolve", name, "--label", "production"]);
+    assert!(text.contains("set by: revision 3"), "{text}");
+    assert!(text.contains("sre") && text.contains("first"), "{text}");
+}
+
+#[test]
+fn audit_filters_and_times_are_checked() {
+    let temp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&temp.path().join("data"), &[]);
+    let cli = Cli {
+        url: server.url.clone(),
+    };
+    cli.ok(&["publish", "p", "--template", "one"]);
+    cli.ok(&[
+        "promote",
+        "p",
+        "1",
+        "--label",
+        "production",
+        "--reason",
+        "go",
+    ]);
+    cli.fails(
+        &["audit", "--action-name", "publsh"],
+        2,
+        "publish, promote, rollback, remove, rotate_key",
+    );
+    let published = cli.json(&["audit", "--action-name", "publish"]);
+    assert!(!published.is_empty() && published.iter().all(|e| e["action"] == "publish"));
+    let all = cli.json(&["audit"]).len();
+    assert_eq!(cli.json(&["audit", "--since", "1h"]).len(), all);
+    assert_eq!(cli.json(&["audit", "--since", "1970-01-02"]).len(), all);
+    assert_eq!(cli.json(&["audit", "--until", "2000-01-01"]).len(), 0);
+    assert_eq!(cli.json(&["audit", "--until", "30m"]).len(), 0);
+    for flag in ["--since", "--until"] {
+        cli.fails(&["audit", flag, "yesterday"], 2, "RFC 3339");
+        cli.fails(
+            &["audit", flag, "2026-12"],
+            2,
+            "a duration before now (30m, 1h, 7d)",
+        );
+    }
+    cli.fails(
+        &["resolve", "p", "--label", "production", "--at", "soon"],
+        2,
+        "a date (2026-12-02",
+    );
+    // A duration ago works for --at too: an hour ago the label was not set.
+    cli.fails(
+        &["resolve", "p", "--label", "production", "--at", "1h"],
+        1,
+        "production",
+    );
+}
+
+#[test]
+fn digest_prefixes_find_a_version() {
+    let temp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&temp.path().join("data"), &[]);
+    let cli = Cli {
+        url: server.url.clone(),
+    };
+    let v1 = &cli.json(&["publish", "p", "--template", "one"])[0];
+    cli.ok(&["publish", "p", "--template", "two"]);
+    cli.ok(&["publish", "q", "--template", "other"]);
+    let digest = v1["digest"].as_str().unwrap();
+    let prefix = &digest[.."sha256:".len() + 8];
+    let found = cli.json(&["whois", prefix]);
+    assert_eq!(found.len(), 1);
+    assert_eq!(
+        (found[0]["name"].as_str(), found[0]["version"].as_u64()),
+        (Some("p"), Some(1))
+    );
+    assert_eq!(found[0]["digest"], digest);
+    let got = &cli.json(&["get", "p", "--digest", prefix])[0];
+    assert_eq!(
+        (got["version"].as_u64(), got["digest"].as_str()),
+        (Some(1), Some(digest))
+    );
+    let text = cli.ok(&["whois", &digest["sha256:".len()..][..12]]);
+    assert!(text.contains("p v1"), "{text}");
+    cli.fails(&["whois", &digest[..14]], 2, "at least 8 hex digits");
+    cli.fails(
+        &["whois", "sha256:00000000"],
+        1,
+        "no version has a digest starting with",
+    );
+    cli.fails(
+        &["get", "q", "--digest", prefix],
+        1,
+        "no version has a digest starting with",
+    );
+}

@@ -3,7 +3,7 @@
 
 use super::{exit, local_user, ClientOptions, Command, OutputFormat};
 use crate::grpc::pb::{self, registry_client::RegistryClient};
-use crate::time::{format_micros, from_timestamp, parse_rfc3339};
+use crate::time::{format_micros, from_timestamp};
 use serde_json::{json, Value};
 use std::time::Duration;
 use tonic::transport::Channel;
@@ -168,66 +168,9 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
         Command::Backup(args) => return super::backup::backup(args).await,
         Command::Restore(args) => return super::backup::restore(args),
         Command::Check(args) => return super::backup::check(args),
-        Command::Whois(args) => {
-            let mut client = connect(&args.client).await?;
-            let request = pb::FindByDigestRequest {
-                digest: args.digest.clone(),
-            };
-            let matches = client.find_by_digest(request).await?.into_inner().matches;
-            if matches.is_empty() {
-                return Err(Failure {
-                    code: exit::REFUSED,
-                    message: format!("not found: no version has digest {}", args.digest),
-                });
-            }
-            for m in &matches {
-                let v = m.version.clone().unwrap_or_default();
-                emit(
-                    &args.client,
-                    || {
-                        let mut text = format!(
-                            "{} v{} ({}), published {} by {}",
-                            v.name,
-                            v.version,
-                            v.digest,
-                            time_text(&v.created_at),
-                            v.author
-                        );
-                        if m.labels.is_empty() {
-                            text.push_str(
-                                "\nno label other than its own history ever pointed to it",
-                            );
-                        }
-                        for p in &m.labels {
-                            let until = if p.until_revision == 0 {
-                                "now".to_string()
-                            } else {
-                                format!("{} (revision {})", time_text(&p.until), p.until_revision)
-                            };
-                            text.push_str(&format!(
-                                "\n{}: from {} (revision {}) until {until}; set by {}: {}",
-                                p.label,
-                                time_text(&p.from),
-                                p.from_revision,
-                                p.actor,
-                                p.reason
-                            ));
-                            if !p.trace_id.is_empty() {
-                                text.push_str(&format!(" [trace {}]", p.trace_id));
-                            }
-                        }
-                        text
-                    },
-                    json!({"name": v.name, "version": v.version, "digest": v.digest, "revision": v.revision,
-                           "labels": m.labels.iter().map(|p| json!({
-                               "label": p.label, "from": time_text(&p.from), "from_revision": p.from_revision,
-                               "until": if p.until_revision == 0 { Value::Null } else { json!(time_text(&p.until)) },
-                               "until_revision": version_or_null(p.until_revision),
-                               "actor": p.actor, "reason": p.reason, "trace_id": p.trace_id,
-                           })).collect::<Vec<_>>()}),
-                );
-            }
-        }
+        Command::Whois(args) => return super::lookup::whois(args).await,
+        Command::Get(args) => return super::lookup::get(args).await,
+        Command::Resolve(args) => return super::lookup::resolve(args).await,
         Command::Fleet(args) => {
             let mut client = connect(&args.client).await?;
             let request = pb::FleetStatusRequest {
@@ -318,27 +261,6 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
                     )
                 },
                 json!({"name": args.name, "version": r.version, "digest": r.digest, "revision": r.revision, "created": r.created}),
-            );
-        }
-        Command::Get(args) => {
-            use pb::get_version_request::Selector;
-            let selector = match (args.version, &args.digest, &args.label) {
-                (Some(v), _, _) => Some(Selector::Version(v)),
-                (_, Some(d), _) => Some(Selector::Digest(d.clone())),
-                (_, _, Some(l)) => Some(Selector::Label(l.clone())),
-                _ => None,
-            };
-            let mut client = connect(&args.client).await?;
-            let request = pb::GetVersionRequest {
-                name: args.name.clone(),
-                selector,
-            };
-            let response = client.get_version(request).await?.into_inner();
-            let version = response.version.unwrap_or_default();
-            emit(
-                &args.client,
-                || version_text(&version),
-                version_json(&version),
             );
         }
         Command::List(args) => {
@@ -450,65 +372,6 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
                 token = page.next_page_token;
             }
         }
-        Command::Resolve(args) => {
-            let mut client = connect(&args.client).await?;
-            let at = match (&args.at, args.revision) {
-                (Some(at), _) => Some(pb::resolve_at_request::At::Time(crate::time::to_timestamp(
-                    parse_rfc3339(at).map_err(|e| Failure::usage(format!("--at: {e}")))?,
-                ))),
-                (None, Some(revision)) => Some(pb::resolve_at_request::At::Revision(revision)),
-                (None, None) => None,
-            };
-            let (version, mv) = match at {
-                Some(at) => {
-                    let request = pb::ResolveAtRequest {
-                        name: args.name.clone(),
-                        label: args.label.clone(),
-                        at: Some(at),
-                    };
-                    let r = client.resolve_at(request).await?.into_inner();
-                    (r.version.unwrap_or_default(), r.r#move)
-                }
-                None => {
-                    let request = pb::GetVersionRequest {
-                        name: args.name.clone(),
-                        selector: Some(pb::get_version_request::Selector::Label(
-                            args.label.clone(),
-                        )),
-                    };
-                    (
-                        client
-                            .get_version(request)
-                            .await?
-                            .into_inner()
-                            .version
-                            .unwrap_or_default(),
-                        None,
-                    )
-                }
-            };
-            let mut object = json!({"name": version.name, "label": args.label, "version": version.version,
-                                    "digest": version.digest, "revision": version.revision});
-            if let Some(m) = &mv {
-                object["revision"] = json!(m.revision);
-                object["move"] = move_json(m);
-            }
-            object["content"] = version_json(&version);
-            emit(
-                &args.client,
-                || {
-                    let mut text = format!(
-                        "{} {} -> v{} ({})",
-                        args.name, args.label, version.version, version.digest
-                    );
-                    if let Some(m) = &mv {
-                        text.push_str(&format!("\nset by: {}", move_text(m)));
-                    }
-                    text
-                },
-                object,
-            );
-        }
         Command::Diff(args) => {
             let mut client = connect(&args.client).await?;
             let request = pb::DiffVersionsRequest {
@@ -617,14 +480,14 @@ fn template_json(template: &Option<pb::Template>) -> Value {
     }
 }
 
-fn version_json(v: &pb::Version) -> Value {
+pub(super) fn version_json(v: &pb::Version) -> Value {
     let model_config: Value = serde_json::from_str(&v.model_config_json).unwrap_or(Value::Null);
     json!({"name": v.name, "version": v.version, "digest": v.digest, "revision": v.revision,
-           "template": template_json(&v.template), "variables": v.variables, "model_config": model_config,
+           "published_revision": v.revision, "template": template_json(&v.template), "variables": v.variables, "model_config": model_config,
            "author": v.author, "description": v.description, "tags": v.tags, "created_at": time_text(&v.created_at)})
 }
 
-fn version_text(v: &pb::Version) -> String {
+pub(super) fn version_text(v: &pb::Version) -> String {
     let mut out = format!(
         "{} v{} {}\nauthor: {}\ncreated: {}\nrevision: {}\n",
         v.name,
@@ -659,13 +522,13 @@ fn version_text(v: &pb::Version) -> String {
     out.trim_end().to_string()
 }
 
-fn move_json(m: &pb::LabelMove) -> Value {
+pub(super) fn move_json(m: &pb::LabelMove) -> Value {
     json!({"name": m.name, "label": m.label, "revision": m.revision, "kind": kind_name(m.kind),
            "from_version": version_or_null(m.from_version), "to_version": version_or_null(m.to_version),
            "digest": m.digest, "actor": m.actor, "reason": m.reason, "time": time_text(&m.time), "trace_id": m.trace_id})
 }
 
-fn move_text(m: &pb::LabelMove) -> String {
+pub(super) fn move_text(m: &pb::LabelMove) -> String {
     let side = |v: u64| {
         if v == 0 {
             "-".to_string()

@@ -9,6 +9,8 @@
 
 mod backup;
 mod client;
+mod filters;
+mod lookup;
 mod moves;
 mod provenance;
 mod serve;
@@ -155,7 +157,8 @@ pub struct CheckArgs {
 
 #[derive(Debug, Args)]
 pub struct WhoisArgs {
-    /// A content digest, sha256:<64 hex>, as seen in an agent's trace or log.
+    /// A content digest, sha256:<64 hex>, as seen in an agent's trace or
+    /// log, or a unique prefix of at least 8 hex digits (sha256:1475eb76).
     pub digest: String,
     #[command(flatten)]
     pub client: ClientOptions,
@@ -239,14 +242,16 @@ pub struct AuditArgs {
     /// Only entries by this actor.
     #[arg(long)]
     pub actor: Option<String>,
-    /// Only this action: publish, promote, rollback, remove, rotate_key.
-    #[arg(long)]
+    /// Only this action: publish, promote, rollback, remove, rotate_key,
+    /// prune, enable_encryption.
+    #[arg(long, value_name = "ACTION", value_parser = filters::audit_action)]
     pub action_name: Option<String>,
-    /// Only entries at or after this time (RFC 3339).
-    #[arg(long, value_name = "RFC3339")]
+    /// Only entries at or after this time: RFC 3339 (2026-12-02T14:05:00Z),
+    /// a date (2026-12-02, midnight UTC) or a duration before now (30m, 1h, 7d).
+    #[arg(long, value_name = "WHEN")]
     pub since: Option<String>,
-    /// Only entries before this time (RFC 3339).
-    #[arg(long, value_name = "RFC3339")]
+    /// Only entries before this time (the forms of --since).
+    #[arg(long, value_name = "WHEN")]
     pub until: Option<String>,
     #[command(flatten)]
     pub client: ClientOptions,
@@ -376,7 +381,8 @@ pub struct GetArgs {
     /// A version number.
     #[arg(long)]
     pub version: Option<u64>,
-    /// A content digest, sha256:<hex>.
+    /// A content digest, sha256:<64 hex>, or a unique prefix of at least 8
+    /// hex digits.
     #[arg(long)]
     pub digest: Option<String>,
     /// A label to resolve (the default is latest).
@@ -481,8 +487,9 @@ pub struct ResolveArgs {
     /// The label.
     #[arg(long)]
     pub label: String,
-    /// Resolve as of this time (RFC 3339, e.g. 2026-11-22T14:05:00Z).
-    #[arg(long, value_name = "RFC3339")]
+    /// Resolve as of this time: RFC 3339 (2026-11-22T14:05:00Z), a date
+    /// (2026-11-22, midnight UTC) or a duration before now (30m, 1h, 7d).
+    #[arg(long, value_name = "WHEN")]
     pub at: Option<String>,
     /// Resolve as of this revision.
     #[arg(long, value_name = "R")]

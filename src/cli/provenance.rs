@@ -264,7 +264,7 @@ async fn list(args: &AuditArgs) -> Result<(), Failure> {
         |flag: &str, raw: &Option<String>| -> Result<Option<prost_types::Timestamp>, Failure> {
             raw.as_deref()
                 .map(|raw| {
-                    crate::time::parse_rfc3339(raw)
+                    super::filters::parse_when(raw, crate::time::now_micros())
                         .map(crate::time::to_timestamp)
                         .map_err(|e| Failure::usage(format!("{flag}: {e}")))
                 })
