@@ -846,3 +846,114 @@ fn digest_prefixes_find_a_version() {
         "no version has a digest starting with",
     );
 }
+
+/// Rewrites the signature of a stored version, the server stopped.
+fn forge_signature(data_dir: &std::path::Path, name: &str, version: u64) {
+    let db = support::open_store_directly(data_dir);
+    let mut key = format!("v/{name}\0").into_bytes();
+    key.extend_from_slice(&version.to_be_bytes());
+    let raw = db.get(&key).unwrap().expect("version record");
+    assert_eq!(raw[0], 1, "JSON record format");
+    let mut record: Value = serde_json::from_slice(&raw[1..]).unwrap();
+    let signature = record["signature"].as_str().unwrap().to_string();
+    let flipped = if signature.starts_with('0') { "1" } else { "0" };
+    record["signature"] = Value::String(format!("{flipped}{}", &signature[1..]));
+    let mut value = vec![1u8];
+    value.extend_from_slice(record.to_string().as_bytes());
+    db.insert(&key, value).unwrap();
+    db.flush().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_ack_checks_the_signature_and_says_what_it_applied() {
+    use std::io::BufRead as _;
+    let server = support::TestServer::start().await;
+    let mut client = server.client().await;
+    support::publish(&mut client, "p", "one").await;
+    support::publish(&mut client, "p", "two").await;
+    client
+        .set_label(support::set_label("p", "production", 1, None))
+        .await
+        .unwrap();
+    drop(client);
+    let mut server = server;
+    server.stop().await;
+    forge_signature(&server.data_dir, "p", 2);
+    let server = server.restart().await;
+    let mut client = server.client().await;
+
+    let mut watcher = Command::new(binary())
+        .args([
+            "watch",
+            "p",
+            "--label",
+            "production",
+            "--ack",
+            "--agent-id",
+            "a1",
+        ])
+        .env("PROMPTREG_SERVER", &server.url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = watcher.stdout.take().unwrap();
+    let _watcher = support::KillOnDrop(watcher);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let next_line_with = |needle: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no line with {needle:?}"));
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    };
+    let line = next_line_with("p production v1");
+    assert!(
+        line.starts_with("applied") && line.contains("valid Ed25519 signature"),
+        "{line}"
+    );
+
+    // v2's content is intact but its signature is not: rejected, and said so.
+    client
+        .set_label(support::set_label("p", "production", 2, Some(1)))
+        .await
+        .unwrap();
+    let line = next_line_with("p production v2");
+    assert!(
+        line.starts_with("rejected") && line.contains("signature"),
+        "{line}"
+    );
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let status = client
+            .fleet_status(promptreg::grpc::pb::FleetStatusRequest {
+                name: "p".into(),
+                label: "production".into(),
+                summary_only: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let a1 = status.agents.iter().find(|a| a.agent_id == "a1");
+        if let Some(a1) = a1.filter(|a| a.rejected_version == 2) {
+            assert!(a1.rejected_reason.contains("signature"), "{a1:?}");
+            assert_eq!(a1.applied_version, 1);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{status:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
