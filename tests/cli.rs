@@ -957,3 +957,71 @@ async fn watch_ack_checks_the_signature_and_says_what_it_applied() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+#[test]
+fn publish_reads_stdin_and_a_model_config_file() {
+    use std::io::Write as _;
+    let temp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&temp.path().join("data"), &[]);
+    let cli = Cli {
+        url: server.url.clone(),
+    };
+    let config = temp.path().join("model.json");
+    std::fs::write(&config, r#"{"model":"m","temperature":0.3}"#).unwrap();
+    let mut child = Command::new(binary())
+        .args(["publish", "p", "--template-file", "-", "--var", "product"])
+        .args([
+            "--model-config-file",
+            config.to_str().unwrap(),
+            "-o",
+            "json",
+        ])
+        .env("PROMPTREG_SERVER", &cli.url)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"From stdin about {{product}}.\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = &cli.json(&["get", "p", "--version", "1"])[0];
+    assert_eq!(got["template"]["text"], "From stdin about {{product}}.\n");
+    assert_eq!(got["model_config"]["temperature"], 0.3);
+    cli.fails(
+        &[
+            "publish",
+            "p",
+            "--template",
+            "x",
+            "--model-config-file",
+            "/does/not/exist",
+        ],
+        2,
+        "--model-config-file /does/not/exist",
+    );
+    cli.fails(
+        &[
+            "publish",
+            "p",
+            "--template",
+            "x",
+            "--model-config",
+            "{}",
+            "--model-config-file",
+            "f",
+        ],
+        2,
+        "cannot be used with",
+    );
+}

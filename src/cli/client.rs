@@ -229,6 +229,7 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
         }
         Command::Publish(args) => {
             let template = read_template(&args)?;
+            let model_config_json = read_model_config(&args)?;
             let mut tags = std::collections::HashMap::new();
             for tag in &args.tags {
                 let (k, v) = tag
@@ -241,7 +242,7 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
                 name: args.name.clone(),
                 template: Some(template),
                 variables: args.vars.clone(),
-                model_config_json: args.model_config.clone().unwrap_or_default(),
+                model_config_json,
                 author: args.author.clone().unwrap_or_else(local_user),
                 description: args.description.clone(),
                 tags,
@@ -395,10 +396,7 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
 }
 
 fn read_template(args: &super::PublishArgs) -> Result<pb::Template, Failure> {
-    let read = |path: &std::path::Path, flag: &str| {
-        std::fs::read_to_string(path)
-            .map_err(|e| Failure::usage(format!("{flag} {}: {e}", path.display())))
-    };
+    let read = |path: &std::path::Path, flag: &str| read_file_or_stdin(path, flag);
     let kind = if let Some(text) = &args.template {
         pb::template::Kind::Text(text.clone())
     } else if let Some(path) = &args.template_file {
@@ -415,6 +413,28 @@ fn read_template(args: &super::PublishArgs) -> Result<pb::Template, Failure> {
         ));
     };
     Ok(pb::Template { kind: Some(kind) })
+}
+
+/// Reads a file named by a flag; `-` is standard input.
+fn read_file_or_stdin(path: &std::path::Path, flag: &str) -> Result<String, Failure> {
+    if path.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .map_err(|e| Failure::usage(format!("{flag} -: reading standard input: {e}")))?;
+        return Ok(text);
+    }
+    std::fs::read_to_string(path)
+        .map_err(|e| Failure::usage(format!("{flag} {}: {e}", path.display())))
+}
+
+/// `--model-config JSON` or `--model-config-file F` (`-`: standard input);
+/// empty when neither is given.
+fn read_model_config(args: &super::PublishArgs) -> Result<String, Failure> {
+    match (&args.model_config, &args.model_config_file) {
+        (Some(json), _) => Ok(json.clone()),
+        (None, Some(path)) => read_file_or_stdin(path, "--model-config-file"),
+        (None, None) => Ok(String::new()),
+    }
 }
 
 /// A chat file is a JSON array of `{"role", "content"}` objects, or an object

@@ -345,21 +345,25 @@ pub struct NameArgs {
 pub struct PublishArgs {
     /// The prompt's name, e.g. support/triage.
     pub name: String,
-    /// Read the text template from this file.
+    /// Read the text template from this file (`-`: standard input).
     #[arg(long, value_name = "FILE")]
     pub template_file: Option<PathBuf>,
     /// The text template itself.
     #[arg(long, value_name = "TEXT")]
     pub template: Option<String>,
-    /// Read a chat template from this JSON file: [{"role": "system", "content": "..."}, ...].
+    /// Read a chat template from this JSON file (`-`: standard input):
+    /// [{"role": "system", "content": "..."}, ...].
     #[arg(long, value_name = "FILE")]
     pub chat_file: Option<PathBuf>,
     /// A variable the template uses (repeat for each).
     #[arg(long = "var", value_name = "NAME")]
     pub vars: Vec<String>,
     /// The model configuration, a JSON object: '{"model": "gpt-x", "temperature": 0.2}'.
-    #[arg(long, value_name = "JSON")]
+    #[arg(long, value_name = "JSON", conflicts_with = "model_config_file")]
     pub model_config: Option<String>,
+    /// Read the model configuration from this JSON file (`-`: standard input).
+    #[arg(long, value_name = "FILE")]
+    pub model_config_file: Option<PathBuf>,
     /// Why this version exists.
     #[arg(long, value_name = "TEXT", default_value = "")]
     pub description: String,
