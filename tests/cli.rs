@@ -1025,3 +1025,48 @@ fn publish_reads_stdin_and_a_model_config_file() {
         "cannot be used with",
     );
 }
+
+#[test]
+fn the_actor_defaults_to_the_os_user_without_user_set() {
+    let temp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&temp.path().join("data"), &[]);
+    let expected = Command::new("id").arg("-un").output().unwrap();
+    let expected = String::from_utf8(expected.stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(!expected.is_empty());
+    let run = |args: &[&str]| {
+        let out = Command::new(binary())
+            .args(args)
+            .env("PROMPTREG_SERVER", &server.url)
+            .env_remove("USER")
+            .env_remove("LOGNAME")
+            .env_remove("USERNAME")
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    run(&["publish", "p", "--template", "one"]);
+    run(&[
+        "promote",
+        "p",
+        "1",
+        "--label",
+        "production",
+        "--reason",
+        "go",
+    ]);
+    let version: Value = serde_json::from_str(run(&["get", "p", "-o", "json"]).trim()).unwrap();
+    assert_eq!(version["author"], expected.as_str());
+    let history: Value =
+        serde_json::from_str(run(&["history", "p", "--label", "production", "-o", "json"]).trim())
+            .unwrap();
+    assert_eq!(history["actor"], expected.as_str());
+}

@@ -514,12 +514,54 @@ pub struct DiffArgs {
     pub client: ClientOptions,
 }
 
-/// The user running the CLI, the default `--actor` and `--author`.
+/// The user running the CLI, the default `--actor` and `--author`: `$USER`
+/// (or `$LOGNAME`, `$USERNAME`), else the name of the process's effective
+/// user id in `/etc/passwd` (root shells, containers, CI and systemd often
+/// leave `$USER` unset), else `uid N`.
 pub fn local_user() -> String {
-    std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .or_else(|_| std::env::var("USERNAME"))
-        .ok()
-        .filter(|u| !u.is_empty())
+    let from_env = ["USER", "LOGNAME", "USERNAME"]
+        .iter()
+        .filter_map(|var| std::env::var(var).ok())
+        .find(|u| !u.trim().is_empty());
+    from_env
+        .or_else(os_user_name)
         .unwrap_or_else(|| "unknown".to_string())
+}
+
+/// The effective user of this process by name. `/proc/self` belongs to the
+/// process's effective uid, so no libc call is needed to learn it.
+fn os_user_name() -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        let uid = std::fs::metadata("/proc/self").ok()?.uid();
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        Some(user_of_uid(&passwd, uid).unwrap_or_else(|| format!("uid {uid}")))
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+/// The name of `uid` in the text of an `/etc/passwd` file
+/// (`name:password:uid:gid:...`).
+fn user_of_uid(passwd: &str, uid: u32) -> Option<String> {
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let id: u32 = fields.nth(1)?.parse().ok()?;
+        (id == uid && !name.is_empty()).then(|| name.to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_uid_is_found_by_name_in_passwd() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\n# comment\noncall:x:1000:1000::/home/oncall:/bin/sh\n";
+        assert_eq!(super::user_of_uid(passwd, 1000).as_deref(), Some("oncall"));
+        assert_eq!(super::user_of_uid(passwd, 0).as_deref(), Some("root"));
+        assert_eq!(super::user_of_uid(passwd, 7), None);
+    }
 }
