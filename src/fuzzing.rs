@@ -1053,6 +1053,7 @@ fn request_seeds() -> Vec<Vec<u8>> {
                 to_version: Some(1),
                 actor: "ops".into(),
                 reason: String::new(),
+                expected_version: None,
             }
             .encode_to_vec(),
         ),

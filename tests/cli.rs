@@ -392,3 +392,681 @@ fn help_explains_every_subcommand() {
     let status = wait_with_timeout(&mut child, std::time::Duration::from_secs(30));
     assert!(status.success());
 }
+
+/// Runs the CLI against `url`; returns (exit code, stdout, stderr).
+fn run_at(url: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(binary())
+        .args(args)
+        .env("PROMPTREG_SERVER", url)
+        .env("USER", "oncall")
+        .output()
+        .expect("run promptreg");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Polls `promptreg fleet` until `ready` holds for its JSON (60 s at most).
+fn wait_for_fleet(cli: &Cli, name: &str, label: &str, ready: impl Fn(&Value) -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let fleet = &cli.json(&["fleet", name, "--label", label])[0];
+        if ready(fleet) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fleet never got there: {fleet}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn agent<'a>(fleet: &'a Value, id: &str) -> Option<&'a Value> {
+    fleet["agents"]
+        .as_array()?
+        .iter()
+        .find(|a| a["agent_id"] == id)
+}
+
+/// `promptreg watch` as an agent (`--ack`) or a silent watcher, killed at
+/// the end of the test.
+fn spawn_watcher(url: &str, name: &str, label: &str, id: &str, ack: bool) -> support::KillOnDrop {
+    let mut command = Command::new(binary());
+    command
+        .args(["watch", name, "--label", label, "--agent-id", id])
+        .env("PROMPTREG_SERVER", url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    if ack {
+        command.arg("--ack");
+    }
+    support::KillOnDrop(command.spawn().expect("spawn watch"))
+}
+
+#[test]
+fn a_move_whose_fleet_lags_is_printed_and_exits_4() {
+    let temp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&temp.path().join("data"), &[]);
+    let cli = Cli {
+        url: server.url.clone(),
+    };
+    let name = "support/triage";
+    cli.ok(&["publish", name, "--template", "one"]);
+    cli.ok(&["publish", name, "--template", "two"]);
+    cli.ok(&[
+        "promote",
+        name,
+        "1",
+        "--label",
+        "production",
+        "--reason",
+        "a",
+    ]);
+    cli.ok(&[
+        "promote",
+        name,
+        "2",
+        "--label",
+        "production",
+        "--reason",
+        "b",
+    ]);
+
+    // An agent applies v2, then goes away.
+    let gone = spawn_watcher(&cli.url, name, "production", "gone-1", true);
+    wait_for_fleet(&cli, name, "production", |f| {
+        agent(f, "gone-1").is_some_and(|a| a["in_sync"] == true)
+    });
+    drop(gone);
+    wait_for_fleet(&cli, name, "production", |f| {
+        agent(f, "gone-1").is_some_and(|a| a["connected"] == false)
+    });
+
+    // No connected agent: the rollback happened, and --wait says nobody
+    // confirmed it, naming the disconnected agent; exit 4 at once.
+    let (code, stdout, stderr) = run_at(
+        &cli.url,
+        &[
+            "rollback",
+            name,
+            "--label",
+            "production",
+            "--reason",
+            "INC-1",
+            "--wait",
+            "--timeout",
+            "60s",
+            "--output",
+            "json",
+        ],
+    );
+    assert_eq!(code, 4, "{stderr}");
+    let moved: Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{stdout}: {e}"));
+    assert_eq!(
+        (moved["from_version"].as_u64(), moved["to_version"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(moved["fleet"]["converged"], false);
+    assert_eq!(moved["fleet"]["disconnected"][0]["agent_id"], "gone-1");
+    assert_eq!(moved["fleet"]["disconnected"][0]["applied_version"], 2);
+    assert!(
+        stderr.contains("no connected agent") && stderr.contains("gone-1"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("the move happened"), "{stderr}");
+
+    // A connected agent that does not apply it: --wait times out; the move
+    // is printed first, then who lags and what they run.
+    let _stale = spawn_watcher(&cli.url, name, "production", "stale-1", false);
+    wait_for_fleet(&cli, name, "production", |f| {
+        agent(f, "stale-1").is_some_and(|a| a["connected"] == true)
+    });
+    let (code, stdout, stderr) = run_at(
+        &cli.url,
+        &[
+            "promote",
+            name,
+            "2",
+            "--label",
+            "production",
+            "--reason",
+            "again",
+            "--wait",
+            "--timeout",
+            "300ms",
+        ],
+    );
+    assert_eq!(code, 4, "{stderr}");
+    assert!(
+        stdout.contains("support/triage production: v1 -> v2"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("fleet NOT converged"), "{stdout}");
+    assert!(stdout.contains("stale: stale-1 runs -"), "{stdout}");
+    assert!(stdout.contains("disconnected: gone-1 runs v2"), "{stdout}");
+    assert!(
+        stderr.contains("did not converge") && stderr.contains("1 stale agent"),
+        "{stderr}"
+    );
+
+    let (code, stdout, stderr) = run_at(
+        &cli.url,
+        &[
+            "rollback",
+            name,
+            "--label",
+            "production",
+            "--reason",
+            "INC-2",
+            "--wait",
+            "--timeout",
+            "300ms",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(code, 4, "{stderr}");
+    let moved: Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{stdout}: {e}"));
+    assert_eq!(moved["to_version"], 1);
+    assert_eq!(moved["fleet"]["converged"], false);
+    assert_eq!(moved["fleet"]["stale"][0]["agent_id"], "stale-1");
+    assert_eq!(moved["fleet"]["stale"][0]["applied_version"], Value::Null);
+
+    // A refusal changed nothing: exit 1, not 4.
+    let (code, stdout, _) = run_at(
+        &cli.url,
+        &[
+            "rollback", name, "--label", "latest", "--reason", "x", "--wait",
+        ],
+    );
+    assert_eq!((code, stdout.as_str()), (1, ""));
+}
+
+#[test]
+fn rollback_expect_is_a_compare_and_set() {
+    let temp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&temp.path().join("data"), &[]);
+    let cli = Cli {
+        url: server.url.clone(),
+    };
+    let name = "support/triage";
+    cli.ok(&["publish", name, "--template", "one"]);
+    cli.ok(&["publish", name, "--template", "two"]);
+    cli.ok(&["publish", name, "--template", "three"]);
+    for v in ["1", "2", "3"] {
+        cli.ok(&[
+            "promote",
+            name,
+            v,
+            "--label",
+            "production",
+            "--reason",
+            "up",
+        ]);
+    }
+    let rollback = [
+        "rollback",
+        name,
+        "--label",
+        "production",
+        "--reason",
+        "INC-7",
+        "--expect",
+        "3",
+    ];
+    let moved = &cli.json(&rollback)[0];
+    assert_eq!(
+        (moved["from_version"].as_u64(), moved["to_version"].as_u64()),
+        (Some(3), Some(2))
+    );
+    // The same command again (a retry after a timeout): refused, and the
+    // label stays on v2 instead of going back to v1.
+    cli.fails(
+        &rollback,
+        1,
+        "points to version 2, not the expected version 3",
+    );
+    let now = &cli.json(&["resolve", name, "--label", "production"])[0];
+    assert_eq!(now["version"], 2);
+    assert_eq!(
+        cli.json(&["history", name, "--label", "production"]).len(),
+        4
+    );
+}
+
+#[test]
+fn server_addresses_and_why_they_cannot_be_reached() {
+    let temp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&temp.path().join("data"), &[]);
+    let cli = Cli {
+        url: server.url.clone(),
+    };
+    let host_port = server.url.trim_start_matches("http://").to_string();
+    // HOST:PORT, the form other clients use, works.
+    cli.ok(&["list", "--server", &host_port]);
+    cli.ok(&["list", "--server", &server.url]);
+    // https:// would talk plaintext to an address that promised TLS.
+    cli.fails(
+        &["list", "--server", &format!("https://{host_port}")],
+        2,
+        "https:// is not supported",
+    );
+    cli.fails(
+        &["list", "--server", "127.0.0.1:1"],
+        3,
+        "connection refused",
+    );
+    cli.fails(
+        &["list", "--server", "http://no-such-host.invalid:50051"],
+        3,
+        "name not resolved",
+    );
+}
+
+/// A gRPC server that answers every call with UNAVAILABLE: up, reachable,
+/// refusing.
+#[derive(Clone)]
+struct AlwaysUnavailable;
+
+impl tower::Service<http::Request<tonic::body::Body>> for AlwaysUnavailable {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Request<tonic::body::Body>) -> Self::Future {
+        std::future::ready(Ok(
+            tonic::Status::unavailable("the store is not available").into_http()
+        ))
+    }
+}
+
+impl tonic::server::NamedService for AlwaysUnavailable {
+    const NAME: &'static str = "promptreg.v1.Registry";
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unavailable_answer_is_a_refusal_not_unreachable() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AlwaysUnavailable)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let (verify, list) = tokio::task::spawn_blocking(move || {
+        (run_at(&url, &["audit", "verify"]), run_at(&url, &["list"]))
+    })
+    .await
+    .unwrap();
+    for (code, stdout, stderr) in [verify, list] {
+        assert_eq!(code, 1, "{stderr}");
+        assert!(
+            stderr.contains("unavailable: the store is not available"),
+            "{stderr}"
+        );
+        assert!(stdout.is_empty());
+    }
+}
+
+#[test]
+fn resolve_says_who_set_the_label_and_revision_means_the_move() {
+    let temp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&temp.path().join("data"), &[]);
+    let cli = Cli {
+        url: server.url.clone(),
+    };
+    let name = "support/triage";
+    let v1 = &cli.json(&["publish", name, "--template", "one"])[0];
+    cli.ok(&["publish", name, "--template", "two"]);
+    cli.ok(&[
+        "promote",
+        name,
+        "1",
+        "--label",
+        "production",
+        "--reason",
+        "first",
+        "--actor",
+        "sre",
+    ]);
+    for resolved in [
+        &cli.json(&["resolve", name, "--label", "production"])[0],
+        &cli.json(&["resolve", name, "--label", "production", "--revision", "3"])[0],
+    ] {
+        assert_eq!(resolved["version"], 1);
+        assert_eq!(resolved["revision"], 3, "the move's revision: {resolved}");
+        assert_eq!(resolved["published_revision"], v1["revision"], "{resolved}");
+        assert_eq!(resolved["move"]["actor"], "sre");
+    }
+    let labels = cli.json(&["labels", name]);
+    let production = labels.iter().find(|l| l["label"] == "production").unwrap();
+    assert_eq!(production["revision"], 3);
+    let text = cli.ok(&["resolve", name, "--label", "production"]);
+    assert!(text.contains("set by: revision 3"), "{text}");
+    assert!(text.contains("sre") && text.contains("first"), "{text}");
+}
+
+#[test]
+fn audit_filters_and_times_are_checked() {
+    let temp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&temp.path().join("data"), &[]);
+    let cli = Cli {
+        url: server.url.clone(),
+    };
+    cli.ok(&["publish", "p", "--template", "one"]);
+    cli.ok(&[
+        "promote",
+        "p",
+        "1",
+        "--label",
+        "production",
+        "--reason",
+        "go",
+    ]);
+    cli.fails(
+        &["audit", "--action-name", "publsh"],
+        2,
+        "publish, promote, rollback, remove, rotate_key",
+    );
+    let published = cli.json(&["audit", "--action-name", "publish"]);
+    assert!(!published.is_empty() && published.iter().all(|e| e["action"] == "publish"));
+    let all = cli.json(&["audit"]).len();
+    assert_eq!(cli.json(&["audit", "--since", "1h"]).len(), all);
+    assert_eq!(cli.json(&["audit", "--since", "1970-01-02"]).len(), all);
+    assert_eq!(cli.json(&["audit", "--until", "2000-01-01"]).len(), 0);
+    assert_eq!(cli.json(&["audit", "--until", "30m"]).len(), 0);
+    for flag in ["--since", "--until"] {
+        cli.fails(&["audit", flag, "yesterday"], 2, "RFC 3339");
+        cli.fails(
+            &["audit", flag, "2026-12"],
+            2,
+            "a duration before now (30m, 1h, 7d)",
+        );
+    }
+    cli.fails(
+        &["resolve", "p", "--label", "production", "--at", "soon"],
+        2,
+        "a date (2026-12-02",
+    );
+    // A duration ago works for --at too: an hour ago the label was not set.
+    cli.fails(
+        &["resolve", "p", "--label", "production", "--at", "1h"],
+        1,
+        "production",
+    );
+}
+
+#[test]
+fn digest_prefixes_find_a_version() {
+    let temp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&temp.path().join("data"), &[]);
+    let cli = Cli {
+        url: server.url.clone(),
+    };
+    let v1 = &cli.json(&["publish", "p", "--template", "one"])[0];
+    cli.ok(&["publish", "p", "--template", "two"]);
+    cli.ok(&["publish", "q", "--template", "other"]);
+    let digest = v1["digest"].as_str().unwrap();
+    let prefix = &digest[.."sha256:".len() + 8];
+    let found = cli.json(&["whois", prefix]);
+    assert_eq!(found.len(), 1);
+    assert_eq!(
+        (found[0]["name"].as_str(), found[0]["version"].as_u64()),
+        (Some("p"), Some(1))
+    );
+    assert_eq!(found[0]["digest"], digest);
+    let got = &cli.json(&["get", "p", "--digest", prefix])[0];
+    assert_eq!(
+        (got["version"].as_u64(), got["digest"].as_str()),
+        (Some(1), Some(digest))
+    );
+    let text = cli.ok(&["whois", &digest["sha256:".len()..][..12]]);
+    assert!(text.contains("p v1"), "{text}");
+    cli.fails(&["whois", &digest[..14]], 2, "at least 8 hex digits");
+    cli.fails(
+        &["whois", "sha256:00000000"],
+        1,
+        "no version has a digest starting with",
+    );
+    cli.fails(
+        &["get", "q", "--digest", prefix],
+        1,
+        "no version has a digest starting with",
+    );
+}
+
+/// Rewrites the signature of a stored version, the server stopped.
+fn forge_signature(data_dir: &std::path::Path, name: &str, version: u64) {
+    let db = support::open_store_directly(data_dir);
+    let mut key = format!("v/{name}\0").into_bytes();
+    key.extend_from_slice(&version.to_be_bytes());
+    let raw = db.get(&key).unwrap().expect("version record");
+    assert_eq!(raw[0], 1, "JSON record format");
+    let mut record: Value = serde_json::from_slice(&raw[1..]).unwrap();
+    let signature = record["signature"].as_str().unwrap().to_string();
+    let flipped = if signature.starts_with('0') { "1" } else { "0" };
+    record["signature"] = Value::String(format!("{flipped}{}", &signature[1..]));
+    let mut value = vec![1u8];
+    value.extend_from_slice(record.to_string().as_bytes());
+    db.insert(&key, value).unwrap();
+    db.flush().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_ack_checks_the_signature_and_says_what_it_applied() {
+    use std::io::BufRead as _;
+    let server = support::TestServer::start().await;
+    let mut client = server.client().await;
+    support::publish(&mut client, "p", "one").await;
+    support::publish(&mut client, "p", "two").await;
+    client
+        .set_label(support::set_label("p", "production", 1, None))
+        .await
+        .unwrap();
+    drop(client);
+    let mut server = server;
+    server.stop().await;
+    forge_signature(&server.data_dir, "p", 2);
+    let server = server.restart().await;
+    let mut client = server.client().await;
+
+    let mut watcher = Command::new(binary())
+        .args([
+            "watch",
+            "p",
+            "--label",
+            "production",
+            "--ack",
+            "--agent-id",
+            "a1",
+        ])
+        .env("PROMPTREG_SERVER", &server.url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = watcher.stdout.take().unwrap();
+    let _watcher = support::KillOnDrop(watcher);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let next_line_with = |needle: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no line with {needle:?}"));
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    };
+    let line = next_line_with("p production v1");
+    assert!(
+        line.starts_with("applied") && line.contains("valid Ed25519 signature"),
+        "{line}"
+    );
+
+    // v2's content is intact but its signature is not: rejected, and said so.
+    client
+        .set_label(support::set_label("p", "production", 2, Some(1)))
+        .await
+        .unwrap();
+    let line = next_line_with("p production v2");
+    assert!(
+        line.starts_with("rejected") && line.contains("signature"),
+        "{line}"
+    );
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let status = client
+            .fleet_status(promptreg::grpc::pb::FleetStatusRequest {
+                name: "p".into(),
+                label: "production".into(),
+                summary_only: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let a1 = status.agents.iter().find(|a| a.agent_id == "a1");
+        if let Some(a1) = a1.filter(|a| a.rejected_version == 2) {
+            assert!(a1.rejected_reason.contains("signature"), "{a1:?}");
+            assert_eq!(a1.applied_version, 1);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{status:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn publish_reads_stdin_and_a_model_config_file() {
+    use std::io::Write as _;
+    let temp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&temp.path().join("data"), &[]);
+    let cli = Cli {
+        url: server.url.clone(),
+    };
+    let config = temp.path().join("model.json");
+    std::fs::write(&config, r#"{"model":"m","temperature":0.3}"#).unwrap();
+    let mut child = Command::new(binary())
+        .args(["publish", "p", "--template-file", "-", "--var", "product"])
+        .args([
+            "--model-config-file",
+            config.to_str().unwrap(),
+            "-o",
+            "json",
+        ])
+        .env("PROMPTREG_SERVER", &cli.url)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"From stdin about {{product}}.\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = &cli.json(&["get", "p", "--version", "1"])[0];
+    assert_eq!(got["template"]["text"], "From stdin about {{product}}.\n");
+    assert_eq!(got["model_config"]["temperature"], 0.3);
+    cli.fails(
+        &[
+            "publish",
+            "p",
+            "--template",
+            "x",
+            "--model-config-file",
+            "/does/not/exist",
+        ],
+        2,
+        "--model-config-file /does/not/exist",
+    );
+    cli.fails(
+        &[
+            "publish",
+            "p",
+            "--template",
+            "x",
+            "--model-config",
+            "{}",
+            "--model-config-file",
+            "f",
+        ],
+        2,
+        "cannot be used with",
+    );
+}
+
+#[test]
+fn the_actor_defaults_to_the_os_user_without_user_set() {
+    let temp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&temp.path().join("data"), &[]);
+    let expected = Command::new("id").arg("-un").output().unwrap();
+    let expected = String::from_utf8(expected.stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(!expected.is_empty());
+    let run = |args: &[&str]| {
+        let out = Command::new(binary())
+            .args(args)
+            .env("PROMPTREG_SERVER", &server.url)
+            .env_remove("USER")
+            .env_remove("LOGNAME")
+            .env_remove("USERNAME")
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    run(&["publish", "p", "--template", "one"]);
+    run(&[
+        "promote",
+        "p",
+        "1",
+        "--label",
+        "production",
+        "--reason",
+        "go",
+    ]);
+    let version: Value = serde_json::from_str(run(&["get", "p", "-o", "json"]).trim()).unwrap();
+    assert_eq!(version["author"], expected.as_str());
+    let history: Value =
+        serde_json::from_str(run(&["history", "p", "--label", "production", "-o", "json"]).trim())
+            .unwrap();
+    assert_eq!(history["actor"], expected.as_str());
+}

@@ -573,6 +573,7 @@ async fn malformed_requests_get_deliberate_statuses_and_the_server_keeps_serving
             to_version: r.chance(2).then(|| number(r)),
             actor: any_text(r),
             reason: any_text(r),
+            expected_version: r.chance(2).then(|| number(r)),
         };
         let a = answer(c.rollback(req.clone())).await;
         tally.record("Rollback", &req, &a);

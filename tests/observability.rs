@@ -378,9 +378,12 @@ async fn spans_continue_the_callers_trace_and_carry_prompt_attributes() {
         .unwrap()
         .into_inner();
     stream.message().await.unwrap();
-    let body = tokio::task::spawn_blocking(move || scrape(&metrics_address))
-        .await
-        .unwrap();
+    let body = tokio::task::spawn_blocking({
+        let address = metrics_address.clone();
+        move || scrape(&address)
+    })
+    .await
+    .unwrap();
     assert_eq!(
         sample(
             &body,
@@ -394,6 +397,31 @@ async fn spans_continue_the_callers_trace_and_carry_prompt_attributes() {
         Some(1.0),
         "{body}"
     );
+    // The client closes its Watch: counted as cancelled, not as OK.
+    drop(stream);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let address = metrics_address.clone();
+        let body = tokio::task::spawn_blocking(move || scrape(&address))
+            .await
+            .unwrap();
+        let watch = |code: &str| {
+            sample(
+                &body,
+                "promptreg_rpc_requests_total",
+                &["method=\"Watch\"", &format!("code=\"{code}\"")],
+            )
+        };
+        if watch("Cancelled") == Some(1.0) {
+            assert_eq!(watch("Ok"), None, "{body}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a cancelled Watch is not counted as cancelled: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     drop(server);
 }
 

@@ -928,7 +928,7 @@ async fn rollback_wait_returns_when_the_fleet_has_converged() {
         .iter()
         .all(|a| a.in_sync && a.applied_version == 1));
 
-    // With agents gone, a promote that nobody applies: --wait times out, exit 1.
+    // With agents gone, a promote that nobody applies: --wait times out, exit 4.
     agents.truncate(0);
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while fleet(&mut client, "agents/support", "production")
@@ -965,6 +965,8 @@ async fn rollback_wait_returns_when_the_fleet_has_converged() {
     })
     .await
     .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("timed out"));
+    // The move happened: exit 4 (moved, not converged), the move on stdout.
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("did not converge"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("v1 -> v2"));
 }

@@ -3,7 +3,7 @@
 
 use super::{exit, local_user, ClientOptions, Command, OutputFormat};
 use crate::grpc::pb::{self, registry_client::RegistryClient};
-use crate::time::{format_micros, from_timestamp, parse_rfc3339};
+use crate::time::{format_micros, from_timestamp};
 use serde_json::{json, Value};
 use std::time::Duration;
 use tonic::transport::Channel;
@@ -25,14 +25,19 @@ impl Failure {
 }
 
 impl From<tonic::Status> for Failure {
+    /// A status made on this side from a transport error (no answer came)
+    /// is "cannot reach", exit 3; every status the server answered with,
+    /// UNAVAILABLE included, is a refusal, exit 1.
     fn from(status: tonic::Status) -> Failure {
-        let code = match status.code() {
-            Code::Unavailable | Code::DeadlineExceeded | Code::Unknown if is_transport(&status) => {
-                exit::UNREACHABLE
-            }
-            Code::Unavailable => exit::UNREACHABLE,
-            _ => exit::REFUSED,
-        };
+        if let Some(source) = std::error::Error::source(&status) {
+            return Failure {
+                code: exit::UNREACHABLE,
+                message: format!(
+                    "cannot reach the registry: {}",
+                    why_unreachable(source, status.message())
+                ),
+            };
+        }
         let kind = match status.code() {
             Code::NotFound => "not found",
             Code::InvalidArgument => "invalid argument",
@@ -41,14 +46,75 @@ impl From<tonic::Status> for Failure {
             _ => "refused",
         };
         Failure {
-            code,
+            code: exit::REFUSED,
             message: format!("{kind}: {}", status.message()),
         }
     }
 }
 
-fn is_transport(status: &tonic::Status) -> bool {
-    std::error::Error::source(status).is_some()
+/// Why a connection failed, in the words an operator searches for first:
+/// connection refused, name not resolved, timed out, TLS; then the
+/// innermost error's own words.
+pub(super) fn why_unreachable(error: &(dyn std::error::Error + 'static), context: &str) -> String {
+    let mut messages = vec![context.to_string()];
+    let mut io_kind = None;
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            io_kind.get_or_insert(io.kind());
+        }
+        messages.push(e.to_string());
+        current = e.source();
+    }
+    let all = messages.join(": ").to_lowercase();
+    let innermost = messages
+        .iter()
+        .rev()
+        .find(|m| !m.is_empty())
+        .cloned()
+        .unwrap_or_default();
+    use std::io::ErrorKind;
+    let why = if all.contains("dns error")
+        || all.contains("failed to lookup address")
+        || all.contains("name or service not known")
+        || all.contains("no address associated")
+    {
+        "name not resolved"
+    } else if io_kind == Some(ErrorKind::ConnectionRefused) || all.contains("connection refused") {
+        "connection refused (is the server running on that address?)"
+    } else if io_kind == Some(ErrorKind::TimedOut)
+        || all.contains("timed out")
+        || all.contains("elapsed")
+    {
+        "timed out"
+    } else if all.contains("tls") || all.contains("certificate") || all.contains("handshake") {
+        "TLS handshake failed"
+    } else if io_kind == Some(ErrorKind::ConnectionReset) || all.contains("connection reset") {
+        "connection reset"
+    } else if all.contains("unreachable") {
+        "network unreachable"
+    } else {
+        "transport error"
+    };
+    format!("{why} ({innermost})")
+}
+
+/// `--server` as an endpoint URI: `HOST:PORT` means `http://HOST:PORT`;
+/// `https://` is refused while the server has no TLS (it would otherwise
+/// talk plaintext to an address that promised encryption).
+pub(super) fn server_uri(raw: &str) -> Result<String, Failure> {
+    let raw = raw.trim();
+    match raw.split_once("://") {
+        None => Ok(format!("http://{raw}")),
+        Some(("http", _)) => Ok(raw.to_string()),
+        Some(("https", _)) => Err(Failure::usage(format!(
+            "--server {raw}: https:// is not supported yet: promptreg serves plaintext gRPC only \
+             (no TLS); use HOST:PORT or http://HOST:PORT, over a network you trust"
+        ))),
+        Some((scheme, _)) => Err(Failure::usage(format!(
+            "--server {raw}: unknown scheme {scheme}://; use HOST:PORT or http://HOST:PORT"
+        ))),
+    }
 }
 
 /// Runs one client subcommand; returns the process exit code.
@@ -63,12 +129,22 @@ pub async fn run_client(command: Command) -> i32 {
 }
 
 pub(super) async fn connect(options: &ClientOptions) -> Result<RegistryClient<Channel>, Failure> {
-    let endpoint = tonic::transport::Endpoint::from_shared(options.server.clone())
-        .map_err(|e| Failure::usage(format!("--server {:?} is not a URL: {e}", options.server)))?
+    let uri = server_uri(&options.server)?;
+    let endpoint = tonic::transport::Endpoint::from_shared(uri)
+        .map_err(|e| {
+            Failure::usage(format!(
+                "--server {:?} is not an address: {e}",
+                options.server
+            ))
+        })?
         .connect_timeout(Duration::from_secs(5));
     let channel = endpoint.connect().await.map_err(|e| Failure {
         code: exit::UNREACHABLE,
-        message: format!("cannot reach the registry at {}: {e}", options.server),
+        message: format!(
+            "cannot reach the registry at {}: {}",
+            options.server,
+            why_unreachable(&e, "")
+        ),
     })?;
     Ok(RegistryClient::new(channel))
 }
@@ -92,66 +168,9 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
         Command::Backup(args) => return super::backup::backup(args).await,
         Command::Restore(args) => return super::backup::restore(args),
         Command::Check(args) => return super::backup::check(args),
-        Command::Whois(args) => {
-            let mut client = connect(&args.client).await?;
-            let request = pb::FindByDigestRequest {
-                digest: args.digest.clone(),
-            };
-            let matches = client.find_by_digest(request).await?.into_inner().matches;
-            if matches.is_empty() {
-                return Err(Failure {
-                    code: exit::REFUSED,
-                    message: format!("not found: no version has digest {}", args.digest),
-                });
-            }
-            for m in &matches {
-                let v = m.version.clone().unwrap_or_default();
-                emit(
-                    &args.client,
-                    || {
-                        let mut text = format!(
-                            "{} v{} ({}), published {} by {}",
-                            v.name,
-                            v.version,
-                            v.digest,
-                            time_text(&v.created_at),
-                            v.author
-                        );
-                        if m.labels.is_empty() {
-                            text.push_str(
-                                "\nno label other than its own history ever pointed to it",
-                            );
-                        }
-                        for p in &m.labels {
-                            let until = if p.until_revision == 0 {
-                                "now".to_string()
-                            } else {
-                                format!("{} (revision {})", time_text(&p.until), p.until_revision)
-                            };
-                            text.push_str(&format!(
-                                "\n{}: from {} (revision {}) until {until}; set by {}: {}",
-                                p.label,
-                                time_text(&p.from),
-                                p.from_revision,
-                                p.actor,
-                                p.reason
-                            ));
-                            if !p.trace_id.is_empty() {
-                                text.push_str(&format!(" [trace {}]", p.trace_id));
-                            }
-                        }
-                        text
-                    },
-                    json!({"name": v.name, "version": v.version, "digest": v.digest, "revision": v.revision,
-                           "labels": m.labels.iter().map(|p| json!({
-                               "label": p.label, "from": time_text(&p.from), "from_revision": p.from_revision,
-                               "until": if p.until_revision == 0 { Value::Null } else { json!(time_text(&p.until)) },
-                               "until_revision": version_or_null(p.until_revision),
-                               "actor": p.actor, "reason": p.reason, "trace_id": p.trace_id,
-                           })).collect::<Vec<_>>()}),
-                );
-            }
-        }
+        Command::Whois(args) => return super::lookup::whois(args).await,
+        Command::Get(args) => return super::lookup::get(args).await,
+        Command::Resolve(args) => return super::lookup::resolve(args).await,
         Command::Fleet(args) => {
             let mut client = connect(&args.client).await?;
             let request = pb::FleetStatusRequest {
@@ -210,6 +229,7 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
         }
         Command::Publish(args) => {
             let template = read_template(&args)?;
+            let model_config_json = read_model_config(&args)?;
             let mut tags = std::collections::HashMap::new();
             for tag in &args.tags {
                 let (k, v) = tag
@@ -222,7 +242,7 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
                 name: args.name.clone(),
                 template: Some(template),
                 variables: args.vars.clone(),
-                model_config_json: args.model_config.clone().unwrap_or_default(),
+                model_config_json,
                 author: args.author.clone().unwrap_or_else(local_user),
                 description: args.description.clone(),
                 tags,
@@ -242,27 +262,6 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
                     )
                 },
                 json!({"name": args.name, "version": r.version, "digest": r.digest, "revision": r.revision, "created": r.created}),
-            );
-        }
-        Command::Get(args) => {
-            use pb::get_version_request::Selector;
-            let selector = match (args.version, &args.digest, &args.label) {
-                (Some(v), _, _) => Some(Selector::Version(v)),
-                (_, Some(d), _) => Some(Selector::Digest(d.clone())),
-                (_, _, Some(l)) => Some(Selector::Label(l.clone())),
-                _ => None,
-            };
-            let mut client = connect(&args.client).await?;
-            let request = pb::GetVersionRequest {
-                name: args.name.clone(),
-                selector,
-            };
-            let response = client.get_version(request).await?.into_inner();
-            let version = response.version.unwrap_or_default();
-            emit(
-                &args.client,
-                || version_text(&version),
-                version_json(&version),
             );
         }
         Command::List(args) => {
@@ -351,46 +350,9 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
                 );
             }
         }
-        Command::Promote(args) => {
-            let mut client = connect(&args.client).await?;
-            let request = pb::SetLabelRequest {
-                name: args.name.clone(),
-                label: args.label.clone(),
-                version: args.version,
-                actor: args.actor.clone().unwrap_or_else(local_user),
-                reason: args.reason.clone(),
-                expected_version: args.expect,
-            };
-            let r = client.set_label(request).await?.into_inner();
-            let fleet =
-                wait_for_fleet(&mut client, &args.name, &args.label, &r, &args.wait).await?;
-            print_move(&args.client, &args.name, &args.label, &r, fleet);
-        }
-        Command::Rollback(args) => {
-            let mut client = connect(&args.client).await?;
-            let request = pb::RollbackRequest {
-                name: args.name.clone(),
-                label: args.label.clone(),
-                to_version: args.to,
-                actor: args.actor.clone().unwrap_or_else(local_user),
-                reason: args.reason.clone(),
-            };
-            let r = client.rollback(request).await?.into_inner();
-            let fleet =
-                wait_for_fleet(&mut client, &args.name, &args.label, &r, &args.wait).await?;
-            print_move(&args.client, &args.name, &args.label, &r, fleet);
-        }
-        Command::Unlabel(args) => {
-            let mut client = connect(&args.client).await?;
-            let request = pb::RemoveLabelRequest {
-                name: args.name.clone(),
-                label: args.label.clone(),
-                actor: args.actor.clone().unwrap_or_else(local_user),
-                reason: args.reason.clone(),
-            };
-            let r = client.remove_label(request).await?.into_inner();
-            print_move(&args.client, &args.name, &args.label, &r, None);
-        }
+        Command::Promote(args) => return super::moves::promote(args).await,
+        Command::Rollback(args) => return super::moves::rollback(args).await,
+        Command::Unlabel(args) => return super::moves::unlabel(args).await,
         Command::History(args) => {
             let mut client = connect(&args.client).await?;
             let mut token = String::new();
@@ -410,65 +372,6 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
                 }
                 token = page.next_page_token;
             }
-        }
-        Command::Resolve(args) => {
-            let mut client = connect(&args.client).await?;
-            let at = match (&args.at, args.revision) {
-                (Some(at), _) => Some(pb::resolve_at_request::At::Time(crate::time::to_timestamp(
-                    parse_rfc3339(at).map_err(|e| Failure::usage(format!("--at: {e}")))?,
-                ))),
-                (None, Some(revision)) => Some(pb::resolve_at_request::At::Revision(revision)),
-                (None, None) => None,
-            };
-            let (version, mv) = match at {
-                Some(at) => {
-                    let request = pb::ResolveAtRequest {
-                        name: args.name.clone(),
-                        label: args.label.clone(),
-                        at: Some(at),
-                    };
-                    let r = client.resolve_at(request).await?.into_inner();
-                    (r.version.unwrap_or_default(), r.r#move)
-                }
-                None => {
-                    let request = pb::GetVersionRequest {
-                        name: args.name.clone(),
-                        selector: Some(pb::get_version_request::Selector::Label(
-                            args.label.clone(),
-                        )),
-                    };
-                    (
-                        client
-                            .get_version(request)
-                            .await?
-                            .into_inner()
-                            .version
-                            .unwrap_or_default(),
-                        None,
-                    )
-                }
-            };
-            let mut object = json!({"name": version.name, "label": args.label, "version": version.version,
-                                    "digest": version.digest, "revision": version.revision});
-            if let Some(m) = &mv {
-                object["revision"] = json!(m.revision);
-                object["move"] = move_json(m);
-            }
-            object["content"] = version_json(&version);
-            emit(
-                &args.client,
-                || {
-                    let mut text = format!(
-                        "{} {} -> v{} ({})",
-                        args.name, args.label, version.version, version.digest
-                    );
-                    if let Some(m) = &mv {
-                        text.push_str(&format!("\nset by: {}", move_text(m)));
-                    }
-                    text
-                },
-                object,
-            );
         }
         Command::Diff(args) => {
             let mut client = connect(&args.client).await?;
@@ -493,10 +396,7 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
 }
 
 fn read_template(args: &super::PublishArgs) -> Result<pb::Template, Failure> {
-    let read = |path: &std::path::Path, flag: &str| {
-        std::fs::read_to_string(path)
-            .map_err(|e| Failure::usage(format!("{flag} {}: {e}", path.display())))
-    };
+    let read = |path: &std::path::Path, flag: &str| read_file_or_stdin(path, flag);
     let kind = if let Some(text) = &args.template {
         pb::template::Kind::Text(text.clone())
     } else if let Some(path) = &args.template_file {
@@ -513,6 +413,28 @@ fn read_template(args: &super::PublishArgs) -> Result<pb::Template, Failure> {
         ));
     };
     Ok(pb::Template { kind: Some(kind) })
+}
+
+/// Reads a file named by a flag; `-` is standard input.
+fn read_file_or_stdin(path: &std::path::Path, flag: &str) -> Result<String, Failure> {
+    if path.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .map_err(|e| Failure::usage(format!("{flag} -: reading standard input: {e}")))?;
+        return Ok(text);
+    }
+    std::fs::read_to_string(path)
+        .map_err(|e| Failure::usage(format!("{flag} {}: {e}", path.display())))
+}
+
+/// `--model-config JSON` or `--model-config-file F` (`-`: standard input);
+/// empty when neither is given.
+fn read_model_config(args: &super::PublishArgs) -> Result<String, Failure> {
+    match (&args.model_config, &args.model_config_file) {
+        (Some(json), _) => Ok(json.clone()),
+        (None, Some(path)) => read_file_or_stdin(path, "--model-config-file"),
+        (None, None) => Ok(String::new()),
+    }
 }
 
 /// A chat file is a JSON array of `{"role", "content"}` objects, or an object
@@ -578,14 +500,14 @@ fn template_json(template: &Option<pb::Template>) -> Value {
     }
 }
 
-fn version_json(v: &pb::Version) -> Value {
+pub(super) fn version_json(v: &pb::Version) -> Value {
     let model_config: Value = serde_json::from_str(&v.model_config_json).unwrap_or(Value::Null);
     json!({"name": v.name, "version": v.version, "digest": v.digest, "revision": v.revision,
-           "template": template_json(&v.template), "variables": v.variables, "model_config": model_config,
+           "published_revision": v.revision, "template": template_json(&v.template), "variables": v.variables, "model_config": model_config,
            "author": v.author, "description": v.description, "tags": v.tags, "created_at": time_text(&v.created_at)})
 }
 
-fn version_text(v: &pb::Version) -> String {
+pub(super) fn version_text(v: &pb::Version) -> String {
     let mut out = format!(
         "{} v{} {}\nauthor: {}\ncreated: {}\nrevision: {}\n",
         v.name,
@@ -620,13 +542,13 @@ fn version_text(v: &pb::Version) -> String {
     out.trim_end().to_string()
 }
 
-fn move_json(m: &pb::LabelMove) -> Value {
+pub(super) fn move_json(m: &pb::LabelMove) -> Value {
     json!({"name": m.name, "label": m.label, "revision": m.revision, "kind": kind_name(m.kind),
            "from_version": version_or_null(m.from_version), "to_version": version_or_null(m.to_version),
            "digest": m.digest, "actor": m.actor, "reason": m.reason, "time": time_text(&m.time), "trace_id": m.trace_id})
 }
 
-fn move_text(m: &pb::LabelMove) -> String {
+pub(super) fn move_text(m: &pb::LabelMove) -> String {
     let side = |v: u64| {
         if v == 0 {
             "-".to_string()
@@ -648,111 +570,6 @@ fn move_text(m: &pb::LabelMove) -> String {
         line.push_str(&format!("\ttrace {}", m.trace_id));
     }
     line
-}
-
-/// How a fleet converged after a move with `--wait`.
-struct Converged {
-    agents: u32,
-    elapsed: Duration,
-}
-
-/// With `--wait`: polls fleet status until every connected agent watching
-/// the label runs its new target.
-async fn wait_for_fleet(
-    client: &mut RegistryClient<Channel>,
-    name: &str,
-    label: &str,
-    moved: &pb::LabelMoveResponse,
-    wait: &super::WaitArgs,
-) -> Result<Option<Converged>, Failure> {
-    if !wait.wait {
-        return Ok(None);
-    }
-    let started = std::time::Instant::now();
-    loop {
-        let request = pb::FleetStatusRequest {
-            name: name.to_string(),
-            label: label.to_string(),
-            summary_only: true,
-        };
-        let summary = client
-            .fleet_status(request)
-            .await?
-            .into_inner()
-            .summary
-            .unwrap_or_default();
-        if summary.stale == 0 {
-            return Ok(Some(Converged {
-                agents: summary.in_sync,
-                elapsed: started.elapsed(),
-            }));
-        }
-        if started.elapsed() >= wait.timeout {
-            return Err(Failure {
-                code: exit::REFUSED,
-                message: format!(
-                    "timed out after {:?}: {} connected agents have not applied v{} yet ({} in sync)",
-                    wait.timeout, summary.stale, moved.to_version, summary.in_sync
-                ),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-fn print_move(
-    options: &ClientOptions,
-    name: &str,
-    label: &str,
-    r: &pb::LabelMoveResponse,
-    fleet: Option<Converged>,
-) {
-    let mut object = json!({"name": name, "label": label, "changed": r.changed, "revision": r.revision,
-           "from_version": version_or_null(r.from_version), "to_version": version_or_null(r.to_version),
-           "version": version_or_null(r.to_version), "digest": r.digest});
-    if let Some(fleet) = &fleet {
-        object["fleet"] = json!({"converged": true, "agents": fleet.agents, "elapsed_ms": fleet.elapsed.as_secs_f64() * 1000.0});
-    }
-    emit(
-        options,
-        || {
-            let mut text = move_summary(name, label, r);
-            if let Some(fleet) = &fleet {
-                text.push_str(&format!(
-                    "\nfleet converged: {} agents on v{} after {:.1} ms",
-                    fleet.agents,
-                    r.to_version,
-                    fleet.elapsed.as_secs_f64() * 1000.0
-                ));
-            }
-            text
-        },
-        object,
-    );
-}
-
-fn move_summary(name: &str, label: &str, r: &pb::LabelMoveResponse) -> String {
-    if !r.changed {
-        format!(
-            "{name} {label} already points to v{} (revision {}): nothing changed",
-            r.to_version, r.revision
-        )
-    } else if r.to_version == 0 {
-        format!(
-            "{name} {label} removed (was v{}) at revision {}",
-            r.from_version, r.revision
-        )
-    } else {
-        let from = if r.from_version == 0 {
-            "unset".to_string()
-        } else {
-            format!("v{}", r.from_version)
-        };
-        format!(
-            "{name} {label}: {from} -> v{} ({}) at revision {}",
-            r.to_version, r.digest, r.revision
-        )
-    }
 }
 
 fn diff_text(name: &str, from: u64, to: u64, d: &pb::DiffVersionsResponse) -> String {

@@ -3,13 +3,18 @@
 //! subcommand takes `--output json`.
 //!
 //! Exit codes: 0 success; 1 the server refused the request (not found,
-//! failed precondition, invalid argument); 2 a usage error; 3 the server
-//! could not be reached.
+//! failed precondition, invalid argument, unavailable: nothing changed); 2 a
+//! usage error; 3 the server could not be reached; 4 a label move happened
+//! but `--wait` did not see the fleet converge.
 
 mod backup;
 mod client;
+mod filters;
+mod lookup;
+mod moves;
 mod provenance;
 mod serve;
+mod text;
 mod watch;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -24,6 +29,9 @@ pub mod exit {
     pub const REFUSED: i32 = 1;
     pub const USAGE: i32 = 2;
     pub const UNREACHABLE: i32 = 3;
+    /// The label moved, but `--wait` did not see every connected agent
+    /// apply it (timed out, or no agent is connected): do not repeat the move.
+    pub const NOT_CONVERGED: i32 = 4;
 }
 
 #[derive(Debug, Parser)]
@@ -35,7 +43,9 @@ pub mod exit {
         `promptreg serve` runs the registry. Every other subcommand is a client of a running \
         registry, reached at --server (env PROMPTREG_SERVER).\n\n\
         Exit codes: 0 success; 1 the request was refused (not found, failed precondition, \
-        invalid argument); 2 usage error; 3 the server could not be reached."
+        invalid argument, unavailable): nothing changed; 2 usage error; 3 the server could not be \
+        reached; 4 the label moved but `--wait` did not see the fleet converge (timed out, or no \
+        connected agent): the move happened, do not repeat it."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -45,7 +55,8 @@ pub struct Cli {
 /// Options every client subcommand takes.
 #[derive(Debug, Clone, Args)]
 pub struct ClientOptions {
-    /// The registry's gRPC address.
+    /// The registry's gRPC address: HOST:PORT or http://HOST:PORT
+    /// (https:// is refused: the server has no TLS yet).
     #[arg(
         long,
         env = "PROMPTREG_SERVER",
@@ -54,7 +65,7 @@ pub struct ClientOptions {
     pub server: String,
     /// Output format: human-readable text, or JSON (one object per result,
     /// JSON lines for lists).
-    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
 }
 
@@ -146,7 +157,8 @@ pub struct CheckArgs {
 
 #[derive(Debug, Args)]
 pub struct WhoisArgs {
-    /// A content digest, sha256:<64 hex>, as seen in an agent's trace or log.
+    /// A content digest, sha256:<64 hex>, as seen in an agent's trace or
+    /// log, or a unique prefix of at least 8 hex digits (sha256:1475eb76).
     pub digest: String,
     #[command(flatten)]
     pub client: ClientOptions,
@@ -230,14 +242,16 @@ pub struct AuditArgs {
     /// Only entries by this actor.
     #[arg(long)]
     pub actor: Option<String>,
-    /// Only this action: publish, promote, rollback, remove, rotate_key.
-    #[arg(long)]
+    /// Only this action: publish, promote, rollback, remove, rotate_key,
+    /// prune, enable_encryption.
+    #[arg(long, value_name = "ACTION", value_parser = filters::audit_action)]
     pub action_name: Option<String>,
-    /// Only entries at or after this time (RFC 3339).
-    #[arg(long, value_name = "RFC3339")]
+    /// Only entries at or after this time: RFC 3339 (2026-12-02T14:05:00Z),
+    /// a date (2026-12-02, midnight UTC) or a duration before now (30m, 1h, 7d).
+    #[arg(long, value_name = "WHEN")]
     pub since: Option<String>,
-    /// Only entries before this time (RFC 3339).
-    #[arg(long, value_name = "RFC3339")]
+    /// Only entries before this time (the forms of --since).
+    #[arg(long, value_name = "WHEN")]
     pub until: Option<String>,
     #[command(flatten)]
     pub client: ClientOptions,
@@ -265,8 +279,10 @@ pub enum AuditAction {
 /// `--wait`: after a label move, wait for the fleet to converge.
 #[derive(Debug, Clone, Args)]
 pub struct WaitArgs {
-    /// Return only when every connected agent watching the label has
-    /// acknowledged the new target (exit 1 if --timeout passes first).
+    /// After the move, wait until every connected agent watching the label
+    /// has acknowledged the new target. The move is printed first in any
+    /// case; exit 4 (moved, not converged) when --timeout passes first or
+    /// no agent is connected, naming the stale and disconnected agents.
     #[arg(long)]
     pub wait: bool,
     /// How long --wait waits, e.g. 30s or 2m.
@@ -329,21 +345,25 @@ pub struct NameArgs {
 pub struct PublishArgs {
     /// The prompt's name, e.g. support/triage.
     pub name: String,
-    /// Read the text template from this file.
+    /// Read the text template from this file (`-`: standard input).
     #[arg(long, value_name = "FILE")]
     pub template_file: Option<PathBuf>,
     /// The text template itself.
     #[arg(long, value_name = "TEXT")]
     pub template: Option<String>,
-    /// Read a chat template from this JSON file: [{"role": "system", "content": "..."}, ...].
+    /// Read a chat template from this JSON file (`-`: standard input):
+    /// [{"role": "system", "content": "..."}, ...].
     #[arg(long, value_name = "FILE")]
     pub chat_file: Option<PathBuf>,
     /// A variable the template uses (repeat for each).
     #[arg(long = "var", value_name = "NAME")]
     pub vars: Vec<String>,
     /// The model configuration, a JSON object: '{"model": "gpt-x", "temperature": 0.2}'.
-    #[arg(long, value_name = "JSON")]
+    #[arg(long, value_name = "JSON", conflicts_with = "model_config_file")]
     pub model_config: Option<String>,
+    /// Read the model configuration from this JSON file (`-`: standard input).
+    #[arg(long, value_name = "FILE")]
+    pub model_config_file: Option<PathBuf>,
     /// Why this version exists.
     #[arg(long, value_name = "TEXT", default_value = "")]
     pub description: String,
@@ -365,7 +385,8 @@ pub struct GetArgs {
     /// A version number.
     #[arg(long)]
     pub version: Option<u64>,
-    /// A content digest, sha256:<hex>.
+    /// A content digest, sha256:<64 hex>, or a unique prefix of at least 8
+    /// hex digits.
     #[arg(long)]
     pub digest: Option<String>,
     /// A label to resolve (the default is latest).
@@ -421,6 +442,10 @@ pub struct RollbackArgs {
     /// Roll back to this version instead of one step back.
     #[arg(long, value_name = "VERSION")]
     pub to: Option<u64>,
+    /// Move only if the label points to this version now (compare-and-set):
+    /// a retried rollback then cannot go one step further back.
+    #[arg(long, value_name = "VERSION")]
+    pub expect: Option<u64>,
     /// Who rolls back (default: the local user name).
     #[arg(long)]
     pub actor: Option<String>,
@@ -466,8 +491,9 @@ pub struct ResolveArgs {
     /// The label.
     #[arg(long)]
     pub label: String,
-    /// Resolve as of this time (RFC 3339, e.g. 2026-11-22T14:05:00Z).
-    #[arg(long, value_name = "RFC3339")]
+    /// Resolve as of this time: RFC 3339 (2026-11-22T14:05:00Z), a date
+    /// (2026-11-22, midnight UTC) or a duration before now (30m, 1h, 7d).
+    #[arg(long, value_name = "WHEN")]
     pub at: Option<String>,
     /// Resolve as of this revision.
     #[arg(long, value_name = "R")]
@@ -488,12 +514,54 @@ pub struct DiffArgs {
     pub client: ClientOptions,
 }
 
-/// The user running the CLI, the default `--actor` and `--author`.
+/// The user running the CLI, the default `--actor` and `--author`: `$USER`
+/// (or `$LOGNAME`, `$USERNAME`), else the name of the process's effective
+/// user id in `/etc/passwd` (root shells, containers, CI and systemd often
+/// leave `$USER` unset), else `uid N`.
 pub fn local_user() -> String {
-    std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .or_else(|_| std::env::var("USERNAME"))
-        .ok()
-        .filter(|u| !u.is_empty())
+    let from_env = ["USER", "LOGNAME", "USERNAME"]
+        .iter()
+        .filter_map(|var| std::env::var(var).ok())
+        .find(|u| !u.trim().is_empty());
+    from_env
+        .or_else(os_user_name)
         .unwrap_or_else(|| "unknown".to_string())
+}
+
+/// The effective user of this process by name. `/proc/self` belongs to the
+/// process's effective uid, so no libc call is needed to learn it.
+fn os_user_name() -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        let uid = std::fs::metadata("/proc/self").ok()?.uid();
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        Some(user_of_uid(&passwd, uid).unwrap_or_else(|| format!("uid {uid}")))
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+/// The name of `uid` in the text of an `/etc/passwd` file
+/// (`name:password:uid:gid:...`).
+fn user_of_uid(passwd: &str, uid: u32) -> Option<String> {
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let id: u32 = fields.nth(1)?.parse().ok()?;
+        (id == uid && !name.is_empty()).then(|| name.to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_uid_is_found_by_name_in_passwd() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\n# comment\noncall:x:1000:1000::/home/oncall:/bin/sh\n";
+        assert_eq!(super::user_of_uid(passwd, 1000).as_deref(), Some("oncall"));
+        assert_eq!(super::user_of_uid(passwd, 0).as_deref(), Some("root"));
+        assert_eq!(super::user_of_uid(passwd, 7), None);
+    }
 }

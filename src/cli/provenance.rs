@@ -126,16 +126,16 @@ pub(super) async fn verify(args: VerifyArgs) -> Result<(), Failure> {
     }
 }
 
-struct Check {
-    digest_ok: bool,
-    digest_note: String,
-    signature_ok: bool,
-    signature_note: String,
+pub(super) struct Check {
+    pub(super) digest_ok: bool,
+    pub(super) digest_note: String,
+    pub(super) signature_ok: bool,
+    pub(super) signature_note: String,
 }
 
 /// Recomputes the digest from the content and checks the signature against
 /// the published key with the matching id.
-fn check_version(v: &pb::Version, keys: &[pb::SigningKey]) -> Check {
+pub(super) fn check_version(v: &pb::Version, keys: &[pb::SigningKey]) -> Check {
     let computed = crate::grpc::content_of(v).map(|content| content.digest());
     let (digest_ok, digest_note) = match computed {
         Some(d) if d.to_string() == v.digest => (true, "the content hashes to it".to_string()),
@@ -264,7 +264,7 @@ async fn list(args: &AuditArgs) -> Result<(), Failure> {
         |flag: &str, raw: &Option<String>| -> Result<Option<prost_types::Timestamp>, Failure> {
             raw.as_deref()
                 .map(|raw| {
-                    crate::time::parse_rfc3339(raw)
+                    super::filters::parse_when(raw, crate::time::now_micros())
                         .map(crate::time::to_timestamp)
                         .map_err(|e| Failure::usage(format!("{flag}: {e}")))
                 })

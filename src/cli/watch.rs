@@ -4,8 +4,14 @@
 //! reconnects with exponential backoff and full jitter and resumes from that
 //! revision + 1, so it prints every change once, with no gap. When its
 //! revision has been compacted away it takes a fresh snapshot.
+//!
+//! As an agent (`--ack`) it applies a version only when the content hashes
+//! to the digest and the signature verifies with the server's published
+//! key, exactly as `promptreg verify` checks; it prints one line per
+//! version applied or rejected and acknowledges the outcome.
 
 use super::client::{connect, emit, kind_name, version_or_null, Failure};
+use super::text::short_digest;
 use super::{exit, WatchArgs};
 use crate::grpc::pb::{self, registry_client::RegistryClient, watch_response::Event};
 use serde_json::json;
@@ -17,6 +23,10 @@ use tonic::Code;
 /// What an agent runs: (prompt, label) → (version, digest, revision).
 type Applied = BTreeMap<(String, String), (u64, String, u64)>;
 
+/// The server's public signing keys, read again when a version names a key
+/// that is not among them (after a rotation).
+type Keys = Vec<pb::SigningKey>;
+
 pub(super) async fn run_watch(args: WatchArgs) -> Result<(), Failure> {
     let agent_id = match (&args.agent_id, args.ack) {
         (Some(id), _) => id.clone(),
@@ -26,9 +36,19 @@ pub(super) async fn run_watch(args: WatchArgs) -> Result<(), Failure> {
     // 0 until something was seen: take a snapshot first.
     let mut next = args.from_revision.unwrap_or(0);
     let mut applied = Applied::new();
+    let mut keys = Keys::new();
     let mut backoff = Backoff::new(args.max_backoff);
     loop {
-        match watch_once(&args, &agent_id, &mut next, &mut applied, &mut backoff).await {
+        match watch_once(
+            &args,
+            &agent_id,
+            &mut next,
+            &mut applied,
+            &mut keys,
+            &mut backoff,
+        )
+        .await
+        {
             End::Fatal(failure) => return Err(failure),
             End::Compacted(message) => {
                 eprintln!("watch: {message}; taking a fresh snapshot");
@@ -75,9 +95,10 @@ async fn watch_once(
     agent_id: &str,
     next: &mut u64,
     applied: &mut Applied,
+    keys: &mut Keys,
     backoff: &mut Backoff,
 ) -> End {
-    match stream_events(args, agent_id, next, applied, backoff).await {
+    match stream_events(args, agent_id, next, applied, keys, backoff).await {
         Ok(()) => End::Retry("the stream ended".into()),
         Err(end) => end,
     }
@@ -88,6 +109,7 @@ async fn stream_events(
     agent_id: &str,
     next: &mut u64,
     applied: &mut Applied,
+    keys: &mut Keys,
     backoff: &mut Backoff,
 ) -> Result<(), End> {
     let mut client = match connect(&args.client).await {
@@ -154,8 +176,10 @@ async fn stream_events(
                     if args.ack {
                         apply(
                             &mut client,
+                            out,
                             agent_id,
                             applied,
+                            keys,
                             &state.name,
                             &state.label,
                             state.version,
@@ -200,8 +224,10 @@ async fn stream_events(
                             if args.ack && m.to_version != 0 {
                                 apply(
                                     &mut client,
+                                    out,
                                     agent_id,
                                     applied,
+                                    keys,
                                     &m.name,
                                     &m.label,
                                     m.to_version,
@@ -243,12 +269,16 @@ async fn stream_events(
 }
 
 /// Fetches a version, checks its digest against the documented canonical
-/// form, and acknowledges it: applied when it matches, rejected when not.
+/// form and its signature against the server's published key, and
+/// acknowledges it: applied when both hold, rejected (with the reason) when
+/// not. Prints one line either way.
 #[allow(clippy::too_many_arguments)]
 async fn apply(
     client: &mut RegistryClient<Channel>,
+    out: &super::ClientOptions,
     agent_id: &str,
     applied: &mut Applied,
+    keys: &mut Keys,
     name: &str,
     label: &str,
     version: u64,
@@ -272,31 +302,45 @@ async fn apply(
         .into_inner()
         .version
         .unwrap_or_default();
-    let computed = recompute_digest(&fetched);
-    if computed.as_deref() == Some(digest) && fetched.digest == digest {
-        applied.insert(key, (version, digest.to_string(), revision));
-        ack(
-            client, agent_id, name, label, version, digest, revision, None,
-        )
-        .await
-    } else {
-        let reason = format!(
-            "digest mismatch: the event says {digest}, the content hashes to {}",
-            computed.unwrap_or_else(|| "nothing (unreadable content)".into())
-        );
-        eprintln!("watch: rejected {name} v{version}: {reason}");
-        ack(
-            client,
-            agent_id,
-            name,
-            label,
-            version,
-            digest,
-            revision,
-            Some(reason),
-        )
-        .await
+    if !keys.iter().any(|k| k.key_id == fetched.signing_key_id) {
+        *keys = client
+            .list_signing_keys(pb::ListSigningKeysRequest {})
+            .await?
+            .into_inner()
+            .keys;
     }
+    let check = super::provenance::check_version(&fetched, keys);
+    let rejected = if !(check.digest_ok && fetched.digest == digest) {
+        Some(format!(
+            "digest mismatch: the event says {digest}, the server says {}, and {}",
+            fetched.digest, check.digest_note
+        ))
+    } else if !check.signature_ok {
+        Some(format!("signature: {}", check.signature_note))
+    } else {
+        None
+    };
+    emit(
+        out,
+        || match &rejected {
+            None => format!(
+                "applied\t{name} {label} v{version} ({})\tdigest ok, {}",
+                short_digest(digest),
+                check.signature_note
+            ),
+            Some(reason) => format!("rejected\t{name} {label} v{version}: {reason}"),
+        },
+        json!({"revision": revision, "type": if rejected.is_some() { "rejected" } else { "applied" },
+               "name": name, "label": label, "version": version, "digest": digest,
+               "reason": rejected.clone().unwrap_or_default()}),
+    );
+    if rejected.is_none() {
+        applied.insert(key, (version, digest.to_string(), revision));
+    }
+    ack(
+        client, agent_id, name, label, version, digest, revision, rejected,
+    )
+    .await
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -327,11 +371,6 @@ async fn ack(
     };
     client.ack_applied(request).await?;
     Ok(())
-}
-
-/// The digest of fetched content, by the canonical form.
-fn recompute_digest(version: &pb::Version) -> Option<String> {
-    crate::grpc::content_of(version).map(|content| content.digest().to_string())
 }
 
 /// Exponential backoff with full jitter: each pause is a random time between

@@ -496,7 +496,7 @@ impl RegistryApi for RegistryService {
         let to = req.to_version.filter(|v| *v != 0);
         let (name, label, reason) = (req.name.clone(), req.label.clone(), req.reason.clone());
         let mv = self.move_request(&req.name, &req.label, req.actor, req.reason, trace_id)?;
-        let moved = self.registry.rollback(mv, to).await?;
+        let moved = self.registry.rollback(mv, to, req.expected_version).await?;
         annotate_move(&name, &label, &reason, &moved);
         Ok(Response::new(convert::moved(moved)))
     }

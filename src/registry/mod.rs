@@ -427,17 +427,7 @@ impl Registry {
         let moved = {
             let mut writer = self.lock_writer();
             let current = self.existing_label_target(&request.name, &request.label)?;
-            if let Some(expected) = expected_version {
-                let actual = current.as_ref().map_or(0, |c| c.version);
-                if actual != expected {
-                    return Err(RegistryError::FailedPrecondition(format!(
-                        "label {} of {} points to {}, not the expected version {expected}",
-                        request.label,
-                        request.name,
-                        describe_target(current.as_ref().map(|c| c.version)),
-                    )));
-                }
-            }
+            check_expected(&request, current.as_ref(), expected_version)?;
             self.move_label(
                 &mut writer,
                 request,
@@ -451,12 +441,19 @@ impl Registry {
     }
 
     /// Moves a label back: to `to_version`, or by default one step back in
-    /// its history (see [`rollback_target`]).
-    pub async fn rollback(&self, request: MoveRequest, to_version: Option<u64>) -> Result<Moved> {
+    /// its history (see [`rollback_target`]). With `expected_version`, only
+    /// if the label points there now, as [`Registry::set_label`].
+    pub async fn rollback(
+        &self,
+        request: MoveRequest,
+        to_version: Option<u64>,
+        expected_version: Option<u64>,
+    ) -> Result<Moved> {
         self.check_actor_reason(&request)?;
         let moved = {
             let mut writer = self.lock_writer();
             let current = self.existing_label_target(&request.name, &request.label)?;
+            check_expected(&request, current.as_ref(), expected_version)?;
             // A label that was never set is an unknown label (NOT_FOUND, as
             // everywhere), with or without an explicit target: there is no
             // "back" to move it to.
@@ -1281,6 +1278,29 @@ fn check_text(field: &str, value: &str, limit: usize) -> std::result::Result<(),
     Ok(())
 }
 
+/// The compare-and-set of promote and rollback: with `expected`, the label
+/// must point to that version now (0: it must not be set); a lost race is
+/// FAILED_PRECONDITION naming what it points to.
+fn check_expected(
+    request: &MoveRequest,
+    current: Option<&LabelTarget>,
+    expected: Option<u64>,
+) -> Result<()> {
+    let Some(expected) = expected else {
+        return Ok(());
+    };
+    let actual = current.map(|c| c.version);
+    if actual.unwrap_or(0) == expected {
+        return Ok(());
+    }
+    Err(RegistryError::FailedPrecondition(format!(
+        "label {} of {} points to {}, not the expected version {expected}",
+        request.label,
+        request.name,
+        describe_target(actual),
+    )))
+}
+
 fn describe_target(version: Option<u64>) -> String {
     match version {
         Some(v) => format!("version {v}"),
@@ -1449,7 +1469,7 @@ mod tests {
             registry.get_version(&name, &selector).unwrap().number,
             VERSIONS
         );
-        registry.rollback(request(), None).await.unwrap();
+        registry.rollback(request(), None, None).await.unwrap();
         assert_eq!(
             registry.get_version(&name, &selector).unwrap().number,
             VERSIONS - 1,

@@ -3,6 +3,12 @@
 //! parent, and the gRPC status of the answer becomes the span's
 //! `rpc.grpc.status_code` and the metrics' `code` label.
 //!
+//! The request counter counts an RPC once it has ended: at the headers for a
+//! trailers-only answer (an error), otherwise when the body's trailers carry
+//! the final status. A body dropped before its end (the client cancelled: a
+//! Watch stream that was closed, a call whose deadline passed) is counted as
+//! `Cancelled`, never as `Ok`.
+//!
 //! Handlers add the prompt attributes (`gen_ai.prompt.name`, …) to the
 //! current span; the fields are declared here, empty, so that they can.
 
@@ -43,8 +49,9 @@ where
         + 'static,
     S::Future: Send + 'static,
     ReqBody: Send + 'static,
+    ResBody: http_body::Body + Unpin + Send + 'static,
 {
-    type Response = S::Response;
+    type Response = http::Response<CountedBody<ResBody>>;
     type Error = S::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
@@ -89,25 +96,97 @@ where
             let mut response = future.await?;
             too_large_is_resource_exhausted(&mut response);
             // Errors from unary handlers are trailers-only responses: their
-            // status is in the headers. No status header means OK (a unary
-            // success or an open stream).
-            let code: i64 = response
-                .headers()
-                .get("grpc-status")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            span.record("rpc.grpc.status_code", code);
-            if code != 0 {
+            // status is in the headers. No status header means OK so far (a
+            // unary success or an open stream): the body's end tells.
+            let code = status_in(response.headers());
+            span.record("rpc.grpc.status_code", code.map_or(0, |c| c as i64));
+            if code.is_some_and(|c| c != tonic::Code::Ok) {
                 span.record("otel.status_code", "ERROR");
             }
-            let code_name = format!("{:?}", tonic::Code::from(code as i32));
-            metrics::counter!(RPC_REQUESTS, "method" => method.clone(), "code" => code_name)
-                .increment(1);
-            metrics::histogram!(RPC_DURATION, "method" => method)
+            metrics::histogram!(RPC_DURATION, "method" => method.clone())
                 .record(started.elapsed().as_secs_f64());
-            Ok(response)
+            let mut tally = Some(Tally { method });
+            if let Some(code) = code {
+                if let Some(t) = tally.take() {
+                    t.count(code);
+                }
+            }
+            Ok(response.map(|inner| CountedBody { inner, tally }))
         })
+    }
+}
+
+/// The gRPC status in headers or trailers, when there is one.
+fn status_in(headers: &http::HeaderMap) -> Option<tonic::Code> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map(tonic::Code::from)
+}
+
+/// The request counter's sample for one RPC, counted once.
+struct Tally {
+    method: String,
+}
+
+impl Tally {
+    fn count(self, code: tonic::Code) {
+        let code_name = format!("{code:?}");
+        metrics::counter!(RPC_REQUESTS, "method" => self.method, "code" => code_name).increment(1);
+    }
+}
+
+/// A response body that counts its RPC when it ends (see the module docs).
+pub struct CountedBody<B> {
+    inner: B,
+    /// `None` once counted.
+    tally: Option<Tally>,
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for CountedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let ended = match &polled {
+            Poll::Ready(Some(Ok(frame))) => frame
+                .trailers_ref()
+                .map(|trailers| status_in(trailers).unwrap_or(tonic::Code::Ok)),
+            // The stream broke on this side.
+            Poll::Ready(Some(Err(_))) => Some(tonic::Code::Unknown),
+            // Ended without trailers: nothing said otherwise.
+            Poll::Ready(None) => Some(tonic::Code::Ok),
+            Poll::Pending => None,
+        };
+        if let Some(code) = ended {
+            if let Some(tally) = this.tally.take() {
+                tally.count(code);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for CountedBody<B> {
+    fn drop(&mut self) {
+        // Dropped before its end: the client went away.
+        if let Some(tally) = self.tally.take() {
+            tally.count(tonic::Code::Cancelled);
+        }
     }
 }
 

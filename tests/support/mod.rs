@@ -219,6 +219,7 @@ pub fn rollback(name: &str, label: &str, to: Option<u64>) -> pb::RollbackRequest
         to_version: to,
         actor: "sre".to_string(),
         reason: "bad outputs".to_string(),
+        expected_version: None,
     }
 }
 

@@ -79,6 +79,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Value> {
             to_version: None,
             actor: "promptreg-bench".into(),
             reason: "benchmark rollback".into(),
+            expected_version: None,
         })
         .await?
         .into_inner();

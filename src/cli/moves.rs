@@ -1,0 +1,327 @@
+//! `promote`, `rollback` and `unlabel`, and `--wait` for the fleet after a
+//! move.
+//!
+//! The incident path: a move that happened is always printed first, also
+//! when `--wait` then gives up, so that nobody retries a rollback that went
+//! through. A move whose fleet did not converge exits 4, a refused move 1
+//! (nothing changed).
+
+use super::client::{connect, emit, version_or_null, Failure};
+use super::text::{ago, counted, short_digest, version_text};
+use super::{exit, local_user, ClientOptions, PromoteArgs, RollbackArgs, UnlabelArgs, WaitArgs};
+use crate::grpc::pb::{self, registry_client::RegistryClient};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+pub(super) async fn promote(args: PromoteArgs) -> Result<(), Failure> {
+    let mut client = connect(&args.client).await?;
+    let request = pb::SetLabelRequest {
+        name: args.name.clone(),
+        label: args.label.clone(),
+        version: args.version,
+        actor: args.actor.clone().unwrap_or_else(local_user),
+        reason: args.reason.clone(),
+        expected_version: args.expect,
+    };
+    let r = client.set_label(request).await?.into_inner();
+    finish_move(
+        &mut client,
+        &args.client,
+        &args.name,
+        &args.label,
+        &r,
+        &args.wait,
+    )
+    .await
+}
+
+pub(super) async fn rollback(args: RollbackArgs) -> Result<(), Failure> {
+    let mut client = connect(&args.client).await?;
+    let request = pb::RollbackRequest {
+        name: args.name.clone(),
+        label: args.label.clone(),
+        to_version: args.to,
+        actor: args.actor.clone().unwrap_or_else(local_user),
+        reason: args.reason.clone(),
+        expected_version: args.expect,
+    };
+    let r = client.rollback(request).await?.into_inner();
+    finish_move(
+        &mut client,
+        &args.client,
+        &args.name,
+        &args.label,
+        &r,
+        &args.wait,
+    )
+    .await
+}
+
+pub(super) async fn unlabel(args: UnlabelArgs) -> Result<(), Failure> {
+    let mut client = connect(&args.client).await?;
+    let request = pb::RemoveLabelRequest {
+        name: args.name.clone(),
+        label: args.label.clone(),
+        actor: args.actor.clone().unwrap_or_else(local_user),
+        reason: args.reason.clone(),
+    };
+    let r = client.remove_label(request).await?.into_inner();
+    print_move(&args.client, &args.name, &args.label, &r, None);
+    Ok(())
+}
+
+/// After a move: with `--wait`, waits for the fleet; prints the move (and
+/// the fleet) in every case, then fails with exit 4 when the fleet lags.
+async fn finish_move(
+    client: &mut RegistryClient<Channel>,
+    options: &ClientOptions,
+    name: &str,
+    label: &str,
+    r: &pb::LabelMoveResponse,
+    wait: &WaitArgs,
+) -> Result<(), Failure> {
+    if !wait.wait {
+        print_move(options, name, label, r, None);
+        return Ok(());
+    }
+    let fleet = match wait_for_fleet(client, name, label, wait.timeout).await {
+        Ok(fleet) => fleet,
+        Err(failure) => {
+            // The move happened even if the fleet cannot be asked: say so.
+            print_move(options, name, label, r, None);
+            return Err(Failure {
+                code: exit::NOT_CONVERGED,
+                message: format!(
+                    "the move happened (revision {}), but waiting for the fleet failed: {}",
+                    r.revision, failure.message
+                ),
+            });
+        }
+    };
+    print_move(options, name, label, r, Some(&fleet));
+    match fleet.outcome {
+        Outcome::Converged => Ok(()),
+        Outcome::NoConnectedAgent => Err(Failure {
+            code: exit::NOT_CONVERGED,
+            message: format!(
+                "the move happened (revision {}), but no connected agent watches {name} {label}{}: \
+                 nothing confirmed it; do not repeat the move",
+                r.revision,
+                disconnected_suffix(&fleet.disconnected)
+            ),
+        }),
+        Outcome::TimedOut => Err(Failure {
+            code: exit::NOT_CONVERGED,
+            message: format!(
+                "the move happened (revision {}), but the fleet did not converge within {:?}: {}, {}; \
+                 do not repeat the move: see `promptreg fleet {name} --label {label}`",
+                r.revision,
+                wait.timeout,
+                counted(fleet.stale.len() as u64, "stale agent"),
+                counted(fleet.disconnected.len() as u64, "disconnected agent"),
+            ),
+        }),
+    }
+}
+
+fn disconnected_suffix(disconnected: &[pb::AgentStatus]) -> String {
+    if disconnected.is_empty() {
+        String::new()
+    } else {
+        let ids: Vec<&str> = disconnected.iter().map(|a| a.agent_id.as_str()).collect();
+        format!(" (disconnected: {})", ids.join(", "))
+    }
+}
+
+/// How `--wait` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Every connected agent watching the label runs its target.
+    Converged,
+    /// No agent watching the label is connected: nobody can confirm.
+    NoConnectedAgent,
+    /// `--timeout` passed with connected agents still stale.
+    TimedOut,
+}
+
+/// The fleet when `--wait` ended.
+struct Fleet {
+    outcome: Outcome,
+    in_sync: u32,
+    /// Connected, not on the target.
+    stale: Vec<pb::AgentStatus>,
+    disconnected: Vec<pb::AgentStatus>,
+    elapsed: Duration,
+}
+
+/// Polls fleet status until no connected agent watching the label is stale,
+/// no agent is connected at all, or `timeout` passes; then reads the rows
+/// once to say which agents lag.
+async fn wait_for_fleet(
+    client: &mut RegistryClient<Channel>,
+    name: &str,
+    label: &str,
+    timeout: Duration,
+) -> Result<Fleet, Failure> {
+    let started = Instant::now();
+    let outcome = loop {
+        let request = pb::FleetStatusRequest {
+            name: name.to_string(),
+            label: label.to_string(),
+            summary_only: true,
+        };
+        let summary = client
+            .fleet_status(request)
+            .await?
+            .into_inner()
+            .summary
+            .unwrap_or_default();
+        if summary.in_sync == 0 && summary.stale == 0 {
+            break Outcome::NoConnectedAgent;
+        }
+        if summary.stale == 0 {
+            break Outcome::Converged;
+        }
+        if started.elapsed() >= timeout {
+            break Outcome::TimedOut;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let elapsed = started.elapsed();
+    let request = pb::FleetStatusRequest {
+        name: name.to_string(),
+        label: label.to_string(),
+        summary_only: false,
+    };
+    let status = client.fleet_status(request).await?.into_inner();
+    let (mut stale, mut disconnected) = (Vec::new(), Vec::new());
+    let mut in_sync = 0;
+    for agent in status.agents {
+        match (agent.connected, agent.in_sync) {
+            (false, _) => disconnected.push(agent),
+            (true, false) => stale.push(agent),
+            (true, true) => in_sync += 1,
+        }
+    }
+    Ok(Fleet {
+        outcome,
+        in_sync,
+        stale,
+        disconnected,
+        elapsed,
+    })
+}
+
+fn agent_json(a: &pb::AgentStatus) -> Value {
+    json!({"agent_id": a.agent_id, "applied_version": version_or_null(a.applied_version),
+           "applied_digest": a.applied_digest, "target_version": version_or_null(a.target_version),
+           "last_seen": super::client::time_text(&a.last_seen),
+           "host": a.agent.as_ref().map(|i| i.host.clone()).unwrap_or_default(),
+           "rejected_version": version_or_null(a.rejected_version), "rejected_reason": a.rejected_reason})
+}
+
+fn agent_line(state: &str, a: &pb::AgentStatus) -> String {
+    let mut line = format!(
+        "  {state}: {} runs {}, last seen {}",
+        a.agent_id,
+        version_text(a.applied_version),
+        ago(&a.last_seen)
+    );
+    if !a.rejected_reason.is_empty() {
+        line.push_str(&format!(
+            "; rejected {}: {}",
+            version_text(a.rejected_version),
+            a.rejected_reason
+        ));
+    }
+    line
+}
+
+fn print_move(
+    options: &ClientOptions,
+    name: &str,
+    label: &str,
+    r: &pb::LabelMoveResponse,
+    fleet: Option<&Fleet>,
+) {
+    let mut object = json!({"name": name, "label": label, "changed": r.changed, "revision": r.revision,
+           "from_version": version_or_null(r.from_version), "to_version": version_or_null(r.to_version),
+           "version": version_or_null(r.to_version), "digest": r.digest});
+    if let Some(fleet) = fleet {
+        object["fleet"] = json!({
+            "converged": fleet.outcome == Outcome::Converged,
+            "agents": fleet.in_sync,
+            "elapsed_ms": fleet.elapsed.as_secs_f64() * 1000.0,
+            "no_connected_agent": fleet.outcome == Outcome::NoConnectedAgent,
+            "stale": fleet.stale.iter().map(agent_json).collect::<Vec<_>>(),
+            "disconnected": fleet.disconnected.iter().map(agent_json).collect::<Vec<_>>(),
+        });
+    }
+    emit(
+        options,
+        || {
+            let mut text = move_summary(name, label, r);
+            if let Some(fleet) = fleet {
+                text.push('\n');
+                text.push_str(&fleet_text(fleet, r.to_version));
+            }
+            text
+        },
+        object,
+    );
+}
+
+fn fleet_text(fleet: &Fleet, target: u64) -> String {
+    let ms = fleet.elapsed.as_secs_f64() * 1000.0;
+    let mut text = match fleet.outcome {
+        Outcome::Converged => format!(
+            "fleet converged: {} on v{target} after {ms:.1} ms",
+            counted(fleet.in_sync, "agent")
+        ),
+        Outcome::NoConnectedAgent => {
+            "fleet NOT converged: no connected agent watches this label".to_string()
+        }
+        Outcome::TimedOut => format!(
+            "fleet NOT converged after {ms:.0} ms: {} on v{target}, {} stale, {} disconnected",
+            counted(fleet.in_sync, "agent"),
+            fleet.stale.len(),
+            fleet.disconnected.len()
+        ),
+    };
+    for a in &fleet.stale {
+        text.push('\n');
+        text.push_str(&agent_line("stale", a));
+    }
+    for a in &fleet.disconnected {
+        text.push('\n');
+        text.push_str(&agent_line("disconnected", a));
+    }
+    text
+}
+
+fn move_summary(name: &str, label: &str, r: &pb::LabelMoveResponse) -> String {
+    if !r.changed {
+        format!(
+            "{name} {label} already points to v{} (revision {}): nothing changed",
+            r.to_version, r.revision
+        )
+    } else if r.to_version == 0 {
+        format!(
+            "{name} {label} removed (was v{}) at revision {}",
+            r.from_version, r.revision
+        )
+    } else {
+        let from = if r.from_version == 0 {
+            "unset".to_string()
+        } else {
+            format!("v{}", r.from_version)
+        };
+        format!(
+            "{name} {label}: {from} -> v{} ({}) at revision {}",
+            r.to_version,
+            short_digest(&r.digest),
+            r.revision
+        )
+    }
+}
