@@ -286,3 +286,82 @@ async fn check_names_every_problem_and_a_damaged_store_is_refused() {
         "{error}"
     );
 }
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+/// sled recovers from a damaged file by dropping the damaged tail: the store
+/// comes back consistent but older. Here the older store is made by putting
+/// back a copy of sled's files taken three revisions earlier, which is what
+/// that recovery leaves. The durable-head file beside the store still says
+/// what was acknowledged, so start-up and `check` refuse it by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_rolled_back_behind_its_durable_head_is_refused() {
+    let mut server = TestServer::start().await;
+    let mut client = server.client().await;
+    for text in ["one", "two", "three"] {
+        publish(&mut client, "p", text).await;
+    }
+    drop(client);
+    server.stop().await;
+    let older = tempfile::tempdir().unwrap();
+    copy_tree(&server.data_dir.join("sled"), older.path());
+
+    let mut server = server.restart().await;
+    let mut client = server.client().await;
+    for text in ["four", "five", "six"] {
+        publish(&mut client, "p", text).await;
+    }
+    client
+        .set_label(set_label("p", "production", 6, None))
+        .await
+        .unwrap();
+    drop(client);
+    server.stop().await;
+
+    let sled_dir = server.data_dir.join("sled");
+    std::fs::remove_dir_all(&sled_dir).unwrap();
+    copy_tree(older.path(), &sled_dir);
+
+    let error = tokio::task::block_in_place(|| {
+        promptreg::registry::Registry::open(promptreg::registry::RegistryConfig::new(
+            &server.data_dir,
+        ))
+        .err()
+        .expect("a store behind its durable head must be refused")
+        .to_string()
+    });
+    assert!(
+        error.contains("acknowledged writes are missing")
+            && error.contains("revisions 4 to 7 lost")
+            && error.contains("promptreg check")
+            && error.contains("promptreg restore"),
+        "{error}"
+    );
+
+    let out = Command::new(binary())
+        .args(["check", "--data-dir"])
+        .arg(&server.data_dir)
+        .args(["--output", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        json["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p.as_str().unwrap().contains("revisions 4 to 7 lost")),
+        "{json}"
+    );
+}

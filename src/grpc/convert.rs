@@ -26,7 +26,7 @@ impl From<RegistryError> for Status {
             | RegistryError::Key(_)
             | RegistryError::DataKey(_) => Code::Internal,
             RegistryError::Store(store) => match store {
-                StoreError::Io(_) => Code::Unavailable,
+                StoreError::Io(_) | StoreError::DurableHead { .. } => Code::Unavailable,
                 StoreError::Corrupt(_) => Code::DataLoss,
                 StoreError::Schema { .. } | StoreError::Encryption(_) => Code::Internal,
             },

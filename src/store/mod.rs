@@ -28,6 +28,7 @@
 //! the log can later be compacted without losing history.
 
 pub mod backup;
+pub mod durable_head;
 pub(crate) mod records;
 mod sealing;
 
@@ -37,11 +38,13 @@ use crate::domain::{
 };
 use crate::domain::{KeyRotation, Micros};
 use crate::provenance::{AuditEntry, LedgerHead};
+use durable_head::{DurableHead, DurableHeadFile};
 use records::{
     decode, encode, AuditRec, KeyRec, LabelRec, MoveRec, PromptRec, RevisionRec, VersionRec,
 };
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use std::sync::Arc;
 
 pub use records::CorruptRecord;
 pub use sealing::{DataKey, DataKeyError};
@@ -91,6 +94,8 @@ pub enum StoreError {
     Schema { found: u32 },
     #[error("{0}")]
     Encryption(String),
+    #[error("cannot use {}: {source}", durable_head::FILE_NAME)]
+    DurableHead { source: std::io::Error },
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -103,6 +108,11 @@ pub struct Store {
     data_key: Option<std::sync::Arc<DataKey>>,
     /// Flushes still to fail (fault injection; 0 in production).
     failing_flushes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Advanced by every flush, so that a store that sled's recovery rolled
+    /// back is noticed (see `durable_head.rs`).
+    durable_head: Arc<DurableHeadFile>,
+    /// What the durable-head file said when the store was opened.
+    recorded_head: Option<DurableHead>,
 }
 
 impl Store {
@@ -122,6 +132,8 @@ impl Store {
         if let Ok(id) = std::fs::read_to_string(&marker) {
             check_data_key(Some(id.trim().to_string()), data_key.as_ref())?;
         }
+        let (durable_head, recorded_head) =
+            DurableHeadFile::open(dir).map_err(|source| StoreError::DurableHead { source })?;
         let db = open_sled(&dir.join("sled"))?;
         match db.get(KEY_SCHEMA)? {
             None => {
@@ -141,6 +153,8 @@ impl Store {
             db,
             data_key: data_key.map(std::sync::Arc::new),
             failing_flushes: Default::default(),
+            durable_head: Arc::new(durable_head),
+            recorded_head,
         };
         store.check_encryption()?;
         if let Some(key) = &store.data_key {
@@ -296,8 +310,12 @@ impl Store {
 
     /// Makes every committed revision durable. After this returns, the
     /// revisions committed before the call survive a crash (`kill -9`, power
-    /// loss on a disk that honours fsync).
+    /// loss on a disk that honours fsync), and the durable-head file says
+    /// they are there, so that a store that later comes back without them
+    /// is refused.
     pub async fn flush(&self) -> Result<()> {
+        // Read before the flush: everything committed by now is covered by it.
+        let head = self.current_head()?;
         let injected = self
             .failing_flushes
             .fetch_update(
@@ -312,7 +330,19 @@ impl Store {
             ))));
         }
         self.db.flush_async().await?;
-        Ok(())
+        let file = self.durable_head.clone();
+        tokio::task::spawn_blocking(move || file.advance(&head))
+            .await
+            .map_err(|e| std::io::Error::other(format!("recording the durable head: {e}")))
+            .and_then(|advanced| advanced)
+            .map_err(|source| StoreError::DurableHead { source })
+    }
+
+    fn current_head(&self) -> Result<DurableHead> {
+        Ok(DurableHead {
+            revision: self.head_revision()?,
+            ledger: self.ledger_head()?,
+        })
     }
 
     /// Makes the next `count` flushes fail, as a full or failing disk
@@ -325,8 +355,11 @@ impl Store {
 
     /// The same as [`Store::flush`], blocking; for shutdown.
     pub fn flush_blocking(&self) -> Result<()> {
+        let head = self.current_head()?;
         self.db.flush()?;
-        Ok(())
+        self.durable_head
+            .advance(&head)
+            .map_err(|source| StoreError::DurableHead { source })
     }
 
     pub fn version(&self, name: &PromptName, number: u64) -> Result<Option<Version>> {
@@ -789,6 +822,7 @@ impl Store {
     /// ledger head's entry exist and agree with the metadata. A store that
     /// fails it is refused before anything is served.
     pub fn check_startup(&self) -> std::result::Result<(), String> {
+        self.check_durable_head()?;
         let head = self.head_revision().map_err(|e| e.to_string())?;
         if head > 0 {
             match self.revision(head) {
@@ -821,6 +855,51 @@ impl Store {
                         ledger.sequence
                     ))
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// The store must hold everything the durable-head file says was made
+    /// durable: a store behind it lost acknowledged writes (sled's recovery
+    /// drops a damaged tail without a word).
+    fn check_durable_head(&self) -> std::result::Result<(), String> {
+        let Some(recorded) = &self.recorded_head else {
+            return Ok(());
+        };
+        let file = durable_head::FILE_NAME;
+        let head = self.head_revision().map_err(|e| e.to_string())?;
+        if head < recorded.revision {
+            let missing = if head + 1 == recorded.revision {
+                format!("revision {}", recorded.revision)
+            } else {
+                format!("revisions {} to {}", head + 1, recorded.revision)
+            };
+            return Err(format!(
+                "acknowledged writes are missing: {file} records revision {} as durable but the store's head is {head} ({missing} lost)",
+                recorded.revision
+            ));
+        }
+        let ledger = self.ledger_head().map_err(|e| e.to_string())?;
+        let wanted = &recorded.ledger;
+        if ledger.sequence < wanted.sequence {
+            return Err(format!(
+                "acknowledged audit entries are missing: {file} records ledger entry {} as durable but the ledger ends at entry {}",
+                wanted.sequence, ledger.sequence
+            ));
+        }
+        if wanted.sequence > 0 {
+            let entry = self
+                .audit_entries(wanted.sequence, 1)
+                .map_err(|e| e.to_string())?;
+            if !entry
+                .first()
+                .is_some_and(|e| e.sequence == wanted.sequence && e.hash == wanted.hash)
+            {
+                return Err(format!(
+                    "ledger entry {} is not the one {file} records as durable (hash {})",
+                    wanted.sequence, wanted.hash
+                ));
             }
         }
         Ok(())
