@@ -546,6 +546,11 @@ async fn a_checkpoint_exposes_a_consistently_rewritten_ledger() {
     forge_ledger(&server.data_dir, checkpoint.sequence, |entry| {
         entry["actor"] = "mallory".into()
     });
+    // The durable-head file records the ledger head's hash, so start-up
+    // would refuse the forged chain; a forger with write access to the data
+    // directory removes that file too. Only the checkpoint, kept elsewhere,
+    // is beyond their reach.
+    std::fs::remove_file(server.data_dir.join("DURABLE_HEAD")).unwrap();
 
     let server = server.restart().await;
     let mut client = server.client().await;
