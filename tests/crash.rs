@@ -84,7 +84,8 @@ struct Ledger {
     /// Broken guarantees noticed while running; checked after every cycle.
     violations: Mutex<Vec<String>>,
     /// Errors the writers got, by code (expected: connection errors while
-    /// the server is down, FAILED_PRECONDITION for rollbacks).
+    /// the server is down, FAILED_PRECONDITION for rollbacks with nowhere
+    /// to go, NOT_FOUND for a rollback or removal of a label never set).
     errors: Mutex<BTreeMap<String, u64>>,
     stop: AtomicBool,
     /// Writers wait while the checker reads everything back, so that the
@@ -115,7 +116,7 @@ impl Ledger {
             status.code(),
             Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
         ) || (status.code() == Code::FailedPrecondition && what != "publish")
-            || (status.code() == Code::NotFound && what == "remove");
+            || (status.code() == Code::NotFound && (what == "remove" || what == "rollback"));
         let transport = status.message().contains("transport")
             || status.message().contains("h2 protocol")
             || status.message().contains("connection")
