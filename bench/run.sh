@@ -29,7 +29,8 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 cargo build --release -p promptreg -p promptreg-bench
 
 mkdir -p bench/results
-target/release/promptreg-bench all "$@" \
+# CARGO_TARGET_DIR moves the build (a shared warm target/ for a clone).
+"${CARGO_TARGET_DIR:-target}"/release/promptreg-bench all "$@" \
     --json bench/results/latest.json \
     --markdown bench/results/latest.md
 echo "run.sh: wrote bench/results/latest.json and bench/results/latest.md" >&2
