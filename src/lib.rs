@@ -19,7 +19,9 @@
 
 pub mod cli;
 pub mod domain;
-// Fuzz harnesses for fuzz/ and tests/fuzz_smoke.rs; not part of the API.
+// Fuzz harnesses for fuzz/ and tests/fuzz_smoke.rs; not part of the API and
+// not in the default build (the `fuzzing` feature, on for tests only).
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod grpc;
