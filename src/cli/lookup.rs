@@ -168,7 +168,7 @@ fn whois_text(v: &pb::Version, labels: &[pb::LabelPeriod]) -> String {
         "{} v{} ({}), published {} by {}",
         v.name,
         v.version,
-        v.digest,
+        short_digest(&v.digest),
         time_text(&v.created_at),
         v.author
     );
