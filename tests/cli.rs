@@ -546,8 +546,30 @@ fn a_move_whose_fleet_lags_is_printed_and_exits_4() {
         "{stdout}"
     );
     assert!(stdout.contains("fleet NOT converged"), "{stdout}");
-    assert!(stdout.contains("stale: stale-1 runs -"), "{stdout}");
-    assert!(stdout.contains("disconnected: gone-1 runs v2"), "{stdout}");
+    let header = stdout
+        .lines()
+        .position(|l| l.starts_with("AGENT "))
+        .unwrap_or_else(|| panic!("no agent table: {stdout}"));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        header_of(lines[header]),
+        ["AGENT", "STATE", "RUNS", "LAST SEEN", "REJECTED"],
+        "{stdout}"
+    );
+    let row = |id: &str| -> Vec<&str> {
+        let line = lines[header..]
+            .iter()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_else(|| panic!("no row for {id}: {stdout}"));
+        header_of(line)
+    };
+    assert_eq!(row("stale-1")[..3], ["stale-1", "stale", "-"], "{stdout}");
+    assert_eq!(
+        row("gone-1")[..3],
+        ["gone-1", "disconnected", "v2"],
+        "{stdout}"
+    );
+    assert!(row("gone-1")[3].ends_with(" ago"), "{stdout}");
     assert!(
         stderr.contains("did not converge") && stderr.contains("1 stale agent"),
         "{stderr}"
@@ -1166,6 +1188,28 @@ fn text_listings_are_tables_with_short_digests_and_json_keeps_them_full() {
             "{args:?}: {text}"
         );
     }
+    let whois = cli.ok(&["whois", &full]);
+    let periods = whois.split_once('\n').map(|(_, t)| t).unwrap_or_default();
+    assert_eq!(
+        header_of(periods),
+        [
+            "LABEL",
+            "FROM",
+            "FROM REVISION",
+            "UNTIL",
+            "UNTIL REVISION",
+            "SET BY",
+            "TRACE",
+            "REASON"
+        ],
+        "{whois}"
+    );
+    assert!(
+        periods
+            .lines()
+            .any(|l| l.starts_with("prod ") && l.contains("now") && l.ends_with("first go")),
+        "{whois}"
+    );
     // The short form is pasteable: whois and get --digest take it back.
     let found = cli.json(&["whois", short]);
     assert_eq!(
