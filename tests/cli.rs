@@ -546,8 +546,30 @@ fn a_move_whose_fleet_lags_is_printed_and_exits_4() {
         "{stdout}"
     );
     assert!(stdout.contains("fleet NOT converged"), "{stdout}");
-    assert!(stdout.contains("stale: stale-1 runs -"), "{stdout}");
-    assert!(stdout.contains("disconnected: gone-1 runs v2"), "{stdout}");
+    let header = stdout
+        .lines()
+        .position(|l| l.starts_with("AGENT "))
+        .unwrap_or_else(|| panic!("no agent table: {stdout}"));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        header_of(lines[header]),
+        ["AGENT", "STATE", "RUNS", "LAST SEEN", "REJECTED"],
+        "{stdout}"
+    );
+    let row = |id: &str| -> Vec<&str> {
+        let line = lines[header..]
+            .iter()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_else(|| panic!("no row for {id}: {stdout}"));
+        header_of(line)
+    };
+    assert_eq!(row("stale-1")[..3], ["stale-1", "stale", "-"], "{stdout}");
+    assert_eq!(
+        row("gone-1")[..3],
+        ["gone-1", "disconnected", "v2"],
+        "{stdout}"
+    );
+    assert!(row("gone-1")[3].ends_with(" ago"), "{stdout}");
     assert!(
         stderr.contains("did not converge") && stderr.contains("1 stale agent"),
         "{stderr}"
@@ -1069,4 +1091,238 @@ fn the_actor_defaults_to_the_os_user_without_user_set() {
         serde_json::from_str(run(&["history", "p", "--label", "production", "-o", "json"]).trim())
             .unwrap();
     assert_eq!(history["actor"], expected.as_str());
+}
+
+/// The first line of `text` split into its column names.
+fn header_of(text: &str) -> Vec<&str> {
+    text.lines()
+        .next()
+        .unwrap_or_default()
+        .split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect()
+}
+
+#[test]
+fn text_listings_are_tables_with_short_digests_and_json_keeps_them_full() {
+    let temp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&temp.path().join("data"), &[]);
+    let cli = Cli {
+        url: server.url.clone(),
+    };
+    let v1 = &cli.json(&["publish", "p", "--template", "one"])[0];
+    let full = v1["digest"].as_str().unwrap().to_string();
+    let short = &full[.."sha256:".len() + 12];
+    let verified = cli.ok(&["audit", "verify"]);
+    assert!(verified.contains(", 1 version checked"), "{verified}");
+    cli.ok(&[
+        "publish",
+        "p",
+        "--template",
+        "two",
+        "--description",
+        "the second",
+    ]);
+    cli.ok(&[
+        "promote", "p", "1", "--label", "prod", "--reason", "first go",
+    ]);
+    let verified = cli.ok(&["audit", "verify"]);
+    assert!(verified.contains(", 2 versions checked"), "{verified}");
+
+    let listings: [(&[&str], &[&str]); 6] = [
+        (&["list"], &["NAME", "LATEST", "DIGEST", "UPDATED"]),
+        (
+            &["versions", "p"],
+            &["VERSION", "DIGEST", "CREATED", "AUTHOR", "DESCRIPTION"],
+        ),
+        (
+            &["labels", "p"],
+            &["LABEL", "VERSION", "DIGEST", "REVISION", "UPDATED"],
+        ),
+        (
+            &["history", "p", "--label", "prod"],
+            &[
+                "REVISION", "TIME", "KIND", "MOVE", "DIGEST", "ACTOR", "TRACE", "REASON",
+            ],
+        ),
+        (
+            &["audit", "--prompt", "p"],
+            &[
+                "SEQ", "REVISION", "TIME", "ACTOR", "ACTION", "TARGET", "DETAIL", "TRACE", "REASON",
+            ],
+        ),
+        (&["keys"], &["KEY", "STATE", "CREATED", "PUBLIC KEY"]),
+    ];
+    for (args, header) in listings {
+        let text = cli.ok(args);
+        assert_eq!(header_of(&text), header, "{args:?}:\n{text}");
+        assert!(
+            !text.contains(&full),
+            "{args:?} shows a full digest:\n{text}"
+        );
+        // Every row's cells start where the header's do.
+        let first = text.lines().next().unwrap();
+        let second_column = first.find(header[1]).unwrap();
+        for row in text.lines().skip(1) {
+            assert_eq!(
+                row.chars().nth(second_column - 1),
+                Some(' '),
+                "{args:?}: row not aligned:\n{text}"
+            );
+        }
+    }
+    let versions = cli.ok(&["versions", "p"]);
+    let row = versions.lines().find(|l| l.starts_with("v1 ")).unwrap();
+    assert!(row.contains(&format!("{short} ")), "{versions}");
+    assert!(versions.contains("the second"), "{versions}");
+    let history = cli.ok(&["history", "p", "--label", "prod"]);
+    assert!(
+        history.contains(short) && history.contains("- -> v1") && history.contains("first go"),
+        "{history}"
+    );
+    for args in [&["get", "p", "--version", "1"][..], &["whois", &full]] {
+        let text = cli.ok(args);
+        assert!(
+            text.contains(short) && !text.contains(&full),
+            "{args:?}: {text}"
+        );
+    }
+    let whois = cli.ok(&["whois", &full]);
+    let periods = whois.split_once('\n').map(|(_, t)| t).unwrap_or_default();
+    assert_eq!(
+        header_of(periods),
+        [
+            "LABEL",
+            "FROM",
+            "FROM REVISION",
+            "UNTIL",
+            "UNTIL REVISION",
+            "SET BY",
+            "TRACE",
+            "REASON"
+        ],
+        "{whois}"
+    );
+    assert!(
+        periods
+            .lines()
+            .any(|l| l.starts_with("prod ") && l.contains("now") && l.ends_with("first go")),
+        "{whois}"
+    );
+    // The short form is pasteable: whois and get --digest take it back.
+    let found = cli.json(&["whois", short]);
+    assert_eq!(
+        (found[0]["name"].as_str(), found[0]["version"].as_u64()),
+        (Some("p"), Some(1))
+    );
+    let got = cli.ok(&["get", "p", "--digest", short]);
+    assert!(got.starts_with("p v1 "), "{got}");
+
+    // -o is --output; JSON keeps full digests, one object per line, no header.
+    let json = cli.ok(&["versions", "p", "-o", "json"]);
+    let rows: Vec<Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2, "{json}");
+    assert_eq!(rows[1]["digest"], full.as_str());
+    let labels = cli.ok(&["labels", "p", "-o", "json"]);
+    assert!(
+        labels.contains(&full) && !labels.contains("LABEL"),
+        "{labels}"
+    );
+
+    let empty = cli.ok(&["list", "nothing/"]);
+    assert_eq!(empty.trim(), "no prompts");
+}
+
+#[test]
+fn fleet_text_counts_agents_and_says_how_long_ago_they_were_seen() {
+    let temp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&temp.path().join("data"), &[]);
+    let cli = Cli {
+        url: server.url.clone(),
+    };
+    cli.ok(&["publish", "p", "--template", "one"]);
+    cli.ok(&["promote", "p", "1", "--label", "prod", "--reason", "go"]);
+    let text = cli.ok(&["fleet", "p", "--label", "prod"]);
+    assert!(text.starts_with("p prod: 0 agents: "), "{text}");
+
+    let _first = spawn_watcher(&server.url, "p", "prod", "agent-1", true);
+    wait_for_fleet(&cli, "p", "prod", |f| {
+        agent(f, "agent-1").is_some_and(|a| a["in_sync"] == true)
+    });
+    let text = cli.ok(&["fleet", "p", "--label", "prod"]);
+    assert!(text.starts_with("p prod: 1 agent: 1 in sync"), "{text}");
+    let table = text.split_once('\n').map(|(_, t)| t).unwrap_or_default();
+    assert_eq!(
+        header_of(table),
+        [
+            "AGENT",
+            "STATE",
+            "APPLIED",
+            "TARGET",
+            "LAST SEEN",
+            "REJECTED"
+        ],
+        "{text}"
+    );
+    let row = table.lines().find(|l| l.starts_with("agent-1")).unwrap();
+    assert!(row.contains("in sync") && row.contains("v1"), "{text}");
+    let age = row.rsplit("  ").next().unwrap().trim();
+    assert!(
+        age.ends_with(" s ago") || age.ends_with(" min ago"),
+        "a relative age, not a time: {text}"
+    );
+    // JSON keeps the absolute time.
+    let fleet = &cli.json(&["fleet", "p", "--label", "prod"])[0];
+    let seen = agent(fleet, "agent-1").unwrap()["last_seen"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(seen.contains('T') && seen.ends_with('Z'), "{fleet}");
+
+    let _second = spawn_watcher(&server.url, "p", "prod", "agent-2", true);
+    wait_for_fleet(&cli, "p", "prod", |f| {
+        agent(f, "agent-2").is_some_and(|a| a["in_sync"] == true)
+    });
+    let text = cli.ok(&["fleet", "p", "--label", "prod", "-o", "text"]);
+    assert!(text.starts_with("p prod: 2 agents: 2 in sync"), "{text}");
+}
+
+#[test]
+fn completion_prints_a_script_for_each_shell() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(binary())
+            .args(["completion", shell])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{shell}");
+        let script = String::from_utf8(out.stdout).unwrap();
+        for word in ["promptreg", "publish", "rollback", "fleet", "--output"] {
+            assert!(script.contains(word), "{shell} script lacks {word}");
+        }
+    }
+    let out = Command::new(binary())
+        .args(["completion", "tcsh"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("invalid value 'tcsh'") && stderr.contains("bash, zsh, fish"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
+    let help = Command::new(binary())
+        .args(["completion", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    assert!(
+        help.contains("~/.config/fish/completions/promptreg.fish")
+            && help.contains("bash-completion"),
+        "{help}"
+    );
 }

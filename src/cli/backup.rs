@@ -2,6 +2,7 @@
 //! keeping a store safe.
 
 use super::client::{connect, emit, Failure};
+use super::text::counted;
 use super::{exit, BackupArgs, CheckArgs, RestoreArgs};
 use crate::grpc::pb;
 use crate::store::backup;
@@ -30,10 +31,10 @@ pub(super) async fn backup(args: BackupArgs) -> Result<(), Failure> {
         &args.client,
         || {
             format!(
-                "wrote {} ({} bytes, {} records), consistent at revision {revision}",
+                "wrote {} ({}, {}), consistent at revision {revision}",
                 args.file.display(),
-                bytes.len(),
-                header.entries
+                counted(bytes.len() as u64, "byte"),
+                counted(header.entries, "record")
             )
         },
         json!({"file": args.file.display().to_string(), "revision": revision, "bytes": bytes.len(),
@@ -107,7 +108,11 @@ pub(super) fn check(args: CheckArgs) -> Result<(), Failure> {
             if problems.is_empty() {
                 format!("{}: sound", args.data_dir.display())
             } else {
-                let mut text = format!("{}: {} problems", args.data_dir.display(), problems.len());
+                let mut text = format!(
+                    "{}: {}",
+                    args.data_dir.display(),
+                    counted(problems.len() as u64, "problem")
+                );
                 for p in &problems {
                     text.push_str(&format!("\n- {p}"));
                 }
@@ -121,7 +126,10 @@ pub(super) fn check(args: CheckArgs) -> Result<(), Failure> {
     } else {
         Err(Failure {
             code: exit::REFUSED,
-            message: format!("the store has {} problems", problems.len()),
+            message: format!(
+                "the store has {}",
+                counted(problems.len() as u64, "problem")
+            ),
         })
     }
 }

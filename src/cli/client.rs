@@ -1,6 +1,7 @@
 //! The client subcommands: one request (or a few pages), printed as text or
 //! JSON. Errors print one line on stderr and map to the documented exit code.
 
+use super::text::{self, ago, counted, short_digest, table, Listing};
 use super::{exit, local_user, ClientOptions, Command, OutputFormat};
 use crate::grpc::pb::{self, registry_client::RegistryClient};
 use crate::time::{format_micros, from_timestamp};
@@ -168,6 +169,16 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
         Command::Backup(args) => return super::backup::backup(args).await,
         Command::Restore(args) => return super::backup::restore(args),
         Command::Check(args) => return super::backup::check(args),
+        Command::Completion(args) => {
+            use std::io::Write as _;
+            let written = std::io::stdout().lock().write_all(&args.script());
+            return match written {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(Failure::usage(format!("cannot write the script: {e}")))
+                }
+                _ => Ok(()),
+            };
+        }
         Command::Whois(args) => return super::lookup::whois(args).await,
         Command::Get(args) => return super::lookup::get(args).await,
         Command::Resolve(args) => return super::lookup::resolve(args).await,
@@ -180,41 +191,31 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
             };
             let status = client.fleet_status(request).await?.into_inner();
             let summary = status.summary.unwrap_or_default();
-            emit(
-                &args.client,
-                || {
-                    let mut out = format!(
-                        "{} {}: {} in sync, {} stale, {} disconnected\n",
-                        args.name, args.label, summary.in_sync, summary.stale, summary.disconnected
-                    );
-                    for a in &status.agents {
-                        let state = match (a.connected, a.in_sync) {
-                            (false, _) => "disconnected",
-                            (true, true) => "in sync",
-                            (true, false) => "stale",
-                        };
-                        let applied = if a.applied_version == 0 {
-                            "-".to_string()
-                        } else {
-                            format!("v{}", a.applied_version)
-                        };
-                        out.push_str(&format!(
-                            "{}\t{state}\tapplied {applied}\ttarget v{}\tlast seen {}",
-                            a.agent_id,
-                            a.target_version,
-                            time_text(&a.last_seen)
-                        ));
-                        if !a.rejected_reason.is_empty() {
-                            out.push_str(&format!(
-                                "\trejected v{}: {}",
-                                a.rejected_version, a.rejected_reason
-                            ));
-                        }
-                        out.push('\n');
-                    }
-                    out.trim_end().to_string()
-                },
-                json!({"name": args.name, "label": args.label,
+            if args.client.output == OutputFormat::Text {
+                let agents = u64::from(summary.in_sync + summary.stale + summary.disconnected);
+                println!(
+                    "{} {}: {}: {} in sync, {} stale, {} disconnected",
+                    args.name,
+                    args.label,
+                    counted(agents, "agent"),
+                    summary.in_sync,
+                    summary.stale,
+                    summary.disconnected
+                );
+                let header = &[
+                    "AGENT",
+                    "STATE",
+                    "APPLIED",
+                    "TARGET",
+                    "LAST SEEN",
+                    "REJECTED",
+                ];
+                let rows: Vec<Vec<String>> = status.agents.iter().map(fleet_row).collect();
+                if !rows.is_empty() {
+                    println!("{}", table(header, &rows));
+                }
+            } else {
+                let object = json!({"name": args.name, "label": args.label,
                        "agents": status.agents.iter().map(|a| json!({
                            "agent_id": a.agent_id, "connected": a.connected,
                            "applied_version": version_or_null(a.applied_version), "applied_digest": a.applied_digest,
@@ -224,8 +225,9 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
                            "sdk": a.agent.as_ref().map(|i| i.sdk.clone()).unwrap_or_default(),
                            "rejected_version": version_or_null(a.rejected_version), "rejected_reason": a.rejected_reason,
                        })).collect::<Vec<_>>(),
-                       "summary": {"in_sync": summary.in_sync, "stale": summary.stale, "disconnected": summary.disconnected}}),
-            );
+                       "summary": {"in_sync": summary.in_sync, "stale": summary.stale, "disconnected": summary.disconnected}});
+                println!("{object}");
+            }
         }
         Command::Publish(args) => {
             let template = read_template(&args)?;
@@ -258,7 +260,10 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
                     };
                     format!(
                         "{} {what} version {} ({}) at revision {}",
-                        args.name, r.version, r.digest, r.revision
+                        args.name,
+                        r.version,
+                        short_digest(&r.digest),
+                        r.revision
                     )
                 },
                 json!({"name": args.name, "version": r.version, "digest": r.digest, "revision": r.revision, "created": r.created}),
@@ -266,6 +271,11 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
         }
         Command::List(args) => {
             let mut client = connect(&args.client).await?;
+            let mut listing = Listing::new(
+                &args.client,
+                &["NAME", "LATEST", "DIGEST", "UPDATED"],
+                "no prompts",
+            );
             let mut token = String::new();
             loop {
                 let request = pb::ListPromptsRequest {
@@ -280,18 +290,20 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
                         .as_ref()
                         .map(|t| format_micros(from_timestamp(t)))
                         .unwrap_or_default();
-                    emit(
-                        &args.client,
+                    listing.row(
                         || {
-                            format!(
-                                "{}\tv{}\t{}\t{updated}",
-                                p.name, p.latest_version, p.latest_digest
-                            )
+                            vec![
+                                p.name.clone(),
+                                format!("v{}", p.latest_version),
+                                short_digest(&p.latest_digest),
+                                updated.clone(),
+                            ]
                         },
                         json!({"name": p.name, "version": p.latest_version, "digest": p.latest_digest, "updated_at": updated}),
                     );
                 }
                 if page.next_page_token.is_empty() {
+                    listing.finish();
                     break;
                 }
                 token = page.next_page_token;
@@ -299,6 +311,11 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
         }
         Command::Versions(args) => {
             let mut client = connect(&args.client).await?;
+            let mut listing = Listing::new(
+                &args.client,
+                &["VERSION", "DIGEST", "CREATED", "AUTHOR", "DESCRIPTION"],
+                "no versions",
+            );
             let mut token = String::new();
             loop {
                 let request = pb::ListVersionsRequest {
@@ -309,19 +326,22 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
                 let page = client.list_versions(request).await?.into_inner();
                 for v in &page.versions {
                     let created = time_text(&v.created_at);
-                    emit(
-                        &args.client,
+                    listing.row(
                         || {
-                            format!(
-                                "v{}\t{}\t{created}\t{}\t{}",
-                                v.version, v.digest, v.author, v.description
-                            )
+                            vec![
+                                format!("v{}", v.version),
+                                short_digest(&v.digest),
+                                created.clone(),
+                                v.author.clone(),
+                                v.description.clone(),
+                            ]
                         },
                         json!({"name": v.name, "version": v.version, "digest": v.digest, "revision": v.revision,
                                "author": v.author, "description": v.description, "created_at": created}),
                     );
                 }
                 if page.next_page_token.is_empty() {
+                    listing.finish();
                     break;
                 }
                 token = page.next_page_token;
@@ -335,26 +355,41 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
                 })
                 .await?
                 .into_inner();
+            let mut listing = Listing::new(
+                &args.client,
+                &["LABEL", "VERSION", "DIGEST", "REVISION", "UPDATED"],
+                "no labels",
+            );
             for l in &response.labels {
                 let updated = time_text(&l.updated_at);
-                emit(
-                    &args.client,
+                listing.row(
                     || {
-                        format!(
-                            "{}\tv{}\t{}\trevision {}\t{updated}",
-                            l.label, l.version, l.digest, l.revision
-                        )
+                        vec![
+                            l.label.clone(),
+                            format!("v{}", l.version),
+                            short_digest(&l.digest),
+                            l.revision.to_string(),
+                            updated.clone(),
+                        ]
                     },
                     json!({"name": args.name, "label": l.label, "version": l.version, "digest": l.digest,
                            "revision": l.revision, "updated_at": updated}),
                 );
             }
+            listing.finish();
         }
         Command::Promote(args) => return super::moves::promote(args).await,
         Command::Rollback(args) => return super::moves::rollback(args).await,
         Command::Unlabel(args) => return super::moves::unlabel(args).await,
         Command::History(args) => {
             let mut client = connect(&args.client).await?;
+            let mut listing = Listing::new(
+                &args.client,
+                &[
+                    "REVISION", "TIME", "KIND", "MOVE", "DIGEST", "ACTOR", "TRACE", "REASON",
+                ],
+                "no moves",
+            );
             let mut token = String::new();
             loop {
                 let request = pb::LabelHistoryRequest {
@@ -365,9 +400,10 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
                 };
                 let page = client.label_history(request).await?.into_inner();
                 for m in &page.moves {
-                    emit(&args.client, || move_text(m), move_json(m));
+                    listing.row(|| move_row(m), move_json(m));
                 }
                 if page.next_page_token.is_empty() {
+                    listing.finish();
                     break;
                 }
                 token = page.next_page_token;
@@ -468,6 +504,32 @@ fn parse_chat(raw: &str) -> Result<pb::ChatTemplate, String> {
     Ok(pb::ChatTemplate { messages })
 }
 
+/// One agent of `fleet`, as table cells.
+fn fleet_row(a: &pb::AgentStatus) -> Vec<String> {
+    let state = match (a.connected, a.in_sync) {
+        (false, _) => "disconnected",
+        (true, true) => "in sync",
+        (true, false) => "stale",
+    };
+    let rejected = if a.rejected_reason.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "{}: {}",
+            text::version_text(a.rejected_version),
+            a.rejected_reason
+        )
+    };
+    vec![
+        a.agent_id.clone(),
+        state.to_string(),
+        text::version_text(a.applied_version),
+        text::version_text(a.target_version),
+        ago(&a.last_seen),
+        rejected,
+    ]
+}
+
 pub(super) fn time_text(ts: &Option<prost_types::Timestamp>) -> String {
     ts.as_ref()
         .map(|t| format_micros(from_timestamp(t)))
@@ -512,7 +574,7 @@ pub(super) fn version_text(v: &pb::Version) -> String {
         "{} v{} {}\nauthor: {}\ncreated: {}\nrevision: {}\n",
         v.name,
         v.version,
-        v.digest,
+        short_digest(&v.digest),
         v.author,
         time_text(&v.created_at),
         v.revision
@@ -548,6 +610,24 @@ pub(super) fn move_json(m: &pb::LabelMove) -> Value {
            "digest": m.digest, "actor": m.actor, "reason": m.reason, "time": time_text(&m.time), "trace_id": m.trace_id})
 }
 
+/// One move of `history`, as table cells.
+fn move_row(m: &pb::LabelMove) -> Vec<String> {
+    vec![
+        m.revision.to_string(),
+        time_text(&m.time),
+        kind_name(m.kind).to_string(),
+        format!(
+            "{} -> {}",
+            text::version_text(m.from_version),
+            text::version_text(m.to_version)
+        ),
+        short_digest(&m.digest),
+        m.actor.clone(),
+        m.trace_id.clone(),
+        m.reason.clone(),
+    ]
+}
+
 pub(super) fn move_text(m: &pb::LabelMove) -> String {
     let side = |v: u64| {
         if v == 0 {
@@ -575,7 +655,8 @@ pub(super) fn move_text(m: &pb::LabelMove) -> String {
 fn diff_text(name: &str, from: u64, to: u64, d: &pb::DiffVersionsResponse) -> String {
     let mut out = format!(
         "{name} v{from} ({}) -> v{to} ({})\n",
-        d.from_digest, d.to_digest
+        short_digest(&d.from_digest),
+        short_digest(&d.to_digest)
     );
     if d.template_diff.is_empty() {
         out.push_str("template: unchanged\n");

@@ -10,7 +10,7 @@ use super::client::{
     connect, emit, move_json, move_text, time_text, version_json, version_or_null, version_text,
     Failure,
 };
-use super::text::short_digest;
+use super::text::{short_digest, table};
 use super::{exit, GetArgs, ResolveArgs, WhoisArgs};
 use crate::grpc::pb::{self, registry_client::RegistryClient};
 use serde_json::{json, Value};
@@ -168,31 +168,48 @@ fn whois_text(v: &pb::Version, labels: &[pb::LabelPeriod]) -> String {
         "{} v{} ({}), published {} by {}",
         v.name,
         v.version,
-        v.digest,
+        short_digest(&v.digest),
         time_text(&v.created_at),
         v.author
     );
     if labels.is_empty() {
         text.push_str("\nno label other than its own history ever pointed to it");
+        return text;
     }
-    for p in labels {
-        let until = if p.until_revision == 0 {
-            "now".to_string()
-        } else {
-            format!("{} (revision {})", time_text(&p.until), p.until_revision)
-        };
-        text.push_str(&format!(
-            "\n{}: from {} (revision {}) until {until}; set by {}: {}",
-            p.label,
-            time_text(&p.from),
-            p.from_revision,
-            p.actor,
-            p.reason
-        ));
-        if !p.trace_id.is_empty() {
-            text.push_str(&format!(" [trace {}]", p.trace_id));
-        }
-    }
+    let rows: Vec<Vec<String>> = labels
+        .iter()
+        .map(|p| {
+            let (until, until_revision) = if p.until_revision == 0 {
+                ("now".to_string(), String::new())
+            } else {
+                (time_text(&p.until), p.until_revision.to_string())
+            };
+            vec![
+                p.label.clone(),
+                time_text(&p.from),
+                p.from_revision.to_string(),
+                until,
+                until_revision,
+                p.actor.clone(),
+                p.trace_id.clone(),
+                p.reason.clone(),
+            ]
+        })
+        .collect();
+    text.push('\n');
+    text.push_str(&table(
+        &[
+            "LABEL",
+            "FROM",
+            "FROM REVISION",
+            "UNTIL",
+            "UNTIL REVISION",
+            "SET BY",
+            "TRACE",
+            "REASON",
+        ],
+        &rows,
+    ));
     text
 }
 

@@ -122,6 +122,51 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Check a data directory offline: exit 0 only when the store is sound.
     Check(CheckArgs),
+    /// Print a shell completion script (bash, zsh or fish) on standard output.
+    #[command(
+        long_about = "Print a shell completion script for promptreg on standard output \
+        (a local command: the server is not contacted).\n\n\
+        Install it once, then start a new shell:\n\n  \
+        bash: promptreg completion bash > ~/.local/share/bash-completion/completions/promptreg\n  \
+        zsh:  promptreg completion zsh > ~/.zfunc/_promptreg\n        \
+        (with `fpath=(~/.zfunc $fpath)` and `autoload -U compinit && compinit` in ~/.zshrc)\n  \
+        fish: promptreg completion fish > ~/.config/fish/completions/promptreg.fish\n\n\
+        Or for the current shell only: `source <(promptreg completion bash)` (bash, zsh), \
+        `promptreg completion fish | source` (fish)."
+    )]
+    Completion(CompletionArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// The shell to write the script for.
+    #[arg(value_enum)]
+    pub shell: CompletionShell,
+}
+
+/// The shells `promptreg completion` writes scripts for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+impl CompletionArgs {
+    /// The completion script of the whole command line.
+    pub fn script(&self) -> Vec<u8> {
+        let shell = match self.shell {
+            CompletionShell::Bash => clap_complete::Shell::Bash,
+            CompletionShell::Zsh => clap_complete::Shell::Zsh,
+            CompletionShell::Fish => clap_complete::Shell::Fish,
+        };
+        let mut command = <Cli as clap::CommandFactory>::command();
+        // Into memory first: `generate` panics when its writer fails, and
+        // stdout fails as soon as the reader of a pipe goes away.
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut command, "promptreg", &mut script);
+        script
+    }
 }
 
 #[derive(Debug, Args)]

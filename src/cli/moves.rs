@@ -7,7 +7,7 @@
 //! (nothing changed).
 
 use super::client::{connect, emit, version_or_null, Failure};
-use super::text::{ago, counted, short_digest, version_text};
+use super::text::{ago, counted, short_digest, table, version_text};
 use super::{exit, local_user, ClientOptions, PromoteArgs, RollbackArgs, UnlabelArgs, WaitArgs};
 use crate::grpc::pb::{self, registry_client::RegistryClient};
 use serde_json::{json, Value};
@@ -221,21 +221,24 @@ fn agent_json(a: &pb::AgentStatus) -> Value {
            "rejected_version": version_or_null(a.rejected_version), "rejected_reason": a.rejected_reason})
 }
 
-fn agent_line(state: &str, a: &pb::AgentStatus) -> String {
-    let mut line = format!(
-        "  {state}: {} runs {}, last seen {}",
-        a.agent_id,
-        version_text(a.applied_version),
-        ago(&a.last_seen)
-    );
-    if !a.rejected_reason.is_empty() {
-        line.push_str(&format!(
-            "; rejected {}: {}",
+/// One lagging agent after `--wait`, as table cells.
+fn agent_row(state: &str, a: &pb::AgentStatus) -> Vec<String> {
+    let rejected = if a.rejected_reason.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "{}: {}",
             version_text(a.rejected_version),
             a.rejected_reason
-        ));
-    }
-    line
+        )
+    };
+    vec![
+        a.agent_id.clone(),
+        state.to_string(),
+        version_text(a.applied_version),
+        ago(&a.last_seen),
+        rejected,
+    ]
 }
 
 fn print_move(
@@ -283,19 +286,26 @@ fn fleet_text(fleet: &Fleet, target: u64) -> String {
             "fleet NOT converged: no connected agent watches this label".to_string()
         }
         Outcome::TimedOut => format!(
-            "fleet NOT converged after {ms:.0} ms: {} on v{target}, {} stale, {} disconnected",
+            "fleet NOT converged after {ms:.0} ms: {} on v{target}, {} stale, {} disconnected:",
             counted(fleet.in_sync, "agent"),
             fleet.stale.len(),
             fleet.disconnected.len()
         ),
     };
-    for a in &fleet.stale {
+    let rows: Vec<Vec<String>> = (fleet.stale.iter().map(|a| agent_row("stale", a)))
+        .chain(
+            fleet
+                .disconnected
+                .iter()
+                .map(|a| agent_row("disconnected", a)),
+        )
+        .collect();
+    if !rows.is_empty() {
         text.push('\n');
-        text.push_str(&agent_line("stale", a));
-    }
-    for a in &fleet.disconnected {
-        text.push('\n');
-        text.push_str(&agent_line("disconnected", a));
+        text.push_str(&table(
+            &["AGENT", "STATE", "RUNS", "LAST SEEN", "REJECTED"],
+            &rows,
+        ));
     }
     text
 }

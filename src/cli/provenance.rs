@@ -3,6 +3,7 @@
 //! the digest or the signature.
 
 use super::client::{connect, emit, time_text, Failure};
+use super::text::{counted, counted_as, short_digest, short_digests_in, Listing};
 use super::{
     exit, local_user, AuditAction, AuditArgs, KeysAction, KeysArgs, PruneArgs, VerifyArgs,
 };
@@ -20,21 +21,28 @@ pub(super) async fn keys(args: KeysArgs) -> Result<(), Failure> {
                 .await?
                 .into_inner()
                 .keys;
+            let mut listing = Listing::new(
+                &args.client,
+                &["KEY", "STATE", "CREATED", "PUBLIC KEY"],
+                "no signing keys",
+            );
             for k in &keys {
                 let public_key = hex::encode(&k.public_key);
                 let created = time_text(&k.created_at);
-                emit(
-                    &args.client,
+                listing.row(
                     || {
-                        format!(
-                            "{}\t{}\t{created}\t{public_key}",
-                            k.key_id,
-                            if k.active { "active" } else { "retired" }
-                        )
+                        let state = if k.active { "active" } else { "retired" };
+                        vec![
+                            k.key_id.clone(),
+                            state.to_string(),
+                            created.clone(),
+                            public_key.clone(),
+                        ]
                     },
                     json!({"key_id": k.key_id, "active": k.active, "created_at": created, "public_key": public_key}),
                 );
             }
+            listing.finish();
         }
         Some(KeysAction::GenDataKey { file }) => {
             let key_id = crate::store::DataKey::generate_file(&file)
@@ -102,7 +110,7 @@ pub(super) async fn verify(args: VerifyArgs) -> Result<(), Failure> {
                 "{} v{} {}\ndigest: {} ({})\nsignature: {} ({})",
                 version.name,
                 version.version,
-                version.digest,
+                short_digest(&version.digest),
                 mark(check.digest_ok),
                 check.digest_note,
                 mark(check.signature_ok),
@@ -232,10 +240,10 @@ pub(super) async fn audit(args: AuditArgs) -> Result<(), Failure> {
                 &options,
                 || {
                     let mut text = format!(
-                        "{}: {} ledger entries, {} versions checked; head {}",
+                        "{}: {}, {} checked; head {}",
                         if report.intact { "intact" } else { "BROKEN" },
-                        report.entries,
-                        report.versions,
+                        counted_as(report.entries, "ledger entry", "ledger entries"),
+                        counted(report.versions, "version"),
                         report.head_hash
                     );
                     for problem in &report.problems {
@@ -252,7 +260,10 @@ pub(super) async fn audit(args: AuditArgs) -> Result<(), Failure> {
             } else {
                 Err(Failure {
                     code: exit::REFUSED,
-                    message: format!("the audit found {} problems", report.problems.len()),
+                    message: format!(
+                        "the audit found {}",
+                        counted(report.problems.len() as u64, "problem")
+                    ),
                 })
             }
         }
@@ -273,6 +284,13 @@ async fn list(args: &AuditArgs) -> Result<(), Failure> {
     let since = time("--since", &args.since)?;
     let until = time("--until", &args.until)?;
     let mut client = connect(&args.client).await?;
+    let mut listing = Listing::new(
+        &args.client,
+        &[
+            "SEQ", "REVISION", "TIME", "ACTOR", "ACTION", "TARGET", "DETAIL", "TRACE", "REASON",
+        ],
+        "no audit entries",
+    );
     let mut token = String::new();
     loop {
         let request = pb::ListAuditRequest {
@@ -287,18 +305,19 @@ async fn list(args: &AuditArgs) -> Result<(), Failure> {
         let page = client.list_audit(request).await?.into_inner();
         for e in &page.entries {
             let time = time_text(&e.time);
-            emit(
-                &args.client,
+            listing.row(
                 || {
-                    let trace = if e.trace_id.is_empty() {
-                        String::new()
-                    } else {
-                        format!("\ttrace {}", e.trace_id)
-                    };
-                    format!(
-                        "#{}\trevision {}\t{time}\t{}\t{}\t{}\t{}\t{}{trace}",
-                        e.sequence, e.revision, e.actor, e.action, e.target, e.detail, e.reason
-                    )
+                    vec![
+                        format!("#{}", e.sequence),
+                        e.revision.to_string(),
+                        time.clone(),
+                        e.actor.clone(),
+                        e.action.clone(),
+                        e.target.clone(),
+                        short_digests_in(&e.detail),
+                        e.trace_id.clone(),
+                        e.reason.clone(),
+                    ]
                 },
                 json!({"sequence": e.sequence, "revision": e.revision, "time": time, "actor": e.actor, "action": e.action,
                        "target": e.target, "detail": e.detail, "reason": e.reason, "trace_id": e.trace_id,
@@ -306,6 +325,7 @@ async fn list(args: &AuditArgs) -> Result<(), Failure> {
             );
         }
         if page.next_page_token.is_empty() {
+            listing.finish();
             return Ok(());
         }
         token = page.next_page_token;

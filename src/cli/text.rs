@@ -1,8 +1,97 @@
-//! Small pieces of the CLI's text output: short digests, relative ages,
-//! counted nouns. JSON output never goes through these: it keeps full
-//! digests and absolute times.
+//! Small pieces of the CLI's text output: tables, short digests, relative
+//! ages, counted nouns. JSON output never goes through these: it keeps full
+//! digests and absolute times, one object per line.
 
+use super::client::emit;
+use super::{ClientOptions, OutputFormat};
 use crate::time::{format_micros, from_timestamp, now_micros};
+use serde_json::Value;
+
+/// The rows of a listing (`list`, `versions`, `labels`, `history`, `fleet`,
+/// `audit`, `keys`): in text mode one table with a header and aligned
+/// columns, printed by `finish` once every page is in (alignment needs every
+/// row); in JSON mode one object per line, printed as each row comes.
+pub(super) struct Listing<'a> {
+    options: &'a ClientOptions,
+    header: &'static [&'static str],
+    /// What an empty listing says instead of a lone header, e.g. "no prompts".
+    empty: &'static str,
+    rows: Vec<Vec<String>>,
+}
+
+impl<'a> Listing<'a> {
+    pub(super) fn new(
+        options: &'a ClientOptions,
+        header: &'static [&'static str],
+        empty: &'static str,
+    ) -> Listing<'a> {
+        Listing {
+            options,
+            header,
+            empty,
+            rows: Vec::new(),
+        }
+    }
+
+    /// One row: its text cells (one per header column; made only in text
+    /// mode) and its JSON object.
+    pub(super) fn row(&mut self, cells: impl FnOnce() -> Vec<String>, json: Value) {
+        match self.options.output {
+            OutputFormat::Text => self.rows.push(cells()),
+            OutputFormat::Json => emit(self.options, String::new, json),
+        }
+    }
+
+    /// Prints the table (text mode; JSON rows are already out).
+    pub(super) fn finish(self) {
+        if self.options.output != OutputFormat::Text {
+            return;
+        }
+        if self.rows.is_empty() {
+            println!("{}", self.empty);
+        } else {
+            println!("{}", table(self.header, &self.rows));
+        }
+    }
+}
+
+/// A header row and rows, each column padded to its widest cell, two
+/// spaces apart; the last column is not padded (it holds free text such as
+/// a reason). Cells are single lines: a newline or tab in one is shown as a
+/// space, so a row stays one line.
+pub(super) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let clean = |cell: &str| cell.replace(['\n', '\r', '\t'], " ");
+    let lines: Vec<Vec<String>> = std::iter::once(header.iter().map(|h| h.to_string()).collect())
+        .chain(
+            rows.iter()
+                .map(|row| row.iter().map(|c| clean(c)).collect()),
+        )
+        .collect();
+    let columns = header.len();
+    let mut widths = vec![0; columns];
+    for line in &lines {
+        for (width, cell) in widths.iter_mut().zip(line) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    lines
+        .iter()
+        .map(|line| {
+            let mut text = String::new();
+            for (i, cell) in line.iter().enumerate().take(columns) {
+                if i + 1 == columns {
+                    text.push_str(cell);
+                } else {
+                    let pad = widths[i] - cell.chars().count();
+                    text.push_str(cell);
+                    text.push_str(&" ".repeat(pad + 2));
+                }
+            }
+            text.trim_end().to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
 
 /// How many hex digits of a digest text output shows.
 pub(super) const SHORT_DIGEST_HEX: usize = 12;
@@ -18,13 +107,35 @@ pub(super) fn short_digest(digest: &str) -> String {
     }
 }
 
-/// "1 agent", "3 agents".
+/// Free text (an audit entry's detail) with every full `sha256:<64 hex>`
+/// in it shortened as `short_digest` does.
+pub(super) fn short_digests_in(text: &str) -> String {
+    text.split(' ')
+        .map(|word| {
+            let full = word
+                .strip_prefix("sha256:")
+                .is_some_and(|hex| hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit()));
+            if full {
+                short_digest(word)
+            } else {
+                word.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// "1 agent", "3 agents": a count and a noun that agrees with it (the
+/// plural adds "s"; see `counted_as` for the others).
 pub(super) fn counted(n: impl Into<u64>, noun: &str) -> String {
-    let n = n.into();
-    if n == 1 {
-        format!("1 {noun}")
-    } else {
-        format!("{n} {noun}s")
+    counted_as(n, noun, &format!("{noun}s"))
+}
+
+/// "1 ledger entry", "3 ledger entries".
+pub(super) fn counted_as(n: impl Into<u64>, singular: &str, plural: &str) -> String {
+    match n.into() {
+        1 => format!("1 {singular}"),
+        n => format!("{n} {plural}"),
     }
 }
 
@@ -66,9 +177,47 @@ mod tests {
     }
 
     #[test]
+    fn full_digests_in_free_text_are_shortened() {
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        assert_eq!(
+            short_digests_in(&format!("{digest} -> v2 sha256:abc")),
+            "sha256:abababababab -> v2 sha256:abc"
+        );
+    }
+
+    #[test]
+    fn ages_are_seconds_minutes_hours_then_days() {
+        let before = |seconds: i64| {
+            Some(crate::time::to_timestamp(
+                now_micros() - seconds * 1_000_000,
+            ))
+        };
+        assert_eq!(ago(&before(300)), "5 min ago");
+        assert_eq!(ago(&before(3 * 3600 + 60)), "3 h ago");
+        assert!(ago(&before(3 * 86_400)).starts_with("3 d ago ("));
+        assert_eq!(ago(&None), "never");
+    }
+
+    #[test]
     fn counted_nouns_agree_with_their_number() {
         assert_eq!(counted(1u32, "agent"), "1 agent");
         assert_eq!(counted(0u32, "agent"), "0 agents");
         assert_eq!(counted(3u32, "agent"), "3 agents");
+        assert_eq!(counted_as(1u32, "entry", "entries"), "1 entry");
+        assert_eq!(counted_as(2u32, "entry", "entries"), "2 entries");
+    }
+
+    #[test]
+    fn tables_align_their_columns_under_a_header() {
+        let rows = vec![
+            vec!["v10".to_string(), "alice".into(), "a reason".into()],
+            vec!["v9".to_string(), "bob\tsmith".into(), "two\nlines".into()],
+        ];
+        assert_eq!(
+            table(&["VERSION", "AUTHOR", "REASON"], &rows),
+            "VERSION  AUTHOR     REASON\n\
+             v10      alice      a reason\n\
+             v9       bob smith  two lines"
+        );
     }
 }

@@ -167,7 +167,7 @@ async fn stream_events(
                                 state.name,
                                 state.label,
                                 state.version,
-                                state.digest
+                                short_digest(&state.digest)
                             )
                         },
                         json!({"revision": snapshot.revision, "type": "snapshot", "name": state.name, "label": state.label,
@@ -211,7 +211,7 @@ async fn stream_events(
                                         kind_name(m.kind),
                                         m.name,
                                         m.label,
-                                        m.digest,
+                                        short_digest(&m.digest),
                                         m.actor,
                                         m.reason
                                     )
@@ -242,7 +242,11 @@ async fn stream_events(
                             || {
                                 format!(
                                     "revision {}\tpublished\t{} v{}\t{}\t{}",
-                                    batch.revision, v.name, v.version, v.digest, v.author
+                                    batch.revision,
+                                    v.name,
+                                    v.version,
+                                    short_digest(&v.digest),
+                                    v.author
                                 )
                             },
                             json!({"revision": batch.revision, "type": "version_published", "name": v.name,
