@@ -382,15 +382,15 @@ pub fn markdown(s: &Value) -> String {
     // Resident memory as the data grows.
     if let Some(runs) = sc["memory"]["runs"].as_array() {
         out += &format!(
-            "\n| caches ({} versions of {} KiB published, then read) | started (MiB) | published (MiB) | read (MiB) | VmHWM (MiB) |\n",
+            "\n| caches ({} versions of {} KiB published, then read) | started (MiB) | published (MiB) | read (MiB) | read again (MiB) | VmHWM (MiB) |\n",
             sc["memory"]["versions"],
             sc["memory"]["version_bytes"].as_u64().unwrap_or(0) / 1024
         );
-        out += "| --- | ---: | ---: | ---: | ---: |\n";
+        out += "| --- | ---: | ---: | ---: | ---: | ---: |\n";
         for run in runs {
             let flags = run["flags"].as_str().unwrap_or("");
             out += &format!(
-                "| {}{} | {} | {} | {} | {} |\n",
+                "| {}{} | {} | {} | {} | {} | {} |\n",
                 run["caches"].as_str().unwrap_or("?"),
                 if flags.is_empty() {
                     String::new()
@@ -400,6 +400,7 @@ pub fn markdown(s: &Value) -> String {
                 fmt(num(run, "/started_rss_mib")),
                 fmt(num(run, "/published_rss_mib")),
                 fmt(num(run, "/read_rss_mib")),
+                fmt(num(run, "/read_again_rss_mib")),
                 fmt(num(run, "/hwm_mib")),
             );
         }
