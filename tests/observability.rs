@@ -422,6 +422,47 @@ async fn spans_continue_the_callers_trace_and_carry_prompt_attributes() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The cache gauges (set every 5 s): the version read above is held,
+    // within the default 16 MiB bound; the label cache reports its bound.
+    client
+        .get_version(pb::GetVersionRequest {
+            name: "agents/support".into(),
+            selector: Some(pb::get_version_request::Selector::Label(
+                "production".into(),
+            )),
+        })
+        .await
+        .expect("resolve production");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let address = metrics_address.clone();
+        let body = tokio::task::spawn_blocking(move || scrape(&address))
+            .await
+            .unwrap();
+        let cache =
+            |metric: &str, cache: &str| sample(&body, metric, &[&format!("cache=\"{cache}\"")]);
+        // The first sample may predate the read; the next comes 5 s later.
+        if cache("promptreg_cache_entries", "version").is_some_and(|n| n >= 1.0) {
+            let bytes = cache("promptreg_cache_bytes", "version").expect("version bytes");
+            assert!(bytes > 0.0 && bytes <= 16.0 * 1024.0 * 1024.0, "{body}");
+            assert_eq!(
+                cache("promptreg_cache_capacity", "version"),
+                Some(16.0 * 1024.0 * 1024.0),
+                "{body}"
+            );
+            assert_eq!(
+                cache("promptreg_cache_capacity", "label"),
+                Some(100_000.0),
+                "{body}"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no cache gauges in /metrics: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     drop(server);
 }
 

@@ -36,6 +36,9 @@ enum Scenario {
     Write,
     /// The same fan-out, Range and Put work against etcd 3.4.
     Etcd,
+    /// Resident memory after publishing and reading N versions of 8 KiB,
+    /// with the default caches and with small ones.
+    Memory,
     /// Everything, then the summary tables.
     All,
 }
@@ -73,6 +76,10 @@ struct Cli {
     /// (WatchMany) and of etcd (0 or 1: skip it).
     #[arg(long, default_value_t = 100)]
     shared_stream: usize,
+    /// Versions of 8 KiB that `memory` publishes (default 3000; 300 with
+    /// --quick).
+    #[arg(long)]
+    memory_versions: Option<u64>,
     /// Small and fast: everything in under a minute.
     #[arg(long)]
     quick: bool,
@@ -120,6 +127,7 @@ impl Cli {
                 .clone()
                 .unwrap_or_else(server::default_server_bin),
             etcd_bin: self.etcd_bin.clone(),
+            memory_versions: self.memory_versions.unwrap_or(if q { 300 } else { 3000 }),
             quick: q,
         }
     }
@@ -168,6 +176,7 @@ async fn run(scenario: Scenario, opts: &Options) -> anyhow::Result<Value> {
         Scenario::Resolve => scenarios::resolve::run(opts).await?,
         Scenario::Write => scenarios::write::run(opts).await?,
         Scenario::Etcd => scenarios::etcd::run(opts).await?,
+        Scenario::Memory => scenarios::memory::run(opts).await?,
         Scenario::All => {
             let mut results = json!({});
             one("fanout");
@@ -182,6 +191,8 @@ async fn run(scenario: Scenario, opts: &Options) -> anyhow::Result<Value> {
             results["write"] = scenarios::write::run(opts).await?;
             one("etcd");
             results["etcd"] = scenarios::etcd::run(opts).await?;
+            one("memory");
+            results["memory"] = scenarios::memory::run(opts).await?;
             report::summary(opts, &results, procfs::cpu_seconds(None) - harness0)
         }
     })

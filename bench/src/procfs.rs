@@ -7,15 +7,28 @@ use std::time::Instant;
 
 /// Resident set size of `pid` in bytes (`VmRSS` of /proc/PID/status).
 pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    status_bytes(pid, "VmRSS")
+}
+
+/// The most `pid` was ever resident, in bytes (`VmHWM`).
+pub fn hwm_bytes(pid: u32) -> anyhow::Result<u64> {
+    status_bytes(pid, "VmHWM")
+}
+
+/// A `kB` field of /proc/PID/status, in bytes.
+fn status_bytes(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .ok_or_else(|| anyhow::anyhow!("no VmRSS in /proc/{pid}/status"))?;
+        .find(|l| {
+            l.strip_prefix(field)
+                .is_some_and(|rest| rest.starts_with(':'))
+        })
+        .ok_or_else(|| anyhow::anyhow!("no {field} in /proc/{pid}/status"))?;
     let kb: u64 = line
         .split_whitespace()
         .nth(1)
-        .ok_or_else(|| anyhow::anyhow!("bad VmRSS line: {line}"))?
+        .ok_or_else(|| anyhow::anyhow!("bad {field} line: {line}"))?
         .parse()?;
     Ok(kb * 1024)
 }

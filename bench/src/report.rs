@@ -101,6 +101,11 @@ pub fn summary(opts: &Options, r: &Value, harness_cpu_s: f64) -> Value {
         "etcd_bytes_per_watch": e["fanout"]["bytes_per_watch"],
         "etcd_shared_bytes_per_watch": e["fanout_shared_stream"]["bytes_per_watch"],
         "shared_bytes_per_watch": f["shared_stream"]["bytes_per_watch"],
+        "memory_versions": r["memory"]["versions"],
+        "memory_default_rss_mib": num(&r["memory"], "/runs/0/read_rss_mib"),
+        "memory_default_hwm_mib": num(&r["memory"], "/runs/0/hwm_mib"),
+        "memory_small_rss_mib": num(&r["memory"], "/runs/1/read_rss_mib"),
+        "memory_small_hwm_mib": num(&r["memory"], "/runs/1/hwm_mib"),
         "harness_cpu_s": crate::procfs::round3(harness_cpu_s),
         "scenarios": r,
     })
@@ -370,6 +375,33 @@ pub fn markdown(s: &Value) -> String {
                 num(cl, "/ratio"),
                 fmt(num(er, "/qps")),
                 lat(er)
+            );
+        }
+    }
+
+    // Resident memory as the data grows.
+    if let Some(runs) = sc["memory"]["runs"].as_array() {
+        out += &format!(
+            "\n| caches ({} versions of {} KiB published, then read) | started (MiB) | published (MiB) | read (MiB) | read again (MiB) | VmHWM (MiB) |\n",
+            sc["memory"]["versions"],
+            sc["memory"]["version_bytes"].as_u64().unwrap_or(0) / 1024
+        );
+        out += "| --- | ---: | ---: | ---: | ---: | ---: |\n";
+        for run in runs {
+            let flags = run["flags"].as_str().unwrap_or("");
+            out += &format!(
+                "| {}{} | {} | {} | {} | {} | {} |\n",
+                run["caches"].as_str().unwrap_or("?"),
+                if flags.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (`{flags}`)")
+                },
+                fmt(num(run, "/started_rss_mib")),
+                fmt(num(run, "/published_rss_mib")),
+                fmt(num(run, "/read_rss_mib")),
+                fmt(num(run, "/read_again_rss_mib")),
+                fmt(num(run, "/hwm_mib")),
             );
         }
     }

@@ -54,6 +54,8 @@ pub struct ServerProcess {
     earlier_cpu_s: f64,
     /// Kept across restarts; removed when the server is dropped.
     data_dir: tempfile::TempDir,
+    /// More `serve` flags, given again at every restart.
+    extra_args: Vec<String>,
 }
 
 /// The outcome of starting one server process.
@@ -67,16 +69,22 @@ enum Spawned {
 impl ServerProcess {
     /// Starts `bin serve` and waits (at most 30 s) for its "serving" line.
     pub fn start(bin: &Path) -> anyhow::Result<Self> {
+        Self::start_with_args(bin, &[])
+    }
+
+    /// [`ServerProcess::start`] with more `serve` flags.
+    pub fn start_with_args(bin: &Path, extra_args: &[String]) -> anyhow::Result<Self> {
         let data_dir = tempfile::Builder::new()
             .prefix("promptreg-bench-")
             .tempdir()?;
-        match spawn(bin, data_dir.path(), "127.0.0.1:0")? {
+        match spawn(bin, data_dir.path(), "127.0.0.1:0", extra_args)? {
             Spawned::Serving(child, addr) => Ok(ServerProcess {
                 child,
                 addr,
                 bin: bin.to_path_buf(),
                 earlier_cpu_s: 0.0,
                 data_dir,
+                extra_args: extra_args.to_vec(),
             }),
             Spawned::Exited(why) => bail!("{} {why}", bin.display()),
         }
@@ -96,7 +104,12 @@ impl ServerProcess {
         let exited = Instant::now();
         let deadline = exited + Duration::from_secs(10);
         loop {
-            match spawn(&self.bin, self.data_dir.path(), &self.addr)? {
+            match spawn(
+                &self.bin,
+                self.data_dir.path(),
+                &self.addr,
+                &self.extra_args,
+            )? {
                 Spawned::Serving(child, addr) => {
                     self.child = child;
                     anyhow::ensure!(
@@ -148,12 +161,13 @@ impl Drop for ServerProcess {
 /// Starts `bin serve --listen listen` on `dir` and waits (at most 30 s) for
 /// its "serving" line. Its log goes to `dir/server.log` (appended, so a
 /// restart adds to it).
-fn spawn(bin: &Path, dir: &Path, listen: &str) -> anyhow::Result<Spawned> {
+fn spawn(bin: &Path, dir: &Path, listen: &str, extra_args: &[String]) -> anyhow::Result<Spawned> {
     let log_path = dir.join("server.log");
     let mut child = Command::new(bin)
         .args(["serve", "--listen", listen, "--log-format", "json"])
         .arg("--data-dir")
         .arg(dir.join("data"))
+        .args(extra_args)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

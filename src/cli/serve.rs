@@ -3,7 +3,7 @@
 use crate::domain::Limits;
 use crate::registry::provenance::KeySource;
 use crate::registry::watch::WatchConfig;
-use crate::registry::RegistryConfig;
+use crate::registry::{CacheConfig, RegistryConfig};
 use clap::{Args, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,6 +38,50 @@ pub struct ServeArgs {
     pub limits: LimitArgs,
     #[command(flatten)]
     pub watch: WatchArgs,
+    #[command(flatten)]
+    pub caches: CacheArgs,
+}
+
+/// Memory for caches; see README, Operations, Memory.
+#[derive(Debug, Clone, Args)]
+pub struct CacheArgs {
+    /// The storage engine's (sled's) page cache, in MiB. Store reads that
+    /// miss it go to the OS page cache.
+    #[arg(long, env = "PROMPTREG_STORE_CACHE_MB", value_name = "MIB", default_value_t = CacheConfig::default().store_bytes / MIB)]
+    pub store_cache_mb: u64,
+    /// Decoded versions kept for resolves, in MiB (estimated: content,
+    /// metadata and its wire encoding). Least recently used out first.
+    #[arg(long, env = "PROMPTREG_VERSION_CACHE_MB", value_name = "MIB", default_value_t = CacheConfig::default().version_bytes as u64 / MIB)]
+    pub version_cache_mb: u64,
+}
+
+const MIB: u64 = 1024 * 1024;
+/// The most either cache flag accepts: 1 TiB, far above any sane setting,
+/// so a typo in units is caught rather than overflowing.
+const MAX_CACHE_MB: u64 = 1024 * 1024;
+
+impl CacheArgs {
+    fn to_config(&self) -> Result<CacheConfig, String> {
+        for (flag, mb) in [
+            ("--store-cache-mb", self.store_cache_mb),
+            ("--version-cache-mb", self.version_cache_mb),
+        ] {
+            if mb == 0 {
+                return Err(format!("{flag} must be at least 1 (MiB)"));
+            }
+            if mb > MAX_CACHE_MB {
+                return Err(format!(
+                    "{flag} is {mb} MiB; the most is {MAX_CACHE_MB} (1 TiB)"
+                ));
+            }
+        }
+        let version_bytes = usize::try_from(self.version_cache_mb * MIB)
+            .map_err(|_| "--version-cache-mb is more than this machine can address".to_string())?;
+        Ok(CacheConfig {
+            store_bytes: self.store_cache_mb * MIB,
+            version_bytes,
+        })
+    }
 }
 
 /// Watch streams, change-log retention and fleet tracking.
@@ -201,8 +245,8 @@ pub async fn run_serve(args: ServeArgs) -> i32 {
     let settings = args
         .limits
         .to_limits()
-        .and_then(|l| Ok((l, args.watch.to_config()?)));
-    let (limits, watch) = match settings {
+        .and_then(|l| Ok((l, args.watch.to_config()?, args.caches.to_config()?)));
+    let (limits, watch, caches) = match settings {
         Ok(settings) => settings,
         Err(message) => {
             eprintln!("error: {message}");
@@ -221,6 +265,7 @@ pub async fn run_serve(args: ServeArgs) -> i32 {
         limits,
         watch,
         encryption_key_file: args.encryption_key_file,
+        caches,
         signing_key: match args.signing_key {
             Some(file) => KeySource::File(file),
             None => KeySource::DataDir,

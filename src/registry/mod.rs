@@ -8,6 +8,7 @@
 pub mod fleet;
 mod group_commit;
 pub mod provenance;
+mod version_cache;
 pub mod watch;
 
 use crate::domain::{
@@ -23,15 +24,19 @@ use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
+pub use version_cache::CacheUsage;
+use version_cache::VersionCache;
 use watch::{Hub, WatchConfig};
 
 /// Page sizes: the default when a request says 0, and the most one page holds.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 pub const MAX_PAGE_SIZE: usize = 1000;
 
-/// Decoded versions kept in memory; the cache starts over when full.
-const VERSION_CACHE_ENTRIES: usize = 10_000;
-/// Label targets kept in memory; the cache starts over when full.
+/// Label targets kept in memory; the cache starts over when full. An entry
+/// is a label name (at most 63 bytes), a digest and three numbers, about
+/// 200 bytes with its map slot, so the cache stays under ~20 MB even with
+/// the longest names (a few MB for typical ones). Not a flag: it is a
+/// small, fixed cost, unlike the version cache.
 const LABEL_CACHE_ENTRIES: usize = 100_000;
 
 /// Where labels point, as last read from the store: a resolve then costs
@@ -87,6 +92,28 @@ pub struct RegistryConfig {
     pub signing_key: provenance::KeySource,
     /// Encrypt version content at rest with the 32-byte key in this file.
     pub encryption_key_file: Option<PathBuf>,
+    /// How much memory the caches may hold.
+    pub caches: CacheConfig,
+}
+
+/// The memory bounds of the two caches that grow with the data. Everything
+/// else in memory is bounded by the load (streams, agents), not the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// sled's page cache, in bytes (default 32 MiB; `--store-cache-mb`).
+    pub store_bytes: u64,
+    /// Decoded versions for resolves, in estimated bytes (default 16 MiB;
+    /// `--version-cache-mb`).
+    pub version_bytes: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            store_bytes: crate::store::DEFAULT_CACHE_BYTES,
+            version_bytes: 16 * 1024 * 1024,
+        }
+    }
 }
 
 impl RegistryConfig {
@@ -98,6 +125,7 @@ impl RegistryConfig {
             watch: WatchConfig::default(),
             signing_key: provenance::KeySource::DataDir,
             encryption_key_file: None,
+            caches: CacheConfig::default(),
         }
     }
 }
@@ -215,10 +243,10 @@ struct Inner {
     group_commit: Arc<GroupCommit>,
     hub: Hub,
     fleet: Arc<Fleet>,
-    /// Decoded versions by (name, number). Versions are immutable, so
-    /// entries never go stale; pruning removes the ones it empties. Saves
-    /// the record decoding (and decryption) on every resolve.
-    versions: Mutex<std::collections::HashMap<(PromptName, u64), Arc<SharedVersion>>>,
+    /// Decoded versions by (name, number), bounded in bytes; see
+    /// [`VersionCache`]. Pruning removes the ones it empties. Saves the
+    /// record decoding (and decryption) on every resolve.
+    versions: Mutex<VersionCache>,
     /// Label targets, for the resolve hot path; see [`LabelCache`].
     labels: std::sync::RwLock<LabelCache>,
     data_dir: PathBuf,
@@ -264,7 +292,8 @@ impl Registry {
             Some(path) => Some(crate::store::DataKey::load(path)?),
             None => None,
         };
-        let store = Store::open(&dir, data_key).map_err(|e| damaged_if_corrupt(&dir, e))?;
+        let store = Store::open_with_cache(&dir, data_key, config.caches.store_bytes)
+            .map_err(|e| damaged_if_corrupt(&dir, e))?;
         store
             .check_startup()
             .map_err(|reason| RegistryError::Damaged {
@@ -292,7 +321,7 @@ impl Registry {
             group_commit: group_commit.clone(),
             hub: Hub::new(config.watch, head),
             fleet: Arc::new(Fleet::default()),
-            versions: Mutex::new(Default::default()),
+            versions: Mutex::new(VersionCache::new(config.caches.version_bytes)),
             labels: Default::default(),
             data_dir: dir.clone(),
             key_source: config.signing_key.clone(),
@@ -312,6 +341,25 @@ impl Registry {
 
     pub fn limits(&self) -> &Limits {
         &self.inner.limits
+    }
+
+    /// What the decoded-version cache holds now (bytes are its estimate).
+    pub fn version_cache_usage(&self) -> CacheUsage {
+        self.inner
+            .versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .usage()
+    }
+
+    /// What the label-target cache holds now (entries; it has no byte count).
+    pub fn label_cache_usage(&self) -> CacheUsage {
+        let cache = self.inner.labels.read().unwrap_or_else(|p| p.into_inner());
+        CacheUsage {
+            entries: cache.entries,
+            bytes: 0,
+            capacity: LABEL_CACHE_ENTRIES,
+        }
     }
 
     /// The newest durable revision.
@@ -1014,7 +1062,7 @@ impl Registry {
             .unwrap_or_else(|p| p.into_inner())
             .get(&key)
         {
-            return Ok(cached.clone());
+            return Ok(cached);
         }
         match self.store().version(name, number)? {
             Some(version) => {
@@ -1023,9 +1071,6 @@ impl Registry {
                     .versions
                     .lock()
                     .unwrap_or_else(|p| p.into_inner());
-                if cache.len() >= VERSION_CACHE_ENTRIES {
-                    cache.clear();
-                }
                 let shared = Arc::new(SharedVersion::new(version));
                 cache.insert(key, shared.clone());
                 Ok(shared)
@@ -1127,7 +1172,9 @@ async fn run_housekeeping(registry: Weak<Inner>, interval: std::time::Duration) 
 /// Refreshes the gauges that are states rather than events: fleet counts
 /// per label and the store's size.
 async fn run_gauges(registry: Weak<Inner>, interval: std::time::Duration) {
-    use crate::telemetry::metrics::{FLEET_AGENTS, STORE_SIZE};
+    use crate::telemetry::metrics::{
+        CACHE_BYTES, CACHE_CAPACITY, CACHE_ENTRIES, FLEET_AGENTS, STORE_SIZE,
+    };
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -1138,6 +1185,16 @@ async fn run_gauges(registry: Weak<Inner>, interval: std::time::Duration) {
         let registry = Registry { inner };
         if let Ok(size) = registry.store().size_on_disk() {
             metrics::gauge!(STORE_SIZE).set(size as f64);
+        }
+        for (cache, usage) in [
+            ("version", registry.version_cache_usage()),
+            ("label", registry.label_cache_usage()),
+        ] {
+            metrics::gauge!(CACHE_ENTRIES, "cache" => cache).set(usage.entries as f64);
+            metrics::gauge!(CACHE_CAPACITY, "cache" => cache).set(usage.capacity as f64);
+            if cache == "version" {
+                metrics::gauge!(CACHE_BYTES, "cache" => cache).set(usage.bytes as f64);
+            }
         }
         let Ok(rows) = registry.fleet_status(None, None) else {
             continue;

@@ -52,6 +52,14 @@ pub use sealing::{DataKey, DataKeyError};
 /// The on-disk schema this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// sled's page cache unless `serve --store-cache-mb` says otherwise: 32 MiB.
+/// sled's own default is 1 GiB, and sled fills its cache as data is
+/// written, so the process's memory would follow the data up to it. Reads
+/// that miss it are served from the OS page cache, which the kernel can
+/// reclaim; prompts are small, so 32 MiB holds the hot part of a large
+/// registry.
+pub const DEFAULT_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+
 const KEY_SCHEMA: &[u8] = b"meta/schema";
 const KEY_HEAD: &[u8] = b"meta/rev";
 const KEY_COMPACT: &[u8] = b"meta/compact";
@@ -125,6 +133,17 @@ impl Store {
     /// key, or opened without its key, is refused before anything is read or
     /// written.
     pub fn open(dir: &Path, data_key: Option<DataKey>) -> Result<Store> {
+        Store::open_with_cache(dir, data_key, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`Store::open`] with sled's page cache bounded to `cache_bytes`
+    /// (sled's own accounting; the OS page cache holds the rest of the
+    /// files).
+    pub fn open_with_cache(
+        dir: &Path,
+        data_key: Option<DataKey>,
+        cache_bytes: u64,
+    ) -> Result<Store> {
         // The data key id is also kept in a plain file beside the store, so
         // that a start with a wrong or missing key is refused before sled
         // opens (sled writes to its files when it opens).
@@ -134,7 +153,7 @@ impl Store {
         }
         let (durable_head, recorded_head) =
             DurableHeadFile::open(dir).map_err(|source| StoreError::DurableHead { source })?;
-        let db = open_sled(&dir.join("sled"))?;
+        let db = open_sled(&dir.join("sled"), cache_bytes)?;
         match db.get(KEY_SCHEMA)? {
             None => {
                 db.insert(KEY_SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
@@ -1021,14 +1040,12 @@ impl Store {
 /// lock can outlive the last handle by a moment. Another *process* cannot be
 /// the holder here: the registry's own `LOCK` file was taken first. So a
 /// lock conflict is retried for a few seconds before it is reported.
-fn open_sled(path: &Path) -> Result<sled::Db> {
+fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        // sled's default page cache is 1 GiB; prompts are small and the OS
-        // page cache holds the rest.
         let opened = sled::Config::new()
             .path(path)
-            .cache_capacity(128 * 1024 * 1024)
+            .cache_capacity(cache_bytes)
             .open();
         match opened {
             Err(sled::Error::Io(e))

@@ -20,6 +20,13 @@ pub const WATCH_OVERFLOWS: &str = "promptreg_watch_overflows_total";
 pub const FLEET_AGENTS: &str = "promptreg_fleet_agents";
 /// The store's size on disk, in bytes.
 pub const STORE_SIZE: &str = "promptreg_store_size_bytes";
+/// What an in-memory cache holds now, by `cache` (`version`, `label`): its
+/// estimated bytes (the version cache only) ...
+pub const CACHE_BYTES: &str = "promptreg_cache_bytes";
+/// ... its entries ...
+pub const CACHE_ENTRIES: &str = "promptreg_cache_entries";
+/// ... and its bound (bytes for `version`, entries for `label`).
+pub const CACHE_CAPACITY: &str = "promptreg_cache_capacity";
 /// Group-commit flush latency, in seconds.
 pub const FLUSH_DURATION: &str = "promptreg_flush_duration_seconds";
 /// Label moves by `label` and `kind` (promote, rollback, remove).

@@ -5,6 +5,7 @@ pub mod converge;
 pub mod delivery;
 pub mod etcd;
 pub mod fanout;
+pub mod memory;
 pub mod resolve;
 pub mod storm;
 pub mod write;
@@ -46,6 +47,8 @@ pub struct Options {
     pub storm_write_interval: Duration,
     pub server_bin: PathBuf,
     pub etcd_bin: String,
+    /// Versions of 8 KiB published by `memory`.
+    pub memory_versions: u64,
     pub quick: bool,
 }
 
