@@ -62,11 +62,12 @@ pub async fn serve(
     let restart_needed = {
         let mut write_health = write_health.clone();
         async move {
-            match write_health
+            let why = write_health
                 .wait_for(|state| matches!(state, WriteHealth::RestartNeeded(_)))
                 .await
-            {
-                Ok(state) => state.refusal().unwrap_or_default().to_string(),
+                .map(|state| state.refusal().unwrap_or_default().to_string());
+            match why {
+                Ok(why) => why,
                 Err(_) => std::future::pending().await,
             }
         }

@@ -287,9 +287,7 @@ impl RegistryApi for RegistryService {
         _request: Request<pb::CreateCheckpointRequest>,
     ) -> Answer<pb::Checkpoint> {
         Ok(Response::new(convert::checkpoint_to_pb(
-            self.registry
-                .off_runtime(|r| r.create_checkpoint())
-                .await?,
+            self.registry.off_runtime(|r| r.create_checkpoint()).await?,
         )))
     }
 

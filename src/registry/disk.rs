@@ -200,13 +200,11 @@ pub fn bytes(n: u64) -> String {
 /// `GiB` (also `K`, `M`, `G`).
 pub fn parse_size(raw: &str) -> Result<u64, String> {
     let raw = raw.trim();
-    let split = raw
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(raw.len());
+    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
     let (number, unit) = raw.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{raw:?} is not a size: write bytes, or a number with KiB, MiB or GiB"))?;
+    let number: u64 = number.parse().map_err(|_| {
+        format!("{raw:?} is not a size: write bytes, or a number with KiB, MiB or GiB")
+    })?;
     let scale: u64 = match unit.trim() {
         "" | "B" => 1,
         "K" | "KiB" => 1024,

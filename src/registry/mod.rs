@@ -17,13 +17,13 @@ use crate::domain::{
     Version, VersionDiff,
 };
 use crate::store::{Store, StoreError};
+use disk::{SpaceRule, WriteGate, WriteHealth};
 use fleet::{Ack, AgentLabelStatus, Fleet};
 use group_commit::GroupCommit;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use disk::{SpaceRule, WriteGate, WriteHealth};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use watch::{Hub, WatchConfig};
@@ -310,6 +310,7 @@ impl Registry {
             None => None,
         };
         let store = Store::open(&dir, data_key).map_err(|e| damaged_if_corrupt(&dir, e))?;
+        discard_torn_tail(&store).map_err(|e| damaged_if_corrupt(&dir, e))?;
         store
             .check_startup()
             .map_err(|reason| RegistryError::Damaged {
@@ -444,7 +445,9 @@ impl Registry {
         let task = tokio::task::spawn_blocking(move || read(&this));
         match tokio::time::timeout(disk::WRITE_PATIENCE, task).await {
             Ok(Ok(result)) => result,
-            Ok(Err(join)) => Err(RegistryError::Unwritable(format!("the read failed: {join}"))),
+            Ok(Err(join)) => Err(RegistryError::Unwritable(format!(
+                "the read failed: {join}"
+            ))),
             Err(_) => Err(RegistryError::Unwritable(format!(
                 "the store did not answer within {} s (storage is not answering)",
                 disk::WRITE_PATIENCE.as_secs()
@@ -476,73 +479,73 @@ impl Registry {
         let digest = new.content.digest();
         let published = self
             .write(move |this| {
-            let mut writer = this.lock_writer();
-            let store = this.store();
-            let existing = match store.version_by_digest(&new.name, &digest)? {
-                Some(number) => store.version(&new.name, number)?.filter(|v| !v.pruned),
-                None => None,
-            };
-            if let Some(existing) = existing {
-                return Ok(Published {
-                    version: existing.number,
-                    digest,
-                    revision: existing.revision,
-                    created: false,
-                });
-            }
-            {
-                let number = store.prompt(&new.name)?.map_or(1, |p| p.latest_version + 1);
-                let (revision, time) = writer.next();
-                let latest = LabelName::latest();
-                let previous = store.label(&new.name, &latest)?;
-                let version = Version {
-                    name: new.name.clone(),
-                    number,
-                    digest,
-                    content: new.content,
-                    author: new.author.clone(),
-                    description: new.description,
-                    tags: new.tags,
-                    created_at: time,
-                    revision,
-                    signature: Some(writer.sign_version(&new.name, number, &digest, time)),
-                    pruned: false,
+                let mut writer = this.lock_writer();
+                let store = this.store();
+                let existing = match store.version_by_digest(&new.name, &digest)? {
+                    Some(number) => store.version(&new.name, number)?.filter(|v| !v.pruned),
+                    None => None,
                 };
-                let latest_move = LabelMove {
-                    name: new.name.clone(),
-                    label: latest,
-                    revision,
-                    time,
-                    kind: MoveKind::Promote,
-                    from_version: previous.map(|p| p.version),
-                    to_version: Some(number),
-                    digest: Some(digest),
-                    trace_id: new.trace_id.clone(),
-                    actor: new.author.clone(),
-                    reason: format!("version {number} published"),
-                };
-                let change = Revision {
-                    revision,
-                    time,
-                    trace_id: new.trace_id,
-                    changes: vec![
-                        Change::VersionPublished {
-                            name: new.name,
-                            version: number,
-                            digest,
-                            author: new.author,
-                        },
-                        Change::LabelMoved(latest_move),
-                    ],
-                };
-                this.commit(&mut writer, change, Some(&version))?;
-                Ok(Published {
-                    version: number,
-                    digest,
-                    revision,
-                    created: true,
-                })
-            }
+                if let Some(existing) = existing {
+                    return Ok(Published {
+                        version: existing.number,
+                        digest,
+                        revision: existing.revision,
+                        created: false,
+                    });
+                }
+                {
+                    let number = store.prompt(&new.name)?.map_or(1, |p| p.latest_version + 1);
+                    let (revision, time) = writer.next();
+                    let latest = LabelName::latest();
+                    let previous = store.label(&new.name, &latest)?;
+                    let version = Version {
+                        name: new.name.clone(),
+                        number,
+                        digest,
+                        content: new.content,
+                        author: new.author.clone(),
+                        description: new.description,
+                        tags: new.tags,
+                        created_at: time,
+                        revision,
+                        signature: Some(writer.sign_version(&new.name, number, &digest, time)),
+                        pruned: false,
+                    };
+                    let latest_move = LabelMove {
+                        name: new.name.clone(),
+                        label: latest,
+                        revision,
+                        time,
+                        kind: MoveKind::Promote,
+                        from_version: previous.map(|p| p.version),
+                        to_version: Some(number),
+                        digest: Some(digest),
+                        trace_id: new.trace_id.clone(),
+                        actor: new.author.clone(),
+                        reason: format!("version {number} published"),
+                    };
+                    let change = Revision {
+                        revision,
+                        time,
+                        trace_id: new.trace_id,
+                        changes: vec![
+                            Change::VersionPublished {
+                                name: new.name,
+                                version: number,
+                                digest,
+                                author: new.author,
+                            },
+                            Change::LabelMoved(latest_move),
+                        ],
+                    };
+                    this.commit(&mut writer, change, Some(&version))?;
+                    Ok(Published {
+                        version: number,
+                        digest,
+                        revision,
+                        created: true,
+                    })
+                }
             })
             .await?;
         // Also for an existing version: it may have been committed by a
@@ -562,16 +565,16 @@ impl Registry {
         self.check_actor_reason(&request)?;
         let moved = self
             .write(move |this| {
-            let mut writer = this.lock_writer();
-            let current = this.existing_label_target(&request.name, &request.label)?;
-            check_expected(&request, current.as_ref(), expected_version)?;
-            this.move_label(
-                &mut writer,
-                request,
-                MoveKind::Promote,
-                current,
-                Some(version),
-            )
+                let mut writer = this.lock_writer();
+                let current = this.existing_label_target(&request.name, &request.label)?;
+                check_expected(&request, current.as_ref(), expected_version)?;
+                this.move_label(
+                    &mut writer,
+                    request,
+                    MoveKind::Promote,
+                    current,
+                    Some(version),
+                )
             })
             .await?;
         self.wait_durable(moved.revision).await?;
@@ -590,54 +593,57 @@ impl Registry {
         self.check_actor_reason(&request)?;
         let moved = self
             .write(move |this| {
-            let mut writer = this.lock_writer();
-            let current = this.existing_label_target(&request.name, &request.label)?;
-            check_expected(&request, current.as_ref(), expected_version)?;
-            // A label that was never set is an unknown label (NOT_FOUND, as
-            // everywhere), with or without an explicit target: there is no
-            // "back" to move it to.
-            let never_set = || {
-                RegistryError::NotFound(format!(
+                let mut writer = this.lock_writer();
+                let current = this.existing_label_target(&request.name, &request.label)?;
+                check_expected(&request, current.as_ref(), expected_version)?;
+                // A label that was never set is an unknown label (NOT_FOUND, as
+                // everywhere), with or without an explicit target: there is no
+                // "back" to move it to.
+                let never_set = || {
+                    RegistryError::NotFound(format!(
                     "label {} of {} has never been set: nothing to roll back (promote a version)",
                     request.label, request.name
                 ))
-            };
-            let target = match to_version {
-                Some(version) => {
-                    if current.is_none()
-                        && this
-                            .store()
-                            .history(&request.name, &request.label, None, 1)?
-                            .is_empty()
-                    {
-                        return Err(never_set());
+                };
+                let target = match to_version {
+                    Some(version) => {
+                        if current.is_none()
+                            && this
+                                .store()
+                                .history(&request.name, &request.label, None, 1)?
+                                .is_empty()
+                        {
+                            return Err(never_set());
+                        }
+                        version
                     }
-                    version
-                }
-                None => {
-                    let mut history =
-                        this.store()
-                            .history(&request.name, &request.label, None, usize::MAX)?;
-                    history.reverse();
-                    rollback_target(&history).map_err(|why| match why {
-                        NoRollbackTarget::NoHistory => never_set(),
-                        NoRollbackTarget::LabelDidNotExist => {
-                            RegistryError::FailedPrecondition(format!(
+                    None => {
+                        let mut history = this.store().history(
+                            &request.name,
+                            &request.label,
+                            None,
+                            usize::MAX,
+                        )?;
+                        history.reverse();
+                        rollback_target(&history).map_err(|why| match why {
+                            NoRollbackTarget::NoHistory => never_set(),
+                            NoRollbackTarget::LabelDidNotExist => {
+                                RegistryError::FailedPrecondition(format!(
                                 "nothing to roll back to: before its latest move, label {} of {} \
                                  was not set (use unlabel to remove it, or promote a version)",
                                 request.label, request.name
                             ))
-                        }
-                    })?
-                }
-            };
-            this.move_label(
-                &mut writer,
-                request,
-                MoveKind::Rollback,
-                current,
-                Some(target),
-            )
+                            }
+                        })?
+                    }
+                };
+                this.move_label(
+                    &mut writer,
+                    request,
+                    MoveKind::Rollback,
+                    current,
+                    Some(target),
+                )
             })
             .await?;
         self.wait_durable(moved.revision).await?;
@@ -649,15 +655,15 @@ impl Registry {
         self.check_actor_reason(&request)?;
         let moved = self
             .write(move |this| {
-            let mut writer = this.lock_writer();
-            let current = this.existing_label_target(&request.name, &request.label)?;
-            if current.is_none() {
-                return Err(RegistryError::NotFound(format!(
-                    "label {} is not set on {}",
-                    request.label, request.name
-                )));
-            }
-            this.move_label(&mut writer, request, MoveKind::Remove, current, None)
+                let mut writer = this.lock_writer();
+                let current = this.existing_label_target(&request.name, &request.label)?;
+                if current.is_none() {
+                    return Err(RegistryError::NotFound(format!(
+                        "label {} is not set on {}",
+                        request.label, request.name
+                    )));
+                }
+                this.move_label(&mut writer, request, MoveKind::Remove, current, None)
             })
             .await?;
         self.wait_durable(moved.revision).await?;
@@ -1267,10 +1273,7 @@ async fn run_flusher(registry: Weak<Inner>, group_commit: Arc<GroupCommit>) {
                 }
                 let durable: Vec<Arc<Revision>> = {
                     let mut pending = inner.pending.lock().unwrap_or_else(|p| p.into_inner());
-                    let count = pending
-                        .iter()
-                        .take_while(|r| r.revision <= target)
-                        .count();
+                    let count = pending.iter().take_while(|r| r.revision <= target).count();
                     pending.drain(..count).collect()
                 };
                 // The hub's head moves before the writers are released, so
@@ -1385,6 +1388,20 @@ impl Registry {
     }
 }
 
+/// Removes what a failed flush left of unacknowledged revisions (see
+/// `store/torn_tail.rs`), saying so in the log.
+fn discard_torn_tail(store: &Store) -> std::result::Result<(), StoreError> {
+    if let Some(was) = store.discard_torn_tail()? {
+        let kept = store.head_revision()?;
+        tracing::warn!(
+            discarded_from = kept + 1,
+            discarded_to = was,
+            "a failed flush left unacknowledged revisions half-written; they were discarded (the store is back at its durable head)"
+        );
+    }
+    Ok(())
+}
+
 /// A store error that means the files are damaged becomes `Damaged`, with
 /// the way out in its message.
 fn damaged_if_corrupt(dir: &Path, error: StoreError) -> RegistryError {
@@ -1418,6 +1435,13 @@ pub fn check_offline(dir: &Path, encryption_key_file: Option<&Path>) -> Result<V
         Ok(store) => store,
         Err(error) => return Ok(vec![format!("the store cannot be opened: {error}")]),
     };
+    // As a start would: a torn tail that was never acknowledged is not a
+    // problem, it is discarded.
+    if let Err(error) = discard_torn_tail(&store) {
+        return Ok(vec![format!(
+            "the store's unacknowledged tail cannot be discarded: {error}"
+        )]);
+    }
     let mut problems = Vec::new();
     if let Err(reason) = store.check_startup() {
         problems.push(reason);

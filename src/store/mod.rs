@@ -31,6 +31,7 @@ pub mod backup;
 pub mod durable_head;
 pub(crate) mod records;
 mod sealing;
+mod torn_tail;
 
 use crate::domain::{
     Change, ContentDigest, LabelMove, LabelName, LabelTarget, PromptName, PromptSummary, Revision,
