@@ -4,13 +4,24 @@
 use crate::grpc::{
     pb_server::registry_server::RegistryServer, RegistryService, FILE_DESCRIPTOR_SET,
 };
-use crate::registry::{Registry, RegistryConfig, RegistryError};
+use crate::registry::{disk::WriteHealth, Registry, RegistryConfig, RegistryError};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a stop waits for in-flight requests after ending watch streams.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The most a stop takes from the signal to the exit: the grace period,
+/// then the final flush (bounded; see the registry's `Drop`). After this the
+/// process exits whatever is still running (`promptreg serve` enforces it).
+pub const STOP_DEADLINE: Duration = Duration::from_secs(20);
+
+/// The gRPC health service name that answers whether writes are taken:
+/// NOT_SERVING while the store refuses writes (a full disk, failing
+/// flushes), SERVING again when they resume. The overall status (`""`) and
+/// the registry's own name stay SERVING while reads are served.
+pub const WRITE_HEALTH_SERVICE: &str = "promptreg.v1.Registry.writes";
 use tokio::net::TcpListener;
 
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +32,8 @@ pub enum ServerError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("the gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("stopping: {0}")]
+    RestartNeeded(String),
 }
 
 /// Opens the registry in `config.data_dir` and serves it on `listener` until
@@ -45,6 +58,35 @@ pub async fn serve(
     health_reporter
         .set_serving::<RegistryServer<RegistryService>>()
         .await;
+    let mut write_health = registry.write_health();
+    let restart_needed = {
+        let mut write_health = write_health.clone();
+        async move {
+            let why = write_health
+                .wait_for(|state| matches!(state, WriteHealth::RestartNeeded(_)))
+                .await
+                .map(|state| state.refusal().unwrap_or_default().to_string());
+            match why {
+                Ok(why) => why,
+                Err(_) => std::future::pending().await,
+            }
+        }
+    };
+    let reporter = health_reporter.clone();
+    tokio::spawn(async move {
+        loop {
+            let status = match write_health.borrow_and_update().refusal() {
+                None => tonic_health::ServingStatus::Serving,
+                Some(_) => tonic_health::ServingStatus::NotServing,
+            };
+            reporter
+                .set_service_status(WRITE_HEALTH_SERVICE, status)
+                .await;
+            if write_health.changed().await.is_err() {
+                return;
+            }
+        }
+    });
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -105,6 +147,10 @@ pub async fn serve(
     tokio::select! {
         result = server => result?,
         () = grace => tracing::warn!(grace = ?SHUTDOWN_GRACE, "grace period over; closing the remaining connections"),
+        why = restart_needed => {
+            tracing::error!(reason = %why, "the store cannot take writes any more; exiting so that a restart reopens it");
+            return Err(ServerError::RestartNeeded(why));
+        }
     }
     tracing::info!("stopped");
     Ok(())

@@ -27,10 +27,22 @@ async fn a_failed_flush_is_never_acknowledged_and_the_store_stays_consistent() {
             .len(),
         71
     );
-    let next = client
-        .set_label(set_label("p", "production", 1, None))
-        .await;
-    assert!(next.is_ok(), "{next:?}");
+    // Writes are refused (UNAVAILABLE) until the retried flush succeeds,
+    // then taken again without a restart.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let next = client
+            .set_label(set_label("p", "production", 1, None))
+            .await;
+        match next {
+            Ok(_) => break,
+            Err(status) if status.code() == Code::Unavailable => {
+                assert!(std::time::Instant::now() < deadline, "{status:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(status) => panic!("{status:?}"),
+        }
+    }
     let report = client
         .verify_audit(pb::VerifyAuditRequest::default())
         .await

@@ -34,6 +34,12 @@ pub struct ServeArgs {
     /// makes one). An existing unencrypted store is encrypted on start.
     #[arg(long, env = "PROMPTREG_ENCRYPTION_KEY_FILE", value_name = "FILE")]
     pub encryption_key_file: Option<PathBuf>,
+    /// Refuse writes (UNAVAILABLE; health NOT_SERVING for
+    /// `promptreg.v1.Registry.writes`) while the data directory's
+    /// filesystem has less than this free: bytes, or with KiB, MiB, GiB.
+    /// Writes resume by themselves when space is freed.
+    #[arg(long, env = "PROMPTREG_MIN_FREE_SPACE", default_value = "64MiB", value_parser = crate::registry::disk::parse_size)]
+    pub min_free_space: u64,
     #[command(flatten)]
     pub limits: LimitArgs,
     #[command(flatten)]
@@ -266,6 +272,7 @@ pub async fn run_serve(args: ServeArgs) -> i32 {
         watch,
         encryption_key_file: args.encryption_key_file,
         caches,
+        min_free_space: args.min_free_space,
         signing_key: match args.signing_key {
             Some(file) => KeySource::File(file),
             None => KeySource::DataDir,
@@ -302,4 +309,16 @@ async fn shutdown_signal() {
         () = terminate => {}
     }
     tracing::info!("shutdown signal received; finishing in-flight requests");
+    // A stop must end even when a storage call never returns (sled on a
+    // full disk) or a task will not let go: past the deadline the process
+    // exits as it is. Every acknowledged write is durable already.
+    let deadline = crate::server::STOP_DEADLINE;
+    let _ = std::thread::Builder::new()
+        .name("stop-deadline".into())
+        .spawn(move || {
+            std::thread::sleep(deadline);
+            tracing::error!(?deadline, "the stop did not finish in time; exiting now");
+            eprintln!("error: the stop did not finish within {deadline:?}; exited without waiting further");
+            std::process::exit(1);
+        });
 }

@@ -18,7 +18,7 @@ impl From<RegistryError> for Status {
             RegistryError::Invalid(_) => Code::InvalidArgument,
             RegistryError::NotFound(_) => Code::NotFound,
             RegistryError::FailedPrecondition(_) => Code::FailedPrecondition,
-            RegistryError::NotDurable(_) => Code::Unavailable,
+            RegistryError::NotDurable(_) | RegistryError::Unwritable(_) => Code::Unavailable,
             RegistryError::Damaged { .. } => Code::DataLoss,
             RegistryError::Exhausted(_) => Code::ResourceExhausted,
             RegistryError::DataDirLocked { .. }

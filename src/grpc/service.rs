@@ -206,7 +206,7 @@ impl RegistryApi for RegistryService {
         &self,
         _request: Request<pb::ListSigningKeysRequest>,
     ) -> Answer<pb::ListSigningKeysResponse> {
-        let (keys, active) = self.registry.signing_keys()?;
+        let (keys, active) = self.registry.off_runtime(|r| r.signing_keys()).await?;
         Ok(Response::new(pb::ListSigningKeysResponse {
             keys: keys
                 .into_iter()
@@ -258,7 +258,8 @@ impl RegistryApi for RegistryService {
         };
         let page = self
             .registry
-            .list_audit(&filter, req.page_size, &req.page_token)?;
+            .off_runtime(move |r| r.list_audit(&filter, req.page_size, &req.page_token))
+            .await?;
         Ok(Response::new(pb::ListAuditResponse {
             entries: page.items.into_iter().map(convert::audit_entry).collect(),
             next_page_token: page.next_page_token,
@@ -274,7 +275,10 @@ impl RegistryApi for RegistryService {
             .checkpoint
             .map(convert::checkpoint_from_pb)
             .transpose()?;
-        let report = self.registry.verify_audit(checkpoint.as_ref())?;
+        let report = self
+            .registry
+            .off_runtime(move |r| r.verify_audit(checkpoint.as_ref()))
+            .await?;
         Ok(Response::new(convert::audit_report(report)))
     }
 
@@ -283,7 +287,7 @@ impl RegistryApi for RegistryService {
         _request: Request<pb::CreateCheckpointRequest>,
     ) -> Answer<pb::Checkpoint> {
         Ok(Response::new(convert::checkpoint_to_pb(
-            self.registry.create_checkpoint()?,
+            self.registry.off_runtime(|r| r.create_checkpoint()).await?,
         )))
     }
 
@@ -315,7 +319,10 @@ impl RegistryApi for RegistryService {
         let digest =
             ContentDigest::parse("digest", &request.into_inner().digest).map_err(invalid)?;
         tracing::Span::current().record("promptreg.prompt.digest", digest.to_string());
-        let matches = self.registry.find_by_digest(&digest)?;
+        let matches = self
+            .registry
+            .off_runtime(move |r| r.find_by_digest(&digest))
+            .await?;
         Ok(Response::new(pb::FindByDigestResponse {
             matches: matches
                 .into_iter()
@@ -410,7 +417,12 @@ impl RegistryApi for RegistryService {
             Some(Selector::Label(l)) => VersionSelector::Label(label_name(&l)?),
         };
         let revision = self.registry.revision();
-        let version = self.registry.get_version(&name, &selector)?;
+        let version = {
+            let (name, selector) = (name.clone(), selector.clone());
+            self.registry
+                .off_runtime(move |r| r.get_version(&name, &selector))
+                .await?
+        };
         let label = match &selector {
             VersionSelector::Label(label) => Some(label.as_str()),
             _ => None,
@@ -440,7 +452,8 @@ impl RegistryApi for RegistryService {
         }
         let page = self
             .registry
-            .list_prompts(&req.prefix, req.page_size, &req.page_token)?;
+            .off_runtime(move |r| r.list_prompts(&req.prefix, req.page_size, &req.page_token))
+            .await?;
         Ok(Response::new(pb::ListPromptsResponse {
             prompts: page
                 .items
@@ -459,7 +472,8 @@ impl RegistryApi for RegistryService {
         let name = prompt_name(&req.name, self.registry.limits())?;
         let page = self
             .registry
-            .list_versions(&name, req.page_size, &req.page_token)?;
+            .off_runtime(move |r| r.list_versions(&name, req.page_size, &req.page_token))
+            .await?;
         Ok(Response::new(pb::ListVersionsResponse {
             versions: page
                 .items
@@ -519,7 +533,10 @@ impl RegistryApi for RegistryService {
         request: Request<pb::ListLabelsRequest>,
     ) -> Answer<pb::ListLabelsResponse> {
         let name = prompt_name(&request.into_inner().name, self.registry.limits())?;
-        let labels = self.registry.list_labels(&name)?;
+        let labels = self
+            .registry
+            .off_runtime(move |r| r.list_labels(&name))
+            .await?;
         Ok(Response::new(pb::ListLabelsResponse {
             labels: labels.into_iter().map(convert::label).collect(),
         }))
@@ -534,7 +551,8 @@ impl RegistryApi for RegistryService {
         let label = label_name(&req.label)?;
         let page = self
             .registry
-            .label_history(&name, &label, req.page_size, &req.page_token)?;
+            .off_runtime(move |r| r.label_history(&name, &label, req.page_size, &req.page_token))
+            .await?;
         Ok(Response::new(pb::LabelHistoryResponse {
             moves: page.items.into_iter().map(convert::label_move).collect(),
             next_page_token: page.next_page_token,
@@ -559,7 +577,12 @@ impl RegistryApi for RegistryService {
             Some(At::Revision(r)) => PointInTime::Revision(r),
             Some(At::Time(t)) => PointInTime::Time(convert::instant("time", &t)?),
         };
-        let (version, mv) = self.registry.resolve_at(&name, &label, at)?;
+        let (version, mv) = {
+            let (name, label) = (name.clone(), label.clone());
+            self.registry
+                .off_runtime(move |r| r.resolve_at(&name, &label, at))
+                .await?
+        };
         annotate(
             name.as_str(),
             version.number,
@@ -581,7 +604,10 @@ impl RegistryApi for RegistryService {
         let name = prompt_name(&req.name, self.registry.limits())?;
         let from = version_number("from_version", req.from_version)?;
         let to = version_number("to_version", req.to_version)?;
-        let (old, new, diff) = self.registry.diff(&name, from, to)?;
+        let (old, new, diff) = self
+            .registry
+            .off_runtime(move |r| r.diff(&name, from, to))
+            .await?;
         Ok(Response::new(pb::DiffVersionsResponse {
             template_diff: diff.template_diff,
             variables_added: diff.variables_added,

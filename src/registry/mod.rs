@@ -5,6 +5,7 @@
 //! Nothing here knows about gRPC; the handlers in `grpc` are thin
 //! translations onto these methods.
 
+pub mod disk;
 pub mod fleet;
 mod group_commit;
 pub mod provenance;
@@ -17,12 +18,14 @@ use crate::domain::{
     Version, VersionDiff,
 };
 use crate::store::{Store, StoreError};
+use disk::{SpaceRule, WriteGate, WriteHealth};
 use fleet::{Ack, AgentLabelStatus, Fleet};
 use group_commit::GroupCommit;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 pub use version_cache::CacheUsage;
 use version_cache::VersionCache;
@@ -77,6 +80,10 @@ pub enum RegistryError {
     Exhausted(String),
     #[error("the change could not be made durable and was not acknowledged: {0}")]
     NotDurable(String),
+    /// The store refuses writes now (full disk, failing flushes, stuck
+    /// storage); see [`disk::WriteHealth`].
+    #[error("{0}")]
+    Unwritable(String),
     #[error("the store in {dir} is damaged: {reason}. Run `promptreg check --data-dir {dir}` for a full report, and restore from a backup with `promptreg restore`")]
     Damaged { dir: PathBuf, reason: String },
 }
@@ -94,6 +101,9 @@ pub struct RegistryConfig {
     pub encryption_key_file: Option<PathBuf>,
     /// How much memory the caches may hold.
     pub caches: CacheConfig,
+    /// Writes are refused while the data directory's filesystem has fewer
+    /// bytes free (`--min-free-space`).
+    pub min_free_space: u64,
 }
 
 /// The memory bounds of the two caches that grow with the data. Everything
@@ -126,6 +136,7 @@ impl RegistryConfig {
             signing_key: provenance::KeySource::DataDir,
             encryption_key_file: None,
             caches: CacheConfig::default(),
+            min_free_space: disk::DEFAULT_MIN_FREE_SPACE,
         }
     }
 }
@@ -240,6 +251,21 @@ struct Inner {
     /// checked, under this lock. A std mutex because it is never held across
     /// an await: the section only reads sled and applies one in-memory batch.
     writer: Mutex<WriterState>,
+    /// The turn at the writer lock, taken asynchronously before a write
+    /// goes to a blocking thread: a write stuck in storage (a full disk)
+    /// then holds one blocking thread, and the writes behind it wait here,
+    /// with a timeout, instead of each taking a thread.
+    write_turn: Arc<tokio::sync::Mutex<()>>,
+    /// The newest committed revision, for readers: they never take the
+    /// writer lock (a writer may be stuck inside the store holding it).
+    committed_head: AtomicU64,
+    /// Committed revisions waiting for their flush, in revision order; the
+    /// flusher publishes them to watchers once durable. Its own lock, so
+    /// that the flusher never waits for a writer.
+    pending: Mutex<VecDeque<Arc<Revision>>>,
+    /// Whether writes are taken; see `disk.rs`.
+    gate: WriteGate,
+    space: SpaceRule,
     group_commit: Arc<GroupCommit>,
     hub: Hub,
     fleet: Arc<Fleet>,
@@ -261,18 +287,37 @@ struct WriterState {
     /// The time of the head revision. Revision times never go backwards, so
     /// "as of time T" and "as of revision R" agree.
     last_time: Micros,
-    /// Committed revisions waiting for their flush, in revision order; the
-    /// flusher publishes them to watchers once durable.
-    pending: VecDeque<Arc<Revision>>,
     /// The key that signs new versions; replaced by rotation under this lock.
     signer: crate::provenance::SigningKey,
 }
 
+/// How long the final flush may take when the registry closes.
+const FINAL_FLUSH_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Drop for Inner {
     fn drop(&mut self) {
         self.group_commit.close();
-        if let Err(error) = self.store.flush_blocking() {
-            tracing::error!(%error, "final flush failed");
+        // On its own thread, waited for a bounded time: on a full disk
+        // sled's flush may never return, and a stop must not hang on it.
+        // Everything acknowledged is durable already.
+        let store = self.store.clone();
+        let (done, finished) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("final-flush".into())
+            .spawn(move || {
+                let _ = done.send(store.flush_blocking());
+            });
+        if spawned.is_err() {
+            tracing::error!("final flush skipped: no thread for it");
+            return;
+        }
+        match finished.recv_timeout(FINAL_FLUSH_PATIENCE) {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "final flush failed"),
+            Err(_) => tracing::error!(
+                patience = ?FINAL_FLUSH_PATIENCE,
+                "final flush did not finish; stopping without it (acknowledged writes are durable)"
+            ),
         }
     }
 }
@@ -294,6 +339,7 @@ impl Registry {
         };
         let store = Store::open_with_cache(&dir, data_key, config.caches.store_bytes)
             .map_err(|e| damaged_if_corrupt(&dir, e))?;
+        discard_torn_tail(&store).map_err(|e| damaged_if_corrupt(&dir, e))?;
         store
             .check_startup()
             .map_err(|reason| RegistryError::Damaged {
@@ -315,9 +361,15 @@ impl Registry {
             writer: Mutex::new(WriterState {
                 head,
                 last_time,
-                pending: VecDeque::new(),
                 signer,
             }),
+            write_turn: Default::default(),
+            committed_head: AtomicU64::new(head),
+            pending: Default::default(),
+            gate: WriteGate::new(),
+            space: SpaceRule {
+                min_free: config.min_free_space,
+            },
             group_commit: group_commit.clone(),
             hub: Hub::new(config.watch, head),
             fleet: Arc::new(Fleet::default()),
@@ -328,6 +380,7 @@ impl Registry {
             _lock: lock,
         });
         tokio::spawn(run_flusher(Arc::downgrade(&inner), group_commit));
+        tokio::spawn(disk::run_space_monitor(Arc::downgrade(&inner)));
         tokio::spawn(run_housekeeping(
             Arc::downgrade(&inner),
             compaction_interval,
@@ -367,6 +420,89 @@ impl Registry {
         self.inner.group_commit.durable_revision()
     }
 
+    /// Whether writes are taken now, and every change of it.
+    pub fn write_health(&self) -> tokio::sync::watch::Receiver<WriteHealth> {
+        self.inner.gate.subscribe()
+    }
+
+    /// The newest committed revision (durable or about to be), read without
+    /// the writer lock.
+    pub(crate) fn committed_head(&self) -> u64 {
+        self.inner.committed_head.load(Ordering::SeqCst)
+    }
+
+    /// Runs a write's section under the writer lock on a blocking thread,
+    /// so that a store call stuck on a full disk never holds an async
+    /// worker. Refused at once while writes are refused, or when the turn
+    /// does not come within [`disk::WRITE_PATIENCE`].
+    async fn write<T: Send + 'static>(
+        &self,
+        section: impl FnOnce(&Registry) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.refuse_if_unwritable()?;
+        let patience = disk::WRITE_PATIENCE;
+        let stuck = || {
+            RegistryError::Unwritable(format!(
+                "the store did not take the write within {} s (storage is not answering); it was not acknowledged",
+                patience.as_secs()
+            ))
+        };
+        let turn = tokio::time::timeout(patience, self.inner.write_turn.clone().lock_owned())
+            .await
+            .map_err(|_| stuck())?;
+        let this = self.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            // Held until the section ends, also when the caller gave up.
+            let _turn = turn;
+            this.check_free_space();
+            this.refuse_if_unwritable()?;
+            section(&this)
+        });
+        match tokio::time::timeout(patience, task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) => Err(RegistryError::Unwritable(format!(
+                "the write failed and was not acknowledged: {join}"
+            ))),
+            Err(_) => Err(stuck()),
+        }
+    }
+
+    /// Looks at the free space now (one `statvfs`), so that the write that
+    /// would fill the disk is the one refused.
+    fn check_free_space(&self) {
+        if let Ok(free) = self.store().free_space() {
+            self.inner.gate.saw_free_space(self.inner.space, free);
+        }
+    }
+
+    fn refuse_if_unwritable(&self) -> Result<()> {
+        match self.inner.gate.get().refusal() {
+            None => Ok(()),
+            Some(why) => Err(RegistryError::Unwritable(why.to_string())),
+        }
+    }
+
+    /// Runs a read on a blocking thread, so that a store call that hangs
+    /// (sled on a full disk) never holds an async worker; UNAVAILABLE when
+    /// it does not answer within [`disk::WRITE_PATIENCE`].
+    pub async fn off_runtime<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Registry) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let this = self.clone();
+        let task = tokio::task::spawn_blocking(move || read(&this));
+        match tokio::time::timeout(disk::WRITE_PATIENCE, task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) => Err(RegistryError::Unwritable(format!(
+                "the read failed: {join}"
+            ))),
+            Err(_) => Err(RegistryError::Unwritable(format!(
+                "the store did not answer within {} s (storage is not answering)",
+                disk::WRITE_PATIENCE.as_secs()
+            ))),
+        }
+    }
+
     /// Makes the next `count` flushes fail (fault-injection tests).
     #[doc(hidden)]
     pub fn inject_flush_failures(&self, count: u64) {
@@ -389,74 +525,77 @@ impl Registry {
     /// Answers once the revision is durable.
     pub async fn publish(&self, new: NewVersion) -> Result<Published> {
         let digest = new.content.digest();
-        let published = {
-            let mut writer = self.lock_writer();
-            let store = self.store();
-            let existing = match store.version_by_digest(&new.name, &digest)? {
-                Some(number) => store.version(&new.name, number)?.filter(|v| !v.pruned),
-                None => None,
-            };
-            if let Some(existing) = existing {
-                Published {
-                    version: existing.number,
-                    digest,
-                    revision: existing.revision,
-                    created: false,
+        let published = self
+            .write(move |this| {
+                let mut writer = this.lock_writer();
+                let store = this.store();
+                let existing = match store.version_by_digest(&new.name, &digest)? {
+                    Some(number) => store.version(&new.name, number)?.filter(|v| !v.pruned),
+                    None => None,
+                };
+                if let Some(existing) = existing {
+                    return Ok(Published {
+                        version: existing.number,
+                        digest,
+                        revision: existing.revision,
+                        created: false,
+                    });
                 }
-            } else {
-                let number = store.prompt(&new.name)?.map_or(1, |p| p.latest_version + 1);
-                let (revision, time) = writer.next();
-                let latest = LabelName::latest();
-                let previous = store.label(&new.name, &latest)?;
-                let version = Version {
-                    name: new.name.clone(),
-                    number,
-                    digest,
-                    content: new.content,
-                    author: new.author.clone(),
-                    description: new.description,
-                    tags: new.tags,
-                    created_at: time,
-                    revision,
-                    signature: Some(writer.sign_version(&new.name, number, &digest, time)),
-                    pruned: false,
-                };
-                let latest_move = LabelMove {
-                    name: new.name.clone(),
-                    label: latest,
-                    revision,
-                    time,
-                    kind: MoveKind::Promote,
-                    from_version: previous.map(|p| p.version),
-                    to_version: Some(number),
-                    digest: Some(digest),
-                    trace_id: new.trace_id.clone(),
-                    actor: new.author.clone(),
-                    reason: format!("version {number} published"),
-                };
-                let change = Revision {
-                    revision,
-                    time,
-                    trace_id: new.trace_id,
-                    changes: vec![
-                        Change::VersionPublished {
-                            name: new.name,
-                            version: number,
-                            digest,
-                            author: new.author,
-                        },
-                        Change::LabelMoved(latest_move),
-                    ],
-                };
-                self.commit(&mut writer, change, Some(&version))?;
-                Published {
-                    version: number,
-                    digest,
-                    revision,
-                    created: true,
+                {
+                    let number = store.prompt(&new.name)?.map_or(1, |p| p.latest_version + 1);
+                    let (revision, time) = writer.next();
+                    let latest = LabelName::latest();
+                    let previous = store.label(&new.name, &latest)?;
+                    let version = Version {
+                        name: new.name.clone(),
+                        number,
+                        digest,
+                        content: new.content,
+                        author: new.author.clone(),
+                        description: new.description,
+                        tags: new.tags,
+                        created_at: time,
+                        revision,
+                        signature: Some(writer.sign_version(&new.name, number, &digest, time)),
+                        pruned: false,
+                    };
+                    let latest_move = LabelMove {
+                        name: new.name.clone(),
+                        label: latest,
+                        revision,
+                        time,
+                        kind: MoveKind::Promote,
+                        from_version: previous.map(|p| p.version),
+                        to_version: Some(number),
+                        digest: Some(digest),
+                        trace_id: new.trace_id.clone(),
+                        actor: new.author.clone(),
+                        reason: format!("version {number} published"),
+                    };
+                    let change = Revision {
+                        revision,
+                        time,
+                        trace_id: new.trace_id,
+                        changes: vec![
+                            Change::VersionPublished {
+                                name: new.name,
+                                version: number,
+                                digest,
+                                author: new.author,
+                            },
+                            Change::LabelMoved(latest_move),
+                        ],
+                    };
+                    this.commit(&mut writer, change, Some(&version))?;
+                    Ok(Published {
+                        version: number,
+                        digest,
+                        revision,
+                        created: true,
+                    })
                 }
-            }
-        };
+            })
+            .await?;
         // Also for an existing version: it may have been committed by a
         // writer whose flush is still running.
         self.wait_durable(published.revision).await?;
@@ -472,18 +611,20 @@ impl Registry {
         expected_version: Option<u64>,
     ) -> Result<Moved> {
         self.check_actor_reason(&request)?;
-        let moved = {
-            let mut writer = self.lock_writer();
-            let current = self.existing_label_target(&request.name, &request.label)?;
-            check_expected(&request, current.as_ref(), expected_version)?;
-            self.move_label(
-                &mut writer,
-                request,
-                MoveKind::Promote,
-                current,
-                Some(version),
-            )?
-        };
+        let moved = self
+            .write(move |this| {
+                let mut writer = this.lock_writer();
+                let current = this.existing_label_target(&request.name, &request.label)?;
+                check_expected(&request, current.as_ref(), expected_version)?;
+                this.move_label(
+                    &mut writer,
+                    request,
+                    MoveKind::Promote,
+                    current,
+                    Some(version),
+                )
+            })
+            .await?;
         self.wait_durable(moved.revision).await?;
         Ok(moved)
     }
@@ -498,56 +639,61 @@ impl Registry {
         expected_version: Option<u64>,
     ) -> Result<Moved> {
         self.check_actor_reason(&request)?;
-        let moved = {
-            let mut writer = self.lock_writer();
-            let current = self.existing_label_target(&request.name, &request.label)?;
-            check_expected(&request, current.as_ref(), expected_version)?;
-            // A label that was never set is an unknown label (NOT_FOUND, as
-            // everywhere), with or without an explicit target: there is no
-            // "back" to move it to.
-            let never_set = || {
-                RegistryError::NotFound(format!(
+        let moved = self
+            .write(move |this| {
+                let mut writer = this.lock_writer();
+                let current = this.existing_label_target(&request.name, &request.label)?;
+                check_expected(&request, current.as_ref(), expected_version)?;
+                // A label that was never set is an unknown label (NOT_FOUND, as
+                // everywhere), with or without an explicit target: there is no
+                // "back" to move it to.
+                let never_set = || {
+                    RegistryError::NotFound(format!(
                     "label {} of {} has never been set: nothing to roll back (promote a version)",
                     request.label, request.name
                 ))
-            };
-            let target = match to_version {
-                Some(version) => {
-                    if current.is_none()
-                        && self
-                            .store()
-                            .history(&request.name, &request.label, None, 1)?
-                            .is_empty()
-                    {
-                        return Err(never_set());
+                };
+                let target = match to_version {
+                    Some(version) => {
+                        if current.is_none()
+                            && this
+                                .store()
+                                .history(&request.name, &request.label, None, 1)?
+                                .is_empty()
+                        {
+                            return Err(never_set());
+                        }
+                        version
                     }
-                    version
-                }
-                None => {
-                    let mut history =
-                        self.store()
-                            .history(&request.name, &request.label, None, usize::MAX)?;
-                    history.reverse();
-                    rollback_target(&history).map_err(|why| match why {
-                        NoRollbackTarget::NoHistory => never_set(),
-                        NoRollbackTarget::LabelDidNotExist => {
-                            RegistryError::FailedPrecondition(format!(
+                    None => {
+                        let mut history = this.store().history(
+                            &request.name,
+                            &request.label,
+                            None,
+                            usize::MAX,
+                        )?;
+                        history.reverse();
+                        rollback_target(&history).map_err(|why| match why {
+                            NoRollbackTarget::NoHistory => never_set(),
+                            NoRollbackTarget::LabelDidNotExist => {
+                                RegistryError::FailedPrecondition(format!(
                                 "nothing to roll back to: before its latest move, label {} of {} \
                                  was not set (use unlabel to remove it, or promote a version)",
                                 request.label, request.name
                             ))
-                        }
-                    })?
-                }
-            };
-            self.move_label(
-                &mut writer,
-                request,
-                MoveKind::Rollback,
-                current,
-                Some(target),
-            )?
-        };
+                            }
+                        })?
+                    }
+                };
+                this.move_label(
+                    &mut writer,
+                    request,
+                    MoveKind::Rollback,
+                    current,
+                    Some(target),
+                )
+            })
+            .await?;
         self.wait_durable(moved.revision).await?;
         Ok(moved)
     }
@@ -555,17 +701,19 @@ impl Registry {
     /// Removes a label; a recorded move like any other.
     pub async fn remove_label(&self, request: MoveRequest) -> Result<Moved> {
         self.check_actor_reason(&request)?;
-        let moved = {
-            let mut writer = self.lock_writer();
-            let current = self.existing_label_target(&request.name, &request.label)?;
-            if current.is_none() {
-                return Err(RegistryError::NotFound(format!(
-                    "label {} is not set on {}",
-                    request.label, request.name
-                )));
-            }
-            self.move_label(&mut writer, request, MoveKind::Remove, current, None)?
-        };
+        let moved = self
+            .write(move |this| {
+                let mut writer = this.lock_writer();
+                let current = this.existing_label_target(&request.name, &request.label)?;
+                if current.is_none() {
+                    return Err(RegistryError::NotFound(format!(
+                        "label {} is not set on {}",
+                        request.label, request.name
+                    )));
+                }
+                this.move_label(&mut writer, request, MoveKind::Remove, current, None)
+            })
+            .await?;
         self.wait_durable(moved.revision).await?;
         Ok(moved)
     }
@@ -656,12 +804,25 @@ impl Registry {
         revision: Revision,
         published: Option<&Version>,
     ) -> Result<()> {
-        self.store().commit(&revision, published)?;
+        if let Err(error) = self.store().commit(&revision, published) {
+            if matches!(error, StoreError::Io(_)) {
+                // sled fails every later write after an I/O error.
+                self.inner.gate.set(WriteHealth::FlushFailing(format!(
+                    "a write failed in storage ({error}); writes are refused (nothing unflushed was acknowledged)"
+                )));
+            }
+            return Err(error.into());
+        }
         self.forget_moved_labels(&revision);
         writer.head = revision.revision;
         writer.last_time = revision.time;
         let number = revision.revision;
-        writer.pending.push_back(Arc::new(revision));
+        self.inner.committed_head.store(number, Ordering::SeqCst);
+        self.inner
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(Arc::new(revision));
         self.inner.group_commit.committed(number);
         Ok(())
     }
@@ -805,7 +966,7 @@ impl Registry {
         self.existing_prompt(name)?;
         let found = match at {
             PointInTime::Revision(revision) => {
-                let head = self.lock_writer().head;
+                let head = self.committed_head();
                 if revision > head {
                     return Err(ValidationError::new(
                         "revision",
@@ -1105,15 +1266,45 @@ impl WriterState {
 /// The flusher: one task per registry, making committed revisions durable in
 /// groups. Holds the registry weakly so that dropping the last handle closes
 /// the store.
+///
+/// Each flush runs on a blocking thread and is waited for at most
+/// [`disk::FLUSH_PATIENCE`]: sled's flush can wait forever on a full disk.
+/// A flush that outlives it counts as failed (its writers are answered
+/// UNAVAILABLE) and is waited for again before any other starts, so at most
+/// one flush thread is ever stuck.
 async fn run_flusher(registry: Weak<Inner>, group_commit: Arc<GroupCommit>) {
-    while let Some(target) = group_commit.next_target().await {
-        let Some(inner) = registry.upgrade() else {
-            return;
+    type FlushTask = tokio::task::JoinHandle<crate::store::Result<()>>;
+    let mut stuck: Option<(FlushTask, u64)> = None;
+    loop {
+        let (mut task, target) = match stuck.take() {
+            Some(stuck) => stuck,
+            None => {
+                let Some(target) = group_commit.next_target().await else {
+                    return;
+                };
+                let Some(inner) = registry.upgrade() else {
+                    return;
+                };
+                let store = inner.store.clone();
+                drop(inner);
+                (
+                    tokio::task::spawn_blocking(move || store.flush_blocking()),
+                    target,
+                )
+            }
         };
-        let store = inner.store.clone();
-        drop(inner);
         let started = std::time::Instant::now();
-        let flushed = store.flush().await;
+        let flushed = match tokio::time::timeout(disk::FLUSH_PATIENCE, &mut task).await {
+            Ok(Ok(result)) => result.map_err(|e| e.to_string()),
+            Ok(Err(join)) => Err(format!("the flush thread failed: {join}")),
+            Err(_) => {
+                stuck = Some((task, target));
+                Err(format!(
+                    "the flush has not finished after {} s",
+                    disk::FLUSH_PATIENCE.as_secs()
+                ))
+            }
+        };
         metrics::histogram!(crate::telemetry::metrics::FLUSH_DURATION)
             .record(started.elapsed().as_secs_f64());
         match flushed {
@@ -1122,14 +1313,13 @@ async fn run_flusher(registry: Weak<Inner>, group_commit: Arc<GroupCommit>) {
                     group_commit.flushed(target);
                     return;
                 };
+                if matches!(inner.gate.get(), WriteHealth::FlushFailing(_)) {
+                    inner.gate.set(WriteHealth::Serving);
+                }
                 let durable: Vec<Arc<Revision>> = {
-                    let mut writer = inner.writer.lock().unwrap_or_else(|p| p.into_inner());
-                    let count = writer
-                        .pending
-                        .iter()
-                        .take_while(|r| r.revision <= target)
-                        .count();
-                    writer.pending.drain(..count).collect()
+                    let mut pending = inner.pending.lock().unwrap_or_else(|p| p.into_inner());
+                    let count = pending.iter().take_while(|r| r.revision <= target).count();
+                    pending.drain(..count).collect()
                 };
                 // The hub's head moves before the writers are released, so
                 // a client that opens a watch after its write was
@@ -1145,8 +1335,15 @@ async fn run_flusher(registry: Weak<Inner>, group_commit: Arc<GroupCommit>) {
             }
             Err(error) => {
                 tracing::error!(%error, target, "flush failed; writes are not acknowledged until a flush succeeds");
-                group_commit.flush_failed(target, error.to_string());
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                if let Some(inner) = registry.upgrade() {
+                    inner.gate.set(WriteHealth::FlushFailing(format!(
+                        "a flush failed ({error}); writes are refused until one succeeds (nothing unflushed was acknowledged)"
+                    )));
+                }
+                group_commit.flush_failed(target, error);
+                if stuck.is_none() {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
             }
         }
     }
@@ -1228,10 +1425,12 @@ impl Registry {
     /// copied (in memory: prompt stores are small), then the copy is
     /// encoded without any lock.
     pub async fn backup(&self) -> Result<(u64, Vec<u8>)> {
-        let (revision, entries) = {
-            let writer = self.lock_writer();
-            (writer.head, self.store().export_entries()?)
-        };
+        let (revision, entries) = self
+            .off_runtime(|this| {
+                let writer = this.lock_writer();
+                Ok((writer.head, this.store().export_entries()?))
+            })
+            .await?;
         self.wait_durable(revision).await?;
         let header = crate::store::backup::BackupHeader {
             format: crate::store::backup::FORMAT.to_string(),
@@ -1244,6 +1443,20 @@ impl Registry {
         };
         Ok((revision, crate::store::backup::encode(&header, &entries)))
     }
+}
+
+/// Removes what a failed flush left of unacknowledged revisions (see
+/// `store/torn_tail.rs`), saying so in the log.
+fn discard_torn_tail(store: &Store) -> std::result::Result<(), StoreError> {
+    if let Some(was) = store.discard_torn_tail()? {
+        let kept = store.head_revision()?;
+        tracing::warn!(
+            discarded_from = kept + 1,
+            discarded_to = was,
+            "a failed flush left unacknowledged revisions half-written; they were discarded (the store is back at its durable head)"
+        );
+    }
+    Ok(())
 }
 
 /// A store error that means the files are damaged becomes `Damaged`, with
@@ -1279,6 +1492,13 @@ pub fn check_offline(dir: &Path, encryption_key_file: Option<&Path>) -> Result<V
         Ok(store) => store,
         Err(error) => return Ok(vec![format!("the store cannot be opened: {error}")]),
     };
+    // As a start would: a torn tail that was never acknowledged is not a
+    // problem, it is discarded.
+    if let Err(error) = discard_torn_tail(&store) {
+        return Ok(vec![format!(
+            "the store's unacknowledged tail cannot be discarded: {error}"
+        )]);
+    }
     let mut problems = Vec::new();
     if let Err(reason) = store.check_startup() {
         problems.push(reason);

@@ -199,6 +199,7 @@ impl Registry {
                 path.display()
             )));
         }
+        self.refuse_if_unwritable()?;
         let (public, revision) = {
             let mut writer = self.lock_writer();
             let key = SigningKey::generate_into(&keys_dir(&self.inner.data_dir))?;
@@ -465,6 +466,9 @@ impl Registry {
         if !request.dry_run {
             check_text("actor", &request.actor, self.inner.limits.max_actor_bytes)?;
             check_text("reason", &request.reason, self.inner.limits.max_text_bytes)?;
+        }
+        if !request.dry_run {
+            self.refuse_if_unwritable()?;
         }
         let name = &request.name;
         let outcome = {

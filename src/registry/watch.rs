@@ -322,7 +322,7 @@ impl Registry {
         // A watch resumes from the revision after the last one it received,
         // at most the head + 1; a later start would skip the revisions in
         // between without a word. Refused like ResolveAt's future revision.
-        let head = self.lock_writer().head;
+        let head = self.committed_head();
         if request.start_revision > head.saturating_add(1) {
             return Err(crate::domain::ValidationError::new(
                 "start_revision",
@@ -389,9 +389,9 @@ impl Registry {
                 let labels = self.scan_labels(selector)?;
                 break (writer.head, labels);
             }
-            let before = self.lock_writer().head;
+            let before = self.committed_head();
             let labels = self.scan_labels(selector)?;
-            if self.lock_writer().head == before {
+            if self.committed_head() == before {
                 break (before, labels);
             }
         };

@@ -31,6 +31,7 @@ pub mod backup;
 pub mod durable_head;
 pub(crate) mod records;
 mod sealing;
+mod torn_tail;
 
 use crate::domain::{
     Change, ContentDigest, LabelMove, LabelName, LabelTarget, PromptName, PromptSummary, Revision,
@@ -121,6 +122,27 @@ pub struct Store {
     durable_head: Arc<DurableHeadFile>,
     /// What the durable-head file said when the store was opened.
     recorded_head: Option<DurableHead>,
+    /// The data directory, for the free-space check.
+    dir: Arc<std::path::PathBuf>,
+}
+
+/// The bytes an unprivileged process may still write on the filesystem
+/// holding `dir` (`statvfs`'s `f_bavail` blocks).
+pub fn free_space(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other("the data directory's path holds a NUL byte"))?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a NUL-terminated string and `stat` points to
+    // writable memory of the right size; statvfs fills it or fails.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so it filled `stat`.
+    let stat = unsafe { stat.assume_init() };
+    #[allow(clippy::unnecessary_cast)] // the field types differ by platform
+    Ok((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
 }
 
 impl Store {
@@ -174,6 +196,7 @@ impl Store {
             failing_flushes: Default::default(),
             durable_head: Arc::new(durable_head),
             recorded_head,
+            dir: Arc::new(dir.to_path_buf()),
         };
         store.check_encryption()?;
         if let Some(key) = &store.data_key {
@@ -332,29 +355,14 @@ impl Store {
     /// loss on a disk that honours fsync), and the durable-head file says
     /// they are there, so that a store that later comes back without them
     /// is refused.
+    ///
+    /// The flush runs on a blocking thread: sled's flush can wait forever
+    /// when the disk is full, and must not hold up an async worker.
     pub async fn flush(&self) -> Result<()> {
-        // Read before the flush: everything committed by now is covered by it.
-        let head = self.current_head()?;
-        let injected = self
-            .failing_flushes
-            .fetch_update(
-                std::sync::atomic::Ordering::SeqCst,
-                std::sync::atomic::Ordering::SeqCst,
-                |n| n.checked_sub(1),
-            )
-            .is_ok();
-        if injected {
-            return Err(StoreError::Io(sled::Error::Io(std::io::Error::other(
-                "injected flush failure",
-            ))));
-        }
-        self.db.flush_async().await?;
-        let file = self.durable_head.clone();
-        tokio::task::spawn_blocking(move || file.advance(&head))
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.flush_blocking())
             .await
-            .map_err(|e| std::io::Error::other(format!("recording the durable head: {e}")))
-            .and_then(|advanced| advanced)
-            .map_err(|source| StoreError::DurableHead { source })
+            .map_err(|e| StoreError::Io(sled::Error::Io(std::io::Error::other(e.to_string()))))?
     }
 
     fn current_head(&self) -> Result<DurableHead> {
@@ -372,13 +380,33 @@ impl Store {
             .store(count, std::sync::atomic::Ordering::SeqCst);
     }
 
-    /// The same as [`Store::flush`], blocking; for shutdown.
+    /// The same as [`Store::flush`], blocking (call it off the async
+    /// workers).
     pub fn flush_blocking(&self) -> Result<()> {
+        // Read before the flush: everything committed by now is covered by it.
         let head = self.current_head()?;
+        let injected = self
+            .failing_flushes
+            .fetch_update(
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+                |n| n.checked_sub(1),
+            )
+            .is_ok();
+        if injected {
+            return Err(StoreError::Io(sled::Error::Io(std::io::Error::other(
+                "injected flush failure",
+            ))));
+        }
         self.db.flush()?;
         self.durable_head
             .advance(&head)
             .map_err(|source| StoreError::DurableHead { source })
+    }
+
+    /// The bytes free for this process on the filesystem holding the store.
+    pub fn free_space(&self) -> std::io::Result<u64> {
+        free_space(&self.dir)
     }
 
     pub fn version(&self, name: &PromptName, number: u64) -> Result<Option<Version>> {
