@@ -417,11 +417,16 @@ impl RegistryApi for RegistryService {
             Some(Selector::Label(l)) => VersionSelector::Label(label_name(&l)?),
         };
         let revision = self.registry.revision();
-        let version = {
-            let (name, selector) = (name.clone(), selector.clone());
-            self.registry
-                .off_runtime(move |r| r.get_version(&name, &selector))
-                .await?
+        // From memory on this worker when both the label and the version
+        // are cached; otherwise from the store, off the async workers.
+        let version = match self.registry.cached_version(&name, &selector) {
+            Some(version) => version,
+            None => {
+                let (name, selector) = (name.clone(), selector.clone());
+                self.registry
+                    .off_runtime(move |r| r.get_version(&name, &selector))
+                    .await?
+            }
         };
         let label = match &selector {
             VersionSelector::Label(label) => Some(label.as_str()),

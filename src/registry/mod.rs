@@ -887,6 +887,30 @@ impl Registry {
         }
     }
 
+    /// What [`Registry::get_version`] answers when memory alone has it:
+    /// the label target and the decoded version both cached. The resolve
+    /// hot path answers from here on the async worker; `None` means the
+    /// store is needed (run `get_version` off the runtime).
+    pub fn cached_version(
+        &self,
+        name: &PromptName,
+        selector: &VersionSelector,
+    ) -> Option<Arc<SharedVersion>> {
+        let number = match selector {
+            VersionSelector::Number(number) => *number,
+            VersionSelector::Label(label) => {
+                let cache = self.inner.labels.read().unwrap_or_else(|p| p.into_inner());
+                cache.targets.get(name)?.get(label)?.version
+            }
+            VersionSelector::Digest(_) => return None,
+        };
+        self.inner
+            .versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(name.clone(), number))
+    }
+
     pub fn list_prompts(
         &self,
         prefix: &str,
