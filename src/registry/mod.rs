@@ -5,6 +5,7 @@
 //! Nothing here knows about gRPC; the handlers in `grpc` are thin
 //! translations onto these methods.
 
+mod check;
 pub mod fleet;
 mod group_commit;
 pub mod provenance;
@@ -16,6 +17,7 @@ use crate::domain::{
     Version, VersionDiff,
 };
 use crate::store::{Store, StoreError};
+pub use check::check_offline;
 use fleet::{Ack, AgentLabelStatus, Fleet};
 use group_commit::GroupCommit;
 use std::collections::VecDeque;
@@ -1193,43 +1195,14 @@ impl Registry {
 /// the way out in its message.
 fn damaged_if_corrupt(dir: &Path, error: StoreError) -> RegistryError {
     match error {
-        StoreError::Corrupt(_) | StoreError::Io(sled::Error::Corruption { .. }) => {
-            RegistryError::Damaged {
-                dir: dir.to_path_buf(),
-                reason: error.to_string(),
-            }
-        }
+        StoreError::Corrupt(_)
+        | StoreError::Engine(_)
+        | StoreError::Io(sled::Error::Corruption { .. }) => RegistryError::Damaged {
+            dir: dir.to_path_buf(),
+            reason: error.to_string(),
+        },
         other => other.into(),
     }
-}
-
-/// `promptreg check`: an offline consistency check of the data directory
-/// (refused while a server holds it). Every problem found, one sentence
-/// each; empty when the store is sound.
-pub fn check_offline(dir: &Path, encryption_key_file: Option<&Path>) -> Result<Vec<String>> {
-    if !dir.join("sled").exists() {
-        return Err(RegistryError::NotFound(format!(
-            "{} holds no promptreg store",
-            dir.display()
-        )));
-    }
-    let _lock = lock_data_dir(dir)?;
-    let data_key = match encryption_key_file {
-        Some(path) => Some(crate::store::DataKey::load(path)?),
-        None => None,
-    };
-    let store = match Store::open(dir, data_key) {
-        Ok(store) => store,
-        Err(error) => return Ok(vec![format!("the store cannot be opened: {error}")]),
-    };
-    let mut problems = Vec::new();
-    if let Err(reason) = store.check_startup() {
-        problems.push(reason);
-    }
-    problems.extend(store.check_consistency()?);
-    let report = provenance::verify_store(&store, None)?;
-    problems.extend(report.problems);
-    Ok(problems)
 }
 
 fn lock_data_dir(dir: &Path) -> Result<File> {

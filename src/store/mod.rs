@@ -29,6 +29,7 @@
 
 pub mod backup;
 pub mod durable_head;
+pub(crate) mod engine_panics;
 pub(crate) mod records;
 mod sealing;
 
@@ -94,6 +95,8 @@ pub enum StoreError {
     Schema { found: u32 },
     #[error("{0}")]
     Encryption(String),
+    #[error("the storage engine could not open the store: it failed with \"{0}\"")]
+    Engine(String),
     #[error("cannot use {}: {source}", durable_head::FILE_NAME)]
     DurableHead { source: std::io::Error },
 }
@@ -1026,10 +1029,14 @@ fn open_sled(path: &Path) -> Result<sled::Db> {
     loop {
         // sled's default page cache is 1 GiB; prompts are small and the OS
         // page cache holds the rest.
-        let opened = sled::Config::new()
-            .path(path)
-            .cache_capacity(128 * 1024 * 1024)
-            .open();
+        // A damaged file can make sled panic while it recovers.
+        let opened = engine_panics::quietly(|| {
+            sled::Config::new()
+                .path(path)
+                .cache_capacity(128 * 1024 * 1024)
+                .open()
+        })
+        .map_err(StoreError::Engine)?;
         match opened {
             Err(sled::Error::Io(e))
                 if e.kind() == std::io::ErrorKind::WouldBlock
