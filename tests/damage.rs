@@ -16,7 +16,7 @@
 //!   at its target, and the head revision. Silently serving an older store
 //!   is the failure this test is for.
 //!
-//! `PROMPTREG_DAMAGE_TRIALS` sets the number of trials (default 24);
+//! `PROMPTREG_DAMAGE_TRIALS` sets the number of trials (default 60);
 //! `PROMPTREG_DAMAGE_SEED` replays a run (the seed is printed).
 
 mod support;
@@ -204,8 +204,9 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
-/// Flips one byte of a random non-empty file under `dir`; says where.
-fn flip_one_byte(dir: &Path, rng: &mut Rng) -> String {
+/// Flips one byte of a random non-empty file under `dir`; says which kind
+/// of file (`sled/snap.*`, `keys/*`, `DURABLE_HEAD`, ...) and where.
+fn flip_one_byte(dir: &Path, rng: &mut Rng) -> (String, String) {
     let files: Vec<(PathBuf, usize)> = contents(dir)
         .into_iter()
         .filter(|(_, bytes)| !bytes.is_empty())
@@ -218,9 +219,15 @@ fn flip_one_byte(dir: &Path, rng: &mut Rng) -> String {
     let mut bytes = std::fs::read(&path).expect("read");
     bytes[offset] ^= mask;
     std::fs::write(&path, &bytes).expect("write");
-    format!(
-        "{} (of {len} bytes) at offset {offset} xor {mask:#04x}",
-        file.display()
+    let name = file.display().to_string();
+    let kind = match name.split_once('/') {
+        Some(("keys", _)) => "keys/*".to_string(),
+        Some(("sled", rest)) if rest.starts_with("snap.") => "sled/snap.*".to_string(),
+        _ => name.clone(),
+    };
+    (
+        kind,
+        format!("{name} (of {len} bytes) at offset {offset} xor {mask:#04x}"),
     )
 }
 
@@ -285,7 +292,7 @@ fn a_flipped_byte_is_refused_or_harmless_and_check_says_which() {
     let trials: u64 = std::env::var("PROMPTREG_DAMAGE_TRIALS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(24);
+        .unwrap_or(60);
     eprintln!("damage test: PROMPTREG_DAMAGE_SEED={seed} PROMPTREG_DAMAGE_TRIALS={trials}");
     let mut rng = Rng::new(seed);
     let runtime = runtime();
@@ -306,12 +313,12 @@ fn a_flipped_byte_is_refused_or_harmless_and_check_says_which() {
     assert!(found.is_empty(), "the intact store: {found:#?}");
     server.kill();
 
-    let mut outcomes: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
     let mut failures = Vec::new();
     for trial in 0..trials {
         let copy = temp.path().join(format!("trial{trial}"));
         copy_tree(&store, &copy);
-        let damage = flip_one_byte(&copy, &mut rng);
+        let (kind, damage) = flip_one_byte(&copy, &mut rng);
         let what = format!("trial {trial} (seed {seed}): {damage}");
         let sound = checked_sound(&copy, &what);
         match ServerProcess::start_or_exit(&copy, &[]) {
@@ -319,14 +326,22 @@ fn a_flipped_byte_is_refused_or_harmless_and_check_says_which() {
                 let found = runtime.block_on(differences(&server.url, &acked));
                 server.kill();
                 if found.is_empty() {
-                    *outcomes.entry("served exactly").or_default() += 1;
+                    let check = if sound { "sound" } else { "problems" };
+                    *outcomes
+                        .entry(format!("{kind}: served exactly, check {check}"))
+                        .or_default() += 1;
                 } else {
-                    failures.push(format!("{what}: served differently: {found:#?}"));
+                    let more = found.len().saturating_sub(5);
+                    failures.push(format!(
+                        "{what}: served differently ({} differences, {more} not shown): {:#?}",
+                        found.len(),
+                        &found[..found.len() - more]
+                    ));
                     continue;
                 }
             }
             Err((status, log)) => {
-                *outcomes.entry("refused").or_default() += 1;
+                *outcomes.entry(format!("{kind}: refused")).or_default() += 1;
                 let clear = status.is_some_and(|s| !s.success() && s.code() != Some(101))
                     && log.contains("error")
                     && !log.contains("panicked");
@@ -344,6 +359,26 @@ fn a_flipped_byte_is_refused_or_harmless_and_check_says_which() {
         }
         std::fs::remove_dir_all(&copy).expect("remove the copy");
     }
-    eprintln!("damage test: {outcomes:?}");
+    eprintln!("damage test: {outcomes:#?}");
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// `check` does not read a directory a running server is writing: it says
+/// so, and a check after the server stopped finds the store sound.
+#[test]
+fn check_refuses_a_directory_a_running_server_holds() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let store = temp.path().join("store");
+    let server = ServerProcess::start(&store, &[]);
+    let out = check(&store);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        stderr.contains("in use by a running promptreg server")
+            && stderr.contains(&format!("pid {}", server.child.id()))
+            && stderr.contains("stop the server first"),
+        "{stderr}"
+    );
+    assert!(server.terminate().success());
+    assert!(checked_sound(&store, "the stopped store"));
 }
