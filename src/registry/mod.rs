@@ -1195,9 +1195,12 @@ impl Registry {
 /// the way out in its message.
 fn damaged_if_corrupt(dir: &Path, error: StoreError) -> RegistryError {
     match error {
+        // sled says Unsupported when its damaged config file no longer
+        // parses; this build has only ever written sled 0.34 stores.
         StoreError::Corrupt(_)
         | StoreError::Engine(_)
-        | StoreError::Io(sled::Error::Corruption { .. }) => RegistryError::Damaged {
+        | StoreError::Io(sled::Error::Corruption { .. })
+        | StoreError::Io(sled::Error::Unsupported(_)) => RegistryError::Damaged {
             dir: dir.to_path_buf(),
             reason: error.to_string(),
         },
