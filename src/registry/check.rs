@@ -81,6 +81,7 @@ fn check_copy(
 ) -> Vec<String> {
     let store = match Store::open(copy, data_key) {
         Ok(store) => store,
+        Err(error @ crate::store::StoreError::Engine(_)) => return vec![error.to_string()],
         Err(error) => return vec![format!("the store cannot be opened: {error}")],
     };
     let mut problems = Vec::new();

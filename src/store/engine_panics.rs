@@ -28,16 +28,16 @@ fn install() {
                 .map(|l| format!(" (at {}:{})", l.file(), l.line()))
                 .unwrap_or_default();
             let message = format!("{}{at}", payload_text(info.payload()));
-            let message = match CONTAINED.with(|c| match c.borrow_mut().as_mut() {
+            let contained = CONTAINED.with(|c| match c.borrow_mut().as_mut() {
                 Some(found) => {
-                    found.push(message);
-                    None
+                    found.push(message.clone());
+                    true
                 }
-                None => Some(message),
-            }) {
-                None => return,
-                Some(message) => message,
-            };
+                None => false,
+            });
+            if contained {
+                return;
+            }
             let mut captured = CAPTURED.lock().unwrap_or_else(|e| e.into_inner());
             match captured.as_mut() {
                 Some(found) => found.push(message),
@@ -89,4 +89,39 @@ pub fn capturing_all<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
         .take()
         .unwrap_or_default();
     (result, found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_in_quietly_becomes_its_message() {
+        let result: Result<(), String> = quietly(|| panic!("tried to serialize Uninitialized"));
+        let message = result.expect_err("the panic is an error");
+        assert!(
+            message.starts_with("tried to serialize Uninitialized (at "),
+            "{message}"
+        );
+        assert_eq!(quietly(|| 7), Ok(7));
+    }
+
+    #[test]
+    fn capturing_all_collects_the_panics_of_other_threads() {
+        let (joined, panics) = capturing_all(|| {
+            std::thread::spawn(|| panic!("in a background thread"))
+                .join()
+                .is_err()
+        });
+        assert!(joined);
+        assert!(
+            panics
+                .iter()
+                .any(|p| p.starts_with("in a background thread")),
+            "{panics:?}"
+        );
+        // Afterwards nothing is captured any more.
+        let (_, panics) = capturing_all(|| ());
+        assert!(panics.is_empty(), "{panics:?}");
+    }
 }
