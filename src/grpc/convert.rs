@@ -27,7 +27,7 @@ impl From<RegistryError> for Status {
             | RegistryError::DataKey(_) => Code::Internal,
             RegistryError::Store(store) => match store {
                 StoreError::Io(_) | StoreError::DurableHead { .. } => Code::Unavailable,
-                StoreError::Corrupt(_) => Code::DataLoss,
+                StoreError::Corrupt(_) | StoreError::Engine(_) => Code::DataLoss,
                 StoreError::Schema { .. } | StoreError::Encryption(_) => Code::Internal,
             },
         };

@@ -5,6 +5,7 @@
 //! Nothing here knows about gRPC; the handlers in `grpc` are thin
 //! translations onto these methods.
 
+mod check;
 pub mod disk;
 pub mod fleet;
 mod group_commit;
@@ -18,6 +19,7 @@ use crate::domain::{
     Version, VersionDiff,
 };
 use crate::store::{Store, StoreError};
+pub use check::check_offline;
 use disk::{SpaceRule, WriteGate, WriteHealth};
 use fleet::{Ack, AgentLabelStatus, Fleet};
 use group_commit::GroupCommit;
@@ -1487,50 +1489,17 @@ fn discard_torn_tail(store: &Store) -> std::result::Result<(), StoreError> {
 /// the way out in its message.
 fn damaged_if_corrupt(dir: &Path, error: StoreError) -> RegistryError {
     match error {
-        StoreError::Corrupt(_) | StoreError::Io(sled::Error::Corruption { .. }) => {
-            RegistryError::Damaged {
-                dir: dir.to_path_buf(),
-                reason: error.to_string(),
-            }
-        }
+        // sled says Unsupported when its damaged config file no longer
+        // parses; this build has only ever written sled 0.34 stores.
+        StoreError::Corrupt(_)
+        | StoreError::Engine(_)
+        | StoreError::Io(sled::Error::Corruption { .. })
+        | StoreError::Io(sled::Error::Unsupported(_)) => RegistryError::Damaged {
+            dir: dir.to_path_buf(),
+            reason: error.to_string(),
+        },
         other => other.into(),
     }
-}
-
-/// `promptreg check`: an offline consistency check of the data directory
-/// (refused while a server holds it). Every problem found, one sentence
-/// each; empty when the store is sound.
-pub fn check_offline(dir: &Path, encryption_key_file: Option<&Path>) -> Result<Vec<String>> {
-    if !dir.join("sled").exists() {
-        return Err(RegistryError::NotFound(format!(
-            "{} holds no promptreg store",
-            dir.display()
-        )));
-    }
-    let _lock = lock_data_dir(dir)?;
-    let data_key = match encryption_key_file {
-        Some(path) => Some(crate::store::DataKey::load(path)?),
-        None => None,
-    };
-    let store = match Store::open(dir, data_key) {
-        Ok(store) => store,
-        Err(error) => return Ok(vec![format!("the store cannot be opened: {error}")]),
-    };
-    // As a start would: a torn tail that was never acknowledged is not a
-    // problem, it is discarded.
-    if let Err(error) = discard_torn_tail(&store) {
-        return Ok(vec![format!(
-            "the store's unacknowledged tail cannot be discarded: {error}"
-        )]);
-    }
-    let mut problems = Vec::new();
-    if let Err(reason) = store.check_startup() {
-        problems.push(reason);
-    }
-    problems.extend(store.check_consistency()?);
-    let report = provenance::verify_store(&store, None)?;
-    problems.extend(report.problems);
-    Ok(problems)
 }
 
 fn lock_data_dir(dir: &Path) -> Result<File> {

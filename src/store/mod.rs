@@ -29,6 +29,7 @@
 
 pub mod backup;
 pub mod durable_head;
+pub(crate) mod engine_panics;
 pub(crate) mod records;
 mod sealing;
 mod torn_tail;
@@ -103,6 +104,8 @@ pub enum StoreError {
     Schema { found: u32 },
     #[error("{0}")]
     Encryption(String),
+    #[error("the storage engine could not open the store: it failed with \"{0}\"")]
+    Engine(String),
     #[error("cannot use {}: {source}", durable_head::FILE_NAME)]
     DurableHead { source: std::io::Error },
 }
@@ -1071,10 +1074,14 @@ impl Store {
 fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let opened = sled::Config::new()
-            .path(path)
-            .cache_capacity(cache_bytes)
-            .open();
+        // A damaged file can make sled panic while it recovers.
+        let opened = engine_panics::quietly(|| {
+            sled::Config::new()
+                .path(path)
+                .cache_capacity(cache_bytes)
+                .open()
+        })
+        .map_err(StoreError::Engine)?;
         match opened {
             Err(sled::Error::Io(e))
                 if e.kind() == std::io::ErrorKind::WouldBlock

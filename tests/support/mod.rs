@@ -314,9 +314,30 @@ impl ServerProcess {
         Self::spawn(command)
     }
 
+    /// Like [`ServerProcess::start`], for a start that may be refused: `Err`
+    /// carries the exit status (`None`: killed after 60 s of silence) and
+    /// the server's stderr.
+    pub fn start_or_exit(
+        data_dir: &Path,
+        extra: &[&str],
+    ) -> Result<ServerProcess, (Option<std::process::ExitStatus>, String)> {
+        let mut command = std::process::Command::new(binary());
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra);
+        Self::spawn_or_exit(command)
+    }
+
     /// Spawns a `promptreg serve` command and waits (up to 60 s) for it to
     /// log its address.
-    fn spawn(mut command: std::process::Command) -> Result<ServerProcess, String> {
+    fn spawn(command: std::process::Command) -> Result<ServerProcess, String> {
+        Self::spawn_or_exit(command).map_err(|(_, log)| log)
+    }
+
+    fn spawn_or_exit(
+        mut command: std::process::Command,
+    ) -> Result<ServerProcess, (Option<std::process::ExitStatus>, String)> {
         use std::io::BufRead as _;
         let mut child = command
             .stdin(std::process::Stdio::null())
@@ -355,11 +376,17 @@ impl ServerProcess {
                 url: format!("http://{addr}"),
                 stderr: log,
             }),
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
+            Err(timeout) => {
+                // Its stderr closed: it exited (or is exiting) by itself.
+                let status = if timeout == std::sync::mpsc::RecvTimeoutError::Disconnected {
+                    Some(wait_with_timeout(&mut child, Duration::from_secs(60)))
+                } else {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    None
+                };
                 let log = log.lock().unwrap().clone();
-                Err(log)
+                Err((status, log))
             }
         }
     }
