@@ -199,29 +199,31 @@ impl Registry {
                 path.display()
             )));
         }
-        self.refuse_if_unwritable()?;
-        let (public, revision) = {
-            let mut writer = self.lock_writer();
-            let key = SigningKey::generate_into(&keys_dir(&self.inner.data_dir))?;
-            let (_, time) = writer.next();
-            let rotation = KeyRotation {
-                key_id: key.key_id.clone(),
-                public_key: key.public_key(),
-                actor,
-                reason,
-                time,
-                revision: writer.head,
-            };
-            self.store().commit_key_rotation(&rotation)?;
-            writer.signer = key;
-            let public = PublicKey {
-                key_id: rotation.key_id,
-                public_key: rotation.public_key,
-                created_at: time,
-                revision: rotation.revision,
-            };
-            (public, rotation.revision)
-        };
+        // Under the writer lock on a blocking thread, as every write.
+        let (public, revision) = self
+            .write(move |this| {
+                let mut writer = this.lock_writer();
+                let key = SigningKey::generate_into(&keys_dir(&this.inner.data_dir))?;
+                let (_, time) = writer.next();
+                let rotation = KeyRotation {
+                    key_id: key.key_id.clone(),
+                    public_key: key.public_key(),
+                    actor,
+                    reason,
+                    time,
+                    revision: writer.head,
+                };
+                this.store().commit_key_rotation(&rotation)?;
+                writer.signer = key;
+                let public = PublicKey {
+                    key_id: rotation.key_id,
+                    public_key: rotation.public_key,
+                    created_at: time,
+                    revision: rotation.revision,
+                };
+                Ok((public, rotation.revision))
+            })
+            .await?;
         // Not a revision of its own: make it durable directly.
         self.store().flush().await?;
         Ok((public, revision))
@@ -467,14 +469,14 @@ impl Registry {
             check_text("actor", &request.actor, self.inner.limits.max_actor_bytes)?;
             check_text("reason", &request.reason, self.inner.limits.max_text_bytes)?;
         }
-        if !request.dry_run {
-            self.refuse_if_unwritable()?;
-        }
-        let name = &request.name;
-        let outcome = {
-            let writer = self.lock_writer();
-            self.existing_version_count(name)?;
-            let store = self.store();
+        let dry_run = request.dry_run;
+        // Under the writer lock on a blocking thread, as every write (a dry
+        // run too: it reads what a prune would remove at one revision).
+        let section = move |this: &Registry| {
+            let name = &request.name;
+            let writer = this.lock_writer();
+            this.existing_version_count(name)?;
+            let store = this.store();
             let labelled = store.labelled_versions(name)?;
             let now = crate::time::now_micros();
             let cutoff = request
@@ -502,7 +504,7 @@ impl Registry {
                     &request.actor,
                     &request.reason,
                 )?;
-                let mut cache = self
+                let mut cache = this
                     .inner
                     .versions
                     .lock()
@@ -511,9 +513,14 @@ impl Registry {
                     cache.remove(&(name.clone(), *number));
                 }
             }
-            outcome
+            Ok(outcome)
         };
-        if !request.dry_run && !outcome.pruned.is_empty() {
+        let outcome = if dry_run {
+            self.off_runtime(section).await?
+        } else {
+            self.write(section).await?
+        };
+        if !dry_run && !outcome.pruned.is_empty() {
             self.store().flush().await?;
         }
         Ok(outcome)

@@ -377,26 +377,32 @@ impl Registry {
     /// The current target of every selected label, consistent at one
     /// revision, once that revision is durable.
     pub async fn snapshot(&self, selector: &Selector) -> super::Result<(u64, Vec<LabelState>)> {
-        // Writers never wait for readers: read the head, scan, read the head
-        // again; equal heads mean no revision was committed in between. Under
-        // a steady stream of writes, fall back to scanning under the writer
-        // lock so that the snapshot always finishes.
-        let mut attempt = 0;
-        let (revision, labels) = loop {
-            attempt += 1;
-            if attempt > 5 {
-                let writer = self.lock_writer();
-                let labels = self.scan_labels(selector)?;
-                break (writer.head, labels);
-            }
+        // The scan reads the store (and may wait for the writer lock): off
+        // the async workers, as every storage call.
+        let selector = selector.clone();
+        let (revision, labels) = self
+            .off_runtime(move |registry| registry.scan_consistent(&selector))
+            .await?;
+        self.wait_durable(revision).await?;
+        Ok((revision, labels))
+    }
+
+    /// The selected labels at one revision. Writers never wait for readers:
+    /// read the head, scan, read the head again; equal heads mean no
+    /// revision was committed in between. Under a steady stream of writes,
+    /// fall back to scanning under the writer lock so that the snapshot
+    /// always finishes.
+    fn scan_consistent(&self, selector: &Selector) -> super::Result<(u64, Vec<LabelState>)> {
+        for _ in 0..5 {
             let before = self.committed_head();
             let labels = self.scan_labels(selector)?;
             if self.committed_head() == before {
-                break (before, labels);
+                return Ok((before, labels));
             }
-        };
-        self.wait_durable(revision).await?;
-        Ok((revision, labels))
+        }
+        let writer = self.lock_writer();
+        let labels = self.scan_labels(selector)?;
+        Ok((writer.head, labels))
     }
 
     fn scan_labels(&self, selector: &Selector) -> super::Result<Vec<LabelState>> {
@@ -493,7 +499,7 @@ impl Watcher {
                     self.phase = Phase::Live;
                 }
                 Phase::Live => match self.catch_up_to {
-                    Some(upto) if self.next <= upto => self.catch_up_page(upto)?,
+                    Some(upto) if self.next <= upto => self.catch_up_page(upto).await?,
                     _ => {
                         self.catch_up_to = None;
                         self.follow().await?;
@@ -506,12 +512,12 @@ impl Watcher {
     /// Queues Created and the snapshot (start 0), or Created and the
     /// catch-up from `start`.
     async fn begin(&mut self, start: u64) -> Result<(), WatchEnd> {
-        let hub = &self.registry.inner.hub;
         let compact_revision = self
             .registry
-            .store()
-            .compact_revision()
+            .off_runtime(|registry| Ok(registry.store().compact_revision()?))
+            .await
             .map_err(|e| self.storage_end(e.to_string()))?;
+        let hub = &self.registry.inner.hub;
         if start == 0 {
             let limit = hub.config.max_snapshots;
             let Ok(_building) = hub.snapshots.try_acquire() else {
@@ -604,10 +610,26 @@ impl Watcher {
 
     /// Queues the matching revisions of one page of the change log, from
     /// `self.next` up to `upto`.
-    fn catch_up_page(&mut self, upto: u64) -> Result<(), WatchEnd> {
-        let store = self.registry.store();
-        let compact_revision = store
-            .compact_revision()
+    async fn catch_up_page(&mut self, upto: u64) -> Result<(), WatchEnd> {
+        // One page of the log, read off the async workers.
+        let next = self.next;
+        let (compact_revision, page, compact_after) = self
+            .registry
+            .off_runtime(move |registry| {
+                let store = registry.store();
+                let compact_revision = store.compact_revision()?;
+                if next <= compact_revision {
+                    return Ok((compact_revision, Vec::new(), compact_revision));
+                }
+                let page = store.revisions(next, CATCH_UP_PAGE)?;
+                let compact_after = match page.first() {
+                    // A gap: compaction removed the start meanwhile.
+                    Some(first) if first.revision != next => store.compact_revision()?,
+                    _ => compact_revision,
+                };
+                Ok((compact_revision, page, compact_after))
+            })
+            .await
             .map_err(|e| self.storage_end(e.to_string()))?;
         if self.next <= compact_revision {
             return Err(WatchEnd::Compacted {
@@ -615,21 +637,15 @@ impl Watcher {
                 compact_revision,
             });
         }
-        let page = store
-            .revisions(self.next, CATCH_UP_PAGE)
-            .map_err(|e| self.storage_end(e.to_string()))?;
         let Some(first) = page.first() else {
             // Nothing more in the log (yet): follow the ring.
             self.catch_up_to = None;
             return Ok(());
         };
         if first.revision != self.next {
-            let compact_revision = store
-                .compact_revision()
-                .map_err(|e| self.storage_end(e.to_string()))?;
             return Err(WatchEnd::Compacted {
                 requested: self.next,
-                compact_revision: compact_revision.max(first.revision - 1),
+                compact_revision: compact_after.max(first.revision - 1),
             });
         }
         for revision in page.into_iter().take_while(|r| r.revision <= upto) {
