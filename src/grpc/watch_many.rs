@@ -20,7 +20,7 @@ use super::convert;
 use super::pb::{self, watch_many_request::Request as Command};
 use super::wire::WatchManyFrame;
 use crate::registry::watch::{SharedRevision, WatchEvent, WatchMembership, WatchStream};
-use crate::registry::Registry;
+use crate::registry::{Registry, RegistryError};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::hash::{Hash, Hasher};
@@ -126,8 +126,15 @@ impl WatchMany {
         let Some(watch) = open.watch else {
             return self.end(id, Code::InvalidArgument, "watch: is required");
         };
+        // The fields of the WatchRequest are named from the WatchOpen
+        // (`watch.names[0]`), whether the converter or the core refused them.
         let opened = convert::watch_request(watch, self.registry.limits())
-            .and_then(|request| self.registry.watch(request).map_err(Status::from));
+            .map_err(RegistryError::Invalid)
+            .and_then(|request| self.registry.watch(request))
+            .map_err(|error| match error {
+                RegistryError::Invalid(invalid) => Status::from(invalid.within("watch")),
+                other => Status::from(other),
+            });
         match opened {
             Ok(mut stream) => {
                 let members = stream
@@ -147,15 +154,7 @@ impl WatchMany {
                     },
                 );
             }
-            Err(status) => {
-                // A field of the WatchRequest is named from the WatchOpen.
-                let message = if status.code() == Code::InvalidArgument {
-                    format!("watch.{}", status.message())
-                } else {
-                    status.message().to_string()
-                };
-                self.end(id, status.code(), message);
-            }
+            Err(status) => self.end(id, status.code(), status.message()),
         }
     }
 

@@ -12,6 +12,7 @@ pub mod provenance;
 mod version_cache;
 pub mod watch;
 
+use crate::domain::validate;
 use crate::domain::{
     rollback_target, Change, ContentDigest, LabelMove, LabelName, LabelTarget, Limits, Micros,
     MoveKind, NewVersion, NoRollbackTarget, PromptName, PromptSummary, Revision, ValidationError,
@@ -845,8 +846,8 @@ impl Registry {
     }
 
     fn check_actor_reason(&self, request: &MoveRequest) -> Result<()> {
-        check_text("actor", &request.actor, self.inner.limits.max_actor_bytes)?;
-        check_text("reason", &request.reason, self.inner.limits.max_text_bytes)?;
+        validate::required_text("actor", &request.actor, self.inner.limits.max_actor_bytes)?;
+        validate::required_text("reason", &request.reason, self.inner.limits.max_text_bytes)?;
         Ok(())
     }
 
@@ -1420,22 +1421,17 @@ async fn run_gauges(registry: Weak<Inner>, interval: std::time::Duration) {
         let Ok(rows) = registry.fleet_status(None, None) else {
             continue;
         };
-        let mut counts: std::collections::BTreeMap<(String, String), [u32; 3]> = Default::default();
+        let mut counts: std::collections::BTreeMap<(String, String), fleet::FleetCounts> =
+            Default::default();
         for row in rows {
-            let state = match (row.connected, row.in_sync()) {
-                (true, true) => 0,
-                (true, false) => 1,
-                (false, _) => 2,
-            };
             counts
                 .entry((row.name.to_string(), row.label.to_string()))
-                .or_default()[state] += 1;
+                .or_default()
+                .add(row.state());
         }
         for ((prompt, label), by_state) in counts {
-            for (state, count) in ["in_sync", "stale", "disconnected"]
-                .into_iter()
-                .zip(by_state)
-            {
+            for state in crate::domain::AgentState::ALL {
+                let (state, count) = (state.as_str(), by_state.count(state));
                 metrics::gauge!(FLEET_AGENTS, "prompt" => prompt.clone(), "label" => label.clone(), "state" => state)
                     .set(f64::from(count));
             }
@@ -1564,19 +1560,6 @@ fn lock_data_dir(dir: &Path) -> Result<File> {
     file.set_len(0).map_err(io_err)?;
     write!(file, "{}", std::process::id()).map_err(io_err)?;
     Ok(file)
-}
-
-fn check_text(field: &str, value: &str, limit: usize) -> std::result::Result<(), ValidationError> {
-    if value.trim().is_empty() {
-        return Err(ValidationError::new(field, "is required"));
-    }
-    if value.len() > limit {
-        return Err(ValidationError::new(
-            field,
-            format!("is {} bytes; the limit is {limit}", value.len()),
-        ));
-    }
-    Ok(())
 }
 
 /// The compare-and-set of promote and rollback: with `expected`, the label
