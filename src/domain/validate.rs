@@ -121,6 +121,36 @@ pub fn keep_last(field: &str, keep_last: usize) -> Result<usize, ValidationError
     Ok(keep_last)
 }
 
+/// A revision to read at: at most the registry's `head`; a later one has
+/// not happened yet.
+pub fn revision_in_past(field: &str, revision: u64, head: u64) -> Result<u64, ValidationError> {
+    if revision > head {
+        return Err(ValidationError::new(
+            field,
+            format!("{revision} is ahead of the registry's head revision {head}"),
+        ));
+    }
+    Ok(revision)
+}
+
+/// The revision a watch starts from. A watch resumes from the revision
+/// after the last one it received, at most `head` + 1; a later start would
+/// skip the revisions in between without a word. Refused like a read at a
+/// future revision.
+pub fn start_revision(field: &str, start: u64, head: u64) -> Result<u64, ValidationError> {
+    if start > head.saturating_add(1) {
+        return Err(ValidationError::new(
+            field,
+            format!(
+                "{start} is ahead of the registry's head revision {head}; resume from at most \
+                 {} (the revision after the last change received), or 0 for a snapshot",
+                head + 1
+            ),
+        ));
+    }
+    Ok(start)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,6 +196,18 @@ mod tests {
         );
         assert!(agent_field("agent.host", &"h".repeat(256)).is_ok());
         assert!(agent_field("agent.host", &"h".repeat(257)).is_err());
+    }
+
+    #[test]
+    fn revisions_are_not_in_the_future() {
+        assert!(revision_in_past("revision", 5, 5).is_ok());
+        assert_eq!(
+            revision_in_past("revision", 6, 5).unwrap_err().to_string(),
+            "revision: 6 is ahead of the registry's head revision 5"
+        );
+        assert!(start_revision("start_revision", 6, 5).is_ok());
+        assert!(start_revision("start_revision", 0, 0).is_ok());
+        assert!(start_revision("start_revision", 7, 5).is_err());
     }
 
     #[test]

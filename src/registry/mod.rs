@@ -991,14 +991,7 @@ impl Registry {
         self.existing_prompt(name)?;
         let found = match at {
             PointInTime::Revision(revision) => {
-                let head = self.committed_head();
-                if revision > head {
-                    return Err(ValidationError::new(
-                        "revision",
-                        format!("{revision} is ahead of the registry's head revision {head}"),
-                    )
-                    .into());
-                }
+                validate::revision_in_past("revision", revision, self.committed_head())?;
                 self.store().move_at_revision(name, label, revision)?
             }
             // Revision times never decrease, so the newest move at or before
