@@ -31,6 +31,13 @@ pub fn optional_text(field: &str, value: &str, limit: usize) -> Result<(), Valid
     Ok(())
 }
 
+/// Who made a change to a label or to retention, and why: both required,
+/// within the actor and text limits.
+pub fn actor_and_reason(actor: &str, reason: &str, limits: &Limits) -> Result<(), ValidationError> {
+    required_text("actor", actor, limits.max_actor_bytes)?;
+    required_text("reason", reason, limits.max_text_bytes)
+}
+
 /// A version's tags: at most `max_tags`, keys `[a-z0-9][a-z0-9._/-]{0,62}`,
 /// values at most `max_tag_value_bytes` with no control characters.
 pub fn tags(tags: &BTreeMap<String, String>, limits: &Limits) -> Result<(), ValidationError> {

@@ -846,8 +846,7 @@ impl Registry {
     }
 
     fn check_actor_reason(&self, request: &MoveRequest) -> Result<()> {
-        validate::required_text("actor", &request.actor, self.inner.limits.max_actor_bytes)?;
-        validate::required_text("reason", &request.reason, self.inner.limits.max_text_bytes)?;
+        validate::actor_and_reason(&request.actor, &request.reason, &self.inner.limits)?;
         Ok(())
     }
 

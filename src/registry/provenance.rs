@@ -188,8 +188,7 @@ impl Registry {
         actor: String,
         reason: String,
     ) -> Result<(PublicKey, u64)> {
-        validate::required_text("actor", &actor, self.inner.limits.max_actor_bytes)?;
-        validate::required_text("reason", &reason, self.inner.limits.max_text_bytes)?;
+        validate::actor_and_reason(&actor, &reason, &self.inner.limits)?;
         if let KeySource::File(path) = &self.inner.key_source {
             return Err(RegistryError::FailedPrecondition(format!(
                 "this server signs with --signing-key {}; rotate by restarting it with a new key file",
@@ -457,8 +456,7 @@ impl Registry {
     pub async fn prune_versions(&self, request: PruneRequest) -> Result<PruneOutcome> {
         validate::keep_last("keep_last", request.keep_last)?;
         if !request.dry_run {
-            validate::required_text("actor", &request.actor, self.inner.limits.max_actor_bytes)?;
-            validate::required_text("reason", &request.reason, self.inner.limits.max_text_bytes)?;
+            validate::actor_and_reason(&request.actor, &request.reason, &self.inner.limits)?;
         }
         if !request.dry_run {
             self.refuse_if_unwritable()?;
