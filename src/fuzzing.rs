@@ -612,7 +612,8 @@ fn check_backup(bytes: &[u8]) {
 
 /// A refusal is INVALID_ARGUMENT with a message that fits in HTTP/2
 /// trailers.
-fn check_refusal(status: &Status) {
+fn check_refusal(refusal: crate::domain::ValidationError) {
+    let status = Status::from(refusal);
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert!(!status.message().is_empty());
     assert!(
@@ -677,8 +678,8 @@ pub fn requests(data: &[u8]) {
         4 | 5 => watch_request(bytes, &limits),
         6 => {
             if let Some(req) = decode_request::<pb::AckAppliedRequest>(bytes) {
-                let _ = convert::prompt_name(&req.name, &limits).map_err(|s| check_refusal(&s));
-                let _ = convert::label_name(&req.label).map_err(|s| check_refusal(&s));
+                let _ = convert::prompt_name(&req.name, &limits).map_err(check_refusal);
+                let _ = convert::label_name(&req.label).map_err(check_refusal);
                 if let Ok(digest) = ContentDigest::parse("digest", &req.digest) {
                     assert_eq!(digest.to_string(), req.digest);
                 }
@@ -697,7 +698,7 @@ fn publish_request(bytes: &[u8], limits: &Limits) {
     };
     let new = match convert::new_version(req.clone(), limits, None) {
         Ok(new) => new,
-        Err(status) => return check_refusal(&status),
+        Err(refusal) => return check_refusal(refusal),
     };
     assert_eq!(new.name.as_str(), req.name);
     let digest = new.content.digest();
@@ -733,10 +734,9 @@ fn publish_request(bytes: &[u8], limits: &Limits) {
             assert_eq!(again.content, new.content);
             assert_eq!(again.content.digest(), digest);
         }
-        Err(status) => panic!(
-            "publishing the served form of an accepted version was refused: {}",
-            status.message()
-        ),
+        Err(refusal) => {
+            panic!("publishing the served form of an accepted version was refused: {refusal}")
+        }
     }
 }
 
@@ -744,14 +744,14 @@ fn publish_request(bytes: &[u8], limits: &Limits) {
 fn move_request(name: &str, label: &str, limits: &Limits) {
     match convert::prompt_name(name, limits) {
         Ok(parsed) => assert_eq!(parsed.as_str(), name),
-        Err(status) => check_refusal(&status),
+        Err(refusal) => check_refusal(refusal),
     }
     match convert::movable_label(label) {
         Ok(parsed) => {
             assert_eq!(parsed.as_str(), label);
             assert_ne!(label, crate::domain::LATEST_LABEL);
         }
-        Err(status) => check_refusal(&status),
+        Err(refusal) => check_refusal(refusal),
     }
 }
 
@@ -762,7 +762,7 @@ fn watch_request(bytes: &[u8], limits: &Limits) {
     };
     let watch = match convert::watch_request(req.clone(), limits) {
         Ok(watch) => watch,
-        Err(status) => return check_refusal(&status),
+        Err(refusal) => return check_refusal(refusal),
     };
     let selector = &watch.selector;
     assert_eq!(watch.start_revision, req.start_revision);

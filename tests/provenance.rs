@@ -577,7 +577,7 @@ async fn a_checkpoint_exposes_a_consistently_rewritten_ledger() {
     let saved = serde_json::json!({
         "sequence": checkpoint.sequence,
         "head_hash": checkpoint.head_hash,
-        "time": promptreg::time::format_micros(promptreg::time::from_timestamp(checkpoint.time.as_ref().unwrap())),
+        "time": promptreg::time::format_micros(promptreg::grpc::timestamp::from_timestamp(checkpoint.time.as_ref().unwrap())),
         "key_id": checkpoint.key_id,
         "signature": hex::encode(&checkpoint.signature),
     });

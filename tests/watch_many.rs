@@ -278,6 +278,19 @@ async fn a_bad_open_or_cancel_ends_only_that_watch_and_names_the_field() {
             "watch.names[0]",
         ),
         (
+            // Refused by the core, not the converter: named from the WatchOpen too.
+            Command::Open(pb::WatchOpen {
+                watch_id: 8,
+                watch: Some(pb::WatchRequest {
+                    start_revision: 1_000_000,
+                    ..Default::default()
+                }),
+            }),
+            8,
+            Code::InvalidArgument,
+            "watch.start_revision: 1000000 is ahead",
+        ),
+        (
             Command::Open(pb::WatchOpen {
                 watch_id: 7,
                 watch: Some(pb::WatchRequest {

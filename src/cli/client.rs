@@ -4,7 +4,8 @@
 use super::text::{self, ago, counted, short_digest, table, Listing};
 use super::{exit, local_user, ClientOptions, Command, OutputFormat};
 use crate::grpc::pb::{self, registry_client::RegistryClient};
-use crate::time::{format_micros, from_timestamp};
+use crate::grpc::timestamp::from_timestamp;
+use crate::time::format_micros;
 use serde_json::{json, Value};
 use std::time::Duration;
 use tonic::transport::Channel;

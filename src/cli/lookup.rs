@@ -250,10 +250,12 @@ pub(super) async fn get(args: GetArgs) -> Result<(), Failure> {
 /// `labels` and `history`) and `published_revision` the version's.
 pub(super) async fn resolve(args: ResolveArgs) -> Result<(), Failure> {
     let at = match (&args.at, args.revision) {
-        (Some(at), _) => Some(pb::resolve_at_request::At::Time(crate::time::to_timestamp(
-            super::filters::parse_when(at, crate::time::now_micros())
-                .map_err(|e| Failure::usage(format!("--at: {e}")))?,
-        ))),
+        (Some(at), _) => Some(pb::resolve_at_request::At::Time(
+            crate::grpc::timestamp::to_timestamp(
+                super::filters::parse_when(at, crate::time::now_micros())
+                    .map_err(|e| Failure::usage(format!("--at: {e}")))?,
+            ),
+        )),
         (None, Some(revision)) => Some(pb::resolve_at_request::At::Revision(revision)),
         (None, None) => None,
     };

@@ -168,7 +168,10 @@ pub(super) fn check_version(v: &pb::Version, keys: &[pb::SigningKey]) -> Check {
         Some(key) => {
             let name = PromptName::parse("name", &v.name, usize::MAX);
             let digest = ContentDigest::parse("digest", &v.digest);
-            let created_at = v.created_at.as_ref().map_or(0, crate::time::from_timestamp);
+            let created_at = v
+                .created_at
+                .as_ref()
+                .map_or(0, crate::grpc::timestamp::from_timestamp);
             signature_ok = match (name, digest) {
                 (Ok(name), Ok(digest)) => verify_signature(
                     &key.public_key,
@@ -276,7 +279,7 @@ async fn list(args: &AuditArgs) -> Result<(), Failure> {
             raw.as_deref()
                 .map(|raw| {
                     super::filters::parse_when(raw, crate::time::now_micros())
-                        .map(crate::time::to_timestamp)
+                        .map(crate::grpc::timestamp::to_timestamp)
                         .map_err(|e| Failure::usage(format!("{flag}: {e}")))
                 })
                 .transpose()
@@ -353,7 +356,7 @@ fn parse_checkpoint(raw: &str) -> Result<pb::Checkpoint, String> {
             .and_then(Value::as_u64)
             .ok_or("\"sequence\" must be a number")?,
         head_hash: text("head_hash")?,
-        time: Some(crate::time::to_timestamp(time)),
+        time: Some(crate::grpc::timestamp::to_timestamp(time)),
         key_id: text("key_id")?,
         signature: hex::decode(text("signature")?)
             .map_err(|e| format!("\"signature\" is not hex: {e}"))?,

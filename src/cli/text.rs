@@ -4,7 +4,8 @@
 
 use super::client::emit;
 use super::{ClientOptions, OutputFormat};
-use crate::time::{format_micros, from_timestamp, now_micros};
+use crate::grpc::timestamp::from_timestamp;
+use crate::time::{format_micros, now_micros};
 use serde_json::Value;
 
 /// The rows of a listing (`list`, `versions`, `labels`, `history`, `fleet`,
@@ -188,7 +189,7 @@ mod tests {
     #[test]
     fn ages_are_seconds_minutes_hours_then_days() {
         let before = |seconds: i64| {
-            Some(crate::time::to_timestamp(
+            Some(crate::grpc::timestamp::to_timestamp(
                 now_micros() - seconds * 1_000_000,
             ))
         };

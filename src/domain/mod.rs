@@ -2,6 +2,7 @@
 //! sled; everything here is testable with plain values.
 
 mod content;
+mod fleet;
 mod history;
 mod instant;
 mod limits;
@@ -9,8 +10,10 @@ mod model_config;
 mod names;
 mod selector;
 mod template;
+pub mod validate;
 
 pub use content::{ChatMessage, Content, ContentDigest, TemplateBody};
+pub use fleet::{in_sync, AgentState, FleetCounts};
 pub use history::{rollback_target, NoRollbackTarget};
 pub use instant::instant_micros;
 pub use limits::Limits;
@@ -20,8 +23,10 @@ pub use template::placeholders;
 
 use std::collections::BTreeMap;
 
-/// Bad input, naming the field and the rule it broke. Every variant of the
-/// gRPC surface turns this into INVALID_ARGUMENT with the same text.
+/// Bad input, naming the field and the rule it broke. Every field rule of
+/// the registry lives in this module (the type constructors and
+/// [`validate`]) and returns this; the gRPC layer turns it into
+/// INVALID_ARGUMENT with the same text, in one place.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {rule}")]
 pub struct ValidationError {
@@ -37,6 +42,13 @@ impl ValidationError {
             field: field.into(),
             rule: rule.into(),
         }
+    }
+
+    /// The same error for a field nested in `parent`: `names[0]` within
+    /// `watch` is `watch.names[0]`.
+    pub fn within(mut self, parent: &str) -> Self {
+        self.field = format!("{parent}.{}", self.field);
+        self
     }
 }
 

@@ -1,84 +1,40 @@
-//! Conversions between wire types (`pb`) and domain types, and from core
-//! errors to gRPC status. Every request field is validated here, with the
-//! field's proto name in the error.
+//! Conversions between wire types (`pb`) and domain types. A request is
+//! checked by the domain's field rules, with the field's proto name; the
+//! errors are [`ValidationError`]s, which `status` maps to
+//! INVALID_ARGUMENT. Only the shape of a message (a oneof that must be set,
+//! an enum value this server knows) is checked here.
 
 use super::pb;
+use super::status::bounded;
+use super::timestamp::to_timestamp;
+use crate::domain::validate;
 use crate::domain::{
     ChatMessage, Content, LabelMove, LabelName, LabelTarget, Limits, MoveKind, NewVersion,
     PromptName, PromptSummary, TemplateBody, ValidationError, Version,
 };
-use crate::registry::{Moved, RegistryError};
-use crate::store::StoreError;
-use crate::time::to_timestamp;
+use crate::registry::Moved;
 use tonic::{Code, Status};
-
-impl From<RegistryError> for Status {
-    fn from(error: RegistryError) -> Status {
-        let code = match &error {
-            RegistryError::Invalid(_) => Code::InvalidArgument,
-            RegistryError::NotFound(_) => Code::NotFound,
-            RegistryError::FailedPrecondition(_) => Code::FailedPrecondition,
-            RegistryError::NotDurable(_) | RegistryError::Unwritable(_) => Code::Unavailable,
-            RegistryError::Damaged { .. } => Code::DataLoss,
-            RegistryError::Exhausted(_) => Code::ResourceExhausted,
-            RegistryError::DataDirLocked { .. }
-            | RegistryError::DataDir { .. }
-            | RegistryError::Key(_)
-            | RegistryError::DataKey(_) => Code::Internal,
-            RegistryError::Store(store) => match store {
-                StoreError::Io(_) | StoreError::DurableHead { .. } => Code::Unavailable,
-                StoreError::Corrupt(_) | StoreError::Engine(_) => Code::DataLoss,
-                StoreError::Schema { .. } | StoreError::Encryption(_) => Code::Internal,
-            },
-        };
-        if matches!(code, Code::Internal | Code::DataLoss | Code::Unavailable) {
-            tracing::error!(%error, "request failed");
-        }
-        Status::new(code, bounded(error.to_string()))
-    }
-}
 
 /// A time from a request, held to the domain's rule (`instant_micros`).
 pub fn instant(
     field: &str,
     time: &prost_types::Timestamp,
-) -> Result<crate::domain::Micros, Status> {
-    crate::domain::instant_micros(field, time.seconds, time.nanos).map_err(invalid)
+) -> Result<crate::domain::Micros, ValidationError> {
+    crate::domain::instant_micros(field, time.seconds, time.nanos)
 }
 
-pub fn invalid(error: ValidationError) -> Status {
-    Status::invalid_argument(bounded(error.to_string()))
+pub fn prompt_name(raw: &str, limits: &Limits) -> Result<PromptName, ValidationError> {
+    PromptName::parse("name", raw, limits.max_name_bytes)
 }
 
-/// Status messages quote the offending input; a quoted 70 KB field would
-/// not fit in the HTTP/2 trailers the message travels in (the client would
-/// see a protocol error instead of the answer), so messages are cut.
-fn bounded(mut message: String) -> String {
-    const MAX: usize = 1024;
-    if message.len() > MAX {
-        let mut cut = MAX;
-        while !message.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        message.truncate(cut);
-        message.push_str("… (truncated)");
-    }
-    message
+pub fn label_name(raw: &str) -> Result<LabelName, ValidationError> {
+    LabelName::parse("label", raw)
 }
 
-pub fn prompt_name(raw: &str, limits: &Limits) -> Result<PromptName, Status> {
-    PromptName::parse("name", raw, limits.max_name_bytes).map_err(invalid)
+pub fn movable_label(raw: &str) -> Result<LabelName, ValidationError> {
+    LabelName::parse_movable("label", raw)
 }
 
-pub fn label_name(raw: &str) -> Result<LabelName, Status> {
-    LabelName::parse("label", raw).map_err(invalid)
-}
-
-pub fn movable_label(raw: &str) -> Result<LabelName, Status> {
-    LabelName::parse_movable("label", raw).map_err(invalid)
-}
-
-/// Validates a publish request into a [`NewVersion`].
 /// The W3C trace id of a request's `traceparent` metadata
 /// (`00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`), when it has a
 /// valid one.
@@ -94,18 +50,19 @@ pub fn trace_id<T>(request: &tonic::Request<T>) -> Option<String> {
     valid.then(|| trace_id.to_string())
 }
 
+/// Validates a publish request into a [`NewVersion`].
 pub fn new_version(
     req: pb::PublishVersionRequest,
     limits: &Limits,
     trace_id: Option<String>,
-) -> Result<NewVersion, Status> {
+) -> Result<NewVersion, ValidationError> {
     let name = prompt_name(&req.name, limits)?;
     let template = match req.template.and_then(|t| t.kind) {
         None => {
-            return Err(invalid(ValidationError::new(
+            return Err(ValidationError::new(
                 "template",
                 "is required: set text or chat",
-            )))
+            ))
         }
         Some(pb::template::Kind::Text(text)) => TemplateBody::Text(text),
         Some(pb::template::Kind::Chat(chat)) => TemplateBody::Chat(
@@ -118,68 +75,19 @@ pub fn new_version(
                 .collect(),
         ),
     };
-    let content = Content::validate(template, &req.variables, &req.model_config_json, limits)
-        .map_err(invalid)?;
-    check_required("author", &req.author, limits.max_actor_bytes)?;
-    check_optional("description", &req.description, limits.max_text_bytes)?;
-    if req.tags.len() > limits.max_tags {
-        return Err(invalid(ValidationError::new(
-            "tags",
-            format!("{} tags; the limit is {}", req.tags.len(), limits.max_tags),
-        )));
-    }
-    for (key, value) in &req.tags {
-        let key_ok = key.len() <= 63
-            && key
-                .bytes()
-                .next()
-                .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-            && key.bytes().all(|b| {
-                b.is_ascii_lowercase()
-                    || b.is_ascii_digit()
-                    || matches!(b, b'.' | b'_' | b'/' | b'-')
-            });
-        if !key_ok {
-            return Err(invalid(ValidationError::new(
-                "tags",
-                format!("key {key:?} is not valid; keys match [a-z0-9][a-z0-9._/-]{{0,62}}"),
-            )));
-        }
-        if value.len() > limits.max_tag_value_bytes || value.chars().any(char::is_control) {
-            return Err(invalid(ValidationError::new(
-                format!("tags[{key}]"),
-                format!(
-                    "values are at most {} bytes with no control characters",
-                    limits.max_tag_value_bytes
-                ),
-            )));
-        }
-    }
+    let content = Content::validate(template, &req.variables, &req.model_config_json, limits)?;
+    validate::required_text("author", &req.author, limits.max_actor_bytes)?;
+    validate::optional_text("description", &req.description, limits.max_text_bytes)?;
+    let tags = req.tags.into_iter().collect();
+    validate::tags(&tags, limits)?;
     Ok(NewVersion {
         trace_id,
         name,
         content,
         author: req.author,
         description: req.description,
-        tags: req.tags.into_iter().collect(),
+        tags,
     })
-}
-
-fn check_required(field: &str, value: &str, limit: usize) -> Result<(), Status> {
-    if value.trim().is_empty() {
-        return Err(invalid(ValidationError::new(field, "is required")));
-    }
-    check_optional(field, value, limit)
-}
-
-fn check_optional(field: &str, value: &str, limit: usize) -> Result<(), Status> {
-    if value.len() > limit {
-        return Err(invalid(ValidationError::new(
-            field,
-            format!("is {} bytes; the limit is {limit}", value.len()),
-        )));
-    }
-    Ok(())
 }
 
 pub fn version(v: Version, with_content: bool) -> pb::Version {
@@ -276,41 +184,42 @@ pub fn moved(m: Moved) -> pb::LabelMoveResponse {
 
 use super::wire::WatchFrame;
 use crate::domain::{Change, Selector};
-use crate::registry::fleet::{AgentHello, AgentLabelStatus};
+use crate::registry::fleet::{AgentHello, AgentLabelStatus, FleetCounts};
 use crate::registry::watch::{LabelState, WatchEnd, WatchEvent, WatchRequest};
 use prost::Message as _;
 
-pub fn watch_request(req: pb::WatchRequest, limits: &Limits) -> Result<WatchRequest, Status> {
+pub fn watch_request(
+    req: pb::WatchRequest,
+    limits: &Limits,
+) -> Result<WatchRequest, ValidationError> {
     let mut selector = Selector {
         include_versions: req.include_versions,
         ..Selector::default()
     };
     for (i, name) in req.names.iter().enumerate() {
-        let name = PromptName::parse(&format!("names[{i}]"), name, limits.max_name_bytes)
-            .map_err(invalid)?;
+        let name = PromptName::parse(&format!("names[{i}]"), name, limits.max_name_bytes)?;
         selector.names.insert(name);
     }
     for (i, prefix) in req.prefixes.iter().enumerate() {
-        PromptName::check_prefix(&format!("prefixes[{i}]"), prefix, limits.max_name_bytes)
-            .map_err(invalid)?;
+        PromptName::check_prefix(&format!("prefixes[{i}]"), prefix, limits.max_name_bytes)?;
         selector.prefixes.push(prefix.clone());
     }
     for (i, label) in req.labels.iter().enumerate() {
         selector
             .labels
-            .insert(LabelName::parse(&format!("labels[{i}]"), label).map_err(invalid)?);
+            .insert(LabelName::parse(&format!("labels[{i}]"), label)?);
     }
     let agent = if req.agent_id.is_empty() {
         None
     } else {
-        check_optional("agent_id", &req.agent_id, 256)?;
+        validate::agent_field("agent_id", &req.agent_id)?;
         let info = req.agent.unwrap_or_default();
         for (field, value) in [
             ("agent.host", &info.host),
             ("agent.sdk", &info.sdk),
             ("agent.version", &info.version),
         ] {
-            check_optional(field, value, 256)?;
+            validate::agent_field(field, value)?;
         }
         Some(AgentHello {
             agent_id: req.agent_id,
@@ -463,6 +372,14 @@ pub fn ended(code: Code, message: impl Into<String>) -> pb::WatchEnded {
     }
 }
 
+pub fn fleet_summary(counts: FleetCounts) -> pb::FleetSummary {
+    pb::FleetSummary {
+        in_sync: counts.in_sync,
+        stale: counts.stale,
+        disconnected: counts.disconnected,
+    }
+}
+
 pub fn agent_status(row: AgentLabelStatus) -> pb::AgentStatus {
     let in_sync = row.in_sync();
     pb::AgentStatus {
@@ -525,7 +442,7 @@ pub fn checkpoint_to_pb(c: Checkpoint) -> pb::Checkpoint {
     }
 }
 
-pub fn checkpoint_from_pb(c: pb::Checkpoint) -> Result<Checkpoint, Status> {
+pub fn checkpoint_from_pb(c: pb::Checkpoint) -> Result<Checkpoint, ValidationError> {
     Ok(Checkpoint {
         sequence: c.sequence,
         head_hash: c.head_hash,

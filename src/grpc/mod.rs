@@ -4,6 +4,8 @@
 pub mod codec;
 pub(crate) mod convert;
 mod service;
+mod status;
+pub mod timestamp;
 mod watch_many;
 pub mod wire;
 

@@ -1,10 +1,11 @@
 //! The `promptreg.v1.Registry` service: thin handlers over the registry core.
 
-use super::convert::{self, invalid, label_name, movable_label, prompt_name};
+use super::convert::{self, label_name, movable_label, prompt_name};
 use super::pb;
 use super::pb_server::registry_server::Registry as RegistryApi;
+use crate::domain::validate::{self, version_number};
 use crate::domain::{ContentDigest, PromptName, ValidationError};
-use crate::registry::fleet::{Ack, ApplyOutcome};
+use crate::registry::fleet::{Ack, AgentLabelStatus, ApplyOutcome, FleetCounts};
 use crate::registry::provenance::{AuditFilter, PruneRequest};
 use crate::registry::{MoveRequest, PointInTime, Registry, VersionSelector};
 use prost::Message as _;
@@ -37,16 +38,6 @@ impl RegistryService {
             reason,
         })
     }
-}
-
-fn version_number(field: &str, version: u64) -> Result<u64, Status> {
-    if version == 0 {
-        return Err(invalid(ValidationError::new(
-            field,
-            "must be a version number (1 or more)",
-        )));
-    }
-    Ok(version)
 }
 
 type Answer<T> = Result<Response<T>, Status>;
@@ -143,47 +134,23 @@ impl RegistryApi for RegistryService {
         request: Request<pb::AckAppliedRequest>,
     ) -> Answer<pb::AckAppliedResponse> {
         let req = request.into_inner();
-        if req.agent_id.trim().is_empty() {
-            return Err(invalid(ValidationError::new("agent_id", "is required")));
-        }
-        // The same bounds as a Watch's agent_id; the fleet view keeps both.
-        if req.agent_id.len() > 256 {
-            return Err(invalid(ValidationError::new(
-                "agent_id",
-                "is longer than 256 bytes",
-            )));
-        }
-        let reason_limit = self.registry.limits().max_text_bytes;
-        if req.reason.len() > reason_limit {
-            return Err(invalid(ValidationError::new(
-                "reason",
-                format!("is {} bytes; the limit is {reason_limit}", req.reason.len()),
-            )));
-        }
+        // The same bound as a Watch's agent_id; the fleet view keeps both.
+        validate::agent_id("agent_id", &req.agent_id)?;
+        validate::optional_text("reason", &req.reason, self.registry.limits().max_text_bytes)?;
         let outcome = match pb::ApplyOutcome::try_from(req.outcome) {
             Ok(pb::ApplyOutcome::Applied) => ApplyOutcome::Applied,
             Ok(pb::ApplyOutcome::Rejected) => {
-                if req.reason.trim().is_empty() {
-                    return Err(invalid(ValidationError::new(
-                        "reason",
-                        "is required when the outcome is rejected",
-                    )));
-                }
+                validate::rejection_reason("reason", &req.reason)?;
                 ApplyOutcome::Rejected { reason: req.reason }
             }
-            _ => {
-                return Err(invalid(ValidationError::new(
-                    "outcome",
-                    "must be APPLIED or REJECTED",
-                )))
-            }
+            _ => return Err(ValidationError::new("outcome", "must be APPLIED or REJECTED").into()),
         };
         let ack = Ack {
             agent_id: req.agent_id,
             name: prompt_name(&req.name, self.registry.limits())?,
             label: label_name(&req.label)?,
             version: version_number("version", req.version)?,
-            digest: ContentDigest::parse("digest", &req.digest).map_err(invalid)?,
+            digest: ContentDigest::parse("digest", &req.digest)?,
             revision: req.revision,
             outcome,
         };
@@ -198,7 +165,7 @@ impl RegistryApi for RegistryService {
         let target = self.registry.ack(ack)?;
         Ok(Response::new(pb::AckAppliedResponse {
             target_version: target.unwrap_or(0),
-            in_sync: target.is_some() && applied == target,
+            in_sync: crate::domain::in_sync(applied, target),
         }))
     }
 
@@ -316,8 +283,7 @@ impl RegistryApi for RegistryService {
         &self,
         request: Request<pb::FindByDigestRequest>,
     ) -> Answer<pb::FindByDigestResponse> {
-        let digest =
-            ContentDigest::parse("digest", &request.into_inner().digest).map_err(invalid)?;
+        let digest = ContentDigest::parse("digest", &request.into_inner().digest)?;
         tracing::Span::current().record("promptreg.prompt.digest", digest.to_string());
         let matches = self
             .registry
@@ -351,22 +317,12 @@ impl RegistryApi for RegistryService {
             let counts = self.registry.fleet_summary(name, label)?;
             return Ok(Response::new(pb::FleetStatusResponse {
                 agents: Vec::new(),
-                summary: Some(pb::FleetSummary {
-                    in_sync: counts.in_sync,
-                    stale: counts.stale,
-                    disconnected: counts.disconnected,
-                }),
+                summary: Some(convert::fleet_summary(counts)),
             }));
         }
         let rows = self.registry.fleet_status(name.as_ref(), label.as_ref())?;
-        let mut summary = pb::FleetSummary::default();
-        for row in &rows {
-            match (row.connected, row.in_sync()) {
-                (false, _) => summary.disconnected += 1,
-                (true, true) => summary.in_sync += 1,
-                (true, false) => summary.stale += 1,
-            }
-        }
+        let counts: FleetCounts = rows.iter().map(AgentLabelStatus::state).collect();
+        let summary = convert::fleet_summary(counts);
         let agents = if req.summary_only {
             Vec::new()
         } else {
@@ -412,7 +368,7 @@ impl RegistryApi for RegistryService {
             None => VersionSelector::Label(crate::domain::LabelName::latest()),
             Some(Selector::Version(n)) => VersionSelector::Number(version_number("version", n)?),
             Some(Selector::Digest(d)) => {
-                VersionSelector::Digest(ContentDigest::parse("digest", &d).map_err(invalid)?)
+                VersionSelector::Digest(ContentDigest::parse("digest", &d)?)
             }
             Some(Selector::Label(l)) => VersionSelector::Label(label_name(&l)?),
         };
@@ -452,8 +408,7 @@ impl RegistryApi for RegistryService {
     ) -> Answer<pb::ListPromptsResponse> {
         let req = request.into_inner();
         if !req.prefix.is_empty() {
-            PromptName::check_prefix("prefix", &req.prefix, self.registry.limits().max_name_bytes)
-                .map_err(invalid)?;
+            PromptName::check_prefix("prefix", &req.prefix, self.registry.limits().max_name_bytes)?;
         }
         let page = self
             .registry
@@ -574,10 +529,7 @@ impl RegistryApi for RegistryService {
         use pb::resolve_at_request::At;
         let at = match req.at {
             None => {
-                return Err(invalid(ValidationError::new(
-                    "at",
-                    "is required: set time or revision",
-                )))
+                return Err(ValidationError::new("at", "is required: set time or revision").into())
             }
             Some(At::Revision(r)) => PointInTime::Revision(r),
             Some(At::Time(t)) => PointInTime::Time(convert::instant("time", &t)?),

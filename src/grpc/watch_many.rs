@@ -19,8 +19,9 @@
 use super::convert;
 use super::pb::{self, watch_many_request::Request as Command};
 use super::wire::WatchManyFrame;
+use crate::domain::ValidationError;
 use crate::registry::watch::{SharedRevision, WatchEvent, WatchMembership, WatchStream};
-use crate::registry::Registry;
+use crate::registry::{Registry, RegistryError};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::hash::{Hash, Hasher};
@@ -96,14 +97,20 @@ impl WatchMany {
         ));
     }
 
+    /// Ends a watch with the status of an error of the core or of bad input
+    /// (mapped where every error is, in `status`).
+    fn end_with(&mut self, watch_id: u64, status: impl Into<Status>) {
+        let status = status.into();
+        self.end(watch_id, status.code(), status.message());
+    }
+
     fn handle(&mut self, request: pb::WatchManyRequest) {
         match request.request {
             Some(Command::Open(open)) => self.open(open),
             Some(Command::Cancel(cancel)) => self.cancel(cancel.watch_id),
-            None => self.end(
+            None => self.end_with(
                 0,
-                Code::InvalidArgument,
-                "request: must be `open` or `cancel`",
+                ValidationError::new("request", "must be `open` or `cancel`"),
             ),
         }
     }
@@ -111,7 +118,7 @@ impl WatchMany {
     fn open(&mut self, open: pb::WatchOpen) {
         let id = open.watch_id;
         if id == 0 {
-            return self.end(0, Code::InvalidArgument, "watch_id: must be 1 or more");
+            return self.end_with(0, ValidationError::new("watch_id", "must be 1 or more"));
         }
         if self.group_of.contains_key(&id) {
             return self.end(
@@ -124,10 +131,17 @@ impl WatchMany {
             return self.end(id, Code::Unavailable, "the server is shutting down");
         }
         let Some(watch) = open.watch else {
-            return self.end(id, Code::InvalidArgument, "watch: is required");
+            return self.end_with(id, ValidationError::new("watch", "is required"));
         };
+        // The fields of the WatchRequest are named from the WatchOpen
+        // (`watch.names[0]`), whether the converter or the core refused them.
         let opened = convert::watch_request(watch, self.registry.limits())
-            .and_then(|request| self.registry.watch(request).map_err(Status::from));
+            .map_err(RegistryError::Invalid)
+            .and_then(|request| self.registry.watch(request))
+            .map_err(|error| match error {
+                RegistryError::Invalid(invalid) => RegistryError::Invalid(invalid.within("watch")),
+                other => other,
+            });
         match opened {
             Ok(mut stream) => {
                 let members = stream
@@ -147,15 +161,7 @@ impl WatchMany {
                     },
                 );
             }
-            Err(status) => {
-                // A field of the WatchRequest is named from the WatchOpen.
-                let message = if status.code() == Code::InvalidArgument {
-                    format!("watch.{}", status.message())
-                } else {
-                    status.message().to_string()
-                };
-                self.end(id, status.code(), message);
-            }
+            Err(error) => self.end_with(id, error),
         }
     }
 

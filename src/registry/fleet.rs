@@ -5,7 +5,8 @@
 //! run, and the view rebuilds itself. Agents without a stream for longer than
 //! the configured TTL are forgotten.
 
-use crate::domain::{ContentDigest, LabelName, Micros, PromptName, Selector};
+pub use crate::domain::FleetCounts;
+use crate::domain::{in_sync, AgentState, ContentDigest, LabelName, Micros, PromptName, Selector};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
@@ -37,14 +38,6 @@ pub struct Ack {
     pub outcome: ApplyOutcome,
 }
 
-/// Agents per state for one label.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct FleetCounts {
-    pub in_sync: u32,
-    pub stale: u32,
-    pub disconnected: u32,
-}
-
 /// One agent's state for one label.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentLabelStatus {
@@ -63,7 +56,11 @@ pub struct AgentLabelStatus {
 
 impl AgentLabelStatus {
     pub fn in_sync(&self) -> bool {
-        matches!((self.applied.as_ref(), self.target_version), (Some((applied, _)), Some(target)) if *applied == target)
+        in_sync(self.applied.as_ref().map(|(v, _)| *v), self.target_version)
+    }
+
+    pub fn state(&self) -> AgentState {
+        AgentState::of(self.connected, self.in_sync())
     }
 }
 
@@ -179,20 +176,19 @@ impl Fleet {
     /// that `promote --wait` polls.
     pub fn count(&self, name: &PromptName, label: &LabelName, target: Option<u64>) -> FleetCounts {
         let key = (name.clone(), label.clone());
-        let mut counts = FleetCounts::default();
-        for agent in self.lock().values() {
-            let applied = agent.applied.get(&key);
-            if applied.is_none() && !agent.selectors.iter().any(|s| s.matches_label(name, label)) {
-                continue;
-            }
-            let in_sync = matches!((applied.and_then(|a| a.version.as_ref()), target), (Some((v, _)), Some(t)) if *v == t);
-            match (agent.streams > 0, in_sync) {
-                (false, _) => counts.disconnected += 1,
-                (true, true) => counts.in_sync += 1,
-                (true, false) => counts.stale += 1,
-            }
-        }
-        counts
+        self.lock()
+            .values()
+            .filter_map(|agent| {
+                let applied = agent.applied.get(&key);
+                if applied.is_none()
+                    && !agent.selectors.iter().any(|s| s.matches_label(name, label))
+                {
+                    return None;
+                }
+                let applied = applied.and_then(|a| a.version.as_ref()).map(|(v, _)| *v);
+                Some(AgentState::of(agent.streams > 0, in_sync(applied, target)))
+            })
+            .collect()
     }
 
     /// Rows for every (agent, prompt, label) matching the filter: labels the

@@ -13,6 +13,7 @@ pub mod provenance;
 mod version_cache;
 pub mod watch;
 
+use crate::domain::validate;
 use crate::domain::{
     rollback_target, Change, ContentDigest, LabelMove, LabelName, LabelTarget, Limits, Micros,
     MoveKind, NewVersion, NoRollbackTarget, PromptName, PromptSummary, Revision, ValidationError,
@@ -847,8 +848,7 @@ impl Registry {
     }
 
     fn check_actor_reason(&self, request: &MoveRequest) -> Result<()> {
-        check_text("actor", &request.actor, self.inner.limits.max_actor_bytes)?;
-        check_text("reason", &request.reason, self.inner.limits.max_text_bytes)?;
+        validate::actor_and_reason(&request.actor, &request.reason, &self.inner.limits)?;
         Ok(())
     }
 
@@ -992,14 +992,7 @@ impl Registry {
         self.existing_prompt(name)?;
         let found = match at {
             PointInTime::Revision(revision) => {
-                let head = self.committed_head();
-                if revision > head {
-                    return Err(ValidationError::new(
-                        "revision",
-                        format!("{revision} is ahead of the registry's head revision {head}"),
-                    )
-                    .into());
-                }
+                validate::revision_in_past("revision", revision, self.committed_head())?;
                 self.store().move_at_revision(name, label, revision)?
             }
             // Revision times never decrease, so the newest move at or before
@@ -1422,22 +1415,17 @@ async fn run_gauges(registry: Weak<Inner>, interval: std::time::Duration) {
         let Ok(rows) = registry.fleet_status(None, None) else {
             continue;
         };
-        let mut counts: std::collections::BTreeMap<(String, String), [u32; 3]> = Default::default();
+        let mut counts: std::collections::BTreeMap<(String, String), fleet::FleetCounts> =
+            Default::default();
         for row in rows {
-            let state = match (row.connected, row.in_sync()) {
-                (true, true) => 0,
-                (true, false) => 1,
-                (false, _) => 2,
-            };
             counts
                 .entry((row.name.to_string(), row.label.to_string()))
-                .or_default()[state] += 1;
+                .or_default()
+                .add(row.state());
         }
         for ((prompt, label), by_state) in counts {
-            for (state, count) in ["in_sync", "stale", "disconnected"]
-                .into_iter()
-                .zip(by_state)
-            {
+            for state in crate::domain::AgentState::ALL {
+                let (state, count) = (state.as_str(), by_state.count(state));
                 metrics::gauge!(FLEET_AGENTS, "prompt" => prompt.clone(), "label" => label.clone(), "state" => state)
                     .set(f64::from(count));
             }
@@ -1533,19 +1521,6 @@ fn lock_data_dir(dir: &Path) -> Result<File> {
     file.set_len(0).map_err(io_err)?;
     write!(file, "{}", std::process::id()).map_err(io_err)?;
     Ok(file)
-}
-
-fn check_text(field: &str, value: &str, limit: usize) -> std::result::Result<(), ValidationError> {
-    if value.trim().is_empty() {
-        return Err(ValidationError::new(field, "is required"));
-    }
-    if value.len() > limit {
-        return Err(ValidationError::new(
-            field,
-            format!("is {} bytes; the limit is {limit}", value.len()),
-        ));
-    }
-    Ok(())
 }
 
 /// The compare-and-set of promote and rollback: with `expected`, the label

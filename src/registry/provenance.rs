@@ -1,11 +1,8 @@
 //! Signing keys, the audit ledger and its verification: the registry's
 //! provenance use cases.
 
-use super::{
-    check_text, page_size_of, parse_number_token, Page, Registry, RegistryError, Result,
-    WriterState,
-};
-use crate::domain::{KeyRotation, Micros, PromptName};
+use super::{page_size_of, parse_number_token, Page, Registry, RegistryError, Result, WriterState};
+use crate::domain::{validate, KeyRotation, Micros, PromptName};
 use crate::provenance::{
     checkpoint_message, verify_signature, version_message, AuditEntry, LedgerHead, SigningKey,
 };
@@ -191,8 +188,7 @@ impl Registry {
         actor: String,
         reason: String,
     ) -> Result<(PublicKey, u64)> {
-        check_text("actor", &actor, self.inner.limits.max_actor_bytes)?;
-        check_text("reason", &reason, self.inner.limits.max_text_bytes)?;
+        validate::actor_and_reason(&actor, &reason, &self.inner.limits)?;
         if let KeySource::File(path) = &self.inner.key_source {
             return Err(RegistryError::FailedPrecondition(format!(
                 "this server signs with --signing-key {}; rotate by restarting it with a new key file",
@@ -460,14 +456,9 @@ impl Registry {
     /// older than `older_than`) that no label but `latest` ever pointed to.
     /// A version any label ever pointed to is kept forever.
     pub async fn prune_versions(&self, request: PruneRequest) -> Result<PruneOutcome> {
-        if request.keep_last == 0 {
-            return Err(
-                crate::domain::ValidationError::new("keep_last", "must be at least 1").into(),
-            );
-        }
+        validate::keep_last("keep_last", request.keep_last)?;
         if !request.dry_run {
-            check_text("actor", &request.actor, self.inner.limits.max_actor_bytes)?;
-            check_text("reason", &request.reason, self.inner.limits.max_text_bytes)?;
+            validate::actor_and_reason(&request.actor, &request.reason, &self.inner.limits)?;
         }
         let dry_run = request.dry_run;
         // Under the writer lock on a blocking thread, as every write (a dry

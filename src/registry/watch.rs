@@ -319,22 +319,11 @@ impl Registry {
     /// Opens a watch. The returned stream ends when the client drops it,
     /// when the server shuts down, or with a [`WatchEnd`].
     pub fn watch(&self, request: WatchRequest) -> super::Result<WatchStream> {
-        // A watch resumes from the revision after the last one it received,
-        // at most the head + 1; a later start would skip the revisions in
-        // between without a word. Refused like ResolveAt's future revision.
-        let head = self.committed_head();
-        if request.start_revision > head.saturating_add(1) {
-            return Err(crate::domain::ValidationError::new(
-                "start_revision",
-                format!(
-                    "{} is ahead of the registry's head revision {head}; resume from at most \
-                     {} (the revision after the last change received), or 0 for a snapshot",
-                    request.start_revision,
-                    head + 1
-                ),
-            )
-            .into());
-        }
+        crate::domain::validate::start_revision(
+            "start_revision",
+            request.start_revision,
+            self.committed_head(),
+        )?;
         let inner = self.inner.clone();
         let limit = inner.hub.config.max_watchers;
         if inner.hub.stats.open_streams.load(Ordering::SeqCst) >= limit {

@@ -1,0 +1,58 @@
+//! Every error of the core as a gRPC status, in one place: the exhaustive
+//! mapping of [`RegistryError`], which bad input ([`ValidationError`]) also
+//! goes through, so INVALID_ARGUMENT is decided here and nowhere else.
+
+use crate::domain::ValidationError;
+use crate::registry::RegistryError;
+use crate::store::StoreError;
+use tonic::{Code, Status};
+
+impl From<RegistryError> for Status {
+    fn from(error: RegistryError) -> Status {
+        let code = match &error {
+            RegistryError::Invalid(_) => Code::InvalidArgument,
+            RegistryError::NotFound(_) => Code::NotFound,
+            RegistryError::FailedPrecondition(_) => Code::FailedPrecondition,
+            RegistryError::NotDurable(_) | RegistryError::Unwritable(_) => Code::Unavailable,
+            RegistryError::Damaged { .. } => Code::DataLoss,
+            RegistryError::Exhausted(_) => Code::ResourceExhausted,
+            RegistryError::DataDirLocked { .. }
+            | RegistryError::DataDir { .. }
+            | RegistryError::Key(_)
+            | RegistryError::DataKey(_) => Code::Internal,
+            RegistryError::Store(store) => match store {
+                StoreError::Io(_) | StoreError::DurableHead { .. } => Code::Unavailable,
+                StoreError::Corrupt(_) | StoreError::Engine(_) => Code::DataLoss,
+                StoreError::Schema { .. } | StoreError::Encryption(_) => Code::Internal,
+            },
+        };
+        if matches!(code, Code::Internal | Code::DataLoss | Code::Unavailable) {
+            tracing::error!(%error, "request failed");
+        }
+        Status::new(code, bounded(error.to_string()))
+    }
+}
+
+/// Bad input found by a converter or a handler: the same status as the
+/// core's [`RegistryError::Invalid`].
+impl From<ValidationError> for Status {
+    fn from(error: ValidationError) -> Status {
+        Status::from(RegistryError::Invalid(error))
+    }
+}
+
+/// Status messages quote the offending input; a quoted 70 KB field would
+/// not fit in the HTTP/2 trailers the message travels in (the client would
+/// see a protocol error instead of the answer), so messages are cut.
+pub(super) fn bounded(mut message: String) -> String {
+    const MAX: usize = 1024;
+    if message.len() > MAX {
+        let mut cut = MAX;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str("… (truncated)");
+    }
+    message
+}
