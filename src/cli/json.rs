@@ -308,3 +308,63 @@ pub(super) fn parse_checkpoint(raw: &str) -> Result<pb::Checkpoint, String> {
             .map_err(|e| format!("\"signature\" is not hex: {e}"))?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_print_with_sorted_keys_and_null_for_no_version() {
+        let m = pb::LabelMove {
+            name: "p".into(),
+            label: "prod".into(),
+            revision: 7,
+            kind: pb::MoveKind::Remove as i32,
+            from_version: 2,
+            to_version: 0,
+            ..Default::default()
+        };
+        assert_eq!(
+            to_json(MoveJson::from(&m)).to_string(),
+            r#"{"actor":"","digest":"","from_version":2,"kind":"remove","label":"prod","name":"p","reason":"","revision":7,"time":"","to_version":null,"trace_id":""}"#
+        );
+    }
+
+    #[test]
+    fn templates_are_text_or_chat_and_null_without_content() {
+        let chat = Some(pb::Template {
+            kind: Some(pb::template::Kind::Chat(pb::ChatTemplate {
+                messages: vec![pb::ChatMessage {
+                    role: "user".into(),
+                    content: "{{q}}".into(),
+                }],
+            })),
+        });
+        assert_eq!(
+            to_json(TemplateJson::of(&chat)).to_string(),
+            r#"{"chat":[{"content":"{{q}}","role":"user"}]}"#
+        );
+        let text = Some(pb::Template {
+            kind: Some(pb::template::Kind::Text("hi".into())),
+        });
+        assert_eq!(
+            to_json(TemplateJson::of(&text)).to_string(),
+            r#"{"text":"hi"}"#
+        );
+        assert_eq!(to_json(TemplateJson::of(&None)).to_string(), "null");
+    }
+
+    #[test]
+    fn a_fleet_agent_is_the_agent_shape_and_its_state() {
+        let a = pb::AgentStatus {
+            agent_id: "a1".into(),
+            connected: true,
+            applied_version: 3,
+            ..Default::default()
+        };
+        assert_eq!(
+            to_json(FleetAgentJson::from(&a)).to_string(),
+            r#"{"agent_id":"a1","applied_digest":"","applied_version":3,"connected":true,"host":"","in_sync":false,"last_seen":"","rejected_reason":"","rejected_version":null,"sdk":"","target_version":null}"#
+        );
+    }
+}

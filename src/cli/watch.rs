@@ -520,8 +520,39 @@ impl Backoff {
 
 #[cfg(test)]
 mod tests {
-    use super::Backoff;
+    use super::{to_json, Backoff, Line, Outcome};
     use std::time::Duration;
+
+    #[test]
+    fn watch_lines_carry_their_kind_under_type() {
+        assert_eq!(
+            to_json(Line::Progress { revision: 7 }).to_string(),
+            r#"{"revision":7,"type":"progress"}"#
+        );
+        let outcome = Outcome {
+            revision: 3,
+            name: "p",
+            label: "prod",
+            version: 2,
+            digest: "sha256:ab",
+            reason: "signature: unsigned",
+        };
+        assert_eq!(
+            to_json(Line::Rejected(outcome)).to_string(),
+            r#"{"digest":"sha256:ab","label":"prod","name":"p","reason":"signature: unsigned","revision":3,"type":"rejected","version":2}"#
+        );
+        let published = Line::VersionPublished {
+            revision: 4,
+            name: "p",
+            version: 5,
+            digest: "sha256:cd",
+            author: "alice",
+        };
+        assert_eq!(
+            to_json(published).to_string(),
+            r#"{"author":"alice","digest":"sha256:cd","name":"p","revision":4,"type":"version_published","version":5}"#
+        );
+    }
 
     #[test]
     fn backoff_grows_to_its_ceiling_with_jitter() {
