@@ -1,12 +1,40 @@
 //! `promptreg backup`, `restore` and `check`: the operator's tools for
 //! keeping a store safe.
 
-use super::client::{connect, emit, Failure};
+use super::client::{connect, Failure};
+use super::json::emit;
 use super::text::counted;
 use super::{exit, BackupArgs, CheckArgs, RestoreArgs};
 use crate::grpc::pb;
 use crate::store::backup;
-use serde_json::json;
+use serde::Serialize;
+
+/// `backup`'s answer.
+#[derive(Serialize)]
+struct Written<'a> {
+    file: String,
+    revision: u64,
+    bytes: usize,
+    entries: u64,
+    encryption_key_id: Option<&'a str>,
+}
+
+/// `restore`'s answer.
+#[derive(Serialize)]
+struct Restored<'a> {
+    data_dir: String,
+    revision: u64,
+    entries: u64,
+    encryption_key_id: Option<&'a str>,
+}
+
+/// `check`'s answer.
+#[derive(Serialize)]
+struct Checked<'a> {
+    data_dir: String,
+    sound: bool,
+    problems: &'a [String],
+}
 
 pub(super) async fn backup(args: BackupArgs) -> Result<(), Failure> {
     let mut client = connect(&args.client).await?;
@@ -37,8 +65,13 @@ pub(super) async fn backup(args: BackupArgs) -> Result<(), Failure> {
                 counted(header.entries, "record")
             )
         },
-        json!({"file": args.file.display().to_string(), "revision": revision, "bytes": bytes.len(),
-               "entries": header.entries, "encryption_key_id": header.encryption_key_id}),
+        Written {
+            file: args.file.display().to_string(),
+            revision,
+            bytes: bytes.len(),
+            entries: header.entries,
+            encryption_key_id: header.encryption_key_id.as_deref(),
+        },
     );
     Ok(())
 }
@@ -89,8 +122,12 @@ pub(super) fn restore(args: RestoreArgs) -> Result<(), Failure> {
             }
             text
         },
-        json!({"data_dir": dir.to_string(), "revision": header.revision, "entries": header.entries,
-               "encryption_key_id": header.encryption_key_id}),
+        Restored {
+            data_dir: dir.to_string(),
+            revision: header.revision,
+            entries: header.entries,
+            encryption_key_id: header.encryption_key_id.as_deref(),
+        },
     );
     Ok(())
 }
@@ -119,7 +156,11 @@ pub(super) fn check(args: CheckArgs) -> Result<(), Failure> {
                 text
             }
         },
-        json!({"data_dir": args.data_dir.display().to_string(), "sound": problems.is_empty(), "problems": problems}),
+        Checked {
+            data_dir: args.data_dir.display().to_string(),
+            sound: problems.is_empty(),
+            problems: &problems,
+        },
     );
     if problems.is_empty() {
         Ok(())

@@ -6,14 +6,12 @@
 //! (ListVersions of one prompt for `get`, of every prompt for `whois`): the
 //! server's lookups take full digests only.
 
-use super::client::{
-    connect, emit, move_json, move_text, time_text, version_json, version_or_null, version_text,
-    Failure,
-};
-use super::text::{short_digest, table};
+use super::client::{connect, Failure};
+use super::json::{emit, time_text, LabelPeriodJson, MoveJson, VersionJson};
+use super::text::{move_text, short_digest, table, version_details};
 use super::{exit, GetArgs, ResolveArgs, WhoisArgs};
 use crate::grpc::pb::{self, registry_client::RegistryClient};
-use serde_json::{json, Value};
+use serde::Serialize;
 use tonic::transport::Channel;
 
 /// The fewest hex digits a digest prefix may have.
@@ -145,19 +143,28 @@ pub(super) async fn whois(args: WhoisArgs) -> Result<(), Failure> {
             message: format!("not found: no version has digest {digest}"),
         });
     }
+    #[derive(Serialize)]
+    struct Owner<'a> {
+        name: &'a str,
+        version: u64,
+        digest: &'a str,
+        revision: u64,
+        published_revision: u64,
+        labels: Vec<LabelPeriodJson<'a>>,
+    }
     for m in &matches {
         let v = m.version.clone().unwrap_or_default();
         emit(
             &args.client,
             || whois_text(&v, &m.labels),
-            json!({"name": v.name, "version": v.version, "digest": v.digest, "revision": v.revision,
-                   "published_revision": v.revision,
-                   "labels": m.labels.iter().map(|p| json!({
-                       "label": p.label, "from": time_text(&p.from), "from_revision": p.from_revision,
-                       "until": if p.until_revision == 0 { Value::Null } else { json!(time_text(&p.until)) },
-                       "until_revision": version_or_null(p.until_revision),
-                       "actor": p.actor, "reason": p.reason, "trace_id": p.trace_id,
-                   })).collect::<Vec<_>>()}),
+            Owner {
+                name: &v.name,
+                version: v.version,
+                digest: &v.digest,
+                revision: v.revision,
+                published_revision: v.revision,
+                labels: m.labels.iter().map(LabelPeriodJson::from).collect(),
+            },
         );
     }
     Ok(())
@@ -239,8 +246,8 @@ pub(super) async fn get(args: GetArgs) -> Result<(), Failure> {
     let version = response.version.unwrap_or_default();
     emit(
         &args.client,
-        || version_text(&version),
-        version_json(&version),
+        || version_details(&version),
+        VersionJson::from(&version),
     );
     Ok(())
 }
@@ -272,13 +279,28 @@ pub(super) async fn resolve(args: ResolveArgs) -> Result<(), Failure> {
         }
         None => resolve_now(&mut client, &args.name, &args.label).await?,
     };
-    let mut object = json!({"name": version.name, "label": args.label, "version": version.version,
-                            "digest": version.digest, "revision": mv.as_ref().map(|m| m.revision),
-                            "published_revision": version.revision});
-    if let Some(m) = &mv {
-        object["move"] = move_json(m);
+    #[derive(Serialize)]
+    struct Resolved<'a> {
+        name: &'a str,
+        label: &'a str,
+        version: u64,
+        digest: &'a str,
+        revision: Option<u64>,
+        published_revision: u64,
+        #[serde(rename = "move", skip_serializing_if = "Option::is_none")]
+        set_by: Option<MoveJson<'a>>,
+        content: VersionJson<'a>,
     }
-    object["content"] = version_json(&version);
+    let object = Resolved {
+        name: &version.name,
+        label: &args.label,
+        version: version.version,
+        digest: &version.digest,
+        revision: mv.as_ref().map(|m| m.revision),
+        published_revision: version.revision,
+        set_by: mv.as_ref().map(MoveJson::from),
+        content: VersionJson::from(&version),
+    };
     emit(
         &args.client,
         || {

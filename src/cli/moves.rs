@@ -1,16 +1,21 @@
-//! `promote`, `rollback` and `unlabel`, and `--wait` for the fleet after a
-//! move.
+//! `promote`, `rollback` and `unlabel`, `--wait` for the fleet after a
+//! move; `history` (the moves of a label) and `fleet` (who runs what).
 //!
 //! The incident path: a move that happened is always printed first, also
 //! when `--wait` then gives up, so that nobody retries a rollback that went
 //! through. A move whose fleet did not converge exits 4, a refused move 1
 //! (nothing changed).
 
-use super::client::{connect, emit, version_or_null, Failure};
-use super::text::{ago, counted, short_digest, table, version_text};
-use super::{exit, local_user, ClientOptions, PromoteArgs, RollbackArgs, UnlabelArgs, WaitArgs};
+use super::client::{connect, Failure};
+use super::json::{emit, version_or_null, AgentJson, FleetAgentJson, MoveJson};
+use super::text::{ago, counted, move_row, short_digest, table, version_text, Listing};
+use super::{
+    exit, local_user, ClientOptions, FleetArgs, HistoryArgs, OutputFormat, PromoteArgs,
+    RollbackArgs, UnlabelArgs, WaitArgs,
+};
+use crate::domain::AgentState;
 use crate::grpc::pb::{self, registry_client::RegistryClient};
-use serde_json::{json, Value};
+use serde::Serialize;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
@@ -198,10 +203,10 @@ async fn wait_for_fleet(
     let (mut stale, mut disconnected) = (Vec::new(), Vec::new());
     let mut in_sync = 0;
     for agent in status.agents {
-        match (agent.connected, agent.in_sync) {
-            (false, _) => disconnected.push(agent),
-            (true, false) => stale.push(agent),
-            (true, true) => in_sync += 1,
+        match AgentState::of(agent.connected, agent.in_sync) {
+            AgentState::Disconnected => disconnected.push(agent),
+            AgentState::Stale => stale.push(agent),
+            AgentState::InSync => in_sync += 1,
         }
     }
     Ok(Fleet {
@@ -211,14 +216,6 @@ async fn wait_for_fleet(
         disconnected,
         elapsed,
     })
-}
-
-fn agent_json(a: &pb::AgentStatus) -> Value {
-    json!({"agent_id": a.agent_id, "applied_version": version_or_null(a.applied_version),
-           "applied_digest": a.applied_digest, "target_version": version_or_null(a.target_version),
-           "last_seen": super::client::time_text(&a.last_seen),
-           "host": a.agent.as_ref().map(|i| i.host.clone()).unwrap_or_default(),
-           "rejected_version": version_or_null(a.rejected_version), "rejected_reason": a.rejected_reason})
 }
 
 /// One lagging agent after `--wait`, as table cells.
@@ -248,19 +245,46 @@ fn print_move(
     r: &pb::LabelMoveResponse,
     fleet: Option<&Fleet>,
 ) {
-    let mut object = json!({"name": name, "label": label, "changed": r.changed, "revision": r.revision,
-           "from_version": version_or_null(r.from_version), "to_version": version_or_null(r.to_version),
-           "version": version_or_null(r.to_version), "digest": r.digest});
-    if let Some(fleet) = fleet {
-        object["fleet"] = json!({
-            "converged": fleet.outcome == Outcome::Converged,
-            "agents": fleet.in_sync,
-            "elapsed_ms": fleet.elapsed.as_secs_f64() * 1000.0,
-            "no_connected_agent": fleet.outcome == Outcome::NoConnectedAgent,
-            "stale": fleet.stale.iter().map(agent_json).collect::<Vec<_>>(),
-            "disconnected": fleet.disconnected.iter().map(agent_json).collect::<Vec<_>>(),
-        });
+    #[derive(Serialize)]
+    struct FleetJson<'a> {
+        converged: bool,
+        agents: u32,
+        elapsed_ms: f64,
+        no_connected_agent: bool,
+        stale: Vec<AgentJson<'a>>,
+        disconnected: Vec<AgentJson<'a>>,
     }
+    #[derive(Serialize)]
+    struct Moved<'a> {
+        name: &'a str,
+        label: &'a str,
+        changed: bool,
+        revision: u64,
+        from_version: Option<u64>,
+        to_version: Option<u64>,
+        version: Option<u64>,
+        digest: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        fleet: Option<FleetJson<'a>>,
+    }
+    let object = Moved {
+        name,
+        label,
+        changed: r.changed,
+        revision: r.revision,
+        from_version: version_or_null(r.from_version),
+        to_version: version_or_null(r.to_version),
+        version: version_or_null(r.to_version),
+        digest: &r.digest,
+        fleet: fleet.map(|fleet| FleetJson {
+            converged: fleet.outcome == Outcome::Converged,
+            agents: fleet.in_sync,
+            elapsed_ms: fleet.elapsed.as_secs_f64() * 1000.0,
+            no_connected_agent: fleet.outcome == Outcome::NoConnectedAgent,
+            stale: fleet.stale.iter().map(AgentJson::from).collect(),
+            disconnected: fleet.disconnected.iter().map(AgentJson::from).collect(),
+        }),
+    };
     emit(
         options,
         || {
@@ -334,4 +358,123 @@ fn move_summary(name: &str, label: &str, r: &pb::LabelMoveResponse) -> String {
             r.revision
         )
     }
+}
+
+pub(super) async fn history(args: HistoryArgs) -> Result<(), Failure> {
+    let mut client = connect(&args.client).await?;
+    let mut listing = Listing::new(
+        &args.client,
+        &[
+            "REVISION", "TIME", "KIND", "MOVE", "DIGEST", "ACTOR", "TRACE", "REASON",
+        ],
+        "no moves",
+    );
+    let mut token = String::new();
+    loop {
+        let request = pb::LabelHistoryRequest {
+            name: args.name.clone(),
+            label: args.label.clone(),
+            page_size: 1000,
+            page_token: token,
+        };
+        let page = client.label_history(request).await?.into_inner();
+        for m in &page.moves {
+            listing.row(|| move_row(m), MoveJson::from(m));
+        }
+        if page.next_page_token.is_empty() {
+            listing.finish();
+            return Ok(());
+        }
+        token = page.next_page_token;
+    }
+}
+
+pub(super) async fn fleet(args: FleetArgs) -> Result<(), Failure> {
+    let mut client = connect(&args.client).await?;
+    let request = pb::FleetStatusRequest {
+        name: args.name.clone(),
+        label: args.label.clone(),
+        summary_only: false,
+    };
+    let status = client.fleet_status(request).await?.into_inner();
+    let summary = status.summary.unwrap_or_default();
+    if args.client.output == OutputFormat::Text {
+        let agents = u64::from(summary.in_sync + summary.stale + summary.disconnected);
+        println!(
+            "{} {}: {}: {} in sync, {} stale, {} disconnected",
+            args.name,
+            args.label,
+            counted(agents, "agent"),
+            summary.in_sync,
+            summary.stale,
+            summary.disconnected
+        );
+        let header = &[
+            "AGENT",
+            "STATE",
+            "APPLIED",
+            "TARGET",
+            "LAST SEEN",
+            "REJECTED",
+        ];
+        let rows: Vec<Vec<String>> = status.agents.iter().map(fleet_row).collect();
+        if !rows.is_empty() {
+            println!("{}", table(header, &rows));
+        }
+        return Ok(());
+    }
+    #[derive(Serialize)]
+    struct Summary {
+        in_sync: u32,
+        stale: u32,
+        disconnected: u32,
+    }
+    #[derive(Serialize)]
+    struct Status<'a> {
+        name: &'a str,
+        label: &'a str,
+        agents: Vec<FleetAgentJson<'a>>,
+        summary: Summary,
+    }
+    emit(
+        &args.client,
+        String::new,
+        Status {
+            name: &args.name,
+            label: &args.label,
+            agents: status.agents.iter().map(FleetAgentJson::from).collect(),
+            summary: Summary {
+                in_sync: summary.in_sync,
+                stale: summary.stale,
+                disconnected: summary.disconnected,
+            },
+        },
+    );
+    Ok(())
+}
+
+/// One agent of `fleet`, as table cells.
+fn fleet_row(a: &pb::AgentStatus) -> Vec<String> {
+    // The domain's rule; "in sync" with a space for people.
+    let state = match AgentState::of(a.connected, a.in_sync) {
+        AgentState::InSync => "in sync",
+        state => state.as_str(),
+    };
+    let rejected = if a.rejected_reason.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "{}: {}",
+            version_text(a.rejected_version),
+            a.rejected_reason
+        )
+    };
+    vec![
+        a.agent_id.clone(),
+        state.to_string(),
+        version_text(a.applied_version),
+        version_text(a.target_version),
+        ago(&a.last_seen),
+        rejected,
+    ]
 }

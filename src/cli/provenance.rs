@@ -2,7 +2,8 @@
 //! `verify` checks everything locally: the server's word is not taken for
 //! the digest or the signature.
 
-use super::client::{connect, emit, time_text, Failure};
+use super::client::{connect, Failure};
+use super::json::{emit, parse_checkpoint, time_text, AuditEntryJson, CheckpointJson};
 use super::text::{counted, counted_as, short_digest, short_digests_in, Listing};
 use super::{
     exit, local_user, AuditAction, AuditArgs, KeysAction, KeysArgs, PruneArgs, VerifyArgs,
@@ -10,7 +11,7 @@ use super::{
 use crate::domain::{ContentDigest, PromptName};
 use crate::grpc::pb;
 use crate::provenance::{key_id_of, verify_signature, version_message};
-use serde_json::{json, Value};
+use serde::Serialize;
 
 pub(super) async fn keys(args: KeysArgs) -> Result<(), Failure> {
     match args.action {
@@ -26,6 +27,13 @@ pub(super) async fn keys(args: KeysArgs) -> Result<(), Failure> {
                 &["KEY", "STATE", "CREATED", "PUBLIC KEY"],
                 "no signing keys",
             );
+            #[derive(Serialize)]
+            struct Key<'a> {
+                key_id: &'a str,
+                active: bool,
+                created_at: &'a str,
+                public_key: &'a str,
+            }
             for k in &keys {
                 let public_key = hex::encode(&k.public_key);
                 let created = time_text(&k.created_at);
@@ -39,12 +47,22 @@ pub(super) async fn keys(args: KeysArgs) -> Result<(), Failure> {
                             public_key.clone(),
                         ]
                     },
-                    json!({"key_id": k.key_id, "active": k.active, "created_at": created, "public_key": public_key}),
+                    Key {
+                        key_id: &k.key_id,
+                        active: k.active,
+                        created_at: &created,
+                        public_key: &public_key,
+                    },
                 );
             }
             listing.finish();
         }
         Some(KeysAction::GenDataKey { file }) => {
+            #[derive(Serialize)]
+            struct DataKey<'a> {
+                key_id: &'a str,
+                file: String,
+            }
             let key_id = crate::store::DataKey::generate_file(&file)
                 .map_err(|e| Failure::usage(e.to_string()))?;
             emit(
@@ -52,7 +70,10 @@ pub(super) async fn keys(args: KeysArgs) -> Result<(), Failure> {
                 || {
                     format!("wrote data key {key_id} to {}; keep a copy somewhere safe: without it the store cannot be read", file.display())
                 },
-                json!({"key_id": key_id, "file": file.display().to_string()}),
+                DataKey {
+                    key_id: &key_id,
+                    file: file.display().to_string(),
+                },
             );
         }
         Some(KeysAction::Rotate {
@@ -68,10 +89,22 @@ pub(super) async fn keys(args: KeysArgs) -> Result<(), Failure> {
             let answer = client.rotate_signing_key(request).await?.into_inner();
             let key = answer.key.unwrap_or_default();
             let public_key = hex::encode(&key.public_key);
+            #[derive(Serialize)]
+            struct Rotated<'a> {
+                key_id: &'a str,
+                active: bool,
+                public_key: &'a str,
+                revision: u64,
+            }
             emit(
                 &options,
                 || format!("new signing key {} is active ({public_key})", key.key_id),
-                json!({"key_id": key.key_id, "active": true, "public_key": public_key, "revision": answer.revision}),
+                Rotated {
+                    key_id: &key.key_id,
+                    active: true,
+                    public_key: &public_key,
+                    revision: answer.revision,
+                },
             );
         }
     }
@@ -102,6 +135,17 @@ pub(super) async fn verify(args: VerifyArgs) -> Result<(), Failure> {
         .into_inner()
         .keys;
     let check = check_version(&version, &keys);
+    #[derive(Serialize)]
+    struct Verified<'a> {
+        name: &'a str,
+        version: u64,
+        digest: &'a str,
+        revision: u64,
+        digest_ok: bool,
+        signature_ok: bool,
+        key_id: &'a str,
+        verified: bool,
+    }
     emit(
         &args.client,
         || {
@@ -117,9 +161,16 @@ pub(super) async fn verify(args: VerifyArgs) -> Result<(), Failure> {
                 check.signature_note
             )
         },
-        json!({"name": version.name, "version": version.version, "digest": version.digest, "revision": version.revision,
-               "digest_ok": check.digest_ok, "signature_ok": check.signature_ok, "key_id": version.signing_key_id,
-               "verified": check.digest_ok && check.signature_ok}),
+        Verified {
+            name: &version.name,
+            version: version.version,
+            digest: &version.digest,
+            revision: version.revision,
+            digest_ok: check.digest_ok,
+            signature_ok: check.signature_ok,
+            key_id: &version.signing_key_id,
+            verified: check.digest_ok && check.signature_ok,
+        },
     );
     if check.digest_ok && check.signature_ok {
         Ok(())
@@ -215,7 +266,7 @@ pub(super) async fn audit(args: AuditArgs) -> Result<(), Failure> {
                         c.key_id
                     )
                 },
-                checkpoint_json(&c),
+                CheckpointJson::from(&c),
             );
             Ok(())
         }
@@ -239,6 +290,15 @@ pub(super) async fn audit(args: AuditArgs) -> Result<(), Failure> {
                 .verify_audit(pb::VerifyAuditRequest { checkpoint })
                 .await?
                 .into_inner();
+            #[derive(Serialize)]
+            struct Report<'a> {
+                intact: bool,
+                entries: u64,
+                versions: u64,
+                first_broken_sequence: u64,
+                problems: &'a [String],
+                head_hash: &'a str,
+            }
             emit(
                 &options,
                 || {
@@ -254,9 +314,14 @@ pub(super) async fn audit(args: AuditArgs) -> Result<(), Failure> {
                     }
                     text
                 },
-                json!({"intact": report.intact, "entries": report.entries, "versions": report.versions,
-                       "first_broken_sequence": report.first_broken_sequence, "problems": report.problems,
-                       "head_hash": report.head_hash}),
+                Report {
+                    intact: report.intact,
+                    entries: report.entries,
+                    versions: report.versions,
+                    first_broken_sequence: report.first_broken_sequence,
+                    problems: &report.problems,
+                    head_hash: &report.head_hash,
+                },
             );
             if report.intact {
                 Ok(())
@@ -322,9 +387,7 @@ async fn list(args: &AuditArgs) -> Result<(), Failure> {
                         e.reason.clone(),
                     ]
                 },
-                json!({"sequence": e.sequence, "revision": e.revision, "time": time, "actor": e.actor, "action": e.action,
-                       "target": e.target, "detail": e.detail, "reason": e.reason, "trace_id": e.trace_id,
-                       "previous_hash": e.previous_hash, "hash": e.hash}),
+                AuditEntryJson::from(e),
             );
         }
         if page.next_page_token.is_empty() {
@@ -333,34 +396,6 @@ async fn list(args: &AuditArgs) -> Result<(), Failure> {
         }
         token = page.next_page_token;
     }
-}
-
-fn checkpoint_json(c: &pb::Checkpoint) -> Value {
-    json!({"sequence": c.sequence, "head_hash": c.head_hash, "time": time_text(&c.time),
-           "key_id": c.key_id, "signature": hex::encode(&c.signature)})
-}
-
-fn parse_checkpoint(raw: &str) -> Result<pb::Checkpoint, String> {
-    let value: Value = serde_json::from_str(raw).map_err(|e| format!("not JSON: {e}"))?;
-    let text = |field: &str| {
-        value
-            .get(field)
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .ok_or_else(|| format!("\"{field}\" must be a string"))
-    };
-    let time = crate::time::parse_rfc3339(&text("time")?)?;
-    Ok(pb::Checkpoint {
-        sequence: value
-            .get("sequence")
-            .and_then(Value::as_u64)
-            .ok_or("\"sequence\" must be a number")?,
-        head_hash: text("head_hash")?,
-        time: Some(crate::grpc::timestamp::to_timestamp(time)),
-        key_id: text("key_id")?,
-        signature: hex::decode(text("signature")?)
-            .map_err(|e| format!("\"signature\" is not hex: {e}"))?,
-    })
 }
 
 pub(super) async fn prune(args: PruneArgs) -> Result<(), Failure> {
@@ -374,6 +409,13 @@ pub(super) async fn prune(args: PruneArgs) -> Result<(), Failure> {
         reason: args.reason.clone().unwrap_or_default(),
     };
     let answer = client.prune_versions(request).await?.into_inner();
+    #[derive(Serialize)]
+    struct Pruned<'a> {
+        name: &'a str,
+        dry_run: bool,
+        pruned: &'a [u64],
+        kept_labelled: &'a [u64],
+    }
     let list = |v: &[u64]| {
         v.iter()
             .map(|n| format!("v{n}"))
@@ -400,7 +442,12 @@ pub(super) async fn prune(args: PruneArgs) -> Result<(), Failure> {
             }
             text
         },
-        json!({"name": args.name, "dry_run": args.dry_run, "pruned": answer.pruned, "kept_labelled": answer.kept_labelled}),
+        Pruned {
+            name: &args.name,
+            dry_run: args.dry_run,
+            pruned: &answer.pruned,
+            kept_labelled: &answer.kept_labelled,
+        },
     );
     Ok(())
 }

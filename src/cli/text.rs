@@ -2,11 +2,13 @@
 //! ages, counted nouns. JSON output never goes through these: it keeps full
 //! digests and absolute times, one object per line.
 
-use super::client::emit;
+use super::json::emit;
+use super::json::{kind_name, time_text};
 use super::{ClientOptions, OutputFormat};
+use crate::grpc::pb;
 use crate::grpc::timestamp::from_timestamp;
 use crate::time::{format_micros, now_micros};
-use serde_json::Value;
+use serde::Serialize;
 
 /// The rows of a listing (`list`, `versions`, `labels`, `history`, `fleet`,
 /// `audit`, `keys`): in text mode one table with a header and aligned
@@ -36,7 +38,7 @@ impl<'a> Listing<'a> {
 
     /// One row: its text cells (one per header column; made only in text
     /// mode) and its JSON object.
-    pub(super) fn row(&mut self, cells: impl FnOnce() -> Vec<String>, json: Value) {
+    pub(super) fn row(&mut self, cells: impl FnOnce() -> Vec<String>, json: impl Serialize) {
         match self.options.output {
             OutputFormat::Text => self.rows.push(cells()),
             OutputFormat::Json => emit(self.options, String::new, json),
@@ -163,6 +165,85 @@ pub(super) fn version_text(version: u64) -> String {
     } else {
         format!("v{version}")
     }
+}
+
+/// A version and its content, as `get` prints it.
+pub(super) fn version_details(v: &pb::Version) -> String {
+    let mut out = format!(
+        "{} v{} {}\nauthor: {}\ncreated: {}\nrevision: {}\n",
+        v.name,
+        v.version,
+        short_digest(&v.digest),
+        v.author,
+        time_text(&v.created_at),
+        v.revision
+    );
+    if !v.description.is_empty() {
+        out.push_str(&format!("description: {}\n", v.description));
+    }
+    if !v.variables.is_empty() {
+        out.push_str(&format!("variables: {}\n", v.variables.join(", ")));
+    }
+    out.push_str(&format!("model config: {}\n", v.model_config_json));
+    let mut tags: Vec<_> = v.tags.iter().collect();
+    tags.sort();
+    for (k, val) in tags {
+        out.push_str(&format!("tag: {k}={val}\n"));
+    }
+    out.push_str("---\n");
+    match v.template.as_ref().and_then(|t| t.kind.as_ref()) {
+        Some(pb::template::Kind::Text(text)) => out.push_str(text),
+        Some(pb::template::Kind::Chat(chat)) => {
+            for m in &chat.messages {
+                out.push_str(&format!("[{}]\n{}\n", m.role, m.content));
+            }
+        }
+        None => {}
+    }
+    out.trim_end().to_string()
+}
+
+/// One move of `history`, as table cells.
+pub(super) fn move_row(m: &pb::LabelMove) -> Vec<String> {
+    vec![
+        m.revision.to_string(),
+        time_text(&m.time),
+        kind_name(m.kind).to_string(),
+        format!(
+            "{} -> {}",
+            version_text(m.from_version),
+            version_text(m.to_version)
+        ),
+        short_digest(&m.digest),
+        m.actor.clone(),
+        m.trace_id.clone(),
+        m.reason.clone(),
+    ]
+}
+
+/// A move on one line (`resolve`'s "set by").
+pub(super) fn move_text(m: &pb::LabelMove) -> String {
+    let side = |v: u64| {
+        if v == 0 {
+            "-".to_string()
+        } else {
+            format!("v{v}")
+        }
+    };
+    let mut line = format!(
+        "revision {}\t{}\t{}\t{} -> {}\t{}\t{}",
+        m.revision,
+        time_text(&m.time),
+        kind_name(m.kind),
+        side(m.from_version),
+        side(m.to_version),
+        m.actor,
+        m.reason
+    );
+    if !m.trace_id.is_empty() {
+        line.push_str(&format!("\ttrace {}", m.trace_id));
+    }
+    line
 }
 
 #[cfg(test)]

@@ -10,11 +10,12 @@
 //! key, exactly as `promptreg verify` checks; it prints one line per
 //! version applied or rejected and acknowledges the outcome.
 
-use super::client::{connect, emit, kind_name, version_or_null, Failure};
+use super::client::{connect, Failure};
+use super::json::{emit, kind_name, to_json, version_or_null};
 use super::text::short_digest;
 use super::{exit, WatchArgs};
 use crate::grpc::pb::{self, registry_client::RegistryClient, watch_response::Event};
-use serde_json::json;
+use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tonic::transport::Channel;
@@ -22,6 +23,56 @@ use tonic::Code;
 
 /// What an agent runs: (prompt, label) → (version, digest, revision).
 type Applied = BTreeMap<(String, String), (u64, String, u64)>;
+
+/// One line of `watch --output json`, its kind under `type`.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Line<'a> {
+    Snapshot {
+        revision: u64,
+        name: &'a str,
+        label: &'a str,
+        version: u64,
+        digest: &'a str,
+    },
+    LabelMoved {
+        revision: u64,
+        kind: &'static str,
+        name: &'a str,
+        label: &'a str,
+        /// The version the label now points to (`to_version`), `null` when removed.
+        version: Option<u64>,
+        from_version: Option<u64>,
+        to_version: Option<u64>,
+        digest: &'a str,
+        actor: &'a str,
+        reason: &'a str,
+    },
+    VersionPublished {
+        revision: u64,
+        name: &'a str,
+        version: u64,
+        digest: &'a str,
+        author: &'a str,
+    },
+    Progress {
+        revision: u64,
+    },
+    /// An agent (`--ack`) applied a version.
+    Applied(Outcome<'a>),
+    /// An agent (`--ack`) refused a version; `reason` says why.
+    Rejected(Outcome<'a>),
+}
+
+#[derive(Serialize)]
+struct Outcome<'a> {
+    revision: u64,
+    name: &'a str,
+    label: &'a str,
+    version: u64,
+    digest: &'a str,
+    reason: &'a str,
+}
 
 /// The server's public signing keys, read again when a version names a key
 /// that is not among them (after a rotation).
@@ -170,8 +221,13 @@ async fn stream_events(
                                 short_digest(&state.digest)
                             )
                         },
-                        json!({"revision": snapshot.revision, "type": "snapshot", "name": state.name, "label": state.label,
-                               "version": state.version, "digest": state.digest}),
+                        Line::Snapshot {
+                            revision: snapshot.revision,
+                            name: &state.name,
+                            label: &state.label,
+                            version: state.version,
+                            digest: &state.digest,
+                        },
                     );
                     if args.ack {
                         apply(
@@ -216,10 +272,18 @@ async fn stream_events(
                                         m.reason
                                     )
                                 },
-                                json!({"revision": batch.revision, "type": "label_moved", "kind": kind_name(m.kind),
-                                       "name": m.name, "label": m.label, "version": version_or_null(m.to_version),
-                                       "from_version": version_or_null(m.from_version), "to_version": version_or_null(m.to_version),
-                                       "digest": m.digest, "actor": m.actor, "reason": m.reason}),
+                                Line::LabelMoved {
+                                    revision: batch.revision,
+                                    kind: kind_name(m.kind),
+                                    name: &m.name,
+                                    label: &m.label,
+                                    version: version_or_null(m.to_version),
+                                    from_version: version_or_null(m.from_version),
+                                    to_version: version_or_null(m.to_version),
+                                    digest: &m.digest,
+                                    actor: &m.actor,
+                                    reason: &m.reason,
+                                },
                             );
                             if args.ack && m.to_version != 0 {
                                 apply(
@@ -249,8 +313,13 @@ async fn stream_events(
                                     v.author
                                 )
                             },
-                            json!({"revision": batch.revision, "type": "version_published", "name": v.name,
-                                   "version": v.version, "digest": v.digest, "author": v.author}),
+                            Line::VersionPublished {
+                                revision: batch.revision,
+                                name: &v.name,
+                                version: v.version,
+                                digest: &v.digest,
+                                author: &v.author,
+                            },
                         ),
                         None => {}
                     }
@@ -262,7 +331,9 @@ async fn stream_events(
                 if matches!(out.output, super::OutputFormat::Json) {
                     println!(
                         "{}",
-                        json!({"revision": progress.revision, "type": "progress"})
+                        to_json(Line::Progress {
+                            revision: progress.revision
+                        })
                     );
                 }
             }
@@ -334,9 +405,21 @@ async fn apply(
             ),
             Some(reason) => format!("rejected\t{name} {label} v{version}: {reason}"),
         },
-        json!({"revision": revision, "type": if rejected.is_some() { "rejected" } else { "applied" },
-               "name": name, "label": label, "version": version, "digest": digest,
-               "reason": rejected.clone().unwrap_or_default()}),
+        {
+            let outcome = Outcome {
+                revision,
+                name,
+                label,
+                version,
+                digest,
+                reason: rejected.as_deref().unwrap_or_default(),
+            };
+            if rejected.is_some() {
+                Line::Rejected(outcome)
+            } else {
+                Line::Applied(outcome)
+            }
+        },
     );
     if rejected.is_none() {
         applied.insert(key, (version, digest.to_string(), revision));
@@ -437,8 +520,39 @@ impl Backoff {
 
 #[cfg(test)]
 mod tests {
-    use super::Backoff;
+    use super::{to_json, Backoff, Line, Outcome};
     use std::time::Duration;
+
+    #[test]
+    fn watch_lines_carry_their_kind_under_type() {
+        assert_eq!(
+            to_json(Line::Progress { revision: 7 }).to_string(),
+            r#"{"revision":7,"type":"progress"}"#
+        );
+        let outcome = Outcome {
+            revision: 3,
+            name: "p",
+            label: "prod",
+            version: 2,
+            digest: "sha256:ab",
+            reason: "signature: unsigned",
+        };
+        assert_eq!(
+            to_json(Line::Rejected(outcome)).to_string(),
+            r#"{"digest":"sha256:ab","label":"prod","name":"p","reason":"signature: unsigned","revision":3,"type":"rejected","version":2}"#
+        );
+        let published = Line::VersionPublished {
+            revision: 4,
+            name: "p",
+            version: 5,
+            digest: "sha256:cd",
+            author: "alice",
+        };
+        assert_eq!(
+            to_json(published).to_string(),
+            r#"{"author":"alice","digest":"sha256:cd","name":"p","revision":4,"type":"version_published","version":5}"#
+        );
+    }
 
     #[test]
     fn backoff_grows_to_its_ceiling_with_jitter() {
