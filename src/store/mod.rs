@@ -868,10 +868,25 @@ impl Store {
         Ok(())
     }
 
-    /// A quick check at start-up: the head revision's record and the
-    /// ledger head's entry exist and agree with the metadata. A store that
-    /// fails it is refused before anything is served.
+    /// The check at start-up: [`Store::check_heads`], then every record a
+    /// read relies on ([`Store::check_consistency`]): a flipped byte can
+    /// make the engine drop one record in the middle of the store, which
+    /// the heads alone do not show. A store that fails it is refused
+    /// before anything is served; the first problem is named.
     pub fn check_startup(&self) -> std::result::Result<(), String> {
+        self.check_heads()?;
+        let problems = self.check_consistency().map_err(|e| e.to_string())?;
+        match problems.as_slice() {
+            [] => Ok(()),
+            [only] => Err(only.clone()),
+            [first, rest @ ..] => Err(format!("{first} (and {} more problems)", rest.len())),
+        }
+    }
+
+    /// The quick part of the start-up check: the store is not behind its
+    /// durable head, and the head revision's record and the ledger head's
+    /// entry exist and agree with the metadata.
+    pub fn check_heads(&self) -> std::result::Result<(), String> {
         self.check_durable_head()?;
         let head = self.head_revision().map_err(|e| e.to_string())?;
         if head > 0 {

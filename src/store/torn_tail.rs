@@ -31,7 +31,7 @@ impl Store {
         };
         let head = self.head_revision()?;
         if head <= durable.revision
-            || (self.check_startup().is_ok() && self.check_consistency()?.is_empty())
+            || (self.check_heads().is_ok() && self.check_consistency()?.is_empty())
         {
             return Ok(None);
         }
