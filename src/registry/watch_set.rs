@@ -330,6 +330,9 @@ mod tests {
     use std::collections::BTreeMap;
     use std::time::Duration;
 
+    /// A request builder, to name the type of an open without one.
+    type MakeRequest = fn(&Limits) -> Result<WatchRequest, ValidationError>;
+
     /// Generous: the machine running the tests may be loaded.
     const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -641,7 +644,7 @@ mod tests {
         let ahead = invalid(check.open(3, &["p"], 1_000).unwrap_err());
         assert_eq!(ahead.field, "watch.start_revision");
         // An open without a request names `watch` itself.
-        let none: Option<fn(&Limits) -> Result<WatchRequest, ValidationError>> = None;
+        let none: Option<MakeRequest> = None;
         let missing = invalid(check.set.open(4, none).unwrap_err());
         assert_eq!(missing.field, "watch");
         // The id is checked before the request.
