@@ -3,6 +3,7 @@
 //! goes through, so INVALID_ARGUMENT is decided here and nowhere else.
 
 use crate::domain::ValidationError;
+use crate::registry::watch_set::WatchSetError;
 use crate::registry::RegistryError;
 use crate::store::StoreError;
 use tonic::{Code, Status};
@@ -38,6 +39,20 @@ impl From<RegistryError> for Status {
 impl From<ValidationError> for Status {
     fn from(error: ValidationError) -> Status {
         Status::from(RegistryError::Invalid(error))
+    }
+}
+
+/// A refused open or cancel on a `WatchMany` stream: the core's errors as
+/// above, the stream's own refusals by what they mean to the client.
+impl From<WatchSetError> for Status {
+    fn from(error: WatchSetError) -> Status {
+        let message = bounded(error.to_string());
+        match error {
+            WatchSetError::Registry(error) => Status::from(error),
+            WatchSetError::AlreadyOpen(_) => Status::new(Code::AlreadyExists, message),
+            WatchSetError::NotOpen(_) => Status::new(Code::NotFound, message),
+            WatchSetError::ShuttingDown => Status::new(Code::Unavailable, message),
+        }
     }
 }
 

@@ -12,6 +12,7 @@ mod group_commit;
 pub mod provenance;
 mod version_cache;
 pub mod watch;
+pub mod watch_set;
 
 use crate::domain::validate;
 use crate::domain::{
