@@ -86,7 +86,7 @@ fn check_copy(
     };
     // As a start would: a torn tail that was never acknowledged is not a
     // problem, it is discarded (from the copy).
-    if let Err(error) = super::discard_torn_tail(&store) {
+    if let Err(error) = super::open::discard_torn_tail(&store) {
         return vec![format!(
             "the store's unacknowledged tail cannot be discarded: {error}"
         )];

@@ -1,7 +1,8 @@
 //! Signing keys, the audit ledger and its verification: the registry's
 //! provenance use cases.
 
-use super::{page_size_of, parse_number_token, Page, Registry, RegistryError, Result, WriterState};
+use super::page::{page_size_of, parse_number_token};
+use super::{Page, Registry, RegistryError, Result, WriterState};
 use crate::domain::{validate, KeyRotation, Micros, PromptName};
 use crate::provenance::{
     checkpoint_message, verify_signature, version_message, AuditEntry, LedgerHead, SigningKey,

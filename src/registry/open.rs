@@ -1,0 +1,152 @@
+//! Start-up: the data-directory lock, opening the store, the torn tail,
+//! and the background tasks.
+
+use super::disk::{self, SpaceRule, WriteGate};
+use super::durability::run_flusher;
+use super::fleet::Fleet;
+use super::group_commit::GroupCommit;
+use super::tasks::{run_gauges, run_housekeeping};
+use super::version_cache::VersionCache;
+use super::watch::Hub;
+use super::{provenance, Inner, Registry, RegistryConfig, RegistryError, Result, WriterState};
+use crate::store::{Store, StoreError};
+use std::fs::File;
+use std::io::Write as _;
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+impl Registry {
+    /// Opens the registry in `config.data_dir`, creating it if needed, and
+    /// starts its flusher task. Must be called inside a tokio runtime.
+    pub fn open(config: RegistryConfig) -> Result<Registry> {
+        let dir = config.data_dir.clone();
+        let io_err = |source| RegistryError::DataDir {
+            dir: dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&dir).map_err(io_err)?;
+        let lock = lock_data_dir(&dir)?;
+        let data_key = match &config.encryption_key_file {
+            Some(path) => Some(crate::store::DataKey::load(path)?),
+            None => None,
+        };
+        let store = Store::open_with_cache(&dir, data_key, config.caches.store_bytes)
+            .map_err(|e| damaged_if_corrupt(&dir, e))?;
+        discard_torn_tail(&store).map_err(|e| damaged_if_corrupt(&dir, e))?;
+        store
+            .check_startup()
+            .map_err(|reason| RegistryError::Damaged {
+                dir: dir.clone(),
+                reason,
+            })?;
+        let head = store.head_revision()?;
+        let last_time = match store.revision(head)? {
+            Some(rev) => rev.time,
+            None => 0,
+        };
+        let signer =
+            provenance::open_signing_key(&store, &dir, &config.signing_key, head, last_time)?;
+        let group_commit = Arc::new(GroupCommit::new(head));
+        let compaction_interval = config.watch.compaction_interval;
+        let inner = Arc::new(Inner {
+            store,
+            limits: config.limits,
+            writer: Mutex::new(WriterState {
+                head,
+                last_time,
+                signer,
+            }),
+            write_turn: Default::default(),
+            committed_head: AtomicU64::new(head),
+            pending: Default::default(),
+            gate: WriteGate::new(),
+            space: SpaceRule {
+                min_free: config.min_free_space,
+            },
+            group_commit: group_commit.clone(),
+            hub: Hub::new(config.watch, head),
+            fleet: Arc::new(Fleet::default()),
+            versions: Mutex::new(VersionCache::new(config.caches.version_bytes)),
+            labels: Default::default(),
+            data_dir: dir.clone(),
+            key_source: config.signing_key.clone(),
+            _lock: lock,
+        });
+        tokio::spawn(run_flusher(Arc::downgrade(&inner), group_commit));
+        tokio::spawn(disk::run_space_monitor(Arc::downgrade(&inner)));
+        tokio::spawn(run_housekeeping(
+            Arc::downgrade(&inner),
+            compaction_interval,
+        ));
+        tokio::spawn(run_gauges(
+            Arc::downgrade(&inner),
+            std::time::Duration::from_secs(5),
+        ));
+        Ok(Registry { inner })
+    }
+}
+
+/// Removes what a failed flush left of unacknowledged revisions (see
+/// `store/torn_tail.rs`), saying so in the log.
+pub(super) fn discard_torn_tail(store: &Store) -> std::result::Result<(), StoreError> {
+    if let Some(was) = store.discard_torn_tail()? {
+        let kept = store.head_revision()?;
+        tracing::warn!(
+            discarded_from = kept + 1,
+            discarded_to = was,
+            "a failed flush left unacknowledged revisions half-written; they were discarded (the store is back at its durable head)"
+        );
+    }
+    Ok(())
+}
+
+/// A store error that means the files are damaged becomes `Damaged`, with
+/// the way out in its message.
+fn damaged_if_corrupt(dir: &Path, error: StoreError) -> RegistryError {
+    match error {
+        // sled says Unsupported when its damaged config file no longer
+        // parses; this build has only ever written sled 0.34 stores.
+        StoreError::Corrupt(_)
+        | StoreError::Engine(_)
+        | StoreError::Io(sled::Error::Corruption { .. })
+        | StoreError::Io(sled::Error::Unsupported(_)) => RegistryError::Damaged {
+            dir: dir.to_path_buf(),
+            reason: error.to_string(),
+        },
+        other => other.into(),
+    }
+}
+
+fn lock_data_dir(dir: &Path) -> Result<File> {
+    let path = dir.join("LOCK");
+    let io_err = |source| RegistryError::DataDir {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io_err)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            let holder = match holder.trim() {
+                "" => "pid unknown".to_string(),
+                pid => format!("pid {pid}"),
+            };
+            return Err(RegistryError::DataDirLocked {
+                dir: dir.to_path_buf(),
+                holder,
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io_err(e)),
+    }
+    file.set_len(0).map_err(io_err)?;
+    write!(file, "{}", std::process::id()).map_err(io_err)?;
+    Ok(file)
+}

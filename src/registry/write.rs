@@ -1,0 +1,455 @@
+//! Every write: the writer lock and its blocking-thread runner, publish,
+//! label moves (promote, rollback, remove) and the commit of one revision.
+
+use super::disk::{self, WriteHealth};
+use super::{Registry, RegistryError, Result, WriterState};
+use crate::domain::validate;
+use crate::domain::{
+    rollback_target, Change, ContentDigest, LabelMove, LabelName, LabelTarget, Micros, MoveKind,
+    NewVersion, NoRollbackTarget, PromptName, Revision, Version,
+};
+use crate::store::StoreError;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// The outcome of a publish.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Published {
+    pub version: u64,
+    pub digest: ContentDigest,
+    pub revision: u64,
+    /// False when identical content already existed.
+    pub created: bool,
+}
+
+/// The outcome of a label move.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Moved {
+    /// False when the label already pointed there: nothing was written.
+    pub changed: bool,
+    pub revision: u64,
+    pub from_version: Option<u64>,
+    pub to_version: Option<u64>,
+    pub digest: Option<ContentDigest>,
+}
+
+/// A requested label move, before the registry checks it.
+#[derive(Debug, Clone)]
+pub struct MoveRequest {
+    pub name: PromptName,
+    pub label: LabelName,
+    pub actor: String,
+    pub reason: String,
+    /// The request's W3C trace id, when it carried one.
+    pub trace_id: Option<String>,
+}
+
+impl Registry {
+    /// Runs a write's section under the writer lock on a blocking thread,
+    /// so that a store call stuck on a full disk never holds an async
+    /// worker. Refused at once while writes are refused, or when the turn
+    /// does not come within [`disk::WRITE_PATIENCE`].
+    pub(super) async fn write<T: Send + 'static>(
+        &self,
+        section: impl FnOnce(&Registry) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.refuse_if_unwritable()?;
+        let patience = disk::WRITE_PATIENCE;
+        let stuck = || {
+            RegistryError::Unwritable(format!(
+                "the store did not take the write within {} s (storage is not answering); it was not acknowledged",
+                patience.as_secs()
+            ))
+        };
+        let turn = tokio::time::timeout(patience, self.inner.write_turn.clone().lock_owned())
+            .await
+            .map_err(|_| stuck())?;
+        let this = self.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            // Held until the section ends, also when the caller gave up.
+            let _turn = turn;
+            this.check_free_space();
+            this.refuse_if_unwritable()?;
+            section(&this)
+        });
+        match tokio::time::timeout(patience, task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) => Err(RegistryError::Unwritable(format!(
+                "the write failed and was not acknowledged: {join}"
+            ))),
+            Err(_) => Err(stuck()),
+        }
+    }
+
+    /// Looks at the free space now (one `statvfs`), so that the write that
+    /// would fill the disk is the one refused.
+    fn check_free_space(&self) {
+        if let Ok(free) = self.store().free_space() {
+            self.inner.gate.saw_free_space(self.inner.space, free);
+        }
+    }
+
+    fn refuse_if_unwritable(&self) -> Result<()> {
+        match self.inner.gate.get().refusal() {
+            None => Ok(()),
+            Some(why) => Err(RegistryError::Unwritable(why.to_string())),
+        }
+    }
+
+    /// Publishes a version; identical content returns the existing version.
+    /// Answers once the revision is durable.
+    pub async fn publish(&self, new: NewVersion) -> Result<Published> {
+        let digest = new.content.digest();
+        let published = self
+            .write(move |this| {
+                let mut writer = this.lock_writer();
+                let store = this.store();
+                let existing = match store.version_by_digest(&new.name, &digest)? {
+                    Some(number) => store.version(&new.name, number)?.filter(|v| !v.pruned),
+                    None => None,
+                };
+                if let Some(existing) = existing {
+                    return Ok(Published {
+                        version: existing.number,
+                        digest,
+                        revision: existing.revision,
+                        created: false,
+                    });
+                }
+                {
+                    let number = store.prompt(&new.name)?.map_or(1, |p| p.latest_version + 1);
+                    let (revision, time) = writer.next();
+                    let latest = LabelName::latest();
+                    let previous = store.label(&new.name, &latest)?;
+                    let version = Version {
+                        name: new.name.clone(),
+                        number,
+                        digest,
+                        content: new.content,
+                        author: new.author.clone(),
+                        description: new.description,
+                        tags: new.tags,
+                        created_at: time,
+                        revision,
+                        signature: Some(writer.sign_version(&new.name, number, &digest, time)),
+                        pruned: false,
+                    };
+                    let latest_move = LabelMove {
+                        name: new.name.clone(),
+                        label: latest,
+                        revision,
+                        time,
+                        kind: MoveKind::Promote,
+                        from_version: previous.map(|p| p.version),
+                        to_version: Some(number),
+                        digest: Some(digest),
+                        trace_id: new.trace_id.clone(),
+                        actor: new.author.clone(),
+                        reason: format!("version {number} published"),
+                    };
+                    let change = Revision {
+                        revision,
+                        time,
+                        trace_id: new.trace_id,
+                        changes: vec![
+                            Change::VersionPublished {
+                                name: new.name,
+                                version: number,
+                                digest,
+                                author: new.author,
+                            },
+                            Change::LabelMoved(latest_move),
+                        ],
+                    };
+                    this.commit(&mut writer, change, Some(&version))?;
+                    Ok(Published {
+                        version: number,
+                        digest,
+                        revision,
+                        created: true,
+                    })
+                }
+            })
+            .await?;
+        // Also for an existing version: it may have been committed by a
+        // writer whose flush is still running.
+        self.wait_durable(published.revision).await?;
+        Ok(published)
+    }
+
+    /// Moves a label to `version` (promote). With `expected_version`, only if
+    /// the label points there now (`Some(0)`: only if it does not exist).
+    pub async fn set_label(
+        &self,
+        request: MoveRequest,
+        version: u64,
+        expected_version: Option<u64>,
+    ) -> Result<Moved> {
+        self.check_actor_reason(&request)?;
+        let moved = self
+            .write(move |this| {
+                let mut writer = this.lock_writer();
+                let current = this.existing_label_target(&request.name, &request.label)?;
+                check_expected(&request, current.as_ref(), expected_version)?;
+                this.move_label(
+                    &mut writer,
+                    request,
+                    MoveKind::Promote,
+                    current,
+                    Some(version),
+                )
+            })
+            .await?;
+        self.wait_durable(moved.revision).await?;
+        Ok(moved)
+    }
+
+    /// Moves a label back: to `to_version`, or by default one step back in
+    /// its history (see [`rollback_target`]). With `expected_version`, only
+    /// if the label points there now, as [`Registry::set_label`].
+    pub async fn rollback(
+        &self,
+        request: MoveRequest,
+        to_version: Option<u64>,
+        expected_version: Option<u64>,
+    ) -> Result<Moved> {
+        self.check_actor_reason(&request)?;
+        let moved = self
+            .write(move |this| {
+                let mut writer = this.lock_writer();
+                let current = this.existing_label_target(&request.name, &request.label)?;
+                check_expected(&request, current.as_ref(), expected_version)?;
+                // A label that was never set is an unknown label (NOT_FOUND, as
+                // everywhere), with or without an explicit target: there is no
+                // "back" to move it to.
+                let never_set = || {
+                    RegistryError::NotFound(format!(
+                    "label {} of {} has never been set: nothing to roll back (promote a version)",
+                    request.label, request.name
+                ))
+                };
+                let target = match to_version {
+                    Some(version) => {
+                        if current.is_none()
+                            && this
+                                .store()
+                                .history(&request.name, &request.label, None, 1)?
+                                .is_empty()
+                        {
+                            return Err(never_set());
+                        }
+                        version
+                    }
+                    None => {
+                        let mut history = this.store().history(
+                            &request.name,
+                            &request.label,
+                            None,
+                            usize::MAX,
+                        )?;
+                        history.reverse();
+                        rollback_target(&history).map_err(|why| match why {
+                            NoRollbackTarget::NoHistory => never_set(),
+                            NoRollbackTarget::LabelDidNotExist => {
+                                RegistryError::FailedPrecondition(format!(
+                                "nothing to roll back to: before its latest move, label {} of {} \
+                                 was not set (use unlabel to remove it, or promote a version)",
+                                request.label, request.name
+                            ))
+                            }
+                        })?
+                    }
+                };
+                this.move_label(
+                    &mut writer,
+                    request,
+                    MoveKind::Rollback,
+                    current,
+                    Some(target),
+                )
+            })
+            .await?;
+        self.wait_durable(moved.revision).await?;
+        Ok(moved)
+    }
+
+    /// Removes a label; a recorded move like any other.
+    pub async fn remove_label(&self, request: MoveRequest) -> Result<Moved> {
+        self.check_actor_reason(&request)?;
+        let moved = self
+            .write(move |this| {
+                let mut writer = this.lock_writer();
+                let current = this.existing_label_target(&request.name, &request.label)?;
+                if current.is_none() {
+                    return Err(RegistryError::NotFound(format!(
+                        "label {} is not set on {}",
+                        request.label, request.name
+                    )));
+                }
+                this.move_label(&mut writer, request, MoveKind::Remove, current, None)
+            })
+            .await?;
+        self.wait_durable(moved.revision).await?;
+        Ok(moved)
+    }
+
+    /// The shared tail of every label move, under the writer lock: checks the
+    /// target exists, reports a no-op, or commits the move as one revision.
+    fn move_label(
+        &self,
+        writer: &mut WriterState,
+        request: MoveRequest,
+        kind: MoveKind,
+        current: Option<LabelTarget>,
+        to_version: Option<u64>,
+    ) -> Result<Moved> {
+        let digest = match to_version {
+            Some(number) => {
+                let version = self.existing_version(&request.name, number)?;
+                // Agents could neither fetch nor verify what the label would
+                // point to.
+                if version.pruned {
+                    let what = match kind {
+                        MoveKind::Rollback => "roll back",
+                        MoveKind::Promote | MoveKind::Remove => "move",
+                    };
+                    return Err(RegistryError::FailedPrecondition(format!(
+                        "cannot {what} label {} of {} to version {number}: {} v{number} was pruned \
+                         (its content is gone); choose a version that is not pruned",
+                        request.label, request.name, request.name
+                    )));
+                }
+                Some(version.digest)
+            }
+            None => None,
+        };
+        let from_version = current.as_ref().map(|c| c.version);
+        if let (Some(current), Some(_)) = (&current, to_version) {
+            if Some(current.version) == to_version {
+                return Ok(Moved {
+                    changed: false,
+                    revision: current.revision,
+                    from_version,
+                    to_version,
+                    digest,
+                });
+            }
+        }
+        let (revision, time) = writer.next();
+        let mv = LabelMove {
+            name: request.name,
+            label: request.label,
+            revision,
+            time,
+            kind,
+            from_version,
+            to_version,
+            digest,
+            actor: request.actor,
+            reason: request.reason,
+            trace_id: request.trace_id.clone(),
+        };
+        metrics::counter!(
+            crate::telemetry::metrics::LABEL_MOVES,
+            "label" => mv.label.to_string(),
+            "kind" => mv.kind.as_str()
+        )
+        .increment(1);
+        let change = Revision {
+            revision,
+            time,
+            changes: vec![Change::LabelMoved(mv)],
+            trace_id: request.trace_id,
+        };
+        self.commit(writer, change, None)?;
+        Ok(Moved {
+            changed: true,
+            revision,
+            from_version,
+            to_version,
+            digest,
+        })
+    }
+
+    /// Writes one revision and hands it to group commit. On error nothing was
+    /// written and the head does not move.
+    pub(super) fn commit(
+        &self,
+        writer: &mut WriterState,
+        revision: Revision,
+        published: Option<&Version>,
+    ) -> Result<()> {
+        if let Err(error) = self.store().commit(&revision, published) {
+            if matches!(error, StoreError::Io(_)) {
+                // sled fails every later write after an I/O error.
+                self.inner.gate.set(WriteHealth::FlushFailing(format!(
+                    "a write failed in storage ({error}); writes are refused (nothing unflushed was acknowledged)"
+                )));
+            }
+            return Err(error.into());
+        }
+        self.forget_moved_labels(&revision);
+        writer.head = revision.revision;
+        writer.last_time = revision.time;
+        let number = revision.revision;
+        self.inner.committed_head.store(number, Ordering::SeqCst);
+        self.inner
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(Arc::new(revision));
+        self.inner.group_commit.committed(number);
+        Ok(())
+    }
+
+    pub(super) fn lock_writer(&self) -> std::sync::MutexGuard<'_, WriterState> {
+        // A panic while holding the lock cannot leave the state half-updated:
+        // `commit` updates it only after the batch is applied.
+        self.inner
+            .writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(super) fn check_actor_reason(&self, request: &MoveRequest) -> Result<()> {
+        validate::actor_and_reason(&request.actor, &request.reason, &self.inner.limits)?;
+        Ok(())
+    }
+}
+
+impl WriterState {
+    /// The next revision and its time (never earlier than the head's).
+    pub(super) fn next(&self) -> (u64, Micros) {
+        (self.head + 1, crate::time::now_micros().max(self.last_time))
+    }
+}
+
+/// The compare-and-set of promote and rollback: with `expected`, the label
+/// must point to that version now (0: it must not be set); a lost race is
+/// FAILED_PRECONDITION naming what it points to.
+fn check_expected(
+    request: &MoveRequest,
+    current: Option<&LabelTarget>,
+    expected: Option<u64>,
+) -> Result<()> {
+    let Some(expected) = expected else {
+        return Ok(());
+    };
+    let actual = current.map(|c| c.version);
+    if actual.unwrap_or(0) == expected {
+        return Ok(());
+    }
+    Err(RegistryError::FailedPrecondition(format!(
+        "label {} of {} points to {}, not the expected version {expected}",
+        request.label,
+        request.name,
+        describe_target(actual),
+    )))
+}
+
+fn describe_target(version: Option<u64>) -> String {
+    match version {
+        Some(v) => format!("version {v}"),
+        None => "nothing (it is not set)".to_string(),
+    }
+}
