@@ -218,23 +218,26 @@ async fn wait_for_fleet(
     })
 }
 
+/// The version an agent rejected and why, or nothing.
+fn rejected_cell(a: &pb::AgentStatus) -> String {
+    if a.rejected_reason.is_empty() {
+        return String::new();
+    }
+    format!(
+        "{}: {}",
+        version_text(a.rejected_version),
+        a.rejected_reason
+    )
+}
+
 /// One lagging agent after `--wait`, as table cells.
 fn agent_row(state: &str, a: &pb::AgentStatus) -> Vec<String> {
-    let rejected = if a.rejected_reason.is_empty() {
-        String::new()
-    } else {
-        format!(
-            "{}: {}",
-            version_text(a.rejected_version),
-            a.rejected_reason
-        )
-    };
     vec![
         a.agent_id.clone(),
         state.to_string(),
         version_text(a.applied_version),
         ago(&a.last_seen),
-        rejected,
+        rejected_cell(a),
     ]
 }
 
@@ -460,21 +463,12 @@ fn fleet_row(a: &pb::AgentStatus) -> Vec<String> {
         AgentState::InSync => "in sync",
         state => state.as_str(),
     };
-    let rejected = if a.rejected_reason.is_empty() {
-        String::new()
-    } else {
-        format!(
-            "{}: {}",
-            version_text(a.rejected_version),
-            a.rejected_reason
-        )
-    };
     vec![
         a.agent_id.clone(),
         state.to_string(),
         version_text(a.applied_version),
         version_text(a.target_version),
         ago(&a.last_seen),
-        rejected,
+        rejected_cell(a),
     ]
 }
