@@ -162,7 +162,7 @@ impl RegistryApi for RegistryService {
             Some(ack.label.as_str()),
             None,
         );
-        let target = self.registry.ack(ack)?;
+        let target = self.registry.off_runtime(move |r| r.ack(ack)).await?;
         Ok(Response::new(pb::AckAppliedResponse {
             target_version: target.unwrap_or(0),
             in_sync: crate::domain::in_sync(applied, target),
@@ -314,13 +314,20 @@ impl RegistryApi for RegistryService {
             raw => Some(label_name(raw)?),
         };
         if let (true, Some(name), Some(label)) = (req.summary_only, &name, &label) {
-            let counts = self.registry.fleet_summary(name, label)?;
+            let (name, label) = (name.clone(), label.clone());
+            let counts = self
+                .registry
+                .off_runtime(move |r| r.fleet_summary(&name, &label))
+                .await?;
             return Ok(Response::new(pb::FleetStatusResponse {
                 agents: Vec::new(),
                 summary: Some(convert::fleet_summary(counts)),
             }));
         }
-        let rows = self.registry.fleet_status(name.as_ref(), label.as_ref())?;
+        let rows = self
+            .registry
+            .off_runtime(move |r| r.fleet_status(name.as_ref(), label.as_ref()))
+            .await?;
         let counts: FleetCounts = rows.iter().map(AgentLabelStatus::state).collect();
         let summary = convert::fleet_summary(counts);
         let agents = if req.summary_only {

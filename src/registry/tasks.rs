@@ -49,19 +49,21 @@ pub(super) async fn run_housekeeping(registry: Weak<Inner>, interval: std::time:
             return;
         };
         let registry = Registry { inner };
-        if let Err(error) = registry.compact_log() {
-            tracing::error!(%error, "change-log compaction failed");
-        }
-        registry.expire_agents();
+        // Storage work, off the async workers: a store stuck on a full disk
+        // holds this task, never the server.
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Err(error) = registry.compact_log() {
+                tracing::error!(%error, "change-log compaction failed");
+            }
+            registry.expire_agents();
+        })
+        .await;
     }
 }
 
 /// Refreshes the gauges that are states rather than events: fleet counts
 /// per label and the store's size.
 pub(super) async fn run_gauges(registry: Weak<Inner>, interval: std::time::Duration) {
-    use crate::telemetry::metrics::{
-        CACHE_BYTES, CACHE_CAPACITY, CACHE_ENTRIES, FLEET_AGENTS, STORE_SIZE,
-    };
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -70,36 +72,45 @@ pub(super) async fn run_gauges(registry: Weak<Inner>, interval: std::time::Durat
             return;
         };
         let registry = Registry { inner };
-        if let Ok(size) = registry.store().size_on_disk() {
-            metrics::gauge!(STORE_SIZE).set(size as f64);
+        // Storage reads, off the async workers (see `run_housekeeping`).
+        let _ = tokio::task::spawn_blocking(move || refresh_gauges(&registry)).await;
+    }
+}
+
+/// One refresh of those gauges (blocking: it reads the store).
+fn refresh_gauges(registry: &Registry) {
+    use crate::telemetry::metrics::{
+        CACHE_BYTES, CACHE_CAPACITY, CACHE_ENTRIES, FLEET_AGENTS, STORE_SIZE,
+    };
+    if let Ok(size) = registry.store().size_on_disk() {
+        metrics::gauge!(STORE_SIZE).set(size as f64);
+    }
+    for (cache, usage) in [
+        ("version", registry.version_cache_usage()),
+        ("label", registry.label_cache_usage()),
+    ] {
+        metrics::gauge!(CACHE_ENTRIES, "cache" => cache).set(usage.entries as f64);
+        metrics::gauge!(CACHE_CAPACITY, "cache" => cache).set(usage.capacity as f64);
+        if cache == "version" {
+            metrics::gauge!(CACHE_BYTES, "cache" => cache).set(usage.bytes as f64);
         }
-        for (cache, usage) in [
-            ("version", registry.version_cache_usage()),
-            ("label", registry.label_cache_usage()),
-        ] {
-            metrics::gauge!(CACHE_ENTRIES, "cache" => cache).set(usage.entries as f64);
-            metrics::gauge!(CACHE_CAPACITY, "cache" => cache).set(usage.capacity as f64);
-            if cache == "version" {
-                metrics::gauge!(CACHE_BYTES, "cache" => cache).set(usage.bytes as f64);
-            }
-        }
-        let Ok(rows) = registry.fleet_status(None, None) else {
-            continue;
-        };
-        let mut counts: std::collections::BTreeMap<(String, String), fleet::FleetCounts> =
-            Default::default();
-        for row in rows {
-            counts
-                .entry((row.name.to_string(), row.label.to_string()))
-                .or_default()
-                .add(row.state());
-        }
-        for ((prompt, label), by_state) in counts {
-            for state in crate::domain::AgentState::ALL {
-                let (state, count) = (state.as_str(), by_state.count(state));
-                metrics::gauge!(FLEET_AGENTS, "prompt" => prompt.clone(), "label" => label.clone(), "state" => state)
-                    .set(f64::from(count));
-            }
+    }
+    let Ok(rows) = registry.fleet_status(None, None) else {
+        return;
+    };
+    let mut counts: std::collections::BTreeMap<(String, String), fleet::FleetCounts> =
+        Default::default();
+    for row in rows {
+        counts
+            .entry((row.name.to_string(), row.label.to_string()))
+            .or_default()
+            .add(row.state());
+    }
+    for ((prompt, label), by_state) in counts {
+        for state in crate::domain::AgentState::ALL {
+            let (state, count) = (state.as_str(), by_state.count(state));
+            metrics::gauge!(FLEET_AGENTS, "prompt" => prompt.clone(), "label" => label.clone(), "state" => state)
+                .set(f64::from(count));
         }
     }
 }
