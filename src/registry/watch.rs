@@ -366,12 +366,10 @@ impl Registry {
     /// The current target of every selected label, consistent at one
     /// revision, once that revision is durable.
     pub async fn snapshot(&self, selector: &Selector) -> super::Result<(u64, Vec<LabelState>)> {
-        // The scan reads the store (and may wait for the writer lock): off
-        // the async workers, as every storage call.
-        let selector = selector.clone();
-        let (revision, labels) = self
-            .off_runtime(move |registry| registry.scan_consistent(&selector))
-            .await?;
+        // On this worker: a short scan, and a blocking-thread hop per
+        // snapshot would hold the --max-snapshots permits longer under a
+        // reconnect storm.
+        let (revision, labels) = self.scan_consistent(selector)?;
         self.wait_durable(revision).await?;
         Ok((revision, labels))
     }
