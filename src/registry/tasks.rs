@@ -41,29 +41,25 @@ impl Registry {
 
 /// Periodic upkeep: change-log compaction and forgetting departed agents.
 pub(super) async fn run_housekeeping(registry: Weak<Inner>, interval: std::time::Duration) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        let Some(inner) = registry.upgrade() else {
-            return;
-        };
-        let registry = Registry { inner };
-        // Storage work, off the async workers: a store stuck on a full disk
-        // holds this task, never the server.
-        let _ = tokio::task::spawn_blocking(move || {
-            if let Err(error) = registry.compact_log() {
-                tracing::error!(%error, "change-log compaction failed");
-            }
-            registry.expire_agents();
-        })
-        .await;
-    }
+    every(registry, interval, |registry| {
+        if let Err(error) = registry.compact_log() {
+            tracing::error!(%error, "change-log compaction failed");
+        }
+        registry.expire_agents();
+    })
+    .await;
 }
 
 /// Refreshes the gauges that are states rather than events: fleet counts
 /// per label and the store's size.
 pub(super) async fn run_gauges(registry: Weak<Inner>, interval: std::time::Duration) {
+    every(registry, interval, refresh_gauges).await;
+}
+
+/// Runs `job` every `interval` until the registry is gone. The job does
+/// storage work, so it runs off the async workers: a store stuck on a
+/// full disk holds this task, never the server.
+async fn every(registry: Weak<Inner>, interval: std::time::Duration, job: fn(&Registry)) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -72,8 +68,7 @@ pub(super) async fn run_gauges(registry: Weak<Inner>, interval: std::time::Durat
             return;
         };
         let registry = Registry { inner };
-        // Storage reads, off the async workers (see `run_housekeeping`).
-        let _ = tokio::task::spawn_blocking(move || refresh_gauges(&registry)).await;
+        let _ = tokio::task::spawn_blocking(move || job(&registry)).await;
     }
 }
 
