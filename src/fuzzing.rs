@@ -596,7 +596,7 @@ fn check_backup(bytes: &[u8]) {
     let Ok((header, entries)) = backup::decode(&file) else {
         return;
     };
-    let stored: Vec<(sled::IVec, sled::IVec)> = entries
+    let stored: Vec<(Vec<u8>, Vec<u8>)> = entries
         .iter()
         .map(|(key, value)| (key.as_slice().into(), value.as_slice().into()))
         .collect();

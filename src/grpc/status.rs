@@ -23,8 +23,15 @@ impl From<RegistryError> for Status {
             | RegistryError::DataKey(_) => Code::Internal,
             RegistryError::Store(store) => match store {
                 StoreError::Io(_) | StoreError::DurableHead { .. } => Code::Unavailable,
-                StoreError::Corrupt(_) | StoreError::Engine(_) => Code::DataLoss,
-                StoreError::Schema { .. } | StoreError::Encryption(_) => Code::Internal,
+                StoreError::Corrupt(_) | StoreError::Engine(_) | StoreError::Damaged(_) => {
+                    Code::DataLoss
+                }
+                // Another writer moved the store first: nothing was written,
+                // and the request may be retried.
+                StoreError::Conflict(_) => Code::Aborted,
+                StoreError::Schema { .. }
+                | StoreError::Encryption(_)
+                | StoreError::Precondition(_) => Code::Internal,
             },
         };
         if matches!(code, Code::Internal | Code::DataLoss | Code::Unavailable) {

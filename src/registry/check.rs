@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 /// `Err` when the check could not run at all (no store there, a server
 /// holds it, the key file or the scratch copy failed).
 pub fn check_offline(dir: &Path, encryption_key_file: Option<&Path>) -> Result<Vec<String>> {
-    if !dir.join("sled").exists() {
+    if !crate::store::exists_in(dir) {
         return Err(RegistryError::NotFound(format!(
             "{} holds no promptreg store",
             dir.display()

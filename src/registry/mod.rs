@@ -12,6 +12,7 @@
 //! `page.rs`, `error.rs`, `config.rs`, `encodable.rs`. This file keeps the
 //! [`Registry`] handle and the state its parts share.
 
+mod audit;
 mod cache;
 mod check;
 mod config;

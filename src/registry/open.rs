@@ -34,6 +34,7 @@ impl Registry {
         let store = Store::open_with_cache(&dir, data_key, config.caches.store_bytes)
             .map_err(|e| damaged_if_corrupt(&dir, e))?;
         discard_torn_tail(&store).map_err(|e| damaged_if_corrupt(&dir, e))?;
+        seal_if_asked(&store).map_err(|e| damaged_if_corrupt(&dir, e))?;
         store
             .check_startup()
             .map_err(|reason| RegistryError::Damaged {
@@ -101,19 +102,37 @@ pub(super) fn discard_torn_tail(store: &Store) -> std::result::Result<(), StoreE
     Ok(())
 }
 
+/// Started with a data key on a store that is not encrypted yet: every
+/// version is sealed now, in one batch with its ledger entry.
+fn seal_if_asked(store: &Store) -> std::result::Result<(), StoreError> {
+    let Some(key_id) = store.encryption_key_id() else {
+        return Ok(());
+    };
+    if !store.needs_sealing()? {
+        return Ok(());
+    }
+    let sealing = store.unsealed_versions()?;
+    let entry = super::audit::enable_encryption(
+        &store.ledger_head()?,
+        store.head_revision()?,
+        &key_id,
+        sealing,
+    );
+    let sealed = store.seal_versions(&entry)?;
+    tracing::info!(data_key = %key_id, sealed, "the store is encrypted from now on");
+    Ok(())
+}
+
 /// A store error that means the files are damaged becomes `Damaged`, with
 /// the way out in its message.
 fn damaged_if_corrupt(dir: &Path, error: StoreError) -> RegistryError {
     match error {
-        // sled says Unsupported when its damaged config file no longer
-        // parses; this build has only ever written sled 0.34 stores.
-        StoreError::Corrupt(_)
-        | StoreError::Engine(_)
-        | StoreError::Io(sled::Error::Corruption { .. })
-        | StoreError::Io(sled::Error::Unsupported(_)) => RegistryError::Damaged {
-            dir: dir.to_path_buf(),
-            reason: error.to_string(),
-        },
+        StoreError::Corrupt(_) | StoreError::Engine(_) | StoreError::Damaged(_) => {
+            RegistryError::Damaged {
+                dir: dir.to_path_buf(),
+                reason: error.to_string(),
+            }
+        }
         other => other.into(),
     }
 }

@@ -139,14 +139,16 @@ pub(super) fn open_signing_key(
         ),
     };
     if active.as_deref() != Some(key.key_id.as_str()) {
-        store.commit_key_rotation(&KeyRotation {
+        let rotation = KeyRotation {
             key_id: key.key_id.clone(),
             public_key: key.public_key(),
             actor: "promptreg".to_string(),
             reason,
             time: crate::time::now_micros().max(last_time),
             revision: head,
-        })?;
+        };
+        let entry = super::audit::key_rotation(&store.ledger_head()?, &rotation);
+        store.commit_key_rotation(&rotation, &entry)?;
         store.flush_blocking()?;
     }
     Ok(key)
@@ -210,7 +212,8 @@ impl Registry {
                     time,
                     revision: writer.head,
                 };
-                this.store().commit_key_rotation(&rotation)?;
+                let entry = super::audit::key_rotation(&this.store().ledger_head()?, &rotation);
+                this.store().commit_key_rotation(&rotation, &entry)?;
                 writer.signer = key;
                 let public = PublicKey {
                     key_id: rotation.key_id,
@@ -488,14 +491,16 @@ impl Registry {
             }
             if !request.dry_run && !outcome.pruned.is_empty() {
                 let (_, time) = writer.next();
-                store.prune(
+                let entry = super::audit::prune(
+                    &store.ledger_head()?,
                     name,
                     &outcome.pruned,
                     writer.head,
                     time,
                     &request.actor,
                     &request.reason,
-                )?;
+                );
+                store.prune(name, &outcome.pruned, &entry)?;
                 let mut cache = this
                     .inner
                     .versions

@@ -379,7 +379,9 @@ impl Registry {
         revision: Revision,
         published: Option<&Version>,
     ) -> Result<()> {
-        if let Err(error) = self.store().commit(&revision, published) {
+        let ledger = self.store().ledger_head()?;
+        let audit = super::audit::revision_entries(&ledger, &revision, published);
+        if let Err(error) = self.store().commit(&revision, published, &audit) {
             if matches!(error, StoreError::Io(_)) {
                 // sled fails every later write after an I/O error.
                 self.inner.gate.set(WriteHealth::FlushFailing(format!(

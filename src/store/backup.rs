@@ -22,11 +22,11 @@ pub struct BackupHeader {
 }
 
 /// Writes a complete backup into memory.
-pub fn encode(header: &BackupHeader, entries: &[(sled::IVec, sled::IVec)]) -> Vec<u8> {
+pub fn encode(header: &BackupHeader, entries: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
     let mut out = serde_json::to_vec(header).expect("header serialises");
     out.push(b'\n');
     for (key, value) in entries {
-        for part in [key.as_ref(), value.as_ref()] {
+        for part in [key.as_slice(), value.as_slice()] {
             out.extend_from_slice(&u32::try_from(part.len()).unwrap_or(u32::MAX).to_be_bytes());
             out.extend_from_slice(part);
         }
@@ -106,17 +106,18 @@ pub fn restore_into(
         }
     }
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let db = sled::Config::new()
-        .path(dir.join("sled"))
-        .open()
+    let engine = super::sled::SledEngine::open(dir, super::DEFAULT_CACHE_BYTES)
         .map_err(|e| format!("cannot create the store: {e}"))?;
-    let mut batch = sled::Batch::default();
+    let mut batch = super::Batch::default();
     for (key, value) in entries {
-        batch.insert(key, value);
+        batch.put(key, value);
     }
-    db.apply_batch(batch)
+    use super::Engine as _;
+    engine
+        .apply(batch)
         .map_err(|e| format!("writing the store failed: {e}"))?;
-    db.flush()
+    engine
+        .flush()
         .map_err(|e| format!("flushing the store failed: {e}"))?;
     if let Some(id) = &header.encryption_key_id {
         std::fs::write(dir.join(super::ENCRYPTION_MARKER), format!("{id}\n"))

@@ -1,7 +1,12 @@
-//! The store: sled behind a narrow API.
+//! The store: the registry's records in one ordered key space, on a storage
+//! engine behind the [`Engine`] trait (`engine.rs` holds its contract;
+//! `sled/` the embedded engine). The registry talks to storage only through
+//! [`Store`]; it decides what is written (which audit entry, when to seal),
+//! and the store decides how (keys, record formats, one atomic batch per
+//! revision, guarded by compare-and-set on the heads it advances).
 //!
-//! Everything lives in one sled tree under key prefixes, so that every
-//! revision is written with one atomic `sled::Batch`:
+//! Everything lives under key prefixes, so that every revision is written
+//! with one atomic [`Batch`]:
 //!
 //! | key | value |
 //! | --- | --- |
@@ -28,23 +33,25 @@
 //! the log can later be compacted without losing history.
 
 pub mod backup;
+mod check;
 pub mod durable_head;
+pub mod engine;
 pub(crate) mod engine_panics;
+mod keys;
+mod reads;
 pub(crate) mod records;
 mod sealing;
+mod sled;
 mod torn_tail;
 
-use crate::domain::{
-    Change, ContentDigest, LabelMove, LabelName, LabelTarget, PromptName, PromptSummary, Revision,
-    Version,
-};
-use crate::domain::{KeyRotation, Micros};
-use crate::provenance::{AuditEntry, LedgerHead};
+use crate::domain::{Change, KeyRotation, PromptName, Revision, Version};
+use crate::provenance::AuditEntry;
 use durable_head::{DurableHead, DurableHeadFile};
+pub use engine::{Batch, Engine};
+use keys::*;
 use records::{
     decode, encode, AuditRec, KeyRec, LabelRec, MoveRec, PromptRec, RevisionRec, VersionRec,
 };
-use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -62,14 +69,13 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// registry.
 pub const DEFAULT_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 
-const KEY_SCHEMA: &[u8] = b"meta/schema";
-const KEY_HEAD: &[u8] = b"meta/rev";
-const KEY_COMPACT: &[u8] = b"meta/compact";
-const KEY_LEDGER: &[u8] = b"meta/ledger";
-const KEY_SIGNING: &[u8] = b"meta/signing_key";
-const KEY_ENCRYPTION: &[u8] = b"meta/encryption";
 /// The file beside the store that names the data key id of an encrypted store.
 pub(crate) const ENCRYPTION_MARKER: &str = "ENCRYPTION";
+
+/// Whether `dir` holds a store's files.
+pub fn exists_in(dir: &Path) -> bool {
+    sled::exists_in(dir)
+}
 
 /// Compares the data key id a store was encrypted with to the key given.
 fn check_data_key(stored: Option<String>, key: Option<&DataKey>) -> Result<()> {
@@ -90,14 +96,19 @@ fn check_data_key(stored: Option<String>, key: Option<&DataKey>) -> Result<()> {
 pub struct PublicKey {
     pub key_id: String,
     pub public_key: Vec<u8>,
-    pub created_at: Micros,
+    pub created_at: crate::domain::Micros,
     pub revision: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// Reading or writing failed (a full disk, a failing device); retrying
+    /// later may succeed.
     #[error("storage I/O failed: {0}")]
-    Io(#[from] sled::Error),
+    Io(#[source] std::io::Error),
+    /// The engine found its files are not what it wrote.
+    #[error("the storage engine found its files damaged: {0}")]
+    Damaged(String),
     #[error(transparent)]
     Corrupt(#[from] CorruptRecord),
     #[error("the data directory holds schema version {found}; this build reads version {SCHEMA_VERSION}")]
@@ -108,20 +119,29 @@ pub enum StoreError {
     Engine(String),
     #[error("cannot use {}: {source}", durable_head::FILE_NAME)]
     DurableHead { source: std::io::Error },
+    /// A guard of a batch did not hold: something else advanced the key
+    /// since it was read (another writer of the same store). Nothing was
+    /// written.
+    #[error("the store moved on while this write was prepared ({0} changed); nothing was written")]
+    Conflict(String),
+    /// The caller broke a precondition of a write (a bug, not bad input).
+    #[error("a write was refused by the store: {0}")]
+    Precondition(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-/// The embedded store. Cheap to clone (sled handles are reference counted).
+/// The store. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    db: sled::Db,
+    engine: Arc<dyn Engine>,
     /// Seals version content when the store is encrypted.
-    data_key: Option<std::sync::Arc<DataKey>>,
-    /// Flushes still to fail (fault injection; 0 in production).
-    failing_flushes: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    /// Advanced by every flush, so that a store that sled's recovery rolled
-    /// back is noticed (see `durable_head.rs`).
+    data_key: Option<Arc<DataKey>>,
+    /// Flushes still to fail (fault injection).
+    #[cfg(feature = "fuzzing")]
+    failing_flushes: Arc<std::sync::atomic::AtomicU64>,
+    /// Advanced by every flush, so that a store that the engine's recovery
+    /// rolled back is noticed (see `durable_head.rs`).
     durable_head: Arc<DurableHeadFile>,
     /// What the durable-head file said when the store was opened.
     recorded_head: Option<DurableHead>,
@@ -152,109 +172,129 @@ impl Store {
     /// Opens (or creates) the store in `dir`. A new store is stamped with
     /// [`SCHEMA_VERSION`]; an existing one must carry it.
     ///
-    /// With a `data_key`, version content is encrypted at rest. An existing
-    /// unencrypted store is migrated: every version is sealed in one atomic
-    /// batch, recorded in the audit ledger. A store encrypted with another
-    /// key, or opened without its key, is refused before anything is read or
-    /// written.
+    /// A store encrypted with another key than `data_key`, or opened without
+    /// its key, is refused before anything is read or written. An
+    /// unencrypted store opened with a key stays as it is until the caller
+    /// seals it ([`Store::needs_sealing`], [`Store::seal_versions`]).
     pub fn open(dir: &Path, data_key: Option<DataKey>) -> Result<Store> {
         Store::open_with_cache(dir, data_key, DEFAULT_CACHE_BYTES)
     }
 
-    /// [`Store::open`] with sled's page cache bounded to `cache_bytes`
-    /// (sled's own accounting; the OS page cache holds the rest of the
-    /// files).
+    /// [`Store::open`] with the engine's page cache bounded to `cache_bytes`.
     pub fn open_with_cache(
         dir: &Path,
         data_key: Option<DataKey>,
         cache_bytes: u64,
     ) -> Result<Store> {
         // The data key id is also kept in a plain file beside the store, so
-        // that a start with a wrong or missing key is refused before sled
-        // opens (sled writes to its files when it opens).
-        let marker = dir.join(ENCRYPTION_MARKER);
-        if let Ok(id) = std::fs::read_to_string(&marker) {
+        // that a start with a wrong or missing key is refused before the
+        // engine opens (sled writes to its files when it opens).
+        if let Ok(id) = std::fs::read_to_string(dir.join(ENCRYPTION_MARKER)) {
             check_data_key(Some(id.trim().to_string()), data_key.as_ref())?;
         }
         let (durable_head, recorded_head) =
             DurableHeadFile::open(dir).map_err(|source| StoreError::DurableHead { source })?;
-        let db = open_sled(&dir.join("sled"), cache_bytes)?;
-        match db.get(KEY_SCHEMA)? {
-            None => {
-                db.insert(KEY_SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
-                db.flush()?;
-            }
-            Some(raw) => {
-                let found = <[u8; 4]>::try_from(raw.as_ref())
-                    .map(u32::from_be_bytes)
-                    .map_err(|_| corrupt(KEY_SCHEMA, "schema version is not 4 bytes"))?;
-                if found != SCHEMA_VERSION {
-                    return Err(StoreError::Schema { found });
-                }
-            }
-        }
+        let engine = sled::SledEngine::open(dir, cache_bytes)?;
         let store = Store {
-            db,
-            data_key: data_key.map(std::sync::Arc::new),
+            engine: Arc::new(engine),
+            data_key: data_key.map(Arc::new),
+            #[cfg(feature = "fuzzing")]
             failing_flushes: Default::default(),
             durable_head: Arc::new(durable_head),
             recorded_head,
             dir: Arc::new(dir.to_path_buf()),
         };
-        store.check_encryption()?;
-        if let Some(key) = &store.data_key {
-            if !marker.exists() {
-                std::fs::write(&marker, format!("{}\n", key.key_id)).map_err(|e| {
-                    StoreError::Encryption(format!("cannot write {}: {e}", marker.display()))
-                })?;
-            }
+        store.check_schema()?;
+        let stored = store.stored_encryption_key_id()?;
+        if stored.is_some() {
+            check_data_key(stored, store.data_key.as_deref())?;
+            store.write_encryption_marker()?;
         }
         Ok(store)
     }
 
-    fn check_encryption(&self) -> Result<()> {
-        let stored = self
-            .db
-            .get(KEY_ENCRYPTION)?
-            .map(|raw| String::from_utf8_lossy(&raw).into_owned());
-        match (stored, self.data_key.as_deref()) {
-            (None, Some(key)) => self.encrypt_existing(key),
-            (stored, key) => check_data_key(stored, key),
+    fn check_schema(&self) -> Result<()> {
+        match self.engine.get(KEY_SCHEMA)? {
+            None => {
+                let mut batch = Batch::default();
+                batch.guard(KEY_SCHEMA, None);
+                batch.put(KEY_SCHEMA, SCHEMA_VERSION.to_be_bytes());
+                self.engine.apply(batch)?;
+                self.engine.flush()
+            }
+            Some(raw) => {
+                let found = <[u8; 4]>::try_from(raw.as_slice())
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| corrupt(KEY_SCHEMA, "schema version is not 4 bytes"))?;
+                if found != SCHEMA_VERSION {
+                    return Err(StoreError::Schema { found });
+                }
+                Ok(())
+            }
         }
     }
 
-    /// Seals every stored version with `key` and marks the store encrypted,
-    /// in one batch with a ledger entry.
-    fn encrypt_existing(&self, key: &DataKey) -> Result<()> {
-        let mut batch = sled::Batch::default();
+    fn stored_encryption_key_id(&self) -> Result<Option<String>> {
+        Ok(self
+            .engine
+            .get(KEY_ENCRYPTION)?
+            .map(|raw| String::from_utf8_lossy(&raw).into_owned()))
+    }
+
+    fn write_encryption_marker(&self) -> Result<()> {
+        let (Some(key), marker) = (&self.data_key, self.dir.join(ENCRYPTION_MARKER)) else {
+            return Ok(());
+        };
+        if marker.exists() {
+            return Ok(());
+        }
+        std::fs::write(&marker, format!("{}\n", key.key_id))
+            .map_err(|e| StoreError::Encryption(format!("cannot write {}: {e}", marker.display())))
+    }
+
+    /// Whether the store was opened with a data key but is not encrypted
+    /// yet: its versions are still to be sealed.
+    pub fn needs_sealing(&self) -> Result<bool> {
+        Ok(self.data_key.is_some() && self.stored_encryption_key_id()?.is_none())
+    }
+
+    /// Versions whose content is not sealed yet.
+    pub fn unsealed_versions(&self) -> Result<usize> {
+        let mut count = 0;
+        self.scan(b"v/", |key, raw| {
+            count += usize::from(decode::<VersionRec>(key, raw)?.sealed.is_none());
+            Ok(())
+        })?;
+        Ok(count)
+    }
+
+    /// Seals every stored version with the store's data key and marks the
+    /// store encrypted, in one batch with `entry` appended to the ledger.
+    /// Durable on return. Returns how many versions were sealed.
+    pub fn seal_versions(&self, entry: &AuditEntry) -> Result<usize> {
+        let Some(key) = self.data_key.as_deref() else {
+            return Err(StoreError::Precondition(
+                "sealing needs a data key: the store was opened without one".into(),
+            ));
+        };
+        let mut batch = Batch::default();
         let mut sealed = 0;
-        for item in self.db.scan_prefix(b"v/") {
-            let (record_key, raw) = item?;
-            let mut rec: VersionRec = decode(&record_key, &raw)?;
+        self.scan(b"v/", |record_key, raw| {
+            let mut rec: VersionRec = decode(record_key, raw)?;
             if rec.sealed.is_none() {
-                rec.seal(key, &record_key);
-                batch.insert(record_key, encode(&rec));
+                rec.seal(key, record_key);
+                batch.put(record_key, encode(&rec));
                 sealed += 1;
             }
-        }
-        let head = self.ledger_head()?;
-        let revision = self.head_revision()?;
-        let entry = AuditEntry::after(
-            &head,
-            revision,
-            crate::time::now_micros(),
-            "promptreg",
-            "enable_encryption",
-            "store".to_string(),
-            "started with --encryption-key-file",
-            format!("data key {}; {sealed} versions sealed", key.key_id),
-        );
-        batch.insert(audit_key(entry.sequence), encode(&AuditRec::from(&entry)));
-        batch.insert(KEY_LEDGER, encode(&LedgerHeadRec::from(entry.head())));
-        batch.insert(KEY_ENCRYPTION, key.key_id.as_bytes());
-        self.db.apply_batch(batch)?;
-        self.db.flush()?;
-        Ok(())
+            Ok(())
+        })?;
+        self.append_ledger(&mut batch, std::slice::from_ref(entry))?;
+        batch.guard(KEY_ENCRYPTION, None);
+        batch.put(KEY_ENCRYPTION, key.key_id.as_bytes());
+        self.engine.apply(batch)?;
+        self.engine.flush()?;
+        self.write_encryption_marker()?;
+        Ok(sealed)
     }
 
     /// The stored form of a version: sealed when the store is encrypted.
@@ -273,30 +313,63 @@ impl Store {
         rec.into_domain().map_err(|e| corrupt(record_key, e))
     }
 
-    /// The newest committed revision (0 for an empty store).
-    pub fn head_revision(&self) -> Result<u64> {
-        match self.db.get(KEY_HEAD)? {
-            None => Ok(0),
-            Some(raw) => read_u64(KEY_HEAD, &raw),
+    /// Adds `entries` to `batch` as the next entries of the audit ledger,
+    /// with the new ledger head, guarded on the head they follow: the
+    /// entries must continue the stored ledger and each other.
+    fn append_ledger(&self, batch: &mut Batch, entries: &[AuditEntry]) -> Result<()> {
+        let raw = self.engine.get(KEY_LEDGER)?;
+        let mut head = match &raw {
+            Some(raw) => decode::<LedgerHeadRec>(KEY_LEDGER, raw)?.into(),
+            None => crate::provenance::LedgerHead::default(),
+        };
+        for entry in entries {
+            if entry.sequence != head.sequence + 1 || entry.previous_hash != head.hash {
+                return Err(StoreError::Conflict(format!(
+                    "the audit ledger head: entry {} does not follow entry {}",
+                    entry.sequence, head.sequence
+                )));
+            }
+            batch.put(audit_key(entry.sequence), encode(&AuditRec::from(entry)));
+            head = entry.head();
         }
+        batch.guard(KEY_LEDGER, raw);
+        batch.put(KEY_LEDGER, encode(&LedgerHeadRec::from(head)));
+        Ok(())
     }
 
-    /// Applies one revision atomically: its change-log record, and every
-    /// index derived from its changes. `published` carries the full version
-    /// for a `VersionPublished` change.
+    /// Applies one revision atomically: its change-log record, every index
+    /// derived from its changes, and `audit` (the ledger entries recording
+    /// it, written by the caller) appended to the ledger. `published`
+    /// carries the full version for a `VersionPublished` change.
+    ///
+    /// The batch is guarded on the head revision being `revision - 1` and on
+    /// the ledger head the entries follow (compare-and-set), so a revision
+    /// is never written twice or over another writer's.
     ///
     /// After this returns the revision is visible to readers but not yet
     /// durable: call [`Store::flush`] before acknowledging it.
-    ///
-    /// Every change also appends one audit ledger entry, chained to the
-    /// previous head, in the same batch.
-    pub fn commit(&self, revision: &Revision, published: Option<&Version>) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        let mut head = self.ledger_head()?;
+    pub fn commit(
+        &self,
+        revision: &Revision,
+        published: Option<&Version>,
+        audit: &[AuditEntry],
+    ) -> Result<()> {
+        let mut batch = Batch::default();
+        let head_raw = self.engine.get(KEY_HEAD)?;
+        let head = head_raw
+            .as_deref()
+            .map(|raw| read_u64(KEY_HEAD, raw))
+            .transpose()?
+            .unwrap_or(0);
+        if revision.revision != head + 1 {
+            return Err(StoreError::Conflict(format!(
+                "the head revision: revision {} does not follow the head {head}",
+                revision.revision
+            )));
+        }
+        batch.guard(KEY_HEAD, head_raw);
+        self.append_ledger(&mut batch, audit)?;
         for change in &revision.changes {
-            let entry = ledger_entry(&head, revision, change, published);
-            batch.insert(audit_key(entry.sequence), encode(&AuditRec::from(&entry)));
-            head = entry.head();
             match change {
                 Change::VersionPublished {
                     name,
@@ -306,24 +379,29 @@ impl Store {
                 } => {
                     let full = published
                         .filter(|v| &v.name == name && v.number == *version)
-                        .expect("commit: a published change comes with its version");
+                        .ok_or_else(|| {
+                            StoreError::Precondition(format!(
+                                "revision {} publishes {name} v{version} but its content was not given",
+                                revision.revision
+                            ))
+                        })?;
                     let key = version_key(name, *version);
                     let value = self.encode_version(&key, full);
-                    batch.insert(key, value);
-                    batch.insert(digest_key(name, digest), &version.to_be_bytes());
-                    batch.insert(
+                    batch.put(key, value);
+                    batch.put(digest_key(name, digest), version.to_be_bytes());
+                    batch.put(
                         digest_index_key(digest, name, *version),
-                        &version.to_be_bytes(),
+                        version.to_be_bytes(),
                     );
                     let prompt = PromptRec {
                         latest_version: *version,
                         latest_digest: digest.to_string(),
                         updated_at: revision.time,
                     };
-                    batch.insert(prompt_key(name), encode(&prompt));
+                    batch.put(prompt_key(name), encode(&prompt));
                 }
                 Change::LabelMoved(mv) => {
-                    batch.insert(
+                    batch.put(
                         history_key(&mv.name, &mv.label, mv.revision),
                         encode(&MoveRec::from(mv)),
                     );
@@ -336,21 +414,19 @@ impl Store {
                                 revision: mv.revision,
                                 updated_at: mv.time,
                             };
-                            batch.insert(key, encode(&label));
+                            batch.put(key, encode(&label));
                         }
-                        _ => batch.remove(key),
+                        _ => batch.delete(key),
                     }
                 }
             }
         }
-        batch.insert(KEY_LEDGER, encode(&LedgerHeadRec::from(head)));
-        batch.insert(
+        batch.put(
             revision_key(revision.revision),
             encode(&RevisionRec::from(revision)),
         );
-        batch.insert(KEY_HEAD, &revision.revision.to_be_bytes());
-        self.db.apply_batch(batch)?;
-        Ok(())
+        batch.put(KEY_HEAD, revision.revision.to_be_bytes());
+        self.engine.apply(batch)
     }
 
     /// Makes every committed revision durable. After this returns, the
@@ -365,7 +441,7 @@ impl Store {
         let store = self.clone();
         tokio::task::spawn_blocking(move || store.flush_blocking())
             .await
-            .map_err(|e| StoreError::Io(sled::Error::Io(std::io::Error::other(e.to_string()))))?
+            .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?
     }
 
     fn current_head(&self) -> Result<DurableHead> {
@@ -376,11 +452,30 @@ impl Store {
     }
 
     /// Makes the next `count` flushes fail, as a full or failing disk
-    /// would. For fault-injection tests.
-    #[doc(hidden)]
+    /// would. For fault-injection tests (the `fuzzing` feature).
+    #[cfg(feature = "fuzzing")]
     pub fn inject_flush_failures(&self, count: u64) {
         self.failing_flushes
             .store(count, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    #[cfg(feature = "fuzzing")]
+    fn injected_failure(&self) -> Result<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        match self
+            .failing_flushes
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+        {
+            Ok(_) => Err(StoreError::Io(std::io::Error::other(
+                "injected flush failure",
+            ))),
+            Err(_) => Ok(()),
+        }
+    }
+
+    #[cfg(not(feature = "fuzzing"))]
+    fn injected_failure(&self) -> Result<()> {
+        Ok(())
     }
 
     /// The same as [`Store::flush`], blocking (call it off the async
@@ -388,20 +483,8 @@ impl Store {
     pub fn flush_blocking(&self) -> Result<()> {
         // Read before the flush: everything committed by now is covered by it.
         let head = self.current_head()?;
-        let injected = self
-            .failing_flushes
-            .fetch_update(
-                std::sync::atomic::Ordering::SeqCst,
-                std::sync::atomic::Ordering::SeqCst,
-                |n| n.checked_sub(1),
-            )
-            .is_ok();
-        if injected {
-            return Err(StoreError::Io(sled::Error::Io(std::io::Error::other(
-                "injected flush failure",
-            ))));
-        }
-        self.db.flush()?;
+        self.injected_failure()?;
+        self.engine.flush()?;
         self.durable_head
             .advance(&head)
             .map_err(|source| StoreError::DurableHead { source })
@@ -412,847 +495,86 @@ impl Store {
         free_space(&self.dir)
     }
 
-    pub fn version(&self, name: &PromptName, number: u64) -> Result<Option<Version>> {
-        let key = version_key(name, number);
-        self.db
-            .get(&key)?
-            .map(|raw| self.decode_version(&key, &raw))
-            .transpose()
-    }
-
-    pub fn version_by_digest(
-        &self,
-        name: &PromptName,
-        digest: &ContentDigest,
-    ) -> Result<Option<u64>> {
-        let key = digest_key(name, digest);
-        self.db
-            .get(&key)?
-            .map(|raw| read_u64(&key, &raw))
-            .transpose()
-    }
-
-    pub fn prompt(&self, name: &PromptName) -> Result<Option<PromptSummary>> {
-        let key = prompt_key(name);
-        self.db
-            .get(&key)?
-            .map(|raw| {
-                decode::<PromptRec>(&key, &raw)?
-                    .into_domain(name.as_str())
-                    .map_err(|e| corrupt(&key, e))
-            })
-            .transpose()
-    }
-
-    pub fn label(&self, name: &PromptName, label: &LabelName) -> Result<Option<LabelTarget>> {
-        let key = label_key(name, label);
-        self.db
-            .get(&key)?
-            .map(|raw| {
-                decode::<LabelRec>(&key, &raw)?
-                    .into_domain(label.as_str())
-                    .map_err(|e| corrupt(&key, e))
-            })
-            .transpose()
-    }
-
-    /// Every label of a prompt, in name order.
-    pub fn labels(&self, name: &PromptName) -> Result<Vec<LabelTarget>> {
-        let prefix = label_key_prefix(name);
-        self.db
-            .scan_prefix(&prefix)
-            .map(|item| {
-                let (key, raw) = item?;
-                let label = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
-                decode::<LabelRec>(&key, &raw)?
-                    .into_domain(&label)
-                    .map_err(|e| corrupt(&key, e))
-            })
-            .collect()
-    }
-
-    /// Prompts whose name starts with `prefix`, in byte order, strictly after
-    /// `after` when given; at most `limit`.
-    pub fn list_prompts(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<PromptSummary>> {
-        let scan_prefix = [b"p/".as_slice(), prefix.as_bytes()].concat();
-        let start = match after {
-            Some(after) => [b"p/".as_slice(), after.as_bytes(), b"\0"].concat(),
-            None => scan_prefix.clone(),
-        };
-        let mut out = Vec::new();
-        for item in self.db.range(start..) {
-            let (key, raw) = item?;
-            if !key.starts_with(&scan_prefix) || out.len() == limit {
-                break;
-            }
-            let name = String::from_utf8_lossy(&key[2..]).into_owned();
-            out.push(
-                decode::<PromptRec>(&key, &raw)?
-                    .into_domain(&name)
-                    .map_err(|e| corrupt(&key, e))?,
-            );
-        }
-        Ok(out)
-    }
-
-    /// Versions of a prompt, newest first, strictly below `below` when given;
-    /// at most `limit`.
-    pub fn list_versions(
-        &self,
-        name: &PromptName,
-        below: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<Version>> {
-        let low = version_key(name, 0);
-        let high = version_key(name, below.unwrap_or(u64::MAX));
-        let mut out = Vec::new();
-        for item in self.db.range(low..high).rev().take(limit) {
-            let (key, raw) = item?;
-            out.push(self.decode_version(&key, &raw)?);
-        }
-        Ok(out)
-    }
-
-    /// Moves of one label, newest first, with revision strictly below `below`
-    /// when given; at most `limit`.
-    pub fn history(
-        &self,
-        name: &PromptName,
-        label: &LabelName,
-        below: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<LabelMove>> {
-        self.history_range(name, label, below.unwrap_or(u64::MAX), limit)
-    }
-
-    /// The newest move of a label with revision at most `revision`.
-    pub fn move_at_revision(
-        &self,
-        name: &PromptName,
-        label: &LabelName,
-        revision: u64,
-    ) -> Result<Option<LabelMove>> {
-        Ok(self
-            .history_range(name, label, revision.saturating_add(1), 1)?
-            .pop())
-    }
-
-    fn history_range(
-        &self,
-        name: &PromptName,
-        label: &LabelName,
-        below: u64,
-        limit: usize,
-    ) -> Result<Vec<LabelMove>> {
-        let low = history_key(name, label, 0);
-        let high = history_key(name, label, below);
-        let mut out = Vec::new();
-        for item in self.db.range(low..high).rev().take(limit) {
-            let (key, raw) = item?;
-            out.push(
-                decode::<MoveRec>(&key, &raw)?
-                    .into_domain()
-                    .map_err(|e| corrupt(&key, e))?,
-            );
-        }
-        Ok(out)
-    }
-
-    /// Change-log records with revision >= `from`, in order; at most `limit`.
-    pub fn revisions(&self, from: u64, limit: usize) -> Result<Vec<Revision>> {
-        let mut out = Vec::new();
-        for item in self
-            .db
-            .range(revision_key(from)..revision_key(u64::MAX))
-            .take(limit)
-        {
-            let (key, raw) = item?;
-            out.push(
-                decode::<RevisionRec>(&key, &raw)?
-                    .into_domain()
-                    .map_err(|e| corrupt(&key, e))?,
-            );
-        }
-        Ok(out)
-    }
-
-    /// One change-log record.
-    pub fn revision(&self, revision: u64) -> Result<Option<Revision>> {
-        let key = revision_key(revision);
-        self.db
-            .get(&key)?
-            .map(|raw| {
-                decode::<RevisionRec>(&key, &raw)?
-                    .into_domain()
-                    .map_err(|e| corrupt(&key, e))
-            })
-            .transpose()
-    }
-
-    /// Every label of every prompt whose name starts with `prefix`, in
-    /// (name, label) order.
-    pub fn labels_under(&self, prefix: &str) -> Result<Vec<(PromptName, LabelTarget)>> {
-        let scan = key(&[b"l/", prefix.as_bytes()]);
-        self.db
-            .scan_prefix(&scan)
-            .map(|item| {
-                let (key, raw) = item?;
-                let rest = &key[2..];
-                let split = rest
-                    .iter()
-                    .position(|b| *b == 0)
-                    .ok_or_else(|| corrupt(&key, "label key without a separator"))?;
-                let name = String::from_utf8_lossy(&rest[..split]).into_owned();
-                let label = String::from_utf8_lossy(&rest[split + 1..]).into_owned();
-                let name = PromptName::parse("name", &name, 4096)
-                    .map_err(|e| corrupt(&key, e.to_string()))?;
-                let target = decode::<LabelRec>(&key, &raw)?
-                    .into_domain(&label)
-                    .map_err(|e| corrupt(&key, e))?;
-                Ok((name, target))
-            })
-            .collect()
-    }
-
-    /// Revisions at or below the compact revision have been removed from the
-    /// change log (0: nothing has been compacted).
-    pub fn compact_revision(&self) -> Result<u64> {
-        match self.db.get(KEY_COMPACT)? {
-            None => Ok(0),
-            Some(raw) => read_u64(KEY_COMPACT, &raw),
-        }
-    }
-
-    /// The oldest change-log record still present.
-    pub fn oldest_revision(&self) -> Result<Option<Revision>> {
-        Ok(self.revisions(0, 1)?.pop())
-    }
-
     /// Removes change-log records up to and including `upto`, in batches,
     /// and records `upto` as the compact revision. Only the log shrinks:
     /// versions, labels and label history are untouched.
     pub fn compact(&self, upto: u64) -> Result<usize> {
         let mut removed = 0;
         loop {
-            let keys: Vec<sled::IVec> = self
-                .db
-                .range(revision_key(0)..=revision_key(upto))
-                .keys()
-                .take(1024)
-                .collect::<std::result::Result<_, _>>()?;
+            let end = revision_key(upto.saturating_add(1));
+            let keys = self
+                .engine
+                .range(&revision_key(0), Some(&end), false, 1024)?;
             if keys.is_empty() {
                 break;
             }
-            let mut batch = sled::Batch::default();
-            for key in &keys {
-                batch.remove(key.clone());
+            let mut batch = Batch::default();
+            for (key, _) in &keys {
+                batch.delete(key.clone());
             }
             // Written with the first batch so that a reader never sees a gap
             // that the compact revision does not explain.
-            batch.insert(KEY_COMPACT, &upto.to_be_bytes());
-            self.db.apply_batch(batch)?;
+            batch.put(KEY_COMPACT, upto.to_be_bytes());
+            self.engine.apply(batch)?;
             removed += keys.len();
+            if upto == u64::MAX {
+                break;
+            }
         }
         if removed == 0 && self.compact_revision()? < upto {
-            self.db.insert(KEY_COMPACT, &upto.to_be_bytes())?;
+            let mut batch = Batch::default();
+            batch.put(KEY_COMPACT, upto.to_be_bytes());
+            self.engine.apply(batch)?;
         }
         Ok(removed)
     }
 
-    /// Records a new active signing key: its public half and a ledger entry,
-    /// in one atomic batch. Durable after [`Store::flush`].
-    pub fn commit_key_rotation(&self, rotation: &KeyRotation) -> Result<()> {
-        let head = self.ledger_head()?;
-        let entry = AuditEntry::after(
-            &head,
-            rotation.revision,
-            rotation.time,
-            &rotation.actor,
-            "rotate_key",
-            format!("key:{}", rotation.key_id),
-            &rotation.reason,
-            hex::encode(&rotation.public_key),
-        );
+    /// Records a new active signing key: its public half and `entry` (the
+    /// ledger entry recording the rotation), in one atomic batch. Durable
+    /// after [`Store::flush`].
+    pub fn commit_key_rotation(&self, rotation: &KeyRotation, entry: &AuditEntry) -> Result<()> {
         let key = KeyRec {
             public_key: hex::encode(&rotation.public_key),
             created_at: rotation.time,
             revision: rotation.revision,
         };
-        let mut batch = sled::Batch::default();
-        batch.insert(audit_key(entry.sequence), encode(&AuditRec::from(&entry)));
-        batch.insert(KEY_LEDGER, encode(&LedgerHeadRec::from(entry.head())));
-        batch.insert(key_key(&rotation.key_id), encode(&key));
-        batch.insert(KEY_SIGNING, rotation.key_id.as_bytes());
-        self.db.apply_batch(batch)?;
-        Ok(())
-    }
-
-    /// Every (prompt, version) whose content has `digest`, pruned or not,
-    /// in (name, number) order.
-    ///
-    /// Stores written before the index kept one key per version hold
-    /// `x/{digest}{name}` → the newest version published with the digest,
-    /// which forgot an older (pruned) version once the same content was
-    /// published again. For a prompt found under such a key, its versions
-    /// are scanned for the digest, so that those are found too.
-    pub fn versions_with_digest(&self, digest: &ContentDigest) -> Result<Vec<(PromptName, u64)>> {
-        let prefix = key(&[b"x/", &digest.0]);
-        let parse_name = |key: &[u8], raw: &[u8]| {
-            PromptName::parse("name", &String::from_utf8_lossy(raw), 4096)
-                .map_err(|e| corrupt(key, e.to_string()))
-        };
-        let mut found = std::collections::BTreeSet::new();
-        let mut legacy = std::collections::BTreeSet::new();
-        for item in self.db.scan_prefix(&prefix) {
-            let (key, raw) = item?;
-            let rest = &key[prefix.len()..];
-            match rest.iter().position(|b| *b == 0) {
-                Some(split) => {
-                    let name = parse_name(&key, &rest[..split])?;
-                    found.insert((name, read_u64(&key, &rest[split + 1..])?));
-                }
-                None => {
-                    let name = parse_name(&key, rest)?;
-                    found.insert((name.clone(), read_u64(&key, &raw)?));
-                    legacy.insert(name);
-                }
-            }
-        }
-        for name in legacy {
-            for version in self.list_versions(&name, None, usize::MAX)? {
-                if version.digest == *digest {
-                    found.insert((name.clone(), version.number));
-                }
-            }
-        }
-        Ok(found.into_iter().collect())
-    }
-
-    /// Every move of every label of a prompt, ordered by label then revision.
-    pub fn prompt_history(&self, name: &PromptName) -> Result<Vec<LabelMove>> {
-        let prefix = key(&[b"h/", name.as_str().as_bytes(), b"\0"]);
-        self.db
-            .scan_prefix(&prefix)
-            .map(|item| {
-                let (key, raw) = item?;
-                decode::<MoveRec>(&key, &raw)?
-                    .into_domain()
-                    .map_err(|e| corrupt(&key, e))
-            })
-            .collect()
-    }
-
-    /// Version numbers that any label other than `latest` ever pointed to.
-    pub fn labelled_versions(&self, name: &PromptName) -> Result<std::collections::BTreeSet<u64>> {
-        let prefix = key(&[b"h/", name.as_str().as_bytes(), b"\0"]);
-        let mut out = std::collections::BTreeSet::new();
-        for item in self.db.scan_prefix(&prefix) {
-            let (key, raw) = item?;
-            let mv = decode::<MoveRec>(&key, &raw)?;
-            if mv.label != crate::domain::LATEST_LABEL {
-                out.extend(mv.to_version);
-            }
-        }
-        Ok(out)
+        let mut batch = Batch::default();
+        self.append_ledger(&mut batch, std::slice::from_ref(entry))?;
+        batch.put(key_key(&rotation.key_id), encode(&key));
+        batch.put(KEY_SIGNING, rotation.key_id.as_bytes());
+        self.engine.apply(batch)
     }
 
     /// Removes the content of `versions`, keeping each as a tombstone, and
-    /// appends one `prune` ledger entry, in one atomic batch. Durable after
-    /// [`Store::flush`].
-    pub fn prune(
-        &self,
-        name: &PromptName,
-        versions: &[u64],
-        revision: u64,
-        time: Micros,
-        actor: &str,
-        reason: &str,
-    ) -> Result<()> {
-        let mut batch = sled::Batch::default();
+    /// appends `entry` (the ledger entry recording it), in one atomic batch.
+    /// Durable after [`Store::flush`].
+    pub fn prune(&self, name: &PromptName, versions: &[u64], entry: &AuditEntry) -> Result<()> {
+        let mut batch = Batch::default();
         for number in versions {
             let record_key = version_key(name, *number);
             let raw = self
-                .db
+                .engine
                 .get(&record_key)?
                 .ok_or_else(|| corrupt(&record_key, "vanished while pruning"))?;
             let mut rec: VersionRec = decode(&record_key, &raw)?;
             rec.prune();
-            batch.insert(record_key, encode(&rec));
+            batch.guard(record_key.clone(), Some(raw));
+            batch.put(record_key, encode(&rec));
         }
-        let list: Vec<String> = versions.iter().map(|v| format!("v{v}")).collect();
-        let entry = AuditEntry::after(
-            &self.ledger_head()?,
-            revision,
-            time,
-            actor,
-            "prune",
-            name.to_string(),
-            reason,
-            list.join(", "),
-        );
-        batch.insert(audit_key(entry.sequence), encode(&AuditRec::from(&entry)));
-        batch.insert(KEY_LEDGER, encode(&LedgerHeadRec::from(entry.head())));
-        self.db.apply_batch(batch)?;
-        Ok(())
-    }
-
-    /// The audit ledger's newest entry (sequence 0 when empty).
-    pub fn ledger_head(&self) -> Result<LedgerHead> {
-        match self.db.get(KEY_LEDGER)? {
-            None => Ok(LedgerHead::default()),
-            Some(raw) => {
-                let rec: LedgerHeadRec = decode(KEY_LEDGER, &raw)?;
-                Ok(LedgerHead {
-                    sequence: rec.sequence,
-                    hash: rec.hash,
-                })
-            }
-        }
-    }
-
-    /// Ledger entries with sequence >= `from`, oldest first; at most `limit`.
-    pub fn audit_entries(&self, from: u64, limit: usize) -> Result<Vec<AuditEntry>> {
-        let mut out = Vec::new();
-        for item in self
-            .db
-            .range(audit_key(from)..audit_key(u64::MAX))
-            .take(limit)
-        {
-            let (key, raw) = item?;
-            out.push(decode::<AuditRec>(&key, &raw)?.into());
-        }
-        Ok(out)
-    }
-
-    /// Every public signing key, oldest first.
-    pub fn signing_keys(&self) -> Result<Vec<PublicKey>> {
-        let mut keys = self
-            .db
-            .scan_prefix(b"k/")
-            .map(|item| {
-                let (key, raw) = item?;
-                let rec: KeyRec = decode(&key, &raw)?;
-                Ok(PublicKey {
-                    key_id: String::from_utf8_lossy(&key[2..]).into_owned(),
-                    public_key: hex::decode(&rec.public_key)
-                        .map_err(|e| corrupt(&key, e.to_string()))?,
-                    created_at: rec.created_at,
-                    revision: rec.revision,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        keys.sort_by_key(|k| k.revision);
-        Ok(keys)
-    }
-
-    /// The id of the key that signs new versions.
-    pub fn active_key_id(&self) -> Result<Option<String>> {
-        Ok(self
-            .db
-            .get(KEY_SIGNING)?
-            .map(|raw| String::from_utf8_lossy(&raw).into_owned()))
-    }
-
-    /// Calls `visit` with every stored version (or the error decoding it),
-    /// in (name, number) order.
-    pub fn scan_versions(&self, mut visit: impl FnMut(Result<Version>)) -> Result<()> {
-        for item in self.db.scan_prefix(b"v/") {
-            let (key, raw) = item?;
-            visit(self.decode_version(&key, &raw));
-        }
-        Ok(())
-    }
-
-    /// The check at start-up: [`Store::check_heads`], then every record a
-    /// read relies on ([`Store::check_consistency`]): a flipped byte can
-    /// make the engine drop one record in the middle of the store, which
-    /// the heads alone do not show. A store that fails it is refused
-    /// before anything is served; the first problem is named.
-    pub fn check_startup(&self) -> std::result::Result<(), String> {
-        self.check_heads()?;
-        let problems = self.check_consistency().map_err(|e| e.to_string())?;
-        match problems.as_slice() {
-            [] => Ok(()),
-            [only] => Err(only.clone()),
-            [first, rest @ ..] => Err(format!("{first} (and {} more problems)", rest.len())),
-        }
-    }
-
-    /// The quick part of the start-up check: the store is not behind its
-    /// durable head, and the head revision's record and the ledger head's
-    /// entry exist and agree with the metadata.
-    pub fn check_heads(&self) -> std::result::Result<(), String> {
-        self.check_durable_head()?;
-        let head = self.head_revision().map_err(|e| e.to_string())?;
-        if head > 0 {
-            match self.revision(head) {
-                Ok(Some(_)) => {}
-                Ok(None) => {
-                    return Err(format!("the head revision {head} has no change-log record"))
-                }
-                Err(e) => return Err(format!("the head revision {head} is unreadable: {e}")),
-            }
-            if self
-                .revision(head + 1)
-                .map_err(|e| e.to_string())?
-                .is_some()
-            {
-                return Err(format!(
-                    "a change-log record exists beyond the head revision {head}"
-                ));
-            }
-        }
-        let ledger = self.ledger_head().map_err(|e| e.to_string())?;
-        if ledger.sequence > 0 {
-            let entry = self
-                .audit_entries(ledger.sequence, 1)
-                .map_err(|e| e.to_string())?;
-            match entry.first() {
-                Some(e) if e.sequence == ledger.sequence && e.hash == ledger.hash => {}
-                _ => {
-                    return Err(format!(
-                        "the audit ledger head (entry {}) is missing or differs",
-                        ledger.sequence
-                    ))
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The store must hold everything the durable-head file says was made
-    /// durable: a store behind it lost acknowledged writes (sled's recovery
-    /// drops a damaged tail without a word).
-    fn check_durable_head(&self) -> std::result::Result<(), String> {
-        let Some(recorded) = &self.recorded_head else {
-            return Ok(());
-        };
-        let file = durable_head::FILE_NAME;
-        let head = self.head_revision().map_err(|e| e.to_string())?;
-        if head < recorded.revision {
-            let missing = if head + 1 == recorded.revision {
-                format!("revision {}", recorded.revision)
-            } else {
-                format!("revisions {} to {}", head + 1, recorded.revision)
-            };
-            return Err(format!(
-                "acknowledged writes are missing: {file} records revision {} as durable but the store's head is {head} ({missing} lost)",
-                recorded.revision
-            ));
-        }
-        let ledger = self.ledger_head().map_err(|e| e.to_string())?;
-        let wanted = &recorded.ledger;
-        if ledger.sequence < wanted.sequence {
-            return Err(format!(
-                "acknowledged audit entries are missing: {file} records ledger entry {} as durable but the ledger ends at entry {}",
-                wanted.sequence, ledger.sequence
-            ));
-        }
-        if wanted.sequence > 0 {
-            let entry = self
-                .audit_entries(wanted.sequence, 1)
-                .map_err(|e| e.to_string())?;
-            if !entry
-                .first()
-                .is_some_and(|e| e.sequence == wanted.sequence && e.hash == wanted.hash)
-            {
-                return Err(format!(
-                    "ledger entry {} is not the one {file} records as durable (hash {})",
-                    wanted.sequence, wanted.hash
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// Every structural inconsistency in the store: labels pointing at
-    /// missing versions, history that disagrees with labels, a change log
-    /// that disagrees with the head, indexes that disagree with versions.
-    /// (Digests, signatures and the ledger chain are checked by
-    /// `Registry::verify_audit`.)
-    pub fn check_consistency(&self) -> Result<Vec<String>> {
-        let mut problems = Vec::new();
-        let head = self.head_revision()?;
-        let compact = self.compact_revision()?;
-        // The change log: contiguous from compact + 1 to head.
-        let mut expected = compact + 1;
-        for item in self.db.scan_prefix(b"r/") {
-            let (key, raw) = item?;
-            match decode::<RevisionRec>(&key, &raw) {
-                Ok(rec) if rec.revision == expected => expected += 1,
-                Ok(rec) if rec.revision <= compact => problems.push(format!(
-                    "change-log record {} is below the compact revision {compact}",
-                    rec.revision
-                )),
-                Ok(rec) => {
-                    problems.push(format!(
-                        "the change log jumps from revision {} to {}",
-                        expected - 1,
-                        rec.revision
-                    ));
-                    expected = rec.revision + 1;
-                }
-                Err(e) => problems.push(format!("unreadable change-log record: {e}")),
-            }
-        }
-        if head > compact && expected != head + 1 {
-            problems.push(format!(
-                "the change log ends at revision {} but the head revision is {head}",
-                expected - 1
-            ));
-        }
-        // Prompts and their versions.
-        for item in self.db.scan_prefix(b"p/") {
-            let (key, raw) = item?;
-            let name = String::from_utf8_lossy(&key[2..]).into_owned();
-            let Ok(name) = PromptName::parse("name", &name, 4096) else {
-                problems.push(format!("prompt key {name:?} is not a valid name"));
-                continue;
-            };
-            let summary = match decode::<PromptRec>(&key, &raw) {
-                Ok(rec) => rec,
-                Err(e) => {
-                    problems.push(format!("unreadable prompt record: {e}"));
-                    continue;
-                }
-            };
-            for number in 1..=summary.latest_version {
-                match self.version(&name, number) {
-                    Ok(Some(v)) if v.revision > head => problems.push(format!(
-                        "{name} v{number} claims revision {} beyond the head {head}",
-                        v.revision
-                    )),
-                    Ok(Some(v)) => {
-                        if self.version_by_digest(&name, &v.digest)? != Some(number) && !v.pruned {
-                            problems.push(format!(
-                                "{name} v{number}: the digest index does not point back to it"
-                            ));
-                        }
-                    }
-                    Ok(None) => problems.push(format!(
-                        "{name} v{number} is missing (the prompt's newest is v{})",
-                        summary.latest_version
-                    )),
-                    Err(e) => problems.push(format!("{name} v{number} is unreadable: {e}")),
-                }
-            }
-            // Labels: each target exists and matches the label's last move.
-            for label in self.labels(&name)? {
-                if self.version(&name, label.version)?.is_none() {
-                    problems.push(format!(
-                        "label {} of {name} points to missing version {}",
-                        label.label, label.version
-                    ));
-                }
-                match self.history(&name, &label.label, None, 1)?.first() {
-                    Some(last)
-                        if last.to_version == Some(label.version)
-                            && last.revision == label.revision => {}
-                    _ => problems.push(format!(
-                        "label {} of {name} disagrees with its history",
-                        label.label
-                    )),
-                }
-            }
-        }
-        Ok(problems)
-    }
-
-    /// Every key and value of the store, for a backup. The caller makes it
-    /// consistent by holding the writer lock.
-    pub fn export_entries(&self) -> Result<Vec<(sled::IVec, sled::IVec)>> {
-        Ok(self.db.iter().collect::<std::result::Result<Vec<_>, _>>()?)
+        self.append_ledger(&mut batch, std::slice::from_ref(entry))?;
+        self.engine.apply(batch)
     }
 
     /// The data key id of an encrypted store.
     pub fn encryption_key_id(&self) -> Option<String> {
         self.data_key.as_ref().map(|k| k.key_id.clone())
     }
-
-    /// The store's size on disk in bytes.
-    pub fn size_on_disk(&self) -> Result<u64> {
-        Ok(self.db.size_on_disk()?)
-    }
-}
-
-/// Opens sled, waiting briefly for a lock left by this same process.
-///
-/// sled frees a closed database through epoch-based reclamation, so its file
-/// lock can outlive the last handle by a moment. Another *process* cannot be
-/// the holder here: the registry's own `LOCK` file was taken first. So a
-/// lock conflict is retried for a few seconds before it is reported.
-fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        // A damaged file can make sled panic while it recovers.
-        let opened = engine_panics::quietly(|| {
-            sled::Config::new()
-                .path(path)
-                .cache_capacity(cache_bytes)
-                .open()
-        })
-        .map_err(StoreError::Engine)?;
-        match opened {
-            Err(sled::Error::Io(e))
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.to_string().contains("could not acquire lock") =>
-            {
-                if std::time::Instant::now() > deadline {
-                    return Err(sled::Error::Io(e).into());
-                }
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-            other => return Ok(other?),
-        }
-    }
-}
-
-fn corrupt(key: &[u8], reason: impl Into<String>) -> StoreError {
-    StoreError::Corrupt(CorruptRecord {
-        key: String::from_utf8_lossy(key).replace('\0', "/"),
-        reason: reason.into(),
-    })
-}
-
-fn read_u64(key: &[u8], raw: &[u8]) -> Result<u64> {
-    <[u8; 8]>::try_from(raw)
-        .map(u64::from_be_bytes)
-        .map_err(|_| corrupt(key, "expected 8 bytes"))
-}
-
-fn key(parts: &[&[u8]]) -> Vec<u8> {
-    parts.concat()
-}
-
-fn prompt_key(name: &PromptName) -> Vec<u8> {
-    key(&[b"p/", name.as_str().as_bytes()])
-}
-
-fn version_key(name: &PromptName, version: u64) -> Vec<u8> {
-    key(&[
-        b"v/",
-        name.as_str().as_bytes(),
-        b"\0",
-        &version.to_be_bytes(),
-    ])
-}
-
-fn digest_key(name: &PromptName, digest: &ContentDigest) -> Vec<u8> {
-    key(&[b"d/", name.as_str().as_bytes(), b"\0", &digest.0])
-}
-
-/// One version in the digest index: the digest first, so that a prefix
-/// scan finds every version with it across prompts. Names never hold a
-/// 0 byte, which separates the name from the number.
-fn digest_index_key(digest: &ContentDigest, name: &PromptName, version: u64) -> Vec<u8> {
-    key(&[
-        b"x/",
-        &digest.0,
-        name.as_str().as_bytes(),
-        b"\0",
-        &version.to_be_bytes(),
-    ])
-}
-
-fn label_key_prefix(name: &PromptName) -> Vec<u8> {
-    key(&[b"l/", name.as_str().as_bytes(), b"\0"])
-}
-
-fn label_key(name: &PromptName, label: &LabelName) -> Vec<u8> {
-    key(&[&label_key_prefix(name), label.as_str().as_bytes()])
-}
-
-fn history_key(name: &PromptName, label: &LabelName, revision: u64) -> Vec<u8> {
-    key(&[
-        b"h/",
-        name.as_str().as_bytes(),
-        b"\0",
-        label.as_str().as_bytes(),
-        b"\0",
-        &revision.to_be_bytes(),
-    ])
-}
-
-#[derive(Serialize, Deserialize)]
-struct LedgerHeadRec {
-    sequence: u64,
-    hash: String,
-}
-
-impl From<LedgerHead> for LedgerHeadRec {
-    fn from(head: LedgerHead) -> Self {
-        LedgerHeadRec {
-            sequence: head.sequence,
-            hash: head.hash,
-        }
-    }
-}
-
-/// The ledger entry recording one change.
-fn ledger_entry(
-    head: &LedgerHead,
-    revision: &Revision,
-    change: &Change,
-    published: Option<&Version>,
-) -> AuditEntry {
-    let side = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("v{v}"));
-    let (actor, action, target, reason, detail) = match change {
-        Change::VersionPublished {
-            name,
-            version,
-            digest,
-            author,
-        } => (
-            author.as_str(),
-            "publish",
-            format!("{name}@v{version}"),
-            published.map_or("", |v| v.description.as_str()),
-            digest.to_string(),
-        ),
-        Change::LabelMoved(mv) => (
-            mv.actor.as_str(),
-            mv.kind.as_str(),
-            format!("{}:{}", mv.name, mv.label),
-            mv.reason.as_str(),
-            format!("{} -> {}", side(mv.from_version), side(mv.to_version)),
-        ),
-    };
-    let mut entry = AuditEntry::after(
-        head,
-        revision.revision,
-        revision.time,
-        actor,
-        action,
-        target,
-        reason,
-        detail,
-    );
-    if let Some(trace_id) = &revision.trace_id {
-        entry.trace_id = trace_id.clone();
-        entry.hash = entry.compute_hash();
-    }
-    entry
-}
-
-fn audit_key(sequence: u64) -> Vec<u8> {
-    key(&[b"a/", &sequence.to_be_bytes()])
-}
-
-fn key_key(key_id: &str) -> Vec<u8> {
-    key(&[b"k/", key_id.as_bytes()])
-}
-
-fn revision_key(revision: u64) -> Vec<u8> {
-    key(&[b"r/", &revision.to_be_bytes()])
 }
 
 #[cfg(test)]
 mod tests {
+    use super::keys::*;
+    use super::records::*;
     use super::*;
 
     #[test]
@@ -1260,7 +582,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::open(dir.path(), None).unwrap();
-            store.db.insert(KEY_SCHEMA, &99u32.to_be_bytes()).unwrap();
+            let mut batch = Batch::default();
+            batch.put(KEY_SCHEMA, 99u32.to_be_bytes());
+            store.engine.apply(batch).unwrap();
             store.flush_blocking().unwrap();
         }
         let error = Store::open(dir.path(), None).err().expect("refused");
@@ -1294,14 +618,10 @@ mod tests {
     fn corrupt_records_are_errors_not_panics() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), None).unwrap();
-        store
-            .db
-            .insert(revision_key(1), b"\x01{not json".to_vec())
-            .unwrap();
-        store
-            .db
-            .insert(revision_key(2), b"\x07whatever".to_vec())
-            .unwrap();
+        let mut batch = Batch::default();
+        batch.put(revision_key(1), b"\x01{not json".to_vec());
+        batch.put(revision_key(2), b"\x07whatever".to_vec());
+        store.engine.apply(batch).unwrap();
         assert!(matches!(store.revision(1), Err(StoreError::Corrupt(_))));
         let error = store.revision(2).unwrap_err();
         assert!(

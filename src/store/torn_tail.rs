@@ -11,8 +11,10 @@
 //! removed, and the indexes those revisions touched are put back as they
 //! were at it (from the label history and the versions that remain).
 
+use super::engine::Batch;
+use super::keys::{read_u64, LedgerHeadRec, KEY_HEAD, KEY_LEDGER};
 use super::records::{decode, encode, LabelRec, MoveRec, PromptRec, VersionRec};
-use super::{read_u64, LedgerHeadRec, Result, Store, KEY_HEAD, KEY_LEDGER};
+use super::{Result, Store};
 use std::collections::HashSet;
 
 /// The last 8 bytes of a key, as the big-endian number they hold.
@@ -36,48 +38,44 @@ impl Store {
             return Ok(None);
         }
         let kept = durable.revision;
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         let mut gone: HashSet<Vec<u8>> = HashSet::new();
-        let mut remove = |batch: &mut sled::Batch, key: &[u8]| {
-            batch.remove(key);
+        let mut remove = |batch: &mut Batch, key: &[u8]| {
+            batch.delete(key);
             gone.insert(key.to_vec());
         };
-        for item in self.db.scan_prefix(b"r/") {
-            let (key, _) = item?;
+        for (key, _) in self.entries(b"r/")? {
             if trailing_u64(&key).is_some_and(|rev| rev > kept) {
                 remove(&mut batch, &key);
             }
         }
-        for item in self.db.scan_prefix(b"v/") {
-            let (key, raw) = item?;
-            if decode::<VersionRec>(&key, &raw).is_ok_and(|rec| rec.revision > kept) {
-                remove(&mut batch, &key);
+        self.scan(b"v/", |key, raw| {
+            if decode::<VersionRec>(key, raw).is_ok_and(|rec| rec.revision > kept) {
+                remove(&mut batch, key);
             }
-        }
-        for item in self.db.scan_prefix(b"h/") {
-            let (key, _) = item?;
+            Ok(())
+        })?;
+        for (key, _) in self.entries(b"h/")? {
             if trailing_u64(&key).is_some_and(|rev| rev > kept) {
                 remove(&mut batch, &key);
             }
         }
         let version_exists = |gone: &HashSet<Vec<u8>>, version_key: &[u8]| -> Result<bool> {
-            Ok(!gone.contains(version_key) && self.db.contains_key(version_key)?)
+            Ok(!gone.contains(version_key) && self.engine.get(version_key)?.is_some())
         };
         let version_key =
             |name: &[u8], number: u64| [b"v/", name, b"\0", &number.to_be_bytes()].concat();
         // The digest indexes of versions that are gone.
-        for item in self.db.scan_prefix(b"d/") {
-            let (key, raw) = item?;
+        for (key, raw) in self.entries(b"d/")? {
             let Some(name) = key.len().checked_sub(33).map(|end| &key[2..end.max(2)]) else {
                 continue;
             };
             let number = read_u64(&key, &raw)?;
             if !version_exists(&gone, &version_key(name, number))? {
-                batch.remove(key);
+                batch.delete(key);
             }
         }
-        for item in self.db.scan_prefix(b"x/") {
-            let (key, _) = item?;
+        for (key, _) in self.entries(b"x/")? {
             if key.len() < 34 + 9 {
                 continue;
             }
@@ -86,21 +84,19 @@ impl Store {
                 continue;
             };
             if !version_exists(&gone, &version_key(name, number))? {
-                batch.remove(key);
+                batch.delete(key);
             }
         }
         // Labels moved after the durable head go back to their last move
         // at or before it.
-        for item in self.db.scan_prefix(b"l/") {
-            let (key, raw) = item?;
+        for (key, raw) in self.entries(b"l/")? {
             if !decode::<LabelRec>(&key, &raw).is_ok_and(|rec| rec.revision > kept) {
                 continue;
             }
             let history = [b"h/", &key[2..], b"\0"].concat();
             let mut last = None;
-            for item in self.db.scan_prefix(&history).rev() {
-                let (move_key, raw) = item?;
-                if !gone.contains(move_key.as_ref()) {
+            for (move_key, raw) in self.entries(&history)?.into_iter().rev() {
+                if !gone.contains(&move_key) {
                     last = Some(decode::<MoveRec>(&move_key, &raw)?);
                     break;
                 }
@@ -113,28 +109,33 @@ impl Store {
                         revision,
                         updated_at,
                     };
-                    batch.insert(key, encode(&rec));
+                    batch.put(key, encode(&rec));
                 }
-                None => batch.remove(key),
+                None => batch.delete(key),
             }
         }
         // Prompts whose newest version is gone get the newest that remains.
-        for item in self.db.scan_prefix(b"p/") {
-            let (key, raw) = item?;
+        for (key, raw) in self.entries(b"p/")? {
             let name = &key[2..];
             let newest_exists = decode::<PromptRec>(&key, &raw)
                 .is_ok_and(|rec| !gone.contains(&version_key(name, rec.latest_version)))
-                && self.db.contains_key(version_key(
-                    name,
-                    decode::<PromptRec>(&key, &raw)?.latest_version,
-                ))?;
+                && self
+                    .engine
+                    .get(&version_key(
+                        name,
+                        decode::<PromptRec>(&key, &raw)?.latest_version,
+                    ))?
+                    .is_some();
             if newest_exists {
                 continue;
             }
             let mut newest = None;
-            for item in self.db.scan_prefix([b"v/", name, b"\0"].concat()).rev() {
-                let (version_key, raw) = item?;
-                if !gone.contains(version_key.as_ref()) {
+            for (version_key, raw) in self
+                .entries(&[b"v/", name, b"\0"].concat())?
+                .into_iter()
+                .rev()
+            {
+                if !gone.contains(&version_key) {
                     newest = Some(decode::<VersionRec>(&version_key, &raw)?);
                     break;
                 }
@@ -146,24 +147,23 @@ impl Store {
                         latest_digest: rec.digest,
                         updated_at: rec.created_at,
                     };
-                    batch.insert(key, encode(&prompt));
+                    batch.put(key, encode(&prompt));
                 }
-                None => batch.remove(key),
+                None => batch.delete(key),
             }
         }
-        for item in self.db.scan_prefix(b"a/") {
-            let (key, _) = item?;
+        for (key, _) in self.entries(b"a/")? {
             if trailing_u64(&key).is_some_and(|seq| seq > durable.ledger.sequence) {
-                batch.remove(key);
+                batch.delete(key);
             }
         }
-        batch.insert(
+        batch.put(
             KEY_LEDGER,
             encode(&LedgerHeadRec::from(durable.ledger.clone())),
         );
-        batch.insert(KEY_HEAD, &kept.to_be_bytes());
-        self.db.apply_batch(batch)?;
-        self.db.flush()?;
+        batch.put(KEY_HEAD, kept.to_be_bytes());
+        self.engine.apply(batch)?;
+        self.engine.flush()?;
         Ok(Some(head))
     }
 }
