@@ -83,10 +83,6 @@ impl Batch {
             value,
         });
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
-    }
 }
 
 /// One stored key and its value.

@@ -517,9 +517,6 @@ impl Store {
             batch.put(KEY_COMPACT, upto.to_be_bytes());
             self.engine.apply(batch)?;
             removed += keys.len();
-            if upto == u64::MAX {
-                break;
-            }
         }
         if removed == 0 && self.compact_revision()? < upto {
             let mut batch = Batch::default();
