@@ -50,8 +50,9 @@ impl Registry {
         self.inner.group_commit.flush_count()
     }
 
-    /// Makes the next `count` flushes fail (fault-injection tests).
-    #[doc(hidden)]
+    /// Makes the next `count` flushes fail (fault-injection tests; the
+    /// `fuzzing` feature).
+    #[cfg(feature = "fuzzing")]
     pub fn inject_flush_failures(&self, count: u64) {
         self.inner.store.inject_flush_failures(count);
     }
