@@ -19,15 +19,16 @@
 
 pub mod cli;
 pub mod domain;
-// Fuzz harnesses for fuzz/ and tests/fuzz_smoke.rs; not part of the API and
-// not in the default build (the `fuzzing` feature, on for tests only).
-#[cfg(feature = "fuzzing")]
-#[doc(hidden)]
-pub mod fuzzing;
 pub mod grpc;
 pub mod provenance;
 pub mod registry;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+// Test-only code (fuzz harnesses and seeds) for fuzz/ and tests/; not part
+// of the API and not in the default build (the `testkit` feature, on for
+// tests only).
+#[cfg(feature = "testkit")]
+#[doc(hidden)]
+pub mod testing;
 pub mod time;
