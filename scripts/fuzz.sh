@@ -5,7 +5,7 @@
 #      seeds and more rounds, until the time budget is spent;
 #   3. every cargo-fuzz target in fuzz/ (libFuzzer, nightly toolchain) for a
 #      fixed time each: the template parser, the canonical digest, the record
-#      decoder and request validation (harnesses in src/fuzzing.rs).
+#      decoder and request validation (harnesses in src/testing/).
 #
 #   scripts/fuzz.sh                       # 100 000 cases, 10 minutes of gRPC fuzzing, 120 s per target
 #   PROPTEST_CASES=10000 FUZZ_SECONDS=120 FUZZ_TARGET_SECONDS=30 scripts/fuzz.sh

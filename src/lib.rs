@@ -3,8 +3,9 @@
 //! Modules, in reading order:
 //! - [`domain`]: prompt names, labels, content and its canonical digest,
 //!   the template syntax, rollback semantics. Plain types, no I/O.
-//! - [`store`]: sled behind a narrow API; one change-log record per revision
-//!   and the indexes derived from it, written in one atomic batch.
+//! - [`store`]: the registry's records over a key-value `Engine` (sled, in
+//!   `store/sled/` only); one change-log record per revision and the
+//!   indexes derived from it, written in one atomic guarded batch.
 //! - [`provenance`]: signing keys, signed messages, the audit ledger hash
 //!   chain.
 //! - [`registry`]: the use cases; one writer lock assigns revisions, group
@@ -16,18 +17,21 @@
 //! - [`telemetry`]: logs, OpenTelemetry traces, Prometheus metrics, the
 //!   per-RPC span and metrics layer.
 //! - [`cli`]: the `promptreg` command line, server and client subcommands.
+//!
+//! `tests/architecture.rs` checks which of these may import which.
 
 pub mod cli;
 pub mod domain;
-// Fuzz harnesses for fuzz/ and tests/fuzz_smoke.rs; not part of the API and
-// not in the default build (the `fuzzing` feature, on for tests only).
-#[cfg(feature = "fuzzing")]
-#[doc(hidden)]
-pub mod fuzzing;
 pub mod grpc;
 pub mod provenance;
 pub mod registry;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+// Test-only code (fuzz harnesses and seeds) for fuzz/ and tests/; not part
+// of the API and not in the default build (the `testkit` feature, on for
+// tests only).
+#[cfg(feature = "testkit")]
+#[doc(hidden)]
+pub mod testing;
 pub mod time;

@@ -1,5 +1,5 @@
 //! A short fuzz smoke on every `cargo test`, on the stable toolchain: each
-//! harness of `promptreg::fuzzing` (the cargo-fuzz targets in `fuzz/`) runs
+//! harness of `promptreg::testing` (the cargo-fuzz targets in `fuzz/`) runs
 //! over its seed corpus (`fuzz/corpus/<target>/seed-*`), its built-in seeds,
 //! the regression inputs below, and a few thousand inputs made from those by
 //! a seeded xorshift: mutated seeds, spliced seeds and random bytes. The same
@@ -10,7 +10,7 @@
 
 mod support;
 
-use promptreg::fuzzing;
+use promptreg::testing;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use support::rng::Rng;
@@ -37,12 +37,12 @@ const REQUESTS_REGRESSIONS: &[&[u8]] = &[];
 
 #[test]
 fn template_parser_survives_the_fuzz_smoke() {
-    check("template", fuzzing::template, TEMPLATE_REGRESSIONS);
+    check("template", testing::template, TEMPLATE_REGRESSIONS);
 }
 
 #[test]
 fn canonical_digest_survives_the_fuzz_smoke() {
-    check("digest", fuzzing::digest, DIGEST_REGRESSIONS);
+    check("digest", testing::digest, DIGEST_REGRESSIONS);
 }
 
 /// The first digest regression at the default limit: 4 000 numbers in
@@ -55,7 +55,7 @@ fn a_model_config_over_the_limit_once_normalised_is_refused() {
     let mut input = vec![0u8];
     input.extend_from_slice(config.as_bytes());
     input.extend_from_slice(b"\xff\xffx");
-    run("digest", fuzzing::digest, &input, "4000 numbers");
+    run("digest", testing::digest, &input, "4000 numbers");
     let refused = promptreg::domain::Content::validate(
         promptreg::domain::TemplateBody::Text("x".into()),
         &[],
@@ -69,12 +69,12 @@ fn a_model_config_over_the_limit_once_normalised_is_refused() {
 
 #[test]
 fn record_decoder_survives_the_fuzz_smoke() {
-    check("records", fuzzing::records, RECORDS_REGRESSIONS);
+    check("records", testing::records, RECORDS_REGRESSIONS);
 }
 
 #[test]
 fn request_validation_survives_the_fuzz_smoke() {
-    check("requests", fuzzing::requests, REQUESTS_REGRESSIONS);
+    check("requests", testing::requests, REQUESTS_REGRESSIONS);
 }
 
 /// Byte strings some parser cares about; mutations insert them.
@@ -223,7 +223,7 @@ fn run(target: &str, harness: fn(&[u8]), input: &[u8], origin: &str) {
 fn check(target: &str, harness: fn(&[u8]), regressions: &[&[u8]]) {
     let mut seeds = seed_files(target);
     assert!(!seeds.is_empty(), "no seed files for {target}");
-    seeds.extend(fuzzing::seeds(target));
+    seeds.extend(testing::seeds(target));
     seeds.sort();
     seeds.dedup();
     for (i, seed) in seeds.iter().enumerate() {

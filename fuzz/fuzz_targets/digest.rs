@@ -1,2 +1,2 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| promptreg::fuzzing::digest(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| promptreg::testing::digest(data));

@@ -1,2 +1,2 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| promptreg::fuzzing::template(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| promptreg::testing::template(data));

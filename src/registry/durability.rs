@@ -51,8 +51,8 @@ impl Registry {
     }
 
     /// Makes the next `count` flushes fail (fault-injection tests; the
-    /// `fuzzing` feature).
-    #[cfg(feature = "fuzzing")]
+    /// `testkit` feature).
+    #[cfg(feature = "testkit")]
     pub fn inject_flush_failures(&self, count: u64) {
         self.inner.store.inject_flush_failures(count);
     }

@@ -74,7 +74,7 @@ pub(crate) const ENCRYPTION_MARKER: &str = "ENCRYPTION";
 
 /// Whether `dir` holds a store's files.
 pub fn exists_in(dir: &Path) -> bool {
-    sled::exists_in(dir)
+    self::sled::exists_in(dir)
 }
 
 /// Compares the data key id a store was encrypted with to the key given.
@@ -138,7 +138,7 @@ pub struct Store {
     /// Seals version content when the store is encrypted.
     data_key: Option<Arc<DataKey>>,
     /// Flushes still to fail (fault injection).
-    #[cfg(feature = "fuzzing")]
+    #[cfg(feature = "testkit")]
     failing_flushes: Arc<std::sync::atomic::AtomicU64>,
     /// Advanced by every flush, so that a store that the engine's recovery
     /// rolled back is noticed (see `durable_head.rs`).
@@ -194,11 +194,11 @@ impl Store {
         }
         let (durable_head, recorded_head) =
             DurableHeadFile::open(dir).map_err(|source| StoreError::DurableHead { source })?;
-        let engine = sled::SledEngine::open(dir, cache_bytes)?;
+        let engine = self::sled::SledEngine::open(dir, cache_bytes)?;
         let store = Store {
             engine: Arc::new(engine),
             data_key: data_key.map(Arc::new),
-            #[cfg(feature = "fuzzing")]
+            #[cfg(feature = "testkit")]
             failing_flushes: Default::default(),
             durable_head: Arc::new(durable_head),
             recorded_head,
@@ -452,14 +452,14 @@ impl Store {
     }
 
     /// Makes the next `count` flushes fail, as a full or failing disk
-    /// would. For fault-injection tests (the `fuzzing` feature).
-    #[cfg(feature = "fuzzing")]
+    /// would. For fault-injection tests (the `testkit` feature).
+    #[cfg(feature = "testkit")]
     pub fn inject_flush_failures(&self, count: u64) {
         self.failing_flushes
             .store(count, std::sync::atomic::Ordering::SeqCst);
     }
 
-    #[cfg(feature = "fuzzing")]
+    #[cfg(feature = "testkit")]
     fn injected_failure(&self) -> Result<()> {
         use std::sync::atomic::Ordering::SeqCst;
         match self
@@ -473,7 +473,7 @@ impl Store {
         }
     }
 
-    #[cfg(not(feature = "fuzzing"))]
+    #[cfg(not(feature = "testkit"))]
     fn injected_failure(&self) -> Result<()> {
         Ok(())
     }
