@@ -3,7 +3,7 @@
 //! goes through, so INVALID_ARGUMENT is decided here and nowhere else.
 
 use crate::domain::ValidationError;
-use crate::registry::watch_set::WatchSetError;
+use crate::registry::watch::set::WatchSetError;
 use crate::registry::RegistryError;
 use crate::store::StoreError;
 use tonic::{Code, Status};
@@ -23,9 +23,10 @@ impl From<RegistryError> for Status {
             | RegistryError::DataKey(_) => Code::Internal,
             RegistryError::Store(store) => match store {
                 StoreError::Io(_) | StoreError::DurableHead { .. } => Code::Unavailable,
-                StoreError::Corrupt(_) | StoreError::Engine(_) | StoreError::Damaged(_) => {
-                    Code::DataLoss
-                }
+                StoreError::Corrupt(_)
+                | StoreError::Engine(_)
+                | StoreError::Damaged(_)
+                | StoreError::Inconsistent(_) => Code::DataLoss,
                 // Another writer moved the store first: nothing was written,
                 // and the request may be retried.
                 StoreError::Conflict(_) => Code::Aborted,

@@ -9,7 +9,7 @@ use super::convert;
 use super::pb::{self, watch_many_request::Request as Command};
 use super::wire::WatchManyFrame;
 use crate::domain::{Limits, ValidationError};
-use crate::registry::watch_set::{Delivered, Delivery, WatchSet};
+use crate::registry::watch::set::{Delivered, Delivery, WatchSet};
 use crate::registry::Registry;
 use std::collections::VecDeque;
 use std::pin::Pin;

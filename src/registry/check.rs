@@ -99,7 +99,7 @@ fn check_copy(
     // The start-up check's quick part; its full part is the consistency
     // scan below, which lists every problem rather than the first.
     if let Err(reason) = store.check_heads() {
-        problems.push(reason);
+        problems.push(reason.to_string());
     }
     match store.check_consistency() {
         Ok(found) => problems.extend(found),

@@ -30,7 +30,7 @@ mod read;
 mod tasks;
 mod version_cache;
 pub mod watch;
-pub mod watch_set;
+
 mod write;
 
 use crate::domain::{Limits, Micros, Revision};

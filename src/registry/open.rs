@@ -37,10 +37,7 @@ impl Registry {
         seal_if_asked(&store).map_err(|e| damaged_if_corrupt(&dir, e))?;
         store
             .check_startup()
-            .map_err(|reason| RegistryError::Damaged {
-                dir: dir.clone(),
-                reason,
-            })?;
+            .map_err(|e| damaged_if_corrupt(&dir, e))?;
         let head = store.head_revision()?;
         let last_time = match store.revision(head)? {
             Some(rev) => rev.time,
@@ -127,12 +124,13 @@ fn seal_if_asked(store: &Store) -> std::result::Result<(), StoreError> {
 /// the way out in its message.
 fn damaged_if_corrupt(dir: &Path, error: StoreError) -> RegistryError {
     match error {
-        StoreError::Corrupt(_) | StoreError::Engine(_) | StoreError::Damaged(_) => {
-            RegistryError::Damaged {
-                dir: dir.to_path_buf(),
-                reason: error.to_string(),
-            }
-        }
+        StoreError::Corrupt(_)
+        | StoreError::Engine(_)
+        | StoreError::Damaged(_)
+        | StoreError::Inconsistent(_) => RegistryError::Damaged {
+            dir: dir.to_path_buf(),
+            reason: error.to_string(),
+        },
         other => other.into(),
     }
 }

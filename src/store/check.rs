@@ -4,7 +4,7 @@
 
 use super::durable_head;
 use super::records::{decode, PromptRec, RevisionRec};
-use super::{Result, Store};
+use super::{Result, Store, StoreError};
 use crate::domain::PromptName;
 
 impl Store {
@@ -13,52 +13,55 @@ impl Store {
     /// make the engine drop one record in the middle of the store, which
     /// the heads alone do not show. A store that fails it is refused
     /// before anything is served; the first problem is named.
-    pub fn check_startup(&self) -> std::result::Result<(), String> {
+    pub fn check_startup(&self) -> Result<()> {
         self.check_heads()?;
-        let problems = self.check_consistency().map_err(|e| e.to_string())?;
+        let problems = self.check_consistency()?;
         match problems.as_slice() {
             [] => Ok(()),
-            [only] => Err(only.clone()),
-            [first, rest @ ..] => Err(format!("{first} (and {} more problems)", rest.len())),
+            [only] => Err(StoreError::Inconsistent(only.clone())),
+            [first, rest @ ..] => Err(StoreError::Inconsistent(format!(
+                "{first} (and {} more problems)",
+                rest.len()
+            ))),
         }
     }
 
     /// The quick part of the start-up check: the store is not behind its
     /// durable head, and the head revision's record and the ledger head's
     /// entry exist and agree with the metadata.
-    pub fn check_heads(&self) -> std::result::Result<(), String> {
+    pub fn check_heads(&self) -> Result<()> {
         self.check_durable_head()?;
-        let head = self.head_revision().map_err(|e| e.to_string())?;
+        let head = self.head_revision()?;
         if head > 0 {
             match self.revision(head) {
                 Ok(Some(_)) => {}
                 Ok(None) => {
-                    return Err(format!("the head revision {head} has no change-log record"))
+                    return Err(StoreError::Inconsistent(format!(
+                        "the head revision {head} has no change-log record"
+                    )))
                 }
-                Err(e) => return Err(format!("the head revision {head} is unreadable: {e}")),
+                Err(e) => {
+                    return Err(StoreError::Inconsistent(format!(
+                        "the head revision {head} is unreadable: {e}"
+                    )))
+                }
             }
-            if self
-                .revision(head + 1)
-                .map_err(|e| e.to_string())?
-                .is_some()
-            {
-                return Err(format!(
+            if self.revision(head + 1)?.is_some() {
+                return Err(StoreError::Inconsistent(format!(
                     "a change-log record exists beyond the head revision {head}"
-                ));
+                )));
             }
         }
-        let ledger = self.ledger_head().map_err(|e| e.to_string())?;
+        let ledger = self.ledger_head()?;
         if ledger.sequence > 0 {
-            let entry = self
-                .audit_entries(ledger.sequence, 1)
-                .map_err(|e| e.to_string())?;
+            let entry = self.audit_entries(ledger.sequence, 1)?;
             match entry.first() {
                 Some(e) if e.sequence == ledger.sequence && e.hash == ledger.hash => {}
                 _ => {
-                    return Err(format!(
+                    return Err(StoreError::Inconsistent(format!(
                         "the audit ledger head (entry {}) is missing or differs",
                         ledger.sequence
-                    ))
+                    )))
                 }
             }
         }
@@ -68,43 +71,41 @@ impl Store {
     /// The store must hold everything the durable-head file says was made
     /// durable: a store behind it lost acknowledged writes (sled's recovery
     /// drops a damaged tail without a word).
-    fn check_durable_head(&self) -> std::result::Result<(), String> {
+    fn check_durable_head(&self) -> Result<()> {
         let Some(recorded) = &self.recorded_head else {
             return Ok(());
         };
         let file = durable_head::FILE_NAME;
-        let head = self.head_revision().map_err(|e| e.to_string())?;
+        let head = self.head_revision()?;
         if head < recorded.revision {
             let missing = if head + 1 == recorded.revision {
                 format!("revision {}", recorded.revision)
             } else {
                 format!("revisions {} to {}", head + 1, recorded.revision)
             };
-            return Err(format!(
+            return Err(StoreError::Inconsistent(format!(
                 "acknowledged writes are missing: {file} records revision {} as durable but the store's head is {head} ({missing} lost)",
                 recorded.revision
-            ));
+            )));
         }
-        let ledger = self.ledger_head().map_err(|e| e.to_string())?;
+        let ledger = self.ledger_head()?;
         let wanted = &recorded.ledger;
         if ledger.sequence < wanted.sequence {
-            return Err(format!(
+            return Err(StoreError::Inconsistent(format!(
                 "acknowledged audit entries are missing: {file} records ledger entry {} as durable but the ledger ends at entry {}",
                 wanted.sequence, ledger.sequence
-            ));
+            )));
         }
         if wanted.sequence > 0 {
-            let entry = self
-                .audit_entries(wanted.sequence, 1)
-                .map_err(|e| e.to_string())?;
+            let entry = self.audit_entries(wanted.sequence, 1)?;
             if !entry
                 .first()
                 .is_some_and(|e| e.sequence == wanted.sequence && e.hash == wanted.hash)
             {
-                return Err(format!(
+                return Err(StoreError::Inconsistent(format!(
                     "ledger entry {} is not the one {file} records as durable (hash {})",
                     wanted.sequence, wanted.hash
-                ));
+                )));
             }
         }
         Ok(())

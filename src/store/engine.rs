@@ -29,7 +29,7 @@
 //! - **Reads.** [`Engine::get`] and [`Engine::range`] read the newest
 //!   applied state. Two reads are not one snapshot: a caller that needs
 //!   several keys to agree reads a key that every batch advances (the head
-//!   revision) before and after, as `registry/watch.rs` does. Reads *as of*
+//!   revision) before and after, as `registry/watch/snapshot.rs` does. Reads *as of*
 //!   an older registry revision are not an engine feature: the store keeps
 //!   history records (label moves keyed by revision, immutable versions, the
 //!   change log) and answers them from the newest state.

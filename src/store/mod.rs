@@ -111,6 +111,10 @@ pub enum StoreError {
     Damaged(String),
     #[error(transparent)]
     Corrupt(#[from] CorruptRecord),
+    /// The store's records disagree with each other or with the
+    /// durable-head file (lost or altered writes), found by its checks.
+    #[error("{0}")]
+    Inconsistent(String),
     #[error("the data directory holds schema version {found}; this build reads version {SCHEMA_VERSION}")]
     Schema { found: u32 },
     #[error("{0}")]

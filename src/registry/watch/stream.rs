@@ -1,222 +1,22 @@
-//! Watch: how a committed revision reaches every watcher.
-//!
-//! The flusher makes a group of revisions durable and then publishes them, in
-//! order, on one `broadcast` channel (the hub). Every watch stream holds its
-//! own broadcast receiver and is driven by the task that writes its gRPC
-//! stream, so HTTP/2 flow control is its only buffer. The broadcast ring is
-//! shared and fixed in size, so memory does not grow with a slow watcher: a
-//! watcher that cannot keep up lags, and then reads what it missed from the
-//! change log on disk (the same log that serves resumes), a page at a time,
-//! in order and without a gap.
+//! One watch: the [`WatchStream`] a handler polls and the watcher inside it,
+//! which follows the ring live and reads the change log when it must (a
+//! resume, or a lag).
 
-use super::Registry;
-use crate::domain::{Change, LabelName, PromptName, Revision, Selector};
+use super::{LabelState, Published, SharedRevision, WatchEnd, WatchEvent};
+use crate::domain::{Change, Revision, Selector};
+use crate::registry::{fleet, Inner, Registry, RegistryError};
 use crate::telemetry::metrics as telemetry;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio_stream::Stream;
 
-/// Watch settings, with their defaults.
-#[derive(Debug, Clone)]
-pub struct WatchConfig {
-    /// How often a progress notification ("you have everything up to R") is
-    /// sent on every stream (default 30 s).
-    pub progress_interval: Duration,
-    /// Revisions kept in the shared in-memory ring (default 1024).
-    pub hub_capacity: usize,
-    /// The change log keeps at least this many of the newest revisions
-    /// (default 100 000) ...
-    pub retention_revisions: u64,
-    /// ... and at least this much time (default 24 h).
-    pub retention: Duration,
-    /// How often compaction runs (default 60 s).
-    pub compaction_interval: Duration,
-    /// Agents disconnected for longer than this are forgotten (default 1 h).
-    pub agent_ttl: Duration,
-    /// Most watches open at once, Watch streams and the watches of
-    /// WatchMany streams alike (default 100 000).
-    pub max_watchers: usize,
-    /// Most snapshots being built at once (default 64).
-    pub max_snapshots: usize,
-}
-
-impl Default for WatchConfig {
-    fn default() -> Self {
-        WatchConfig {
-            progress_interval: Duration::from_secs(30),
-            hub_capacity: 1024,
-            retention_revisions: 100_000,
-            retention: Duration::from_secs(24 * 3600),
-            compaction_interval: Duration::from_secs(60),
-            agent_ttl: Duration::from_secs(3600),
-            max_watchers: 100_000,
-            max_snapshots: 64,
-        }
-    }
-}
-
-/// Where one label points, in a snapshot.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LabelState {
-    pub name: PromptName,
-    pub target: crate::domain::LabelTarget,
-}
-
-/// What a watch stream carries, before it becomes protobuf.
-#[derive(Debug, Clone, PartialEq)]
-pub enum WatchEvent {
-    Created {
-        revision: u64,
-        compact_revision: u64,
-    },
-    Snapshot {
-        revision: u64,
-        labels: Vec<LabelState>,
-        complete: bool,
-    },
-    /// The matching changes of one revision.
-    Changes(Arc<SharedRevision>),
-    Progress {
-        revision: u64,
-    },
-}
-
-/// Why a watch stream ended (other than the client leaving).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WatchEnd {
-    /// The requested revisions are no longer in the log.
-    Compacted {
-        requested: u64,
-        compact_revision: u64,
-    },
-    /// The server is stopping; resume from `resume_revision`.
-    ShuttingDown { resume_revision: u64 },
-    /// Reading the log failed.
-    Storage {
-        message: String,
-        resume_revision: u64,
-    },
-    /// A limit was reached; the message names it.
-    Busy { message: String },
-}
-
-/// Counters a test or a metrics exporter can read.
-#[derive(Debug, Default)]
-pub struct WatchStats {
-    /// Watch streams open now.
-    pub open_streams: AtomicUsize,
-    /// Times a watcher fell behind the shared ring and caught up from the log.
-    pub catchups: AtomicU64,
-    /// Change batches sent to watchers.
-    pub batches_sent: AtomicU64,
-}
-
-/// A revision as watch streams send it: the first stream that sends the
-/// whole revision encodes it, and every other stream sends the same bytes.
-pub type SharedRevision = super::Encodable<Arc<Revision>>;
-
-/// What the ring carries. Progress ticks and the stop travel on the ring
-/// too, so a watcher waits on one thing only.
-#[derive(Debug, Clone)]
-enum Published {
-    /// A durable revision, in revision order.
-    Revision(Arc<SharedRevision>),
-    /// Time for a progress notification on every stream.
-    ProgressTick,
-    /// The server is stopping (also in `Hub::stopping`, for a watcher that
-    /// lagged past this message).
-    ShuttingDown,
-}
-
-/// The fan-out point: the flusher publishes here, watchers subscribe here.
-pub struct Hub {
-    sender: broadcast::Sender<Published>,
-    /// The newest revision published (durable, and sent to the ring).
-    published: AtomicU64,
-    stopping: AtomicBool,
-    /// The same stop, for those that wait for it without a watch (an empty
-    /// `WatchMany` stream).
-    stopped: tokio::sync::watch::Sender<bool>,
-    /// Snapshots being built: bounded so a reconnect storm cannot starve
-    /// writers of CPU and store bandwidth.
-    snapshots: tokio::sync::Semaphore,
-    pub stats: WatchStats,
-    config: WatchConfig,
-}
-
-impl Hub {
-    pub fn new(config: WatchConfig, head: u64) -> Hub {
-        let (sender, _) = broadcast::channel(config.hub_capacity.max(16));
-        let ticks = sender.downgrade();
-        let interval = config.progress_interval;
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            ticker.tick().await;
-            loop {
-                ticker.tick().await;
-                // The hub was dropped: nobody to tick for.
-                let Some(sender) = ticks.upgrade() else {
-                    return;
-                };
-                let _ = sender.send(Published::ProgressTick);
-            }
-        });
-        Hub {
-            sender,
-            published: AtomicU64::new(head),
-            stopping: AtomicBool::new(false),
-            stopped: tokio::sync::watch::Sender::new(false),
-            snapshots: tokio::sync::Semaphore::new(config.max_snapshots.max(1)),
-            stats: WatchStats::default(),
-            config,
-        }
-    }
-
-    pub fn config(&self) -> &WatchConfig {
-        &self.config
-    }
-
-    pub fn published(&self) -> u64 {
-        self.published.load(Ordering::SeqCst)
-    }
-
-    /// Moves the published head to `revision` (durable) before the
-    /// revisions up to it are sent on the ring. A watcher that reads the
-    /// head in between catches up from the log, and skips the ring's copies.
-    pub fn advance(&self, revision: u64) {
-        self.published.fetch_max(revision, Ordering::SeqCst);
-    }
-
-    /// Publishes durable revisions, in revision order. Called by the flusher
-    /// only.
-    pub fn publish(&self, revisions: impl IntoIterator<Item = Arc<Revision>>) {
-        for revision in revisions {
-            let number = revision.revision;
-            // No receiver is not an error: nobody is watching.
-            let _ = self
-                .sender
-                .send(Published::Revision(Arc::new(SharedRevision::new(revision))));
-            self.published.fetch_max(number, Ordering::SeqCst);
-        }
-    }
-
-    /// Ends every watch stream with UNAVAILABLE.
-    pub fn shut_down(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        self.stopped.send_replace(true);
-        let _ = self.sender.send(Published::ShuttingDown);
-    }
-}
-
 /// Decrements the open-stream gauge when a stream ends, however it ends.
-struct OpenStream(Arc<super::Inner>);
+struct OpenStream(Arc<Inner>);
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
@@ -230,7 +30,7 @@ impl Drop for OpenStream {
 /// Dropping it ends both.
 pub struct WatchMembership {
     _open: OpenStream,
-    _connection: Option<super::fleet::Connection>,
+    _connection: Option<fleet::Connection>,
 }
 
 /// The request of a watch, validated.
@@ -238,7 +38,7 @@ pub struct WatchMembership {
 pub struct WatchRequest {
     pub selector: Selector,
     pub start_revision: u64,
-    pub agent: Option<super::fleet::AgentHello>,
+    pub agent: Option<fleet::AgentHello>,
 }
 
 /// A watch stream. Polling it runs the watcher itself, in the task that
@@ -312,13 +112,16 @@ impl Stream for WatchStream {
 
 /// Snapshot messages hold at most this many labels each.
 const SNAPSHOT_CHUNK: usize = 500;
+/// How long a watch from revision 0 waits for one of the `--max-snapshots`
+/// places before it ends with RESOURCE_EXHAUSTED.
+const SNAPSHOT_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Log records read per catch-up page.
 const CATCH_UP_PAGE: usize = 256;
 
 impl Registry {
     /// Opens a watch. The returned stream ends when the client drops it,
     /// when the server shuts down, or with a [`WatchEnd`].
-    pub fn watch(&self, request: WatchRequest) -> super::Result<WatchStream> {
+    pub fn watch(&self, request: WatchRequest) -> crate::registry::Result<WatchStream> {
         crate::domain::validate::start_revision(
             "start_revision",
             request.start_revision,
@@ -327,7 +130,7 @@ impl Registry {
         let inner = self.inner.clone();
         let limit = inner.hub.config.max_watchers;
         if inner.hub.stats.open_streams.load(Ordering::SeqCst) >= limit {
-            return Err(super::RegistryError::Exhausted(format!(
+            return Err(RegistryError::Exhausted(format!(
                 "{limit} watch streams are open, the limit (--max-watchers); retry with backoff"
             )));
         }
@@ -361,89 +164,6 @@ impl Registry {
             step: None,
             done: false,
         })
-    }
-
-    /// The current target of every selected label, consistent at one
-    /// revision, once that revision is durable.
-    pub async fn snapshot(&self, selector: &Selector) -> super::Result<(u64, Vec<LabelState>)> {
-        // On this worker: a short scan, and a blocking-thread hop per
-        // snapshot would hold the --max-snapshots permits longer under a
-        // reconnect storm.
-        let (revision, labels) = self.scan_consistent(selector)?;
-        self.wait_durable(revision).await?;
-        Ok((revision, labels))
-    }
-
-    /// The selected labels at one revision. Writers never wait for readers:
-    /// read the head, scan, read the head again; equal heads mean no
-    /// revision was committed in between. Under a steady stream of writes,
-    /// fall back to scanning under the writer lock so that the snapshot
-    /// always finishes.
-    fn scan_consistent(&self, selector: &Selector) -> super::Result<(u64, Vec<LabelState>)> {
-        for _ in 0..5 {
-            let before = self.committed_head();
-            let labels = self.scan_labels(selector)?;
-            if self.committed_head() == before {
-                return Ok((before, labels));
-            }
-        }
-        let writer = self.lock_writer();
-        let labels = self.scan_labels(selector)?;
-        Ok((writer.head, labels))
-    }
-
-    fn scan_labels(&self, selector: &Selector) -> super::Result<Vec<LabelState>> {
-        let store = self.store();
-        let mut found: BTreeMap<(PromptName, LabelName), LabelState> = BTreeMap::new();
-        let mut add = |pairs: Vec<(PromptName, crate::domain::LabelTarget)>| {
-            for (name, target) in pairs {
-                if selector.matches_label(&name, &target.label) {
-                    found.insert(
-                        (name.clone(), target.label.clone()),
-                        LabelState { name, target },
-                    );
-                }
-            }
-        };
-        if selector.names.is_empty() && selector.prefixes.is_empty() {
-            add(store.labels_under("")?);
-        }
-        for name in &selector.names {
-            add(store
-                .labels(name)?
-                .into_iter()
-                .map(|t| (name.clone(), t))
-                .collect());
-        }
-        for prefix in &selector.prefixes {
-            add(store.labels_under(prefix)?);
-        }
-        Ok(found.into_values().collect())
-    }
-
-    /// Counters of the watch machinery.
-    pub fn watch_stats(&self) -> &WatchStats {
-        &self.inner.hub.stats
-    }
-
-    /// Revisions held in the shared ring now (at most its capacity).
-    pub fn watch_ring_len(&self) -> usize {
-        self.inner.hub.sender.len()
-    }
-
-    /// Completes when the server starts stopping (at once if it has).
-    pub fn watches_stopping(&self) -> impl Future<Output = ()> + Send + 'static {
-        let mut stopped = self.inner.hub.stopped.subscribe();
-        async move {
-            // An error means the hub is gone: stopped too.
-            let _ = stopped.wait_for(|stopped| *stopped).await;
-        }
-    }
-
-    /// Ends every open watch stream with UNAVAILABLE and the revision to
-    /// resume from. Used on shutdown.
-    pub fn shut_down_watches(&self) {
-        self.inner.hub.shut_down();
     }
 }
 
@@ -506,10 +226,16 @@ impl Watcher {
             .map_err(|e| self.storage_end(e.to_string()))?;
         let hub = &self.registry.inner.hub;
         if start == 0 {
+            // A reconnect storm queues here for a while (each snapshot is
+            // short) before it is told to back off.
             let limit = hub.config.max_snapshots;
-            let Ok(_building) = hub.snapshots.try_acquire() else {
+            let permit = tokio::time::timeout(SNAPSHOT_QUEUE_WAIT, hub.snapshots.acquire()).await;
+            let Ok(Ok(_building)) = permit else {
                 return Err(WatchEnd::Busy {
-                    message: format!("{limit} snapshots are being built, the limit (--max-snapshots); retry with backoff"),
+                    message: format!(
+                        "{limit} snapshots were being built for {} s, the limit (--max-snapshots); retry with backoff",
+                        SNAPSHOT_QUEUE_WAIT.as_secs()
+                    ),
                 });
             };
             let (revision, labels) = self

@@ -1,0 +1,324 @@
+//! The watch set: the state of one multiplexed watch stream (`WatchMany`),
+//! without protobuf.
+//!
+//! It holds the open watches by id, opens and closes them, keeps each
+//! watch's membership, merges the watches that stand together, says which
+//! event goes to which ids, and how each watch ends. The gRPC layer only
+//! translates: request frames into [`WatchSet::open`] and
+//! [`WatchSet::cancel`], [`Delivery`]s into response frames,
+//! [`WatchSetError`] into a status.
+//!
+//! Each watch is an ordinary [`WatchStream`], the same watcher that serves
+//! `Watch`, so every guarantee carries over (snapshot or resume, no gap, in
+//! order, compaction, shutdown with the revision to resume from). The set
+//! polls them from the task that writes the stream.
+//!
+//! Watches that stand at the same place, the same selector and the same
+//! next revision while following live ([`WatchStream::position`]), send the
+//! same messages from then on, so they are merged: one watcher serves the
+//! group, each message goes out once listing every id of the group, and
+//! each watch keeps its own membership (its place among the open watches,
+//! its agent's connection). A hundred agents of one host following one
+//! label cost one watcher and one message per revision, not a hundred.
+//! Watches that do not stand together yet (different snapshots, a
+//! catch-up) still share a revision's encoding when they send it in the
+//! same round: their changes come as one delivery listing every id.
+
+use super::{SharedRevision, WatchEnd, WatchEvent, WatchMembership, WatchRequest, WatchStream};
+use crate::domain::{Limits, ValidationError};
+use crate::registry::{Registry, RegistryError};
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio_stream::Stream;
+
+/// Why an open or a cancel was refused. Fields are named as in a watch
+/// open: `watch_id`, and the request's own fields under `watch`.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchSetError {
+    /// Bad input, or the core refused the watch (a limit, storage).
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The id names a watch that is open on this stream.
+    #[error("watch_id: watch {0} is already open on this stream")]
+    AlreadyOpen(u64),
+    /// A cancel for an id that is not open on this stream.
+    #[error("no watch {0} is open on this stream")]
+    NotOpen(u64),
+    /// The server is stopping: no new watch.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+impl From<ValidationError> for WatchSetError {
+    fn from(error: ValidationError) -> WatchSetError {
+        WatchSetError::Registry(RegistryError::Invalid(error))
+    }
+}
+
+/// What happened to some watches of the set.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Delivered {
+    /// The next message of the watches.
+    Event(WatchEvent),
+    /// The watches ended; they are no longer in the set.
+    Ended(WatchEnd),
+}
+
+/// One message for the watches in `watch_ids` (in the order they joined
+/// their group; a shared revision lists the groups in polling order).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    pub watch_ids: Vec<u64>,
+    pub delivered: Delivered,
+}
+
+/// Watches served by one watcher: they stand at the same place.
+struct Group {
+    stream: WatchStream,
+    /// The watch ids, in the order they joined.
+    ids: Vec<u64>,
+    /// Each watch's membership, by id.
+    members: BTreeMap<u64, WatchMembership>,
+}
+
+/// The watches of one multiplexed stream.
+pub struct WatchSet {
+    registry: Registry,
+    groups: BTreeMap<u64, Group>,
+    /// The group of each open watch id.
+    group_of: HashMap<u64, u64>,
+    next_group: u64,
+    /// Completes when the server starts stopping; `None` once it has.
+    stopping: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl WatchSet {
+    pub fn new(registry: Registry) -> WatchSet {
+        WatchSet {
+            stopping: Some(Box::pin(registry.watches_stopping())),
+            registry,
+            groups: BTreeMap::new(),
+            group_of: HashMap::new(),
+            next_group: 0,
+        }
+    }
+
+    /// Notes whether the server has started stopping (and registers to be
+    /// woken when it does). Opens refused from then on.
+    pub fn poll_stopping(&mut self, cx: &mut Context<'_>) {
+        if let Some(stopping) = self.stopping.as_mut() {
+            if stopping.as_mut().poll(cx).is_ready() {
+                self.stopping = None;
+            }
+        }
+    }
+
+    /// The server has started stopping (as of the last
+    /// [`poll_stopping`](Self::poll_stopping)).
+    pub fn stopped(&self) -> bool {
+        self.stopping.is_none()
+    }
+
+    /// No watch is open.
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+
+    /// Opens watch `id`. `request` builds the request (`None`: the open had
+    /// none); it runs only once the id is accepted, so a bad id is reported
+    /// before a bad request. Its errors, and the core's, are named within
+    /// `watch`. The checks come in this order: the id (1 or more, not
+    /// open), the server stopping, the request, the core.
+    pub fn open<F>(&mut self, id: u64, request: Option<F>) -> Result<(), WatchSetError>
+    where
+        F: FnOnce(&Limits) -> Result<WatchRequest, ValidationError>,
+    {
+        if id == 0 {
+            return Err(ValidationError::new("watch_id", "must be 1 or more").into());
+        }
+        if self.group_of.contains_key(&id) {
+            return Err(WatchSetError::AlreadyOpen(id));
+        }
+        if self.stopped() {
+            return Err(WatchSetError::ShuttingDown);
+        }
+        let Some(request) = request else {
+            return Err(ValidationError::new("watch", "is required").into());
+        };
+        let mut stream = request(self.registry.limits())
+            .map_err(RegistryError::Invalid)
+            .and_then(|request| self.registry.watch(request))
+            .map_err(|error| match error {
+                RegistryError::Invalid(invalid) => RegistryError::Invalid(invalid.within("watch")),
+                other => other,
+            })?;
+        let members = stream
+            .take_membership()
+            .map(|m| (id, m))
+            .into_iter()
+            .collect();
+        let key = self.next_group;
+        self.next_group += 1;
+        self.group_of.insert(id, key);
+        self.groups.insert(
+            key,
+            Group {
+                stream,
+                ids: vec![id],
+                members,
+            },
+        );
+        Ok(())
+    }
+
+    /// Closes watch `id`: it leaves its group (and drops its membership);
+    /// the other watches of the group go on. `Ok` means it was open and is
+    /// now closed (cancelled by the client).
+    pub fn cancel(&mut self, id: u64) -> Result<(), WatchSetError> {
+        let Some(key) = self.group_of.remove(&id) else {
+            return Err(WatchSetError::NotOpen(id));
+        };
+        if let Some(group) = self.groups.get_mut(&key) {
+            group.ids.retain(|&other| other != id);
+            group.members.remove(&id);
+            if group.ids.is_empty() {
+                self.groups.remove(&key);
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends every watch at once, without a message (the stream cannot go
+    /// on).
+    pub fn clear(&mut self) {
+        self.groups.clear();
+        self.group_of.clear();
+    }
+
+    /// Polls the watchers until none has a message ready or `room`
+    /// deliveries are made (checked before each round, so a round may go
+    /// over). The first round polls every watcher, so that each one that
+    /// stays pending has registered to be woken; later rounds poll only
+    /// those that had a message. After each round, watchers that now stand
+    /// at the same place are merged. In a round, the changes of one revision
+    /// sent by several groups become one delivery, after the round's other
+    /// deliveries.
+    pub fn poll_deliveries(&mut self, cx: &mut Context<'_>, room: usize) -> Vec<Delivery> {
+        let mut out = Vec::new();
+        let mut polling: Vec<u64> = self.groups.keys().copied().collect();
+        while !polling.is_empty() && out.len() < room {
+            let mut ready = Vec::new();
+            let mut ended = Vec::new();
+            let mut shared: Vec<(Arc<SharedRevision>, Vec<u64>)> = Vec::new();
+            for key in polling {
+                let Some(group) = self.groups.get_mut(&key) else {
+                    continue;
+                };
+                let Poll::Ready(item) = Pin::new(&mut group.stream).poll_next(cx) else {
+                    continue;
+                };
+                let ids = &group.ids;
+                match item {
+                    Some(Ok(WatchEvent::Changes(revision))) => {
+                        ready.push(key);
+                        match shared.iter_mut().find(|(r, _)| Arc::ptr_eq(r, &revision)) {
+                            Some((_, all)) => all.extend_from_slice(ids),
+                            None => shared.push((revision, ids.clone())),
+                        }
+                    }
+                    Some(Ok(event)) => {
+                        ready.push(key);
+                        out.push(Delivery {
+                            watch_ids: ids.clone(),
+                            delivered: Delivered::Event(event),
+                        });
+                    }
+                    Some(Err(end)) => {
+                        ended.push(key);
+                        out.push(Delivery {
+                            watch_ids: ids.clone(),
+                            delivered: Delivered::Ended(end),
+                        });
+                    }
+                    None => ended.push(key),
+                }
+            }
+            for (revision, watch_ids) in shared {
+                out.push(Delivery {
+                    watch_ids,
+                    delivered: Delivered::Event(WatchEvent::Changes(revision)),
+                });
+            }
+            for key in ended {
+                if let Some(group) = self.groups.remove(&key) {
+                    for id in group.ids {
+                        self.group_of.remove(&id);
+                    }
+                }
+            }
+            self.merge(&mut ready);
+            polling = ready;
+        }
+        out
+    }
+
+    /// Merges the groups among `keys` that stand at the same place into
+    /// one; `keys` keeps the survivors.
+    fn merge(&mut self, keys: &mut Vec<u64>) {
+        // Only watchers that just sent something are between two messages
+        // (a pending one is inside its step), so only they can merge.
+        if keys.len() < 2 {
+            return;
+        }
+        let mut at: HashMap<(u64, u64), Vec<u64>> = HashMap::new();
+        for &key in keys.iter() {
+            if let Some((next, selector)) = self.groups.get(&key).and_then(|g| g.stream.position())
+            {
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                selector.hash(&mut hasher);
+                at.entry((next, hasher.finish())).or_default().push(key);
+            }
+        }
+        for candidates in at.into_values().filter(|c| c.len() > 1) {
+            let mut survivors: Vec<u64> = Vec::new();
+            for key in candidates {
+                let position = |k: &u64| self.groups.get(k).and_then(|g| g.stream.position());
+                let into = survivors
+                    .iter()
+                    .copied()
+                    .find(|s| position(s).is_some() && position(s) == position(&key));
+                let Some(into) = into else {
+                    survivors.push(key);
+                    continue;
+                };
+                let Some(merged) = self.groups.remove(&key) else {
+                    continue;
+                };
+                for id in &merged.ids {
+                    self.group_of.insert(*id, into);
+                }
+                if let Some(group) = self.groups.get_mut(&into) {
+                    group.ids.extend(merged.ids);
+                    group.members.extend(merged.members);
+                }
+                // `merged.stream` is dropped here: its watcher is no longer
+                // needed.
+            }
+        }
+        keys.retain(|k| self.groups.contains_key(k));
+    }
+
+    /// How many watchers serve the set's watches (one per group of merged
+    /// watches), for tests.
+    #[cfg(test)]
+    fn watchers(&self) -> usize {
+        self.groups.len()
+    }
+}
+
+#[cfg(test)]
+mod tests;

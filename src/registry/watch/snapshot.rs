@@ -1,0 +1,69 @@
+//! The snapshot a watch from revision 0 starts with: every selected label,
+//! consistent at one revision, sent once that revision is durable.
+
+use super::LabelState;
+use crate::domain::{LabelName, PromptName, Selector};
+use crate::registry::{Registry, Result};
+use std::collections::BTreeMap;
+
+impl Registry {
+    /// The current target of every selected label, consistent at one
+    /// revision, once that revision is durable.
+    pub async fn snapshot(&self, selector: &Selector) -> Result<(u64, Vec<LabelState>)> {
+        // On a blocking thread, like every storage call: a scan of a big
+        // store, or a stuck one, must not hold an async worker.
+        let selector = selector.clone();
+        let (revision, labels) = self
+            .off_runtime(move |registry| registry.scan_consistent(&selector))
+            .await?;
+        self.wait_durable(revision).await?;
+        Ok((revision, labels))
+    }
+
+    /// The selected labels at one revision. Writers never wait for readers:
+    /// read the head, scan, read the head again; equal heads mean no
+    /// revision was committed in between. Under a steady stream of writes,
+    /// fall back to scanning under the writer lock so that the snapshot
+    /// always finishes.
+    fn scan_consistent(&self, selector: &Selector) -> Result<(u64, Vec<LabelState>)> {
+        for _ in 0..5 {
+            let before = self.committed_head();
+            let labels = self.scan_labels(selector)?;
+            if self.committed_head() == before {
+                return Ok((before, labels));
+            }
+        }
+        let writer = self.lock_writer();
+        let labels = self.scan_labels(selector)?;
+        Ok((writer.head, labels))
+    }
+
+    fn scan_labels(&self, selector: &Selector) -> Result<Vec<LabelState>> {
+        let store = self.store();
+        let mut found: BTreeMap<(PromptName, LabelName), LabelState> = BTreeMap::new();
+        let mut add = |pairs: Vec<(PromptName, crate::domain::LabelTarget)>| {
+            for (name, target) in pairs {
+                if selector.matches_label(&name, &target.label) {
+                    found.insert(
+                        (name.clone(), target.label.clone()),
+                        LabelState { name, target },
+                    );
+                }
+            }
+        };
+        if selector.names.is_empty() && selector.prefixes.is_empty() {
+            add(store.labels_under("")?);
+        }
+        for name in &selector.names {
+            add(store
+                .labels(name)?
+                .into_iter()
+                .map(|t| (name.clone(), t))
+                .collect());
+        }
+        for prefix in &selector.prefixes {
+            add(store.labels_under(prefix)?);
+        }
+        Ok(found.into_values().collect())
+    }
+}
