@@ -4,7 +4,7 @@
 use crate::grpc::{
     pb_server::registry_server::RegistryServer, RegistryService, FILE_DESCRIPTOR_SET,
 };
-use crate::registry::{disk::WriteHealth, Registry, RegistryConfig, RegistryError};
+use crate::registry::{disk::WriteHealth, OpenError, Registry, RegistryConfig, RegistryError};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +27,9 @@ use tokio::net::TcpListener;
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error(transparent)]
-    Registry(#[from] RegistryError),
+    Open(#[from] OpenError),
+    #[error("cannot create the admin token: {0}")]
+    Bootstrap(#[source] RegistryError),
     #[error("gRPC reflection could not be set up: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("the gRPC server failed: {0}")]
@@ -45,6 +47,19 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let registry = Registry::open(config)?;
+    if !registry.auth_enabled() {
+        tracing::warn!(
+            "authentication is off (--insecure-no-auth): every caller is an anonymous admin"
+        );
+    }
+    if let Some(path) = registry
+        .bootstrap_admin()
+        .await
+        .map_err(ServerError::Bootstrap)?
+    {
+        // The path, never the token.
+        tracing::warn!(path = %path.display(), "created the admin token on first start; read it from this file (mode 0600)");
+    }
     serve(listener, registry, shutdown).await
 }
 
@@ -114,8 +129,14 @@ pub async fn serve(
         stop_signal.notify_waiters();
     };
     let limits = registry.limits().clone();
-    let service = RegistryServer::new(RegistryService::new(registry))
+    let service = RegistryServer::new(RegistryService::new(registry.clone()))
         .max_decoding_message_size(limits.max_request_bytes);
+    // Every RPC of the registry authenticates; health and reflection stay
+    // open (load balancers, grpcurl).
+    let service = tonic::service::interceptor::InterceptedService::new(
+        service,
+        crate::grpc::access::Authenticate::new(registry),
+    );
     let server = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(limits.max_streams_per_connection))
         // Dead peers behind a load balancer are found by HTTP/2 pings;

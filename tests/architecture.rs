@@ -25,7 +25,14 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     (
         "grpc",
-        &["domain", "provenance", "registry", "store", "time"],
+        &[
+            "domain",
+            "provenance",
+            "registry",
+            "store",
+            "telemetry",
+            "time",
+        ],
     ),
     ("server", &["grpc", "registry", "telemetry"]),
 ];

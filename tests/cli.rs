@@ -13,9 +13,8 @@ struct Cli {
 
 impl Cli {
     fn run(&self, args: &[&str]) -> Output {
-        Command::new(binary())
+        support::cli_command(&self.url)
             .args(args)
-            .env("PROMPTREG_SERVER", &self.url)
             .env("USER", "oncall")
             .output()
             .expect("run promptreg")
@@ -194,11 +193,9 @@ fn cli_end_to_end() {
         );
     }
     assert_eq!(history[0]["kind"], "rollback");
-    assert_eq!(history[0]["actor"], "pager");
-    assert_eq!(
-        history[1]["actor"], "oncall",
-        "--actor defaults to the local user"
-    );
+    // The token's name, whatever --actor or the local user says.
+    assert_eq!(history[0]["actor"], "admin");
+    assert_eq!(history[1]["actor"], "admin");
     assert_eq!(history[2]["from_version"], Value::Null);
 
     // resolve now, at a revision, at a time.
@@ -395,9 +392,8 @@ fn help_explains_every_subcommand() {
 
 /// Runs the CLI against `url`; returns (exit code, stdout, stderr).
 fn run_at(url: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(binary())
+    let out = support::cli_command(url)
         .args(args)
-        .env("PROMPTREG_SERVER", url)
         .env("USER", "oncall")
         .output()
         .expect("run promptreg");
@@ -434,10 +430,9 @@ fn agent<'a>(fleet: &'a Value, id: &str) -> Option<&'a Value> {
 /// `promptreg watch` as an agent (`--ack`) or a silent watcher, killed at
 /// the end of the test.
 fn spawn_watcher(url: &str, name: &str, label: &str, id: &str, ack: bool) -> support::KillOnDrop {
-    let mut command = Command::new(binary());
+    let mut command = support::cli_command(url);
     command
         .args(["watch", name, "--label", label, "--agent-id", id])
-        .env("PROMPTREG_SERVER", url)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     if ack {
@@ -770,14 +765,17 @@ fn resolve_says_who_set_the_label_and_revision_means_the_move() {
         assert_eq!(resolved["version"], 1);
         assert_eq!(resolved["revision"], 3, "the move's revision: {resolved}");
         assert_eq!(resolved["published_revision"], v1["revision"], "{resolved}");
-        assert_eq!(resolved["move"]["actor"], "sre");
+        assert_eq!(
+            resolved["move"]["actor"], "admin",
+            "the token's name, not --actor"
+        );
     }
     let labels = cli.json(&["labels", name]);
     let production = labels.iter().find(|l| l["label"] == "production").unwrap();
     assert_eq!(production["revision"], 3);
     let text = cli.ok(&["resolve", name, "--label", "production"]);
     assert!(text.contains("set by: revision 3"), "{text}");
-    assert!(text.contains("sre") && text.contains("first"), "{text}");
+    assert!(text.contains("admin") && text.contains("first"), "{text}");
 }
 
 #[test]
@@ -904,7 +902,7 @@ async fn watch_ack_checks_the_signature_and_says_what_it_applied() {
     let server = server.restart().await;
     let mut client = server.client().await;
 
-    let mut watcher = Command::new(binary())
+    let mut watcher = support::cli_command(&server.url)
         .args([
             "watch",
             "p",
@@ -914,7 +912,6 @@ async fn watch_ack_checks_the_signature_and_says_what_it_applied() {
             "--agent-id",
             "a1",
         ])
-        .env("PROMPTREG_SERVER", &server.url)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -990,7 +987,7 @@ fn publish_reads_stdin_and_a_model_config_file() {
     };
     let config = temp.path().join("model.json");
     std::fs::write(&config, r#"{"model":"m","temperature":0.3}"#).unwrap();
-    let mut child = Command::new(binary())
+    let mut child = support::cli_command(&cli.url)
         .args(["publish", "p", "--template-file", "-", "--var", "product"])
         .args([
             "--model-config-file",
@@ -998,7 +995,6 @@ fn publish_reads_stdin_and_a_model_config_file() {
             "-o",
             "json",
         ])
-        .env("PROMPTREG_SERVER", &cli.url)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -1048,49 +1044,107 @@ fn publish_reads_stdin_and_a_model_config_file() {
     );
 }
 
+/// The actor recorded is the token's name: not `--actor`, not `--author`,
+/// not the local user. Also `tokens create`, `whoami`, `tokens list` and
+/// `tokens revoke` end to end.
 #[test]
-fn the_actor_defaults_to_the_os_user_without_user_set() {
+fn the_recorded_actor_is_the_tokens_name() {
     let temp = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(&temp.path().join("data"), &[]);
-    let expected = Command::new("id").arg("-un").output().unwrap();
-    let expected = String::from_utf8(expected.stdout)
-        .unwrap()
-        .trim()
-        .to_string();
-    assert!(!expected.is_empty());
-    let run = |args: &[&str]| {
-        let out = Command::new(binary())
-            .args(args)
-            .env("PROMPTREG_SERVER", &server.url)
-            .env_remove("USER")
-            .env_remove("LOGNAME")
-            .env_remove("USERNAME")
-            .output()
-            .unwrap();
+    let run_with = |token: Option<&str>, args: &[&str]| {
+        let mut command = support::cli_command(&server.url);
+        if let Some(token) = token {
+            command.env("PROMPTREG_TOKEN", token);
+        }
+        command.args(args).output().unwrap()
+    };
+    let ok = |token: Option<&str>, args: &[&str]| {
+        let out = run_with(token, args);
         assert_eq!(
             out.status.code(),
             Some(0),
-            "{}",
+            "{args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8(out.stdout).unwrap()
     };
-    run(&["publish", "p", "--template", "one"]);
-    run(&[
-        "promote",
-        "p",
-        "1",
-        "--label",
-        "production",
-        "--reason",
-        "go",
-    ]);
-    let version: Value = serde_json::from_str(run(&["get", "p", "-o", "json"]).trim()).unwrap();
-    assert_eq!(version["author"], expected.as_str());
-    let history: Value =
-        serde_json::from_str(run(&["history", "p", "--label", "production", "-o", "json"]).trim())
-            .unwrap();
-    assert_eq!(history["actor"], expected.as_str());
+    let created: Value = serde_json::from_str(
+        ok(
+            None,
+            &[
+                "tokens", "create", "pager", "--role", "deployer", "-o", "json",
+            ],
+        )
+        .trim(),
+    )
+    .unwrap();
+    let secret = created["secret"].as_str().unwrap().to_string();
+    assert!(secret.starts_with("prt_"), "{created}");
+    assert_eq!(created["token"]["bindings"][0]["role"], "deployer");
+    let pager = Some(secret.as_str());
+
+    let me: Value = serde_json::from_str(ok(pager, &["whoami", "-o", "json"]).trim()).unwrap();
+    assert_eq!(me["principal"], "pager");
+    assert_eq!(me["credential"], "token");
+
+    ok(
+        pager,
+        &["publish", "p", "--template", "one", "--author", "mallory"],
+    );
+    ok(
+        pager,
+        &[
+            "promote",
+            "p",
+            "1",
+            "--label",
+            "production",
+            "--reason",
+            "go",
+            "--actor",
+            "mallory",
+        ],
+    );
+    let version: Value =
+        serde_json::from_str(ok(pager, &["get", "p", "-o", "json"]).trim()).unwrap();
+    assert_eq!(version["author"], "pager");
+    let history: Value = serde_json::from_str(
+        ok(
+            pager,
+            &["history", "p", "--label", "production", "-o", "json"],
+        )
+        .trim(),
+    )
+    .unwrap();
+    assert_eq!(history["actor"], "pager");
+
+    // A deployer is not an admin; the listing names tokens, never secrets.
+    let denied = run_with(pager, &["tokens", "list"]);
+    assert_eq!(denied.status.code(), Some(1));
+    let why = String::from_utf8_lossy(&denied.stderr);
+    assert!(
+        why.contains("permission denied") && why.contains("admin"),
+        "{why}"
+    );
+    let listing = ok(None, &["tokens", "list"]);
+    assert!(
+        listing.contains("pager") && listing.contains("admin"),
+        "{listing}"
+    );
+    assert!(!listing.contains(&secret), "{listing}");
+
+    ok(None, &["tokens", "revoke", "pager", "--reason", "test"]);
+    let revoked = run_with(pager, &["list"]);
+    assert_eq!(revoked.status.code(), Some(1));
+    let why = String::from_utf8_lossy(&revoked.stderr);
+    assert!(why.contains("unauthenticated"), "{why}");
+    let none = support::cli_command(&server.url)
+        .env_remove("PROMPTREG_TOKEN")
+        .args(["list"])
+        .output()
+        .unwrap();
+    assert_eq!(none.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("requires a token"));
 }
 
 /// The first line of `text` split into its column names.

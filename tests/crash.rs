@@ -22,7 +22,7 @@
 
 mod support;
 
-use promptreg::grpc::pb::{self, registry_client::RegistryClient, watch_response::Event};
+use promptreg::grpc::pb::{self, watch_response::Event};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -156,7 +156,7 @@ fn client(url: &str) -> Client {
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(30))
         .connect_lazy();
-    RegistryClient::new(channel)
+    support::client_with(channel, support::token_for(url).as_deref())
 }
 
 /// Publishes new content to its prompts in a loop, recording every answer.

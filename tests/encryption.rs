@@ -213,13 +213,18 @@ async fn turning_encryption_on_migrates_an_existing_store() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let registry = Registry::open(config).unwrap();
+    registry.bootstrap_admin().await.unwrap();
+    let token = read_admin_token(&server.data_dir).expect("admin token");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(promptreg::server::serve(listener, registry, async {
         let _ = rx.await;
     }));
-    let mut client = pb::registry_client::RegistryClient::connect(url)
+    let channel = tonic::transport::Endpoint::from_shared(url)
+        .unwrap()
+        .connect()
         .await
         .unwrap();
+    let mut client = client_with(channel, Some(&token));
     assert!(get_latest(&mut client, "secret")
         .await
         .model_config_json

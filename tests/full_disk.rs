@@ -82,7 +82,7 @@ fn client(url: &str) -> Client {
         .connect_timeout(Duration::from_secs(5))
         .timeout(RPC_PATIENCE)
         .connect_lazy();
-    Client::new(channel)
+    client_with(channel, token_for(url).as_deref())
 }
 
 /// Runs an RPC with the test's patience: a hang fails the test.

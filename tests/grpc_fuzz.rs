@@ -922,7 +922,7 @@ async fn oversized_fields_get_a_status_that_reaches_the_client() {
         let channel = tonic::transport::Endpoint::from_shared(server.url.clone())
             .expect("url")
             .connect_lazy();
-        pb::registry_client::RegistryClient::new(channel)
+        client_with(channel, token_for(&server.url).as_deref())
     };
     let mut answers: Vec<(&str, Result<(), tonic::Status>)> = Vec::new();
     macro_rules! check {
@@ -1422,10 +1422,18 @@ fn every_rpc() -> Vec<(String, bool, bool)> {
         .collect()
 }
 
+/// `request` with the bearer token.
+fn authorized<T>(mut request: tonic::Request<T>, token: &str) -> tonic::Request<T> {
+    let value = format!("Bearer {token}").parse().expect("an ASCII token");
+    request.metadata_mut().insert("authorization", value);
+    request
+}
+
 /// Sends `bytes` as the one request message of `rpc` and returns the
 /// status the call ends with (OK if it ended without one).
 async fn send_raw(
     channel: &tonic::transport::Channel,
+    token: &str,
     (rpc, client_streams, server_streams): &(String, bool, bool),
     bytes: &[u8],
 ) -> tonic::Status {
@@ -1438,17 +1446,25 @@ async fn send_raw(
         let opened = match (client_streams, server_streams) {
             (false, false) => {
                 return grpc
-                    .unary(tonic::Request::new(bytes.to_vec()), path, RawCodec)
+                    .unary(
+                        authorized(tonic::Request::new(bytes.to_vec()), token),
+                        path,
+                        RawCodec,
+                    )
                     .await
                     .err()
             }
             (false, true) => {
-                grpc.server_streaming(tonic::Request::new(bytes.to_vec()), path, RawCodec)
-                    .await
+                grpc.server_streaming(
+                    authorized(tonic::Request::new(bytes.to_vec()), token),
+                    path,
+                    RawCodec,
+                )
+                .await
             }
             (true, _) => {
                 let once = tokio_stream::iter(vec![bytes.to_vec()]);
-                grpc.streaming(tonic::Request::new(once), path, RawCodec)
+                grpc.streaming(authorized(tonic::Request::new(once), token), path, RawCodec)
                     .await
             }
         };
@@ -1486,7 +1502,7 @@ async fn undecodable_requests_are_invalid_argument_on_every_rpc() {
     let mut wrong = Vec::new();
     for rpc in &rpcs {
         for (what, bytes) in UNDECODABLE {
-            let status = send_raw(&channel, rpc, bytes).await;
+            let status = send_raw(&channel, &server.admin_token(), rpc, bytes).await;
             let named = status.message().contains("could not be decoded");
             if status.code() != Code::InvalidArgument || !named {
                 wrong.push(format!(
@@ -1541,6 +1557,7 @@ async fn broken_framing_is_invalid_argument_on_every_rpc() {
                 .uri(format!("{}/promptreg.v1.Registry/{rpc}", server.url))
                 .header("content-type", "application/grpc")
                 .header("te", "trailers")
+                .header("authorization", format!("Bearer {}", server.admin_token()))
                 .body(tonic::body::Body::new(body.to_string()))
                 .expect("a request");
             std::future::poll_fn(|cx| channel.poll_ready(cx))

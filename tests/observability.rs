@@ -205,9 +205,14 @@ async fn spans_continue_the_callers_trace_and_carry_prompt_attributes() {
             .await
             .unwrap();
     let server = KillOnDrop(child);
-    let mut client = pb::registry_client::RegistryClient::connect(format!("http://{address}"))
+    let url = format!("http://{address}");
+    let token = read_admin_token(&temp.path().join("data")).expect("admin token");
+    let channel = tonic::transport::Endpoint::from_shared(url.clone())
+        .unwrap()
+        .connect()
         .await
         .unwrap();
+    let mut client = client_with(channel, Some(&token));
 
     let published = client
         .publish_version(traced(publish_text(
@@ -502,9 +507,14 @@ async fn a_collector_that_is_down_never_fails_a_request() {
         tokio::task::spawn_blocking(move || rx.recv_timeout(PATIENCE).expect("server address"))
             .await
             .unwrap();
-    let mut client = pb::registry_client::RegistryClient::connect(format!("http://{address}"))
+    let url = format!("http://{address}");
+    let token = read_admin_token(&temp.path().join("data")).expect("admin token");
+    let channel = tonic::transport::Endpoint::from_shared(url.clone())
+        .unwrap()
+        .connect()
         .await
         .unwrap();
+    let mut client = client_with(channel, Some(&token));
     for i in 0..30 {
         let answer = tokio::time::timeout(
             PATIENCE,
@@ -563,9 +573,8 @@ async fn whois_names_the_version_and_the_labels_that_pointed_to_it() {
     let digest = v1.digest.clone();
     let (found, missing) = tokio::task::spawn_blocking(move || {
         let run = |d: &str| {
-            Command::new(binary())
+            support::cli_command(&url)
                 .args(["whois", d, "--output", "json"])
-                .env("PROMPTREG_SERVER", &url)
                 .output()
                 .unwrap()
         };

@@ -245,11 +245,21 @@ async fn the_ledger_records_every_mutation_in_a_chain() {
         actions[0].0, "rotate_key",
         "the first key is recorded at first start"
     );
+    // The admin token made on first start is the second entry.
+    assert_eq!(
+        actions[1],
+        ("token_create", "token:admin", "admin on every prompt")
+    );
+    let entries = &entries[1..];
+    let actions = &actions[1..];
     assert_eq!(actions[1], ("publish", "p@v1", actions[1].2));
     assert!(actions[1].2.starts_with("sha256:"));
     assert_eq!(actions[2], ("promote", "p:latest", "- -> v1"));
     assert_eq!(entries[1].reason, "first cut");
-    assert_eq!(entries[1].actor, "alice");
+    assert_eq!(
+        entries[1].actor, "admin",
+        "the principal, not the claimed author"
+    );
     let moves: Vec<(&str, &str)> = entries
         .iter()
         .filter(|e| e.target == "p:production")
@@ -290,7 +300,7 @@ async fn the_ledger_records_every_mutation_in_a_chain() {
     let by_sre = audit(
         &mut client,
         pb::ListAuditRequest {
-            actor: "sre".into(),
+            actor: "admin".into(),
             action: "rollback".into(),
             ..Default::default()
         },
@@ -743,7 +753,7 @@ async fn pruning_keeps_labelled_versions_and_tombstones_the_rest() {
     assert_eq!(entries.len(), 1);
     assert_eq!(
         (entries[0].detail.as_str(), entries[0].actor.as_str()),
-        ("v1, v3", "ops")
+        ("v1, v3", "admin")
     );
     let report = verify_audit(&mut client, None).await;
     assert!(report.intact, "{:?}", report.problems);
@@ -1080,10 +1090,7 @@ async fn a_pem_signing_key_as_openssl_writes_it_is_used() {
         .key_id;
     let data = temp.path().join("data");
     let server = ServerProcess::start(&data, &["--signing-key", pem.to_str().unwrap()]);
-    let mut client =
-        promptreg::grpc::pb::registry_client::RegistryClient::connect(server.url.clone())
-            .await
-            .unwrap();
+    let mut client = connect(&server.url).await;
     publish(&mut client, "p", "a").await;
     let version = get(&mut client, "p", 1).await;
     assert_eq!(version.signing_key_id, expected);
@@ -1118,6 +1125,7 @@ async fn key_files_and_backups_are_private_whatever_the_umask() {
             .args(["backup"])
             .arg(&file)
             .env("PROMPTREG_SERVER", &url)
+            .env("PROMPTREG_TOKEN", token_for(&url).unwrap_or_default())
             .output()
             .unwrap()
     })
@@ -1204,10 +1212,7 @@ async fn another_stores_key_under_the_active_keys_name_is_refused() {
     std::fs::write(&my_key, &original).unwrap();
     set_mode(&my_key, 0o600);
     let server = ServerProcess::start(&mine, &[]);
-    let mut client =
-        promptreg::grpc::pb::registry_client::RegistryClient::connect(server.url.clone())
-            .await
-            .unwrap();
+    let mut client = connect(&server.url).await;
     let ids: Vec<String> = keys(&mut client)
         .await
         .into_iter()

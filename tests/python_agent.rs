@@ -12,7 +12,7 @@
 
 mod support;
 
-use promptreg::grpc::pb::{self, registry_client::RegistryClient};
+use promptreg::grpc::pb;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader, Read};
@@ -134,14 +134,7 @@ fn start_server_at(data_dir: &Path, addr: &str) -> ServerProcess {
 }
 
 async fn connect(url: &str) -> Client {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        match RegistryClient::connect(url.to_string()).await {
-            Ok(client) => return client,
-            Err(e) if Instant::now() > deadline => panic!("cannot connect to {url}: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
+    support::connect(url).await
 }
 
 /// The agent as a child process; killed when dropped (also on panic).
@@ -492,6 +485,21 @@ async fn python_agent_follows_a_label_across_a_server_restart() {
         .expect("promote v1")
         .into_inner();
 
+    // Least privilege: the agent may read and watch its prompt, nothing else.
+    let agent_token = client
+        .create_token(pb::CreateTokenRequest {
+            name: "python-agent".into(),
+            bindings: vec![pb::Binding {
+                role: pb::Role::Agent.into(),
+                prefixes: vec![NAME.into()],
+                labels: vec![],
+            }],
+            expires: None,
+        })
+        .await
+        .expect("agent token")
+        .into_inner()
+        .secret;
     let state_file = temp.path().join("state.json");
     let gen_dir = temp.path().join("gen");
     let mut agent = Agent::spawn(
@@ -499,6 +507,8 @@ async fn python_agent_follows_a_label_across_a_server_restart() {
         &[
             "--server",
             server.url.as_str(),
+            "--token",
+            &agent_token,
             "--name",
             NAME,
             "--label",

@@ -91,9 +91,12 @@ async fn resilient_watcher(url: String, until: u64) -> Vec<u64> {
             return seen;
         }
         let attempt = async {
-            let mut client = pb::registry_client::RegistryClient::connect(url.clone())
+            let channel = tonic::transport::Endpoint::from_shared(url.clone())
+                .map_err(|e| e.to_string())?
+                .connect()
                 .await
                 .map_err(|e| e.to_string())?;
+            let mut client = support::client_with(channel, support::token_for(&url).as_deref());
             let request = pb::WatchRequest {
                 names: vec!["storm".into()],
                 labels: vec!["production".into()],

@@ -136,7 +136,10 @@ async fn snapshot_then_live_changes() {
         ("agents/support", "production", 1, 2)
     );
     assert_eq!(m.kind, pb::MoveKind::Promote as i32);
-    assert_eq!((m.actor.as_str(), m.reason.as_str()), ("sre", "promote v2"));
+    assert_eq!(
+        (m.actor.as_str(), m.reason.as_str()),
+        ("admin", "promote v2")
+    );
     assert_eq!(m.digest, moved.digest);
 
     // With versions and every label: a publish is one revision with two
@@ -460,7 +463,7 @@ async fn a_slow_watcher_does_not_hold_back_the_others_and_stays_bounded() {
         .connect()
         .await
         .unwrap();
-    let mut slow_client = pb::registry_client::RegistryClient::new(channel);
+    let mut slow_client = client_with(channel, Some(&server.admin_token()));
     let mut slow = open(&mut slow_client, watch_request(&["p"], &["production"], 0)).await;
     let Event::Created(created) = next_event(&mut slow).await else {
         panic!()
@@ -856,7 +859,7 @@ async fn rollback_wait_returns_when_the_fleet_has_converged() {
     // Three CLI agents: watch, verify, acknowledge.
     let mut agents = Vec::new();
     for i in 0..3 {
-        let child = std::process::Command::new(binary())
+        let child = support::cli_command(&server.url)
             .args([
                 "watch",
                 "agents/support",
@@ -868,7 +871,6 @@ async fn rollback_wait_returns_when_the_fleet_has_converged() {
                 "--output",
                 "json",
             ])
-            .env("PROMPTREG_SERVER", &server.url)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -892,7 +894,7 @@ async fn rollback_wait_returns_when_the_fleet_has_converged() {
 
     let url = server.url.clone();
     let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(binary())
+        support::cli_command(&url)
             .args([
                 "rollback",
                 "agents/support",
@@ -906,7 +908,6 @@ async fn rollback_wait_returns_when_the_fleet_has_converged() {
                 "--output",
                 "json",
             ])
-            .env("PROMPTREG_SERVER", url)
             .output()
             .unwrap()
     })
@@ -946,7 +947,7 @@ async fn rollback_wait_returns_when_the_fleet_has_converged() {
     let _silent = open(&mut client, request).await;
     let url = server.url.clone();
     let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(binary())
+        support::cli_command(&url)
             .args([
                 "promote",
                 "agents/support",
@@ -959,7 +960,6 @@ async fn rollback_wait_returns_when_the_fleet_has_converged() {
                 "--timeout",
                 "300ms",
             ])
-            .env("PROMPTREG_SERVER", url)
             .output()
             .unwrap()
     })

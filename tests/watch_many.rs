@@ -480,7 +480,14 @@ async fn an_undecodable_frame_ends_the_stream_invalid_argument_naming_the_frame(
     let (send, receive) = mpsc::channel::<Vec<u8>>(8);
     let mut stream = grpc
         .streaming(
-            tonic::Request::new(ReceiverStream::new(receive)),
+            {
+                let mut request = tonic::Request::new(ReceiverStream::new(receive));
+                let token = format!("Bearer {}", server.admin_token());
+                request
+                    .metadata_mut()
+                    .insert("authorization", token.parse().expect("ascii"));
+                request
+            },
             "/promptreg.v1.Registry/WatchMany".parse().expect("path"),
             RawFrames,
         )

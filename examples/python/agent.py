@@ -512,8 +512,13 @@ class Agent:
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.http2.max_pings_without_data", 0),
         ]
+        # The bearer token goes on every call; the registry refuses calls
+        # without one (UNAUTHENTICATED) unless it runs --insecure-no-auth.
+        self.auth = [("authorization", f"Bearer {args.token}")] if args.token else []
         if secure:
-            self.channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(), options)
+            roots = args.ca_cert.read_bytes() if args.ca_cert else None
+            credentials = grpc.ssl_channel_credentials(root_certificates=roots)
+            self.channel = grpc.secure_channel(target, credentials, options)
         else:
             self.channel = grpc.insecure_channel(target, options)
         self.stub = pb2_grpc.RegistryStub(self.channel)
@@ -596,7 +601,7 @@ class Agent:
             agent_id=self.agent_id,
             agent=self.info,
         )
-        call = self.stub.Watch(request)
+        call = self.stub.Watch(request, metadata=self.auth)
         self.call = call
         if self.stopping:  # a signal arrived before self.call was set
             call.cancel()
@@ -683,7 +688,7 @@ class Agent:
             response = self.stub.GetVersion(
                 self.pb2.GetVersionRequest(name=self.name, version=version),
                 timeout=RPC_TIMEOUT,
-                metadata=trace_metadata(),
+                metadata=self.auth + trace_metadata(),
             )
         except self.grpc.RpcError as e:
             if e.code() in self.transient_codes:
@@ -748,7 +753,9 @@ class Agent:
         emit("applied", **prompt)
 
     def list_signing_keys(self) -> list[tuple[str, bytes]]:
-        response = self.stub.ListSigningKeys(self.pb2.ListSigningKeysRequest(), timeout=RPC_TIMEOUT)
+        response = self.stub.ListSigningKeys(
+            self.pb2.ListSigningKeysRequest(), timeout=RPC_TIMEOUT, metadata=self.auth
+        )
         return [(key.key_id, bytes(key.public_key)) for key in response.keys]
 
     def reject(self, version: int, computed: str, revision: int, reason: str) -> None:
@@ -809,7 +816,9 @@ class Agent:
     def flush_ack(self) -> None:
         while self.pending_acks:
             try:
-                self.stub.AckApplied(self.pending_acks[0], timeout=RPC_TIMEOUT, metadata=trace_metadata())
+                self.stub.AckApplied(
+                    self.pending_acks[0], timeout=RPC_TIMEOUT, metadata=self.auth + trace_metadata()
+                )
             except self.grpc.RpcError as e:
                 warn(f"AckApplied failed (will retry): {e.code().name}: {e.details()}")
                 return
@@ -837,6 +846,12 @@ def parse_server(server: str) -> tuple[str, bool]:
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--server", default="127.0.0.1:50051", help="host:port or http://host:port")
+    parser.add_argument("--token", default=os.environ.get("PROMPTREG_TOKEN"),
+                        help="the agent's bearer token (prt_...; default $PROMPTREG_TOKEN)")
+    parser.add_argument("--token-file", type=Path, default=os.environ.get("PROMPTREG_TOKEN_FILE"),
+                        help="read the bearer token from this file (default $PROMPTREG_TOKEN_FILE)")
+    parser.add_argument("--ca-cert", type=Path,
+                        help="with https://: trust this CA (PEM) instead of the system roots")
     parser.add_argument("--name", help="the prompt to follow, e.g. support/triage")
     parser.add_argument("--label", default="production", help="the label to follow (default production)")
     parser.add_argument("--agent-id", default=f"{socket.gethostname()}-{os.getpid()}",
@@ -856,6 +871,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         parser.error("--name is required")
     if args.max_backoff <= 0:
         parser.error("--max-backoff must be positive")
+    if not args.token and args.token_file:
+        try:
+            args.token = args.token_file.read_text().strip().splitlines()[0].strip()
+        except (OSError, IndexError) as e:
+            parser.error(f"cannot read a token from --token-file {args.token_file}: {e}")
     return args
 
 

@@ -30,13 +30,32 @@ pub struct ClientOptions {
     /// (https:// is refused: the server has no TLS yet).
     #[arg(
         long,
+        global = true,
         env = "PROMPTREG_SERVER",
         default_value = "http://127.0.0.1:50051"
     )]
     pub server: String,
+    /// The bearer token to send (`prt_…`). Prefer PROMPTREG_TOKEN or
+    /// --token-file: a flag is visible to other users in the process list.
+    #[arg(
+        long,
+        env = "PROMPTREG_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+    /// Read the bearer token from this file (the server writes the first
+    /// admin token to DATA_DIR/admin.token).
+    #[arg(
+        long,
+        env = "PROMPTREG_TOKEN_FILE",
+        value_name = "FILE",
+        conflicts_with = "token"
+    )]
+    pub token_file: Option<std::path::PathBuf>,
     /// Output format: human-readable text, or JSON (one object per result,
     /// JSON lines for lists).
-    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text)]
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
 }
 
@@ -91,6 +110,13 @@ pub enum Command {
     Backup(BackupArgs),
     /// Restore a backup into an empty data directory (offline: no server).
     Restore(RestoreArgs),
+    /// Bearer tokens (admin): create one, list them, revoke one.
+    Tokens(TokensArgs),
+    /// Who the server takes you for, and what you may do.
+    Whoami(WhoamiArgs),
+    /// Ask the server's gRPC health service (no token needed): exit 0 when
+    /// SERVING, 1 when not, 3 when it cannot be reached.
+    Health(HealthArgs),
     /// Check a data directory offline: exit 0 only when the store is sound.
     Check(CheckArgs),
     /// Print a shell completion script (bash, zsh or fish) on standard output.
@@ -204,6 +230,64 @@ pub struct PruneArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct TokensArgs {
+    #[command(subcommand)]
+    pub action: TokensAction,
+    #[command(flatten)]
+    pub client: ClientOptions,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokensAction {
+    /// Create a token and print its secret, the only time it is shown.
+    Create {
+        /// The token's name, recorded as the actor of what it does (a-z,
+        /// 0-9, `.`, `_`, `-`).
+        name: String,
+        /// The role: reader, agent, author, deployer or admin.
+        #[arg(long)]
+        role: String,
+        /// A name prefix the role covers (repeatable; none: every prompt).
+        #[arg(long = "prefix", value_name = "PREFIX")]
+        prefixes: Vec<String>,
+        /// For a deployer: a label it may move (repeatable; none: every label).
+        #[arg(long = "label", value_name = "LABEL")]
+        labels: Vec<String>,
+        /// Stop working after this long (`90d`, `12h`); default never.
+        #[arg(long, value_name = "DURATION", value_parser = crate::time::parse_duration)]
+        expires: Option<std::time::Duration>,
+    },
+    /// Every token: name, roles and scopes, created, last used, expiry,
+    /// revocation. Never a secret.
+    List,
+    /// Revoke a token at once; its open watch streams end.
+    Revoke {
+        /// The token's name.
+        name: String,
+        /// Why (kept in the audit ledger).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// The service to ask about: "" (the server),
+    /// `promptreg.v1.Registry`, or `promptreg.v1.Registry.writes` (whether
+    /// writes are taken).
+    #[arg(long, default_value = "")]
+    pub service: String,
+    #[command(flatten)]
+    pub client: ClientOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct WhoamiArgs {
+    #[command(flatten)]
+    pub client: ClientOptions,
+}
+
+#[derive(Debug, Args)]
 pub struct KeysArgs {
     #[command(subcommand)]
     pub action: Option<KeysAction>,
@@ -259,7 +343,7 @@ pub struct AuditArgs {
     #[arg(long)]
     pub actor: Option<String>,
     /// Only this action: publish, promote, rollback, remove, rotate_key,
-    /// prune, enable_encryption.
+    /// prune, enable_encryption, token_create, token_revoke.
     #[arg(long, value_name = "ACTION", value_parser = filters::audit_action)]
     pub action_name: Option<String>,
     /// Only entries at or after this time: RFC 3339 (2026-12-02T14:05:00Z),

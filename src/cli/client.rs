@@ -3,9 +3,9 @@
 //! file of its group. Errors print one line on stderr.
 
 use super::{exit, ClientOptions, Command};
-use crate::grpc::pb::registry_client::RegistryClient;
+use crate::grpc::access::Client;
+use crate::grpc::pb::{self, registry_client::RegistryClient};
 use std::time::Duration;
-use tonic::transport::Channel;
 use tonic::Code;
 
 /// A failed client command: what to print and the exit code.
@@ -42,6 +42,8 @@ impl From<tonic::Status> for Failure {
             Code::InvalidArgument => "invalid argument",
             Code::FailedPrecondition => "failed precondition",
             Code::Unavailable => "unavailable",
+            Code::Unauthenticated => "unauthenticated",
+            Code::PermissionDenied => "permission denied",
             _ => "refused",
         };
         Failure {
@@ -127,7 +129,18 @@ pub async fn run_client(command: Command) -> i32 {
     }
 }
 
-pub(super) async fn connect(options: &ClientOptions) -> Result<RegistryClient<Channel>, Failure> {
+pub(super) async fn connect(options: &ClientOptions) -> Result<Client, Failure> {
+    let channel = channel(options).await?;
+    let bearer = crate::grpc::access::Bearer::new(token(options)?.as_deref()).ok_or_else(|| {
+        Failure::usage(
+            "the token holds characters a header cannot carry: it is not a promptreg token",
+        )
+    })?;
+    Ok(RegistryClient::with_interceptor(channel, bearer))
+}
+
+/// A connection to the server at `--server`.
+pub(super) async fn channel(options: &ClientOptions) -> Result<tonic::transport::Channel, Failure> {
     let uri = server_uri(&options.server)?;
     let endpoint = tonic::transport::Endpoint::from_shared(uri)
         .map_err(|e| {
@@ -145,11 +158,35 @@ pub(super) async fn connect(options: &ClientOptions) -> Result<RegistryClient<Ch
             why_unreachable(&e, "")
         ),
     })?;
-    Ok(RegistryClient::new(channel))
+    Ok(channel)
+}
+
+/// The token to send: --token / PROMPTREG_TOKEN, else the first line of
+/// --token-file / PROMPTREG_TOKEN_FILE, else none.
+fn token(options: &ClientOptions) -> Result<Option<String>, Failure> {
+    if let Some(token) = &options.token {
+        return Ok(Some(token.trim().to_string()));
+    }
+    let Some(path) = &options.token_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Failure::usage(format!(
+            "cannot read the token file {} (--token-file): {e}",
+            path.display()
+        ))
+    })?;
+    match text.lines().next().map(str::trim) {
+        Some(token) if !token.is_empty() => Ok(Some(token.to_string())),
+        _ => Err(Failure::usage(format!(
+            "the token file {} is empty",
+            path.display()
+        ))),
+    }
 }
 
 async fn dispatch(command: Command) -> Result<(), Failure> {
-    use super::{backup, catalog, lookup, moves, provenance, watch};
+    use super::{access, backup, catalog, lookup, moves, provenance, watch};
     match command {
         Command::Serve(_) => unreachable!("serve is dispatched by main"),
         Command::Completion(args) => completion(&args),
@@ -168,6 +205,9 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
         Command::Fleet(args) => moves::fleet(args).await,
         Command::Watch(args) => watch::run_watch(args).await,
         Command::Keys(args) => provenance::keys(args).await,
+        Command::Tokens(args) => access::tokens(args).await,
+        Command::Whoami(args) => access::whoami(args).await,
+        Command::Health(args) => access::health(args).await,
         Command::Verify(args) => provenance::verify(args).await,
         Command::Audit(args) => provenance::audit(args).await,
         Command::Prune(args) => provenance::prune(args).await,
@@ -187,4 +227,13 @@ fn completion(args: &super::CompletionArgs) -> Result<(), Failure> {
         }
         _ => Ok(()),
     }
+}
+
+/// The version a `GetVersion` request names.
+pub(super) async fn get_version(
+    client: &mut Client,
+    request: pb::GetVersionRequest,
+) -> Result<pb::Version, tonic::Status> {
+    let response = client.get_version(request).await?.into_inner();
+    Ok(response.version.unwrap_or_default())
 }

@@ -13,6 +13,8 @@ pub(super) const AUDIT_ACTIONS: &[&str] = &[
     "rotate_key",
     "prune",
     "enable_encryption",
+    "token_create",
+    "token_revoke",
 ];
 
 /// `--action-name`: one of [`AUDIT_ACTIONS`].

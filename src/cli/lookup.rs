@@ -10,9 +10,9 @@ use super::client::{connect, Failure};
 use super::json::{emit, time_text, LabelPeriodJson, MoveJson, VersionJson};
 use super::text::{move_text, short_digest, table, version_details};
 use super::{exit, GetArgs, ResolveArgs, WhoisArgs};
-use crate::grpc::pb::{self, registry_client::RegistryClient};
+use crate::grpc::access::Client;
+use crate::grpc::pb;
 use serde::Serialize;
-use tonic::transport::Channel;
 
 /// The fewest hex digits a digest prefix may have.
 const MIN_PREFIX_HEX: usize = 8;
@@ -49,10 +49,7 @@ fn digest_query(flag: &str, raw: &str) -> Result<DigestQuery, Failure> {
 }
 
 /// Every version of `name` (all pages), without content.
-async fn versions_of(
-    client: &mut RegistryClient<Channel>,
-    name: &str,
-) -> Result<Vec<pb::Version>, Failure> {
+async fn versions_of(client: &mut Client, name: &str) -> Result<Vec<pb::Version>, Failure> {
     let mut all = Vec::new();
     let mut token = String::new();
     loop {
@@ -71,7 +68,7 @@ async fn versions_of(
 }
 
 /// Every prompt's name (all pages).
-async fn prompt_names(client: &mut RegistryClient<Channel>) -> Result<Vec<String>, Failure> {
+async fn prompt_names(client: &mut Client) -> Result<Vec<String>, Failure> {
     let mut all = Vec::new();
     let mut token = String::new();
     loop {
@@ -325,7 +322,7 @@ pub(super) async fn resolve(args: ResolveArgs) -> Result<(), Failure> {
 /// the newest move of the label's history, read again if a move came in
 /// between.
 async fn resolve_now(
-    client: &mut RegistryClient<Channel>,
+    client: &mut Client,
     name: &str,
     label: &str,
 ) -> Result<(pb::Version, Option<pb::LabelMove>), Failure> {
@@ -335,12 +332,7 @@ async fn resolve_now(
             name: name.to_string(),
             selector: Some(pb::get_version_request::Selector::Label(label.to_string())),
         };
-        let version = client
-            .get_version(request)
-            .await?
-            .into_inner()
-            .version
-            .unwrap_or_default();
+        let version = super::client::get_version(client, request).await?;
         let request = pb::LabelHistoryRequest {
             name: name.to_string(),
             label: label.to_string(),

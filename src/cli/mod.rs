@@ -7,6 +7,7 @@
 //! usage error; 3 the server could not be reached; 4 a label move happened
 //! but `--wait` did not see the fleet converge.
 
+mod access;
 mod args;
 mod backup;
 mod catalog;

@@ -14,10 +14,10 @@ use super::{
     RollbackArgs, UnlabelArgs, WaitArgs,
 };
 use crate::domain::AgentState;
-use crate::grpc::pb::{self, registry_client::RegistryClient};
+use crate::grpc::access::Client;
+use crate::grpc::pb;
 use serde::Serialize;
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
 
 pub(super) async fn promote(args: PromoteArgs) -> Result<(), Failure> {
     let mut client = connect(&args.client).await?;
@@ -30,15 +30,8 @@ pub(super) async fn promote(args: PromoteArgs) -> Result<(), Failure> {
         expected_version: args.expect,
     };
     let r = client.set_label(request).await?.into_inner();
-    finish_move(
-        &mut client,
-        &args.client,
-        &args.name,
-        &args.label,
-        &r,
-        &args.wait,
-    )
-    .await
+    let moving = Moving::new(&args.client, &args.name, &args.label);
+    finish_move(&mut client, moving, &r, &args.wait).await
 }
 
 pub(super) async fn rollback(args: RollbackArgs) -> Result<(), Failure> {
@@ -52,15 +45,8 @@ pub(super) async fn rollback(args: RollbackArgs) -> Result<(), Failure> {
         expected_version: args.expect,
     };
     let r = client.rollback(request).await?.into_inner();
-    finish_move(
-        &mut client,
-        &args.client,
-        &args.name,
-        &args.label,
-        &r,
-        &args.wait,
-    )
-    .await
+    let moving = Moving::new(&args.client, &args.name, &args.label);
+    finish_move(&mut client, moving, &r, &args.wait).await
 }
 
 pub(super) async fn unlabel(args: UnlabelArgs) -> Result<(), Failure> {
@@ -76,16 +62,37 @@ pub(super) async fn unlabel(args: UnlabelArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The label a move was about, and how to print it.
+#[derive(Clone, Copy)]
+struct Moving<'a> {
+    options: &'a ClientOptions,
+    name: &'a str,
+    label: &'a str,
+}
+
+impl<'a> Moving<'a> {
+    fn new(options: &'a ClientOptions, name: &'a str, label: &'a str) -> Self {
+        Moving {
+            options,
+            name,
+            label,
+        }
+    }
+}
+
 /// After a move: with `--wait`, waits for the fleet; prints the move (and
 /// the fleet) in every case, then fails with exit 4 when the fleet lags.
 async fn finish_move(
-    client: &mut RegistryClient<Channel>,
-    options: &ClientOptions,
-    name: &str,
-    label: &str,
+    client: &mut Client,
+    moving: Moving<'_>,
     r: &pb::LabelMoveResponse,
     wait: &WaitArgs,
 ) -> Result<(), Failure> {
+    let Moving {
+        options,
+        name,
+        label,
+    } = moving;
     if !wait.wait {
         print_move(options, name, label, r, None);
         return Ok(());
@@ -164,7 +171,7 @@ struct Fleet {
 /// no agent is connected at all, or `timeout` passes; then reads the rows
 /// once to say which agents lag.
 async fn wait_for_fleet(
-    client: &mut RegistryClient<Channel>,
+    client: &mut Client,
     name: &str,
     label: &str,
     timeout: Duration,

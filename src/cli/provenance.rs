@@ -123,12 +123,7 @@ pub(super) async fn verify(args: VerifyArgs) -> Result<(), Failure> {
         name: args.name.clone(),
         selector,
     };
-    let version = client
-        .get_version(request)
-        .await?
-        .into_inner()
-        .version
-        .unwrap_or_default();
+    let version = super::client::get_version(&mut client, request).await?;
     let keys = client
         .list_signing_keys(pb::ListSigningKeysRequest {})
         .await?

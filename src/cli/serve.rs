@@ -40,6 +40,12 @@ pub struct ServeArgs {
     /// Writes resume by themselves when space is freed.
     #[arg(long, env = "PROMPTREG_MIN_FREE_SPACE", default_value = "64MiB", value_parser = crate::registry::disk::parse_size)]
     pub min_free_space: u64,
+    /// Turn authentication off: every caller is an anonymous admin, recorded
+    /// as `anonymous`. Refused unless --listen is a loopback address. For
+    /// local experiments only; by default a first start writes an admin
+    /// token to DATA_DIR/admin.token.
+    #[arg(long, env = "PROMPTREG_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
     #[command(flatten)]
     pub limits: LimitArgs,
     #[command(flatten)]
@@ -259,6 +265,14 @@ pub async fn run_serve(args: ServeArgs) -> i32 {
             return super::exit::USAGE;
         }
     };
+    if args.insecure_no_auth && !args.listen.ip().is_loopback() {
+        eprintln!(
+            "error: --insecure-no-auth is refused on {}: without authentication anyone who reaches the port \
+             can move production; listen on a loopback address (127.0.0.1, ::1) or leave authentication on",
+            args.listen
+        );
+        return super::exit::USAGE;
+    }
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(listener) => listener,
         Err(e) => {
@@ -273,6 +287,7 @@ pub async fn run_serve(args: ServeArgs) -> i32 {
         encryption_key_file: args.encryption_key_file,
         caches,
         min_free_space: args.min_free_space,
+        auth: !args.insecure_no_auth,
         signing_key: match args.signing_key {
             Some(file) => KeySource::File(file),
             None => KeySource::DataDir,

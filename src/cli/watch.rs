@@ -14,11 +14,11 @@ use super::client::{connect, Failure};
 use super::json::{emit, kind_name, to_json, version_or_null};
 use super::text::short_digest;
 use super::{exit, WatchArgs};
-use crate::grpc::pb::{self, registry_client::RegistryClient, watch_response::Event};
+use crate::grpc::access::Client;
+use crate::grpc::pb::{self, watch_response::Event};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use tonic::transport::Channel;
 use tonic::Code;
 
 /// What an agent runs: (prompt, label) → (version, digest, revision).
@@ -90,16 +90,20 @@ pub(super) async fn run_watch(args: WatchArgs) -> Result<(), Failure> {
     let mut keys = Keys::new();
     let mut backoff = Backoff::new(args.max_backoff);
     loop {
-        match watch_once(
+        let once = stream_events(
             &args,
             &agent_id,
             &mut next,
             &mut applied,
             &mut keys,
             &mut backoff,
-        )
-        .await
-        {
+        );
+        // One connection runs until the stream breaks, and says how it ended.
+        let end = match once.await {
+            Ok(()) => End::Retry("the stream ended".into()),
+            Err(end) => end,
+        };
+        match end {
             End::Fatal(failure) => return Err(failure),
             End::Compacted(message) => {
                 eprintln!("watch: {message}; taking a fresh snapshot");
@@ -137,21 +141,6 @@ impl From<tonic::Status> for End {
             | Code::Aborted => End::Retry(format!("{}: {}", status.code(), status.message())),
             _ => End::Fatal(Failure::from(status)),
         }
-    }
-}
-
-/// One connection: runs until the stream breaks, and says how it ended.
-async fn watch_once(
-    args: &WatchArgs,
-    agent_id: &str,
-    next: &mut u64,
-    applied: &mut Applied,
-    keys: &mut Keys,
-    backoff: &mut Backoff,
-) -> End {
-    match stream_events(args, agent_id, next, applied, keys, backoff).await {
-        Ok(()) => End::Retry("the stream ended".into()),
-        Err(end) => end,
     }
 }
 
@@ -230,19 +219,14 @@ async fn stream_events(
                         },
                     );
                     if args.ack {
-                        apply(
-                            &mut client,
-                            out,
-                            agent_id,
-                            applied,
-                            keys,
-                            &state.name,
-                            &state.label,
-                            state.version,
-                            &state.digest,
-                            snapshot.revision,
-                        )
-                        .await?;
+                        let seen = Seen {
+                            name: &state.name,
+                            label: &state.label,
+                            version: state.version,
+                            digest: &state.digest,
+                            revision: snapshot.revision,
+                        };
+                        apply(&mut client, out, agent_id, applied, keys, seen).await?;
                     }
                 }
                 if snapshot.complete {
@@ -286,19 +270,14 @@ async fn stream_events(
                                 },
                             );
                             if args.ack && m.to_version != 0 {
-                                apply(
-                                    &mut client,
-                                    out,
-                                    agent_id,
-                                    applied,
-                                    keys,
-                                    &m.name,
-                                    &m.label,
-                                    m.to_version,
-                                    &m.digest,
-                                    batch.revision,
-                                )
-                                .await?;
+                                let seen = Seen {
+                                    name: &m.name,
+                                    label: &m.label,
+                                    version: m.to_version,
+                                    digest: &m.digest,
+                                    revision: batch.revision,
+                                };
+                                apply(&mut client, out, agent_id, applied, keys, seen).await?;
                             }
                         }
                         Some(pb::change::Kind::VersionPublished(v)) => emit(
@@ -343,23 +322,35 @@ async fn stream_events(
     Ok(())
 }
 
+/// A label target the stream showed: what `--ack` applies.
+struct Seen<'a> {
+    name: &'a str,
+    label: &'a str,
+    version: u64,
+    digest: &'a str,
+    /// The revision that showed it.
+    revision: u64,
+}
+
 /// Fetches a version, checks its digest against the documented canonical
 /// form and its signature against the server's published key, and
 /// acknowledges it: applied when both hold, rejected (with the reason) when
 /// not. Prints one line either way.
-#[allow(clippy::too_many_arguments)]
 async fn apply(
-    client: &mut RegistryClient<Channel>,
+    client: &mut Client,
     out: &super::ClientOptions,
     agent_id: &str,
     applied: &mut Applied,
     keys: &mut Keys,
-    name: &str,
-    label: &str,
-    version: u64,
-    digest: &str,
-    revision: u64,
+    seen: Seen<'_>,
 ) -> Result<(), End> {
+    let Seen {
+        name,
+        label,
+        version,
+        digest,
+        revision,
+    } = seen;
     let key = (name.to_string(), label.to_string());
     if applied
         .get(&key)
@@ -371,12 +362,7 @@ async fn apply(
         name: name.to_string(),
         selector: Some(pb::get_version_request::Selector::Version(version)),
     };
-    let fetched = client
-        .get_version(request)
-        .await?
-        .into_inner()
-        .version
-        .unwrap_or_default();
+    let fetched = super::client::get_version(client, request).await?;
     if !keys.iter().any(|k| k.key_id == fetched.signing_key_id) {
         *keys = client
             .list_signing_keys(pb::ListSigningKeysRequest {})
@@ -432,7 +418,7 @@ async fn apply(
 
 #[allow(clippy::too_many_arguments)]
 async fn ack(
-    client: &mut RegistryClient<Channel>,
+    client: &mut Client,
     agent_id: &str,
     name: &str,
     label: &str,

@@ -1,6 +1,7 @@
 //! The domain: plain types and the rules they obey. No I/O, no protobuf, no
 //! sled; everything here is testable with plain values.
 
+pub mod access;
 mod content;
 mod fleet;
 mod history;

@@ -51,14 +51,8 @@ where
 
 /// The server's codec: [`SmallBufferCodec`]'s encoder, and a decoder whose
 /// failure is INVALID_ARGUMENT.
-#[derive(Debug, Clone)]
-pub struct ServerCodec<T, U>(PhantomData<(T, U)>);
-
-impl<T, U> Default for ServerCodec<T, U> {
-    fn default() -> Self {
-        ServerCodec(PhantomData)
-    }
-}
+#[derive(Debug, Clone, Default)]
+pub struct ServerCodec<T, U>(SmallBufferCodec<T, U>);
 
 impl<T, U> Codec for ServerCodec<T, U>
 where
@@ -67,11 +61,11 @@ where
 {
     type Encode = T;
     type Decode = U;
-    type Encoder = <ProstCodec<T, U> as Codec>::Encoder;
+    type Encoder = <SmallBufferCodec<T, U> as Codec>::Encoder;
     type Decoder = RequestDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        ProstCodec::<T, U>::raw_encoder(encode_buffer())
+        self.0.encoder()
     }
 
     fn decoder(&mut self) -> Self::Decoder {

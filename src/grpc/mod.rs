@@ -1,6 +1,7 @@
 //! gRPC: the only module that imports generated protobuf code. Handlers
 //! convert the request (`convert`), call the registry core, and convert back.
 
+pub mod access;
 pub mod codec;
 pub(crate) mod convert;
 mod service;

@@ -1,8 +1,10 @@
 //! The `promptreg.v1.Registry` service: thin handlers over the registry core.
 
+use super::access::{self, authorize, take_principal};
 use super::convert::{self, label_name, movable_label, prompt_name};
 use super::pb;
 use super::pb_server::registry_server::Registry as RegistryApi;
+use crate::domain::access::{Action, Principal, Scope};
 use crate::domain::validate::{self, version_number};
 use crate::domain::{ContentDigest, PromptName, ValidationError};
 use crate::registry::fleet::{Ack, AgentLabelStatus, ApplyOutcome, FleetCounts};
@@ -22,19 +24,24 @@ impl RegistryService {
         RegistryService { registry }
     }
 
+    /// A label move by `principal`, who is recorded as its actor, once it
+    /// may move that label.
     fn move_request(
         &self,
+        principal: Principal,
         name: &str,
         label: &str,
-        actor: String,
         reason: String,
         trace_id: Option<String>,
     ) -> Result<MoveRequest, Status> {
+        let name = prompt_name(name, self.registry.limits())?;
+        let label = movable_label(label)?;
+        authorize(&principal, Action::MoveLabel, Scope::Label(&name, &label))?;
         Ok(MoveRequest {
             trace_id,
-            name: prompt_name(name, self.registry.limits())?,
-            label: movable_label(label)?,
-            actor,
+            name,
+            label,
+            actor: principal.name,
             reason,
         })
     }
@@ -93,7 +100,9 @@ impl RegistryApi for RegistryService {
         Pin<Box<dyn Stream<Item = Result<super::wire::WatchManyFrame, Status>> + Send>>;
     type BackupStream = Pin<Box<dyn Stream<Item = Result<pb::BackupChunk, Status>> + Send>>;
 
-    async fn backup(&self, _request: Request<pb::BackupRequest>) -> Answer<Self::BackupStream> {
+    async fn backup(&self, mut request: Request<pb::BackupRequest>) -> Answer<Self::BackupStream> {
+        let principal = take_principal(&mut request)?;
+        authorize(&principal, Action::Administer, Scope::EveryPrompt)?;
         const CHUNK: usize = 1024 * 1024;
         let (revision, bytes) = self.registry.backup().await?;
         tracing::Span::current().record("promptreg.revision", revision);
@@ -109,30 +118,37 @@ impl RegistryApi for RegistryService {
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
 
-    async fn watch(&self, request: Request<pb::WatchRequest>) -> Answer<Self::WatchStream> {
-        let request = convert::watch_request(request.into_inner(), self.registry.limits())?;
+    async fn watch(&self, mut request: Request<pb::WatchRequest>) -> Answer<Self::WatchStream> {
+        let principal = take_principal(&mut request)?;
+        let mut request = convert::watch_request(request.into_inner(), self.registry.limits())?;
+        access::narrow_selector(&principal, &mut request.selector)?;
         let stream = self
             .registry
             .watch(request)?
             .map(|item| item.map(convert::watch_frame).map_err(convert::watch_end));
+        let stream = access::until_revoked(stream, self.registry.revoked(&principal));
         Ok(Response::new(Box::pin(stream)))
     }
 
     async fn watch_many(
         &self,
-        request: Request<tonic::Streaming<pb::WatchManyRequest>>,
+        mut request: Request<tonic::Streaming<pb::WatchManyRequest>>,
     ) -> Answer<Self::WatchManyStream> {
+        let principal = take_principal(&mut request)?;
+        authorize(&principal, Action::Watch, Scope::Service)?;
+        let revoked = self.registry.revoked(&principal);
         let inbound = Box::pin(request.into_inner());
-        Ok(Response::new(Box::pin(super::watch_many::WatchMany::new(
-            self.registry.clone(),
-            inbound,
+        let stream = super::watch_many::WatchMany::new(self.registry.clone(), inbound, principal);
+        Ok(Response::new(Box::pin(access::until_revoked(
+            stream, revoked,
         ))))
     }
 
     async fn ack_applied(
         &self,
-        request: Request<pb::AckAppliedRequest>,
+        mut request: Request<pb::AckAppliedRequest>,
     ) -> Answer<pb::AckAppliedResponse> {
+        let principal = take_principal(&mut request)?;
         let req = request.into_inner();
         // The same bound as a Watch's agent_id; the fleet view keeps both.
         validate::agent_id("agent_id", &req.agent_id)?;
@@ -154,6 +170,7 @@ impl RegistryApi for RegistryService {
             revision: req.revision,
             outcome,
         };
+        authorize(&principal, Action::Ack, Scope::Label(&ack.name, &ack.label))?;
         let applied = matches!(ack.outcome, ApplyOutcome::Applied).then_some(ack.version);
         annotate(
             ack.name.as_str(),
@@ -171,8 +188,10 @@ impl RegistryApi for RegistryService {
 
     async fn list_signing_keys(
         &self,
-        _request: Request<pb::ListSigningKeysRequest>,
+        mut request: Request<pb::ListSigningKeysRequest>,
     ) -> Answer<pb::ListSigningKeysResponse> {
+        let principal = take_principal(&mut request)?;
+        authorize(&principal, Action::ReadContent, Scope::Service)?;
         let (keys, active) = self.registry.off_runtime(|r| r.signing_keys()).await?;
         Ok(Response::new(pb::ListSigningKeysResponse {
             keys: keys
@@ -185,12 +204,14 @@ impl RegistryApi for RegistryService {
 
     async fn rotate_signing_key(
         &self,
-        request: Request<pb::RotateSigningKeyRequest>,
+        mut request: Request<pb::RotateSigningKeyRequest>,
     ) -> Answer<pb::RotateSigningKeyResponse> {
+        let principal = take_principal(&mut request)?;
+        authorize(&principal, Action::Administer, Scope::EveryPrompt)?;
         let req = request.into_inner();
         let (key, revision) = self
             .registry
-            .rotate_signing_key(req.actor, req.reason)
+            .rotate_signing_key(principal.name, req.reason)
             .await?;
         let active = key.key_id.clone();
         Ok(Response::new(pb::RotateSigningKeyResponse {
@@ -201,8 +222,9 @@ impl RegistryApi for RegistryService {
 
     async fn list_audit(
         &self,
-        request: Request<pb::ListAuditRequest>,
+        mut request: Request<pb::ListAuditRequest>,
     ) -> Answer<pb::ListAuditResponse> {
+        let principal = take_principal(&mut request)?;
         let req = request.into_inner();
         let non_empty = |s: String| (!s.is_empty()).then_some(s);
         let filter = AuditFilter {
@@ -223,6 +245,11 @@ impl RegistryApi for RegistryService {
                 .map(|t| convert::instant("until", t))
                 .transpose()?,
         };
+        let scope = match &filter.name {
+            Some(name) => Scope::Prompt(name),
+            None => Scope::EveryPrompt,
+        };
+        authorize(&principal, Action::Inspect, scope)?;
         let page = self
             .registry
             .off_runtime(move |r| r.list_audit(&filter, req.page_size, &req.page_token))
@@ -235,8 +262,10 @@ impl RegistryApi for RegistryService {
 
     async fn verify_audit(
         &self,
-        request: Request<pb::VerifyAuditRequest>,
+        mut request: Request<pb::VerifyAuditRequest>,
     ) -> Answer<pb::VerifyAuditResponse> {
+        let principal = take_principal(&mut request)?;
+        authorize(&principal, Action::Inspect, Scope::EveryPrompt)?;
         let checkpoint = request
             .into_inner()
             .checkpoint
@@ -251,8 +280,10 @@ impl RegistryApi for RegistryService {
 
     async fn create_checkpoint(
         &self,
-        _request: Request<pb::CreateCheckpointRequest>,
+        mut request: Request<pb::CreateCheckpointRequest>,
     ) -> Answer<pb::Checkpoint> {
+        let principal = take_principal(&mut request)?;
+        authorize(&principal, Action::Administer, Scope::EveryPrompt)?;
         Ok(Response::new(convert::checkpoint_to_pb(
             self.registry.off_runtime(|r| r.create_checkpoint()).await?,
         )))
@@ -260,16 +291,19 @@ impl RegistryApi for RegistryService {
 
     async fn prune_versions(
         &self,
-        request: Request<pb::PruneVersionsRequest>,
+        mut request: Request<pb::PruneVersionsRequest>,
     ) -> Answer<pb::PruneVersionsResponse> {
+        let principal = take_principal(&mut request)?;
         let req = request.into_inner();
+        let name = prompt_name(&req.name, self.registry.limits())?;
+        authorize(&principal, Action::Administer, Scope::Prompt(&name))?;
         let prune = PruneRequest {
-            name: prompt_name(&req.name, self.registry.limits())?,
+            name,
             keep_last: req.keep_last as usize,
             older_than: (req.older_than_seconds > 0)
                 .then(|| std::time::Duration::from_secs(req.older_than_seconds)),
             dry_run: req.dry_run,
-            actor: req.actor,
+            actor: principal.name,
             reason: req.reason,
         };
         let outcome = self.registry.prune_versions(prune).await?;
@@ -281,8 +315,10 @@ impl RegistryApi for RegistryService {
 
     async fn find_by_digest(
         &self,
-        request: Request<pb::FindByDigestRequest>,
+        mut request: Request<pb::FindByDigestRequest>,
     ) -> Answer<pb::FindByDigestResponse> {
+        let principal = take_principal(&mut request)?;
+        authorize(&principal, Action::Inspect, Scope::Service)?;
         let digest = ContentDigest::parse("digest", &request.into_inner().digest)?;
         tracing::Span::current().record("promptreg.prompt.digest", digest.to_string());
         let matches = self
@@ -292,6 +328,9 @@ impl RegistryApi for RegistryService {
         Ok(Response::new(pb::FindByDigestResponse {
             matches: matches
                 .into_iter()
+                // Only the prompts the caller may inspect: the others are
+                // not even said to exist.
+                .filter(|(version, _)| principal.may(Action::Inspect, Scope::Prompt(&version.name)))
                 .map(|(version, periods)| pb::DigestMatch {
                     version: Some(convert::version(version, false)),
                     labels: periods.into_iter().map(convert::label_period).collect(),
@@ -302,8 +341,9 @@ impl RegistryApi for RegistryService {
 
     async fn fleet_status(
         &self,
-        request: Request<pb::FleetStatusRequest>,
+        mut request: Request<pb::FleetStatusRequest>,
     ) -> Answer<pb::FleetStatusResponse> {
+        let principal = take_principal(&mut request)?;
         let req = request.into_inner();
         let name = match req.name.as_str() {
             "" => None,
@@ -313,6 +353,11 @@ impl RegistryApi for RegistryService {
             "" => None,
             raw => Some(label_name(raw)?),
         };
+        let scope = match &name {
+            Some(name) => Scope::Prompt(name),
+            None => Scope::EveryPrompt,
+        };
+        authorize(&principal, Action::Inspect, scope)?;
         if let (true, Some(name), Some(label)) = (req.summary_only, &name, &label) {
             let (name, label) = (name.clone(), label.clone());
             let counts = self
@@ -343,10 +388,15 @@ impl RegistryApi for RegistryService {
 
     async fn publish_version(
         &self,
-        request: Request<pb::PublishVersionRequest>,
+        mut request: Request<pb::PublishVersionRequest>,
     ) -> Answer<pb::PublishVersionResponse> {
+        let principal = take_principal(&mut request)?;
         let trace_id = convert::trace_id(&request);
-        let new = convert::new_version(request.into_inner(), self.registry.limits(), trace_id)?;
+        let mut req = request.into_inner();
+        // The principal publishes, whatever the request claims.
+        req.author = principal.name.clone();
+        let new = convert::new_version(req, self.registry.limits(), trace_id)?;
+        authorize(&principal, Action::Publish, Scope::Prompt(&new.name))?;
         let name = new.name.to_string();
         let published = self.registry.publish(new).await?;
         annotate(
@@ -366,10 +416,12 @@ impl RegistryApi for RegistryService {
 
     async fn get_version(
         &self,
-        request: Request<pb::GetVersionRequest>,
+        mut request: Request<pb::GetVersionRequest>,
     ) -> Answer<super::wire::GetVersionFrame> {
+        let principal = take_principal(&mut request)?;
         let req = request.into_inner();
         let name = prompt_name(&req.name, self.registry.limits())?;
+        authorize(&principal, Action::ReadContent, Scope::Prompt(&name))?;
         use pb::get_version_request::Selector;
         let selector = match req.selector {
             None => VersionSelector::Label(crate::domain::LabelName::latest()),
@@ -411,12 +463,14 @@ impl RegistryApi for RegistryService {
 
     async fn list_prompts(
         &self,
-        request: Request<pb::ListPromptsRequest>,
+        mut request: Request<pb::ListPromptsRequest>,
     ) -> Answer<pb::ListPromptsResponse> {
+        let principal = take_principal(&mut request)?;
         let req = request.into_inner();
         if !req.prefix.is_empty() {
             PromptName::check_prefix("prefix", &req.prefix, self.registry.limits().max_name_bytes)?;
         }
+        access::may_list(&principal, Action::ReadContent, &req.prefix)?;
         let page = self
             .registry
             .off_runtime(move |r| r.list_prompts(&req.prefix, req.page_size, &req.page_token))
@@ -425,6 +479,7 @@ impl RegistryApi for RegistryService {
             prompts: page
                 .items
                 .into_iter()
+                .filter(|p| principal.may(Action::ReadContent, Scope::Prompt(&p.name)))
                 .map(convert::prompt_summary)
                 .collect(),
             next_page_token: page.next_page_token,
@@ -433,10 +488,12 @@ impl RegistryApi for RegistryService {
 
     async fn list_versions(
         &self,
-        request: Request<pb::ListVersionsRequest>,
+        mut request: Request<pb::ListVersionsRequest>,
     ) -> Answer<pb::ListVersionsResponse> {
+        let principal = take_principal(&mut request)?;
         let req = request.into_inner();
         let name = prompt_name(&req.name, self.registry.limits())?;
+        authorize(&principal, Action::ReadContent, Scope::Prompt(&name))?;
         let page = self
             .registry
             .off_runtime(move |r| r.list_versions(&name, req.page_size, &req.page_token))
@@ -453,13 +510,14 @@ impl RegistryApi for RegistryService {
 
     async fn set_label(
         &self,
-        request: Request<pb::SetLabelRequest>,
+        mut request: Request<pb::SetLabelRequest>,
     ) -> Answer<pb::LabelMoveResponse> {
+        let principal = take_principal(&mut request)?;
         let trace_id = convert::trace_id(&request);
         let req = request.into_inner();
         let version = version_number("version", req.version)?;
         let (name, label, reason) = (req.name.clone(), req.label.clone(), req.reason.clone());
-        let mv = self.move_request(&req.name, &req.label, req.actor, req.reason, trace_id)?;
+        let mv = self.move_request(principal, &req.name, &req.label, req.reason, trace_id)?;
         let moved = self
             .registry
             .set_label(mv, version, req.expected_version)
@@ -470,13 +528,14 @@ impl RegistryApi for RegistryService {
 
     async fn rollback(
         &self,
-        request: Request<pb::RollbackRequest>,
+        mut request: Request<pb::RollbackRequest>,
     ) -> Answer<pb::LabelMoveResponse> {
+        let principal = take_principal(&mut request)?;
         let trace_id = convert::trace_id(&request);
         let req = request.into_inner();
         let to = req.to_version.filter(|v| *v != 0);
         let (name, label, reason) = (req.name.clone(), req.label.clone(), req.reason.clone());
-        let mv = self.move_request(&req.name, &req.label, req.actor, req.reason, trace_id)?;
+        let mv = self.move_request(principal, &req.name, &req.label, req.reason, trace_id)?;
         let moved = self.registry.rollback(mv, to, req.expected_version).await?;
         annotate_move(&name, &label, &reason, &moved);
         Ok(Response::new(convert::moved(moved)))
@@ -484,12 +543,13 @@ impl RegistryApi for RegistryService {
 
     async fn remove_label(
         &self,
-        request: Request<pb::RemoveLabelRequest>,
+        mut request: Request<pb::RemoveLabelRequest>,
     ) -> Answer<pb::LabelMoveResponse> {
+        let principal = take_principal(&mut request)?;
         let trace_id = convert::trace_id(&request);
         let req = request.into_inner();
         let (name, label, reason) = (req.name.clone(), req.label.clone(), req.reason.clone());
-        let mv = self.move_request(&req.name, &req.label, req.actor, req.reason, trace_id)?;
+        let mv = self.move_request(principal, &req.name, &req.label, req.reason, trace_id)?;
         let moved = self.registry.remove_label(mv).await?;
         annotate_move(&name, &label, &reason, &moved);
         Ok(Response::new(convert::moved(moved)))
@@ -497,9 +557,11 @@ impl RegistryApi for RegistryService {
 
     async fn list_labels(
         &self,
-        request: Request<pb::ListLabelsRequest>,
+        mut request: Request<pb::ListLabelsRequest>,
     ) -> Answer<pb::ListLabelsResponse> {
+        let principal = take_principal(&mut request)?;
         let name = prompt_name(&request.into_inner().name, self.registry.limits())?;
+        authorize(&principal, Action::ReadContent, Scope::Prompt(&name))?;
         let labels = self
             .registry
             .off_runtime(move |r| r.list_labels(&name))
@@ -511,10 +573,12 @@ impl RegistryApi for RegistryService {
 
     async fn label_history(
         &self,
-        request: Request<pb::LabelHistoryRequest>,
+        mut request: Request<pb::LabelHistoryRequest>,
     ) -> Answer<pb::LabelHistoryResponse> {
+        let principal = take_principal(&mut request)?;
         let req = request.into_inner();
         let name = prompt_name(&req.name, self.registry.limits())?;
+        authorize(&principal, Action::Inspect, Scope::Prompt(&name))?;
         let label = label_name(&req.label)?;
         let page = self
             .registry
@@ -528,10 +592,12 @@ impl RegistryApi for RegistryService {
 
     async fn resolve_at(
         &self,
-        request: Request<pb::ResolveAtRequest>,
+        mut request: Request<pb::ResolveAtRequest>,
     ) -> Answer<pb::ResolveAtResponse> {
+        let principal = take_principal(&mut request)?;
         let req = request.into_inner();
         let name = prompt_name(&req.name, self.registry.limits())?;
+        authorize(&principal, Action::ReadContent, Scope::Prompt(&name))?;
         let label = label_name(&req.label)?;
         use pb::resolve_at_request::At;
         let at = match req.at {
@@ -562,10 +628,12 @@ impl RegistryApi for RegistryService {
 
     async fn diff_versions(
         &self,
-        request: Request<pb::DiffVersionsRequest>,
+        mut request: Request<pb::DiffVersionsRequest>,
     ) -> Answer<pb::DiffVersionsResponse> {
+        let principal = take_principal(&mut request)?;
         let req = request.into_inner();
         let name = prompt_name(&req.name, self.registry.limits())?;
+        authorize(&principal, Action::Inspect, Scope::Prompt(&name))?;
         let from = version_number("from_version", req.from_version)?;
         let to = version_number("to_version", req.to_version)?;
         let (old, new, diff) = self
@@ -581,5 +649,34 @@ impl RegistryApi for RegistryService {
             from_digest: old.digest.to_string(),
             to_digest: new.digest.to_string(),
         }))
+    }
+
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Answer<pb::CreateTokenResponse> {
+        Ok(Response::new(
+            access::create_token(&self.registry, request).await?,
+        ))
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<pb::ListTokensRequest>,
+    ) -> Answer<pb::ListTokensResponse> {
+        Ok(Response::new(access::list_tokens(&self.registry, request)?))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Answer<pb::RevokeTokenResponse> {
+        Ok(Response::new(
+            access::revoke_token(&self.registry, request).await?,
+        ))
+    }
+
+    async fn who_am_i(&self, request: Request<pb::WhoAmIRequest>) -> Answer<pb::WhoAmIResponse> {
+        Ok(Response::new(access::who_am_i(request)?))
     }
 }

@@ -15,12 +15,14 @@ impl From<RegistryError> for Status {
             RegistryError::NotFound(_) => Code::NotFound,
             RegistryError::FailedPrecondition(_) => Code::FailedPrecondition,
             RegistryError::NotDurable(_) | RegistryError::Unwritable(_) => Code::Unavailable,
-            RegistryError::Damaged { .. } => Code::DataLoss,
             RegistryError::Exhausted(_) => Code::ResourceExhausted,
-            RegistryError::DataDirLocked { .. }
-            | RegistryError::DataDir { .. }
-            | RegistryError::Key(_)
-            | RegistryError::DataKey(_) => Code::Internal,
+            RegistryError::Denied(denied) => {
+                tracing::warn!(principal = %denied.principal, "denied: {denied}");
+                metrics::counter!(crate::telemetry::metrics::DENIED, "what" => denied.what.clone())
+                    .increment(1);
+                Code::PermissionDenied
+            }
+            RegistryError::Key(_) => Code::Internal,
             RegistryError::Store(store) => match store {
                 StoreError::Io(_) | StoreError::DurableHead { .. } => Code::Unavailable,
                 StoreError::Corrupt(_)

@@ -8,9 +8,10 @@
 use super::convert;
 use super::pb::{self, watch_many_request::Request as Command};
 use super::wire::WatchManyFrame;
+use crate::domain::access::{Action, Principal};
 use crate::domain::{Limits, ValidationError};
 use crate::registry::watch::set::{Delivered, Delivery, WatchSet};
-use crate::registry::Registry;
+use crate::registry::{Registry, RegistryError};
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -28,6 +29,8 @@ type Inbound = Pin<Box<dyn Stream<Item = Result<pb::WatchManyRequest, Status>> +
 /// The response stream of one `WatchMany` call.
 pub struct WatchMany {
     watches: WatchSet,
+    /// Who opened the stream: every watch is narrowed to what it may watch.
+    principal: Principal,
     inbound: Inbound,
     /// The client may still send opens and cancels.
     inbound_open: bool,
@@ -41,9 +44,10 @@ pub struct WatchMany {
 }
 
 impl WatchMany {
-    pub fn new(registry: Registry, inbound: Inbound) -> WatchMany {
+    pub fn new(registry: Registry, inbound: Inbound, principal: Principal) -> WatchMany {
         WatchMany {
             watches: WatchSet::new(registry),
+            principal,
             inbound,
             inbound_open: true,
             out: VecDeque::new(),
@@ -80,9 +84,14 @@ impl WatchMany {
 
     fn open(&mut self, open: pb::WatchOpen) {
         let id = open.watch_id;
-        let request = open
-            .watch
-            .map(|watch| move |limits: &Limits| convert::watch_request(watch, limits));
+        let principal = &self.principal;
+        let request = open.watch.map(|watch| {
+            move |limits: &Limits| -> Result<_, RegistryError> {
+                let mut request = convert::watch_request(watch, limits)?;
+                principal.narrow(Action::Watch, &mut request.selector)?;
+                Ok(request)
+            }
+        });
         if let Err(error) = self.watches.open(id, request) {
             self.end_with(id, error);
         }

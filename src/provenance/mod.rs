@@ -1,5 +1,6 @@
 //! Provenance: the server's signing keys, the signed messages that bind a
-//! version to its digest, and the hash-chained audit ledger.
+//! version to its digest, the hash-chained audit ledger, and the form of
+//! bearer token secrets (and the hash they are stored as).
 //!
 //! The byte layouts here are public contract, specified in
 //! `proto/promptreg/v1/registry.proto` so that another language can verify
@@ -8,9 +9,11 @@
 
 mod ledger;
 mod signing;
+mod token;
 
 pub use ledger::{AuditEntry, LedgerHead};
 pub use signing::{key_id_of, secure_keys_dir, verify_signature, KeyError, SigningKey};
+pub use token::{generate_token, is_well_formed, token_hash, TOKEN_LEN, TOKEN_PREFIX};
 
 use crate::domain::{ContentDigest, Micros, PromptName};
 

@@ -24,6 +24,9 @@ pub enum KeyError {
     Exposed { path: PathBuf, mode: u32 },
     #[error("generating a signing key failed")]
     Generate,
+    /// The system's random source failed (making a token).
+    #[error("{0}")]
+    Random(&'static str),
 }
 
 /// A signing key pair and its id.

@@ -1,9 +1,10 @@
 //! What the audit ledger says about each write: one entry per change of a
-//! revision, per key rotation, per prune and for enabling encryption. The
-//! store appends the entries it is given, chained to its ledger head; the
+//! revision, per key rotation, per prune, per token created or revoked,
+//! and for enabling encryption. The store appends the entries it is given, chained to its ledger head; the
 //! words are decided here. `AuditEntry.target` in the proto lists every
 //! target form written below.
 
+use crate::domain::access::Token;
 use crate::domain::{Change, KeyRotation, PromptName, Revision, Version};
 use crate::provenance::{AuditEntry, LedgerHead};
 
@@ -84,6 +85,37 @@ pub(super) fn key_rotation(head: &LedgerHead, rotation: &KeyRotation) -> AuditEn
         format!("key:{}", rotation.key_id),
         &rotation.reason,
         hex::encode(&rotation.public_key),
+    )
+}
+
+/// A bearer token created (`token_create`) or revoked (`token_revoke`):
+/// its name and bindings, never its secret or hash.
+pub(super) fn token_change(
+    head: &LedgerHead,
+    revision: u64,
+    time: crate::domain::Micros,
+    actor: &str,
+    action: &str,
+    token: &Token,
+    reason: &str,
+) -> AuditEntry {
+    let bindings: Vec<String> = token.bindings.iter().map(|b| b.to_string()).collect();
+    let mut detail = bindings.join("; ");
+    if let Some(expires) = token.expires {
+        detail.push_str(&format!(
+            "; expires {}",
+            crate::time::format_micros(expires)
+        ));
+    }
+    AuditEntry::after(
+        head,
+        revision,
+        time,
+        actor,
+        action,
+        format!("token:{}", token.name),
+        reason,
+        detail,
     )
 }
 

@@ -8,7 +8,7 @@
 //! finding. A data directory a running server holds is refused rather than
 //! copied while it changes.
 
-use super::{provenance, RegistryError, Result};
+use super::{provenance, OpenError};
 use crate::store::Store;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -17,14 +17,14 @@ use std::sync::{Arc, Mutex};
 /// Every problem found, one sentence each; empty when the store is sound.
 /// `Err` when the check could not run at all (no store there, a server
 /// holds it, the key file or the scratch copy failed).
-pub fn check_offline(dir: &Path, encryption_key_file: Option<&Path>) -> Result<Vec<String>> {
+pub fn check_offline(
+    dir: &Path,
+    encryption_key_file: Option<&Path>,
+) -> Result<Vec<String>, OpenError> {
     if !crate::store::exists_in(dir) {
-        return Err(RegistryError::NotFound(format!(
-            "{} holds no promptreg store",
-            dir.display()
-        )));
+        return Err(OpenError::NoStore(dir.to_path_buf()));
     }
-    let io_err = |source| RegistryError::DataDir {
+    let io_err = |source| OpenError::DataDir {
         dir: dir.to_path_buf(),
         source,
     };
@@ -35,7 +35,7 @@ pub fn check_offline(dir: &Path, encryption_key_file: Option<&Path>) -> Result<V
         None => None,
     };
     let scratch = Scratch::new().map_err(io_err)?;
-    copy_store(dir, &scratch.0).map_err(|e| RegistryError::DataDir {
+    copy_store(dir, &scratch.0).map_err(|e| OpenError::DataDir {
         dir: dir.to_path_buf(),
         source: std::io::Error::new(
             e.kind(),
@@ -138,13 +138,13 @@ fn contain_panics(check: impl FnOnce() -> Vec<String> + Send + 'static) -> Vec<S
 /// Takes the data directory's lock without changing anything: the lock
 /// file is opened read-only (and not created when missing: a server makes
 /// it before it opens the store). A server holding it is named.
-fn hold_unused(dir: &Path) -> Result<Option<File>> {
+fn hold_unused(dir: &Path) -> Result<Option<File>, OpenError> {
     let path = dir.join("LOCK");
     let file = match File::open(&path) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => {
-            return Err(RegistryError::DataDir {
+            return Err(OpenError::DataDir {
                 dir: dir.to_path_buf(),
                 source,
             })
@@ -158,12 +158,12 @@ fn hold_unused(dir: &Path) -> Result<Option<File>> {
                 "" => "pid unknown".to_string(),
                 pid => format!("pid {pid}"),
             };
-            Err(RegistryError::FailedPrecondition(format!(
-                "the data directory {} is in use by a running promptreg server ({holder}): check works on a stopped server's directory; stop the server first, or check a copy restored from `promptreg backup`",
-                dir.display()
-            )))
+            Err(OpenError::CheckWhileServing {
+                dir: dir.to_path_buf(),
+                holder,
+            })
         }
-        Err(std::fs::TryLockError::Error(source)) => Err(RegistryError::DataDir {
+        Err(std::fs::TryLockError::Error(source)) => Err(OpenError::DataDir {
             dir: dir.to_path_buf(),
             source,
         }),

@@ -19,6 +19,9 @@ pub struct RegistryConfig {
     /// Writes are refused while the data directory's filesystem has fewer
     /// bytes free (`--min-free-space`).
     pub min_free_space: u64,
+    /// Whether requests must authenticate (default on; off is
+    /// `serve --insecure-no-auth`, loopback only).
+    pub auth: bool,
 }
 
 /// The memory bounds of the two caches that grow with the data. Everything
@@ -52,6 +55,7 @@ impl RegistryConfig {
             encryption_key_file: None,
             caches: CacheConfig::default(),
             min_free_space: disk::DEFAULT_MIN_FREE_SPACE,
+            auth: true,
         }
     }
 }

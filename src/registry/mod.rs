@@ -12,6 +12,7 @@
 //! `page.rs`, `error.rs`, `config.rs`, `encodable.rs`. This file keeps the
 //! [`Registry`] handle and the state its parts share.
 
+mod access;
 mod audit;
 mod cache;
 mod check;
@@ -47,10 +48,11 @@ use std::sync::{Arc, Mutex};
 use version_cache::VersionCache;
 use watch::Hub;
 
+pub use access::{AuthError, NewToken, TokenListing, ADMIN_TOKEN_FILE, BOOTSTRAP_TOKEN};
 pub use check::check_offline;
 pub use config::{CacheConfig, RegistryConfig};
 pub use encodable::{Encodable, SharedVersion};
-pub use error::{RegistryError, Result};
+pub use error::{OpenError, RegistryError, Result};
 pub use page::{Page, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 pub use read::{PointInTime, VersionSelector};
 pub use version_cache::CacheUsage;
@@ -95,6 +97,8 @@ struct Inner {
     labels: std::sync::RwLock<LabelCache>,
     data_dir: PathBuf,
     key_source: provenance::KeySource,
+    /// Tokens by hash, for authenticating requests; see `access.rs`.
+    access: access::Access,
     /// Held for the registry's lifetime: the OS lock that keeps a second
     /// process off the data directory.
     _lock: File,

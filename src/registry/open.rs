@@ -8,7 +8,7 @@ use super::group_commit::GroupCommit;
 use super::tasks::{run_gauges, run_housekeeping};
 use super::version_cache::VersionCache;
 use super::watch::Hub;
-use super::{provenance, Inner, Registry, RegistryConfig, RegistryError, Result, WriterState};
+use super::{provenance, Inner, OpenError, Registry, RegistryConfig, WriterState};
 use crate::store::{Store, StoreError};
 use std::fs::File;
 use std::io::Write as _;
@@ -19,13 +19,14 @@ use std::sync::{Arc, Mutex};
 impl Registry {
     /// Opens the registry in `config.data_dir`, creating it if needed, and
     /// starts its flusher task. Must be called inside a tokio runtime.
-    pub fn open(config: RegistryConfig) -> Result<Registry> {
+    pub fn open(config: RegistryConfig) -> Result<Registry, OpenError> {
         let dir = config.data_dir.clone();
-        let io_err = |source| RegistryError::DataDir {
+        let io_err = |source| OpenError::DataDir {
             dir: dir.clone(),
             source,
         };
         std::fs::create_dir_all(&dir).map_err(io_err)?;
+        keep_private(&dir);
         let lock = lock_data_dir(&dir)?;
         let data_key = match &config.encryption_key_file {
             Some(path) => Some(crate::store::DataKey::load(path)?),
@@ -45,6 +46,8 @@ impl Registry {
         };
         let signer =
             provenance::open_signing_key(&store, &dir, &config.signing_key, head, last_time)?;
+        let access = super::access::Access::load(&store, config.auth)
+            .map_err(|e| damaged_if_corrupt(&dir, e))?;
         let group_commit = Arc::new(GroupCommit::new(head));
         let compaction_interval = config.watch.compaction_interval;
         let inner = Arc::new(Inner {
@@ -69,6 +72,7 @@ impl Registry {
             labels: Default::default(),
             data_dir: dir.clone(),
             key_source: config.signing_key.clone(),
+            access,
             _lock: lock,
         });
         tokio::spawn(run_flusher(Arc::downgrade(&inner), group_commit));
@@ -120,14 +124,14 @@ fn seal_if_asked(store: &Store) -> std::result::Result<(), StoreError> {
     Ok(())
 }
 
-/// A store error that means the files are damaged becomes `Damaged`, with
+/// A store error that means the files are damaged becomes `OpenError::Damaged`, with
 /// the way out in its message.
-fn damaged_if_corrupt(dir: &Path, error: StoreError) -> RegistryError {
+fn damaged_if_corrupt(dir: &Path, error: StoreError) -> OpenError {
     match error {
         StoreError::Corrupt(_)
         | StoreError::Engine(_)
         | StoreError::Damaged(_)
-        | StoreError::Inconsistent(_) => RegistryError::Damaged {
+        | StoreError::Inconsistent(_) => OpenError::Damaged {
             dir: dir.to_path_buf(),
             reason: error.to_string(),
         },
@@ -135,9 +139,23 @@ fn damaged_if_corrupt(dir: &Path, error: StoreError) -> RegistryError {
     }
 }
 
-fn lock_data_dir(dir: &Path) -> Result<File> {
+/// The data directory holds content, keys and the admin token: readable by
+/// its owner only (0700). A directory someone else owns (a mounted volume)
+/// may refuse the change; that is said in the log, not fatal.
+fn keep_private(dir: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let private = std::fs::Permissions::from_mode(0o700);
+        if let Err(e) = std::fs::set_permissions(dir, private) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot make the data directory private (mode 0700)");
+        }
+    }
+}
+
+fn lock_data_dir(dir: &Path) -> Result<File, OpenError> {
     let path = dir.join("LOCK");
-    let io_err = |source| RegistryError::DataDir {
+    let io_err = |source| OpenError::DataDir {
         dir: dir.to_path_buf(),
         source,
     };
@@ -156,7 +174,7 @@ fn lock_data_dir(dir: &Path) -> Result<File> {
                 "" => "pid unknown".to_string(),
                 pid => format!("pid {pid}"),
             };
-            return Err(RegistryError::DataDirLocked {
+            return Err(OpenError::DataDirLocked {
                 dir: dir.to_path_buf(),
                 holder,
             });

@@ -2,7 +2,7 @@
 //! provenance use cases.
 
 use super::page::{page_size_of, parse_number_token};
-use super::{Page, Registry, RegistryError, Result, WriterState};
+use super::{OpenError, Page, Registry, RegistryError, Result, WriterState};
 use crate::domain::{validate, KeyRotation, Micros, PromptName};
 use crate::provenance::{
     checkpoint_message, verify_signature, version_message, AuditEntry, LedgerHead, SigningKey,
@@ -97,7 +97,7 @@ pub(super) fn open_signing_key(
     source: &KeySource,
     head: u64,
     last_time: Micros,
-) -> Result<SigningKey> {
+) -> std::result::Result<SigningKey, OpenError> {
     let active = store.active_key_id()?;
     let (key, reason) = match (source, &active) {
         (KeySource::File(path), _) => (
@@ -108,14 +108,14 @@ pub(super) fn open_signing_key(
             let dir = keys_dir(data_dir);
             let path = dir.join(format!("{id}.pk8"));
             if !path.exists() {
-                return Err(RegistryError::FailedPrecondition(format!(
+                return Err(OpenError::SigningKey(format!(
                     "the active signing key {id} is missing: {} does not exist. Restore it from a backup, \
                      or start with --signing-key FILE",
                     path.display()
                 )));
             }
             // A directory made by an older release (or by hand) follows the umask.
-            crate::provenance::secure_keys_dir(&dir).map_err(|source| RegistryError::DataDir {
+            crate::provenance::secure_keys_dir(&dir).map_err(|source| OpenError::DataDir {
                 dir: dir.clone(),
                 source,
             })?;
@@ -123,7 +123,7 @@ pub(super) fn open_signing_key(
             // Adopting it would silently switch keys: another store's key
             // copied under this name, say.
             if &key.key_id != id {
-                return Err(RegistryError::FailedPrecondition(format!(
+                return Err(OpenError::SigningKey(format!(
                     "{} holds signing key {}, not the active key {id} its name says: it is another key \
                      (another store's?). Put this store's key file back (from your backup of DATA_DIR/keys/), \
                      or start with --signing-key FILE to switch keys on purpose (recorded in the audit ledger)",

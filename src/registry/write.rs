@@ -185,23 +185,13 @@ impl Registry {
         version: u64,
         expected_version: Option<u64>,
     ) -> Result<Moved> {
-        self.check_actor_reason(&request)?;
-        let moved = self
-            .write(move |this| {
-                let mut writer = this.lock_writer();
-                let current = this.existing_label_target(&request.name, &request.label)?;
-                check_expected(&request, current.as_ref(), expected_version)?;
-                this.move_label(
-                    &mut writer,
-                    request,
-                    MoveKind::Promote,
-                    current,
-                    Some(version),
-                )
-            })
-            .await?;
-        self.wait_durable(moved.revision).await?;
-        Ok(moved)
+        self.label_move(
+            request,
+            MoveKind::Promote,
+            expected_version,
+            move |_, _, _| Ok(Some(version)),
+        )
+        .await
     }
 
     /// Moves a label back: to `to_version`, or by default one step back in
@@ -213,80 +203,81 @@ impl Registry {
         to_version: Option<u64>,
         expected_version: Option<u64>,
     ) -> Result<Moved> {
+        self.label_move(
+            request,
+            MoveKind::Rollback,
+            expected_version,
+            move |this, request, current| {
+                // A label that was never set is an unknown label (NOT_FOUND,
+                // as everywhere), with or without an explicit target: there
+                // is no "back" to move it to.
+                let never_set = || {
+                    RegistryError::NotFound(format!(
+                        "label {} of {} has never been set: nothing to roll back (promote a version)",
+                        request.label, request.name
+                    ))
+                };
+                let store = this.store();
+                if let Some(version) = to_version {
+                    let unknown = current.is_none()
+                        && store.history(&request.name, &request.label, None, 1)?.is_empty();
+                    return if unknown { Err(never_set()) } else { Ok(Some(version)) };
+                }
+                let mut history = store.history(&request.name, &request.label, None, usize::MAX)?;
+                history.reverse();
+                let target = rollback_target(&history).map_err(|why| match why {
+                    NoRollbackTarget::NoHistory => never_set(),
+                    NoRollbackTarget::LabelDidNotExist => RegistryError::FailedPrecondition(format!(
+                        "nothing to roll back to: before its latest move, label {} of {} \
+                         was not set (use unlabel to remove it, or promote a version)",
+                        request.label, request.name
+                    )),
+                })?;
+                Ok(Some(target))
+            },
+        )
+        .await
+    }
+
+    /// Removes a label; a recorded move like any other.
+    pub async fn remove_label(&self, request: MoveRequest) -> Result<Moved> {
+        self.label_move(
+            request,
+            MoveKind::Remove,
+            None,
+            |_, request, current| match current {
+                Some(_) => Ok(None),
+                None => Err(RegistryError::NotFound(format!(
+                    "label {} is not set on {}",
+                    request.label, request.name
+                ))),
+            },
+        )
+        .await
+    }
+
+    /// The one path of every label move: checks the actor and reason, then,
+    /// under the writer lock on a blocking thread, reads the label's
+    /// current target, checks `expected_version` (compare-and-set), asks
+    /// `target` where the label goes (`None`: removed), commits, and waits
+    /// until the move is durable.
+    async fn label_move(
+        &self,
+        request: MoveRequest,
+        kind: MoveKind,
+        expected_version: Option<u64>,
+        target: impl FnOnce(&Registry, &MoveRequest, Option<&LabelTarget>) -> Result<Option<u64>>
+            + Send
+            + 'static,
+    ) -> Result<Moved> {
         self.check_actor_reason(&request)?;
         let moved = self
             .write(move |this| {
                 let mut writer = this.lock_writer();
                 let current = this.existing_label_target(&request.name, &request.label)?;
                 check_expected(&request, current.as_ref(), expected_version)?;
-                // A label that was never set is an unknown label (NOT_FOUND, as
-                // everywhere), with or without an explicit target: there is no
-                // "back" to move it to.
-                let never_set = || {
-                    RegistryError::NotFound(format!(
-                    "label {} of {} has never been set: nothing to roll back (promote a version)",
-                    request.label, request.name
-                ))
-                };
-                let target = match to_version {
-                    Some(version) => {
-                        if current.is_none()
-                            && this
-                                .store()
-                                .history(&request.name, &request.label, None, 1)?
-                                .is_empty()
-                        {
-                            return Err(never_set());
-                        }
-                        version
-                    }
-                    None => {
-                        let mut history = this.store().history(
-                            &request.name,
-                            &request.label,
-                            None,
-                            usize::MAX,
-                        )?;
-                        history.reverse();
-                        rollback_target(&history).map_err(|why| match why {
-                            NoRollbackTarget::NoHistory => never_set(),
-                            NoRollbackTarget::LabelDidNotExist => {
-                                RegistryError::FailedPrecondition(format!(
-                                "nothing to roll back to: before its latest move, label {} of {} \
-                                 was not set (use unlabel to remove it, or promote a version)",
-                                request.label, request.name
-                            ))
-                            }
-                        })?
-                    }
-                };
-                this.move_label(
-                    &mut writer,
-                    request,
-                    MoveKind::Rollback,
-                    current,
-                    Some(target),
-                )
-            })
-            .await?;
-        self.wait_durable(moved.revision).await?;
-        Ok(moved)
-    }
-
-    /// Removes a label; a recorded move like any other.
-    pub async fn remove_label(&self, request: MoveRequest) -> Result<Moved> {
-        self.check_actor_reason(&request)?;
-        let moved = self
-            .write(move |this| {
-                let mut writer = this.lock_writer();
-                let current = this.existing_label_target(&request.name, &request.label)?;
-                if current.is_none() {
-                    return Err(RegistryError::NotFound(format!(
-                        "label {} is not set on {}",
-                        request.label, request.name
-                    )));
-                }
-                this.move_label(&mut writer, request, MoveKind::Remove, current, None)
+                let to_version = target(this, &request, current.as_ref())?;
+                this.move_label(&mut writer, request, kind, current, to_version)
             })
             .await?;
         self.wait_durable(moved.revision).await?;

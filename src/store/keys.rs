@@ -88,6 +88,10 @@ pub(super) fn key_key(key_id: &str) -> Vec<u8> {
     key(&[b"k/", key_id.as_bytes()])
 }
 
+pub(super) fn token_key(name: &str) -> Vec<u8> {
+    key(&[b"t/", name.as_bytes()])
+}
+
 pub(super) fn revision_key(revision: u64) -> Vec<u8> {
     key(&[b"r/", &revision.to_be_bytes()])
 }

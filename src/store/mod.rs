@@ -25,6 +25,7 @@
 //! | `k/{key_id}` | a public signing key |
 //! | `meta/signing_key` | the active signing key's id |
 //! | `meta/encryption` | the data key id, when version content is encrypted |
+//! | `t/{name}` | a bearer token: its SHA-256, bindings, expiry, revocation |
 //!
 //! Numbers in keys are big-endian so that byte order is numeric order. The
 //! change log (`r/`) is the source of truth for what happened; `p/`, `l/`,
@@ -44,13 +45,15 @@ mod sealing;
 mod sled;
 mod torn_tail;
 
+use crate::domain::access::Token;
 use crate::domain::{Change, KeyRotation, PromptName, Revision, Version};
 use crate::provenance::AuditEntry;
 use durable_head::{DurableHead, DurableHeadFile};
 pub use engine::{Batch, Engine};
 use keys::*;
 use records::{
-    decode, encode, AuditRec, KeyRec, LabelRec, MoveRec, PromptRec, RevisionRec, VersionRec,
+    decode, encode, AuditRec, KeyRec, LabelRec, MoveRec, PromptRec, RevisionRec, TokenRec,
+    VersionRec,
 };
 use std::path::Path;
 use std::sync::Arc;
@@ -543,6 +546,16 @@ impl Store {
         self.append_ledger(&mut batch, std::slice::from_ref(entry))?;
         batch.put(key_key(&rotation.key_id), encode(&key));
         batch.put(KEY_SIGNING, rotation.key_id.as_bytes());
+        self.engine.apply(batch)
+    }
+
+    /// Writes a token (created, or changed: revoked) and `entry`, the ledger
+    /// entry recording it, in one atomic batch. Durable after
+    /// [`Store::flush`].
+    pub fn put_token(&self, token: &Token, entry: &AuditEntry) -> Result<()> {
+        let mut batch = Batch::default();
+        self.append_ledger(&mut batch, std::slice::from_ref(entry))?;
+        batch.put(token_key(&token.name), encode(&TokenRec::from(token)));
         self.engine.apply(batch)
     }
 

@@ -5,8 +5,11 @@
 
 use super::engine::{prefix_end, Entry};
 use super::keys::*;
-use super::records::{decode, AuditRec, KeyRec, LabelRec, MoveRec, PromptRec, RevisionRec};
+use super::records::{
+    decode, AuditRec, KeyRec, LabelRec, MoveRec, PromptRec, RevisionRec, TokenRec,
+};
 use super::{PublicKey, Result, Store};
+use crate::domain::access::Token;
 use crate::domain::{
     ContentDigest, LabelMove, LabelName, LabelTarget, PromptName, PromptSummary, Revision, Version,
 };
@@ -349,6 +352,18 @@ impl Store {
             .collect::<Result<Vec<_>>>()?;
         keys.sort_by_key(|k| k.revision);
         Ok(keys)
+    }
+
+    /// Every token, revoked ones too, by name.
+    pub fn tokens(&self) -> Result<Vec<Token>> {
+        self.entries(b"t/")?
+            .into_iter()
+            .map(|(key, raw)| {
+                let rec: TokenRec = decode(&key, &raw)?;
+                let name = String::from_utf8_lossy(&key[2..]).into_owned();
+                rec.into_domain(&name).map_err(|e| corrupt(&key, e))
+            })
+            .collect()
     }
 
     /// The id of the key that signs new versions.

@@ -4,6 +4,7 @@
 //! encoding gets a new format byte, so old records stay readable.
 
 use super::sealing::{DataKey, Sealed};
+use crate::domain::access::{Binding, Role, Token};
 use crate::domain::{
     Change, ChatMessage, Content, ContentDigest, LabelMove, LabelName, LabelTarget, Micros,
     MoveKind, PromptName, PromptSummary, Revision, TemplateBody, Version, VersionSignature,
@@ -202,6 +203,73 @@ pub struct KeyRec {
     pub public_key: String,
     pub created_at: Micros,
     pub revision: u64,
+}
+
+/// A bearer token (`t/{name}`): its hash and bindings, never the secret.
+#[derive(Serialize, Deserialize)]
+pub struct TokenRec {
+    pub hash: String,
+    pub bindings: Vec<BindingRec>,
+    pub created: Micros,
+    pub created_by: String,
+    pub expires: Option<Micros>,
+    pub revoked: Option<Micros>,
+}
+
+/// One role binding of a token.
+#[derive(Serialize, Deserialize)]
+pub struct BindingRec {
+    pub role: String,
+    pub prefixes: Vec<String>,
+    pub labels: Vec<String>,
+}
+
+impl From<&Token> for TokenRec {
+    fn from(token: &Token) -> Self {
+        TokenRec {
+            hash: token.hash.clone(),
+            bindings: token
+                .bindings
+                .iter()
+                .map(|b| BindingRec {
+                    role: b.role.as_str().to_string(),
+                    prefixes: b.prefixes.clone(),
+                    labels: b.labels.iter().map(|l| l.as_str().to_string()).collect(),
+                })
+                .collect(),
+            created: token.created,
+            created_by: token.created_by.clone(),
+            expires: token.expires,
+            revoked: token.revoked,
+        }
+    }
+}
+
+impl TokenRec {
+    pub fn into_domain(self, name: &str) -> Result<Token, String> {
+        let bindings = self
+            .bindings
+            .into_iter()
+            .map(|b| {
+                let role = Role::parse("role", &b.role).map_err(|e| e.to_string())?;
+                let labels = b
+                    .labels
+                    .iter()
+                    .map(|l| label(l))
+                    .collect::<Result<_, _>>()?;
+                Binding::new(role, b.prefixes, labels, STORED_NAME_LIMIT).map_err(|e| e.to_string())
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(Token {
+            name: name.to_string(),
+            hash: self.hash,
+            bindings,
+            created: self.created,
+            created_by: self.created_by,
+            expires: self.expires,
+            revoked: self.revoked,
+        })
+    }
 }
 
 /// One audit ledger entry.

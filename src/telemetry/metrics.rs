@@ -29,11 +29,25 @@ pub const CACHE_ENTRIES: &str = "promptreg_cache_entries";
 pub const CACHE_CAPACITY: &str = "promptreg_cache_capacity";
 /// Group-commit flush latency, in seconds.
 pub const FLUSH_DURATION: &str = "promptreg_flush_duration_seconds";
+/// Requests refused UNAUTHENTICATED (no, malformed, unknown, expired or
+/// revoked credentials).
+pub const UNAUTHENTICATED: &str = "promptreg_unauthenticated_total";
+/// Requests refused PERMISSION_DENIED, by `action`.
+pub const DENIED: &str = "promptreg_denied_total";
 /// Label moves by `label` and `kind` (promote, rollback, remove).
 pub const LABEL_MOVES: &str = "promptreg_label_moves_total";
 
+/// The metrics endpoint could not be served.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot serve metrics on {address} (--metrics-listen): {source}")]
+pub struct MetricsError {
+    pub address: SocketAddr,
+    #[source]
+    pub source: metrics_exporter_prometheus::BuildError,
+}
+
 /// Serves `/metrics` on `address`. Must run inside the tokio runtime.
-pub fn install(address: SocketAddr) -> Result<(), String> {
+pub fn install(address: SocketAddr) -> Result<(), MetricsError> {
     const LATENCY_BUCKETS: &[f64] = &[
         0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
         5.0,
@@ -41,7 +55,6 @@ pub fn install(address: SocketAddr) -> Result<(), String> {
     PrometheusBuilder::new()
         .with_http_listener(address)
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
-        .map_err(|e| e.to_string())?
-        .install()
-        .map_err(|e| format!("cannot serve metrics on {address} (--metrics-listen): {e}"))
+        .and_then(|builder| builder.install())
+        .map_err(|source| MetricsError { address, source })
 }

@@ -1,5 +1,10 @@
 //! Test support: a real server on 127.0.0.1:0 with a temporary data
 //! directory, reached through the generated client.
+//!
+//! Authentication is on, as in production: every server, in this process
+//! or the real binary, makes its admin token on first start
+//! (`DATA_DIR/admin.token`), and the clients and CLI runs here send it.
+//! [`token_for`] finds the token of a server by its URL.
 #![allow(dead_code)]
 
 pub mod rng;
@@ -13,7 +18,68 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
-pub type Client = RegistryClient<Channel>;
+pub type Client = promptreg::grpc::access::Client;
+
+/// Admin tokens by server URL (every server started here registers its own).
+static TOKENS: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+fn remember_token(url: &str, token: String) {
+    let mut tokens = TOKENS.lock().unwrap();
+    tokens.retain(|(u, _)| u != url);
+    tokens.push((url.to_string(), token));
+}
+
+/// Sends `token` to the server at `url` from now on.
+pub fn use_token(url: &str, token: &str) {
+    remember_token(url, token.to_string());
+}
+
+/// The admin token of the server at `url` (none for a server started
+/// without authentication, or not by this support code).
+pub fn token_for(url: &str) -> Option<String> {
+    TOKENS
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(u, _)| u == url)
+        .map(|(_, t)| t.clone())
+}
+
+/// Reads `DATA_DIR/admin.token` (a server writes it on first start,
+/// before it serves; a restored store has none: its tokens came back with
+/// it).
+pub fn read_admin_token(data_dir: &Path) -> Option<String> {
+    let text =
+        std::fs::read_to_string(data_dir.join(promptreg::registry::ADMIN_TOKEN_FILE)).ok()?;
+    let token = text.trim().to_string();
+    (!token.is_empty()).then_some(token)
+}
+
+/// A client of the server at `url` that sends `token`.
+pub fn client_with(channel: Channel, token: Option<&str>) -> Client {
+    let bearer = promptreg::grpc::access::Bearer::new(token).expect("an ASCII token");
+    RegistryClient::with_interceptor(channel, bearer)
+}
+
+/// Connects to the server at `url` with its admin token, retrying for 30 s.
+pub async fn connect(url: &str) -> Client {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let endpoint = tonic::transport::Endpoint::from_shared(url.to_string()).expect("url");
+        match endpoint.connect().await {
+            Ok(channel) => return client_with(channel, token_for(url).as_deref()),
+            Err(e) if tokio::time::Instant::now() > deadline => {
+                panic!("cannot connect to {url}: {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// A lazily connecting client of `url` with its admin token.
+pub fn connect_lazy(endpoint: tonic::transport::Endpoint, url: &str) -> Client {
+    client_with(endpoint.connect_lazy(), token_for(url).as_deref())
+}
 
 /// A server running in this process.
 pub struct TestServer {
@@ -71,6 +137,10 @@ impl TestServer {
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let (tx, rx) = oneshot::channel::<()>();
         let registry = Registry::open(config.clone()).expect("registry opens");
+        registry.bootstrap_admin().await.expect("admin token");
+        if let Some(token) = read_admin_token(&config.data_dir) {
+            remember_token(&url, token);
+        }
         let serving = registry.clone();
         let task = tokio::spawn(async move {
             promptreg::server::serve(listener, serving, async {
@@ -94,17 +164,52 @@ impl TestServer {
         self.registry.as_ref().expect("server is running")
     }
 
+    /// A client with the server's admin token.
     pub async fn client(&self) -> Client {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            match RegistryClient::connect(self.url.clone()).await {
-                Ok(client) => return client,
-                Err(e) if tokio::time::Instant::now() > deadline => {
-                    panic!("cannot connect to {}: {e}", self.url)
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        }
+        connect(&self.url).await
+    }
+
+    /// The server's admin token.
+    pub fn admin_token(&self) -> String {
+        token_for(&self.url).expect("the server has an admin token")
+    }
+
+    /// Creates a token `name` with one binding, and a client that sends it.
+    pub async fn client_as(
+        &self,
+        name: &str,
+        role: pb::Role,
+        prefixes: &[&str],
+        labels: &[&str],
+    ) -> Client {
+        let token = self.token_as(name, role, prefixes, labels).await;
+        let endpoint = tonic::transport::Endpoint::from_shared(self.url.clone()).expect("url");
+        client_with(endpoint.connect().await.expect("connect"), Some(&token))
+    }
+
+    /// Creates a token `name` with one binding; its secret.
+    pub async fn token_as(
+        &self,
+        name: &str,
+        role: pb::Role,
+        prefixes: &[&str],
+        labels: &[&str],
+    ) -> String {
+        let mut admin = self.client().await;
+        admin
+            .create_token(pb::CreateTokenRequest {
+                name: name.to_string(),
+                bindings: vec![pb::Binding {
+                    role: role.into(),
+                    prefixes: prefixes.iter().map(|p| p.to_string()).collect(),
+                    labels: labels.iter().map(|l| l.to_string()).collect(),
+                }],
+                expires: None,
+            })
+            .await
+            .expect("create token")
+            .into_inner()
+            .secret
     }
 
     /// Stops the server gracefully and waits until its store is closed.
@@ -264,6 +369,9 @@ pub fn assert_status<T: std::fmt::Debug>(
 pub struct ServerProcess {
     pub child: std::process::Child,
     pub url: String,
+    /// The admin token from `DATA_DIR/admin.token` (none with
+    /// `--insecure-no-auth`).
+    pub token: Option<String>,
     /// Everything the server wrote to stderr so far.
     pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
 }
@@ -293,7 +401,7 @@ impl ServerProcess {
             .args(["serve", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(extra);
-        Self::spawn(command)
+        Self::spawn(command, data_dir)
     }
 
     /// Like [`ServerProcess::start_at`] on 127.0.0.1:0, with the process's
@@ -311,7 +419,7 @@ impl ServerProcess {
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra);
-        Self::spawn(command)
+        Self::spawn(command, data_dir)
     }
 
     /// Like [`ServerProcess::start`], for a start that may be refused: `Err`
@@ -326,17 +434,18 @@ impl ServerProcess {
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra);
-        Self::spawn_or_exit(command)
+        Self::spawn_or_exit(command, data_dir)
     }
 
     /// Spawns a `promptreg serve` command and waits (up to 60 s) for it to
     /// log its address.
-    fn spawn(command: std::process::Command) -> Result<ServerProcess, String> {
-        Self::spawn_or_exit(command).map_err(|(_, log)| log)
+    fn spawn(command: std::process::Command, data_dir: &Path) -> Result<ServerProcess, String> {
+        Self::spawn_or_exit(command, data_dir).map_err(|(_, log)| log)
     }
 
     fn spawn_or_exit(
         mut command: std::process::Command,
+        data_dir: &Path,
     ) -> Result<ServerProcess, (Option<std::process::ExitStatus>, String)> {
         use std::io::BufRead as _;
         let mut child = command
@@ -371,11 +480,24 @@ impl ServerProcess {
             }
         });
         match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(addr) => Ok(ServerProcess {
-                child,
-                url: format!("http://{addr}"),
-                stderr: log,
-            }),
+            Ok(addr) => {
+                let url = format!("http://{addr}");
+                let insecure = command.get_args().any(|a| a == "--insecure-no-auth");
+                let token = if insecure {
+                    None
+                } else {
+                    read_admin_token(data_dir)
+                };
+                if let Some(token) = &token {
+                    remember_token(&url, token.clone());
+                }
+                Ok(ServerProcess {
+                    child,
+                    url,
+                    token,
+                    stderr: log,
+                })
+            }
             Err(timeout) => {
                 // Its stderr closed: it exited (or is exiting) by itself.
                 let status = if timeout == std::sync::mpsc::RecvTimeoutError::Disconnected {
@@ -459,9 +581,18 @@ impl Drop for KillOnDrop {
 
 /// Runs the `promptreg` CLI against the server at `url`.
 pub fn run_cli(url: &str, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(binary())
-        .args(args)
-        .env("PROMPTREG_SERVER", url)
-        .output()
-        .expect("run promptreg")
+    cli_command(url).args(args).output().expect("run promptreg")
+}
+
+/// A `promptreg` command aimed at the server at `url`, with its admin token
+/// in PROMPTREG_TOKEN.
+pub fn cli_command(url: &str) -> std::process::Command {
+    let mut command = std::process::Command::new(binary());
+    command.env("PROMPTREG_SERVER", url);
+    command.env_remove("PROMPTREG_TOKEN");
+    command.env_remove("PROMPTREG_TOKEN_FILE");
+    if let Some(token) = token_for(url) {
+        command.env("PROMPTREG_TOKEN", token);
+    }
+    command
 }

@@ -133,9 +133,10 @@ impl WatchSet {
     /// before a bad request. Its errors, and the core's, are named within
     /// `watch`. The checks come in this order: the id (1 or more, not
     /// open), the server stopping, the request, the core.
-    pub fn open<F>(&mut self, id: u64, request: Option<F>) -> Result<(), WatchSetError>
+    pub fn open<F, E>(&mut self, id: u64, request: Option<F>) -> Result<(), WatchSetError>
     where
-        F: FnOnce(&Limits) -> Result<WatchRequest, ValidationError>,
+        F: FnOnce(&Limits) -> Result<WatchRequest, E>,
+        E: Into<RegistryError>,
     {
         if id == 0 {
             return Err(ValidationError::new("watch_id", "must be 1 or more").into());
@@ -150,7 +151,7 @@ impl WatchSet {
             return Err(ValidationError::new("watch", "is required").into());
         };
         let mut stream = request(self.registry.limits())
-            .map_err(RegistryError::Invalid)
+            .map_err(Into::into)
             .and_then(|request| self.registry.watch(request))
             .map_err(|error| match error {
                 RegistryError::Invalid(invalid) => RegistryError::Invalid(invalid.within("watch")),

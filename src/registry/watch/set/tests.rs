@@ -76,7 +76,7 @@ impl Check {
         self.set.open(
             id,
             Some(move |_: &Limits| {
-                Ok(WatchRequest {
+                Ok::<_, ValidationError>(WatchRequest {
                     selector,
                     start_revision: start,
                     agent: None,
@@ -304,7 +304,7 @@ async fn refused_opens_name_the_id_or_the_field() {
             2,
             Some(|limits: &Limits| {
                 let name = PromptName::parse("names[0]", "Not A Name!", limits.max_name_bytes)?;
-                Ok(WatchRequest {
+                Ok::<_, ValidationError>(WatchRequest {
                     selector: Selector {
                         names: [name].into(),
                         ..Selector::default()
