@@ -164,7 +164,14 @@ impl Drop for ServerProcess {
 fn spawn(bin: &Path, dir: &Path, listen: &str, extra_args: &[String]) -> anyhow::Result<Spawned> {
     let log_path = dir.join("server.log");
     let mut child = Command::new(bin)
-        .args(["serve", "--listen", listen, "--log-format", "json", "--insecure-no-auth"])
+        .args([
+            "serve",
+            "--listen",
+            listen,
+            "--log-format",
+            "json",
+            "--insecure-no-auth",
+        ])
         .arg("--data-dir")
         .arg(dir.join("data"))
         .args(extra_args)
