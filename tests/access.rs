@@ -228,6 +228,7 @@ async fn call(client: &mut Client, rpc: &str, digest: &str, n: usize) -> Code {
                     ..Default::default()
                 }],
                 expires: None,
+                ..Default::default()
             })
             .await
             .map(drop),
@@ -313,6 +314,7 @@ async fn every_rpc_by_every_role_allows_exactly_its_cells() {
                 ..Default::default()
             }],
             expires: Some(promptreg::grpc::timestamp::to_timestamp(soon)),
+            ..Default::default()
         })
         .await
         .unwrap()

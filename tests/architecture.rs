@@ -42,10 +42,10 @@ const LAYERS: &[(&str, &[&str])] = &[
 /// that serve or call it).
 const CONFINED_CRATES: &[(&str, &[&str])] = &[
     ("sled", &["store/sled/"]),
-    ("prost", &["grpc/", "cli/", "server.rs", "testing/"]),
+    ("prost", &["grpc/", "cli/", "server/", "testing/"]),
     (
         "tonic",
-        &["grpc/", "cli/", "server.rs", "telemetry/", "testing/"],
+        &["grpc/", "cli/", "server/", "telemetry/", "testing/"],
     ),
 ];
 

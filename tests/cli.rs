@@ -667,11 +667,11 @@ fn server_addresses_and_why_they_cannot_be_reached() {
     // HOST:PORT, the form other clients use, works.
     cli.ok(&["list", "--server", &host_port]);
     cli.ok(&["list", "--server", &server.url]);
-    // https:// would talk plaintext to an address that promised TLS.
+    // https:// against a plaintext port says which it is.
     cli.fails(
         &["list", "--server", &format!("https://{host_port}")],
-        2,
-        "https:// is not supported",
+        3,
+        "does not serve TLS on this port",
     );
     cli.fails(
         &["list", "--server", "127.0.0.1:1"],

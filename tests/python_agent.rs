@@ -495,6 +495,7 @@ async fn python_agent_follows_a_label_across_a_server_restart() {
                 labels: vec![],
             }],
             expires: None,
+            ..Default::default()
         })
         .await
         .expect("agent token")

@@ -16,6 +16,7 @@ pub(super) async fn tokens(args: TokensArgs) -> Result<(), Failure> {
             prefixes,
             labels,
             expires,
+            subject,
         } => {
             let role = role_of(&role)?;
             let expires = match expires {
@@ -34,12 +35,21 @@ pub(super) async fn tokens(args: TokensArgs) -> Result<(), Failure> {
                     labels,
                 }],
                 expires,
+                subject: subject.unwrap_or_default(),
             };
             let created = client.create_token(request).await?.into_inner();
             let token = created.token.unwrap_or_default();
             emit(
                 &args.client,
                 || {
+                    if !token.subject.is_empty() {
+                        return format!(
+                            "created certificate grant {} for {} ({})",
+                            token.name,
+                            token.subject,
+                            bindings_text(&token.bindings)
+                        );
+                    }
                     format!(
                         "{}\ncreated token {} ({}); the secret above is shown only now: store it in a secret manager",
                         created.secret,
@@ -71,6 +81,11 @@ pub(super) async fn tokens(args: TokensArgs) -> Result<(), Failure> {
                         .map(|t| {
                             vec![
                                 t.name.clone(),
+                                if t.subject.is_empty() {
+                                    "token".into()
+                                } else {
+                                    format!("certificate {}", t.subject)
+                                },
                                 bindings_text(&t.bindings),
                                 ago(&t.created),
                                 if t.last_used.is_some() {
@@ -94,7 +109,15 @@ pub(super) async fn tokens(args: TokensArgs) -> Result<(), Failure> {
                     println!(
                         "{}",
                         table(
-                            &["NAME", "ROLES", "CREATED", "LAST USED", "EXPIRES", "STATE"],
+                            &[
+                                "NAME",
+                                "FOR",
+                                "ROLES",
+                                "CREATED",
+                                "LAST USED",
+                                "EXPIRES",
+                                "STATE"
+                            ],
                             &rows
                         )
                     );
@@ -208,6 +231,8 @@ impl<'a> BindingJson<'a> {
 #[derive(Serialize)]
 struct TokenJson<'a> {
     name: &'a str,
+    /// Empty for a bearer token.
+    subject: &'a str,
     bindings: Vec<BindingJson<'a>>,
     created: String,
     created_by: &'a str,
@@ -220,6 +245,7 @@ impl<'a> TokenJson<'a> {
     fn of(token: &'a pb::TokenInfo) -> Self {
         TokenJson {
             name: &token.name,
+            subject: &token.subject,
             bindings: token.bindings.iter().map(BindingJson::of).collect(),
             created: time_text(&token.created),
             created_by: &token.created_by,

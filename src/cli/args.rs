@@ -27,14 +27,15 @@ pub struct Cli {
 #[derive(Debug, Clone, Args)]
 pub struct ClientOptions {
     /// The registry's gRPC address: HOST:PORT or http://HOST:PORT
-    /// (https:// is refused: the server has no TLS yet).
-    #[arg(
-        long,
-        global = true,
-        env = "PROMPTREG_SERVER",
-        default_value = "http://127.0.0.1:50051"
-    )]
-    pub server: String,
+    /// (plaintext), https://HOST:PORT (TLS). Default: the current
+    /// context's, else http://127.0.0.1:50051.
+    #[arg(long, global = true, env = "PROMPTREG_SERVER")]
+    pub server: Option<String>,
+    /// Use this context of the config file (`promptreg config
+    /// get-contexts`) instead of the current one. Flags and environment
+    /// variables given win over its settings.
+    #[arg(long, global = true, env = "PROMPTREG_CONTEXT", value_name = "NAME")]
+    pub context: Option<String>,
     /// The bearer token to send (`prt_…`). Prefer PROMPTREG_TOKEN or
     /// --token-file: a flag is visible to other users in the process list.
     #[arg(
@@ -53,6 +54,17 @@ pub struct ClientOptions {
         conflicts_with = "token"
     )]
     pub token_file: Option<std::path::PathBuf>,
+    /// With https://: trust the server certificate this CA (PEM) signed,
+    /// instead of the system's roots.
+    #[arg(long, env = "PROMPTREG_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<std::path::PathBuf>,
+    /// With https://: present this client certificate (PEM) for mTLS;
+    /// needs --client-key.
+    #[arg(long, env = "PROMPTREG_CLIENT_CERT", value_name = "FILE")]
+    pub client_cert: Option<std::path::PathBuf>,
+    /// The key of --client-cert (PEM).
+    #[arg(long, env = "PROMPTREG_CLIENT_KEY", value_name = "FILE")]
+    pub client_key: Option<std::path::PathBuf>,
     /// Output format: human-readable text, or JSON (one object per result,
     /// JSON lines for lists).
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Text)]
@@ -114,6 +126,10 @@ pub enum Command {
     Tokens(TokensArgs),
     /// Who the server takes you for, and what you may do.
     Whoami(WhoamiArgs),
+    /// Contexts, as kubectl has them: named servers and credentials in
+    /// $XDG_CONFIG_HOME/promptreg/config.toml (or PROMPTREG_CONFIG), one
+    /// of them current.
+    Config(super::config::ConfigArgs),
     /// Ask the server's gRPC health service (no token needed): exit 0 when
     /// SERVING, 1 when not, 3 when it cannot be reached.
     Health(HealthArgs),
@@ -256,11 +272,18 @@ pub enum TokensAction {
         /// Stop working after this long (`90d`, `12h`); default never.
         #[arg(long, value_name = "DURATION", value_parser = crate::time::parse_duration)]
         expires: Option<std::time::Duration>,
+        /// Make a certificate grant instead: no secret; the role goes to
+        /// the mTLS clients whose certificate principal is this (its first
+        /// URI SAN, else first DNS SAN, else CN), e.g.
+        /// `spiffe://prod/support-agent`. Recorded as their actor.
+        #[arg(long, value_name = "PRINCIPAL")]
+        subject: Option<String>,
     },
-    /// Every token: name, roles and scopes, created, last used, expiry,
-    /// revocation. Never a secret.
+    /// Every token and certificate grant: name, roles and scopes, created,
+    /// last used, expiry, revocation. Never a secret.
     List,
-    /// Revoke a token at once; its open watch streams end.
+    /// Revoke a token (or certificate grant) at once; its open watch
+    /// streams end.
     Revoke {
         /// The token's name.
         name: String,

@@ -12,6 +12,7 @@ mod args;
 mod backup;
 mod catalog;
 mod client;
+mod config;
 mod filters;
 mod json;
 mod lookup;
@@ -23,6 +24,7 @@ mod watch;
 
 pub use args::*;
 pub use client::run_client;
+pub use config::{ConfigAction, ConfigArgs};
 pub use serve::{run_serve, ServeArgs};
 pub use watch::Backoff;
 

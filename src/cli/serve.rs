@@ -4,6 +4,7 @@ use crate::domain::Limits;
 use crate::registry::provenance::KeySource;
 use crate::registry::watch::WatchConfig;
 use crate::registry::{CacheConfig, RegistryConfig};
+use crate::server::{ServerError, TlsFiles};
 use clap::{Args, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -46,6 +47,34 @@ pub struct ServeArgs {
     /// token to DATA_DIR/admin.token.
     #[arg(long, env = "PROMPTREG_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
+    /// Serve TLS with this certificate chain (PEM, leaf first); needs
+    /// --tls-key. Reloaded on SIGHUP and when the file changes.
+    #[arg(
+        long,
+        env = "PROMPTREG_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(
+        long,
+        env = "PROMPTREG_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM): mutual TLS. A
+    /// certificate's principal is its first URI SAN, else its first DNS
+    /// SAN, else its CN; give it roles with `promptreg tokens create NAME
+    /// --subject PRINCIPAL --role ROLE`. Needs --tls-cert.
+    #[arg(
+        long,
+        env = "PROMPTREG_TLS_CLIENT_CA",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
     #[command(flatten)]
     pub limits: LimitArgs,
     #[command(flatten)]
@@ -293,8 +322,17 @@ pub async fn run_serve(args: ServeArgs) -> i32 {
             None => KeySource::DataDir,
         },
     };
-    match crate::server::run(listener, config, shutdown_signal()).await {
+    let tls = args.tls_cert.zip(args.tls_key).map(|(cert, key)| TlsFiles {
+        cert,
+        key,
+        client_ca: args.tls_client_ca,
+    });
+    match crate::server::run(listener, config, tls, shutdown_signal()).await {
         Ok(()) => 0,
+        Err(e @ ServerError::Tls(_)) => {
+            eprintln!("error: {e}");
+            super::exit::USAGE
+        }
         Err(e) => {
             eprintln!("error: {e}");
             1

@@ -35,12 +35,38 @@ pub fn check_token_name(field: &str, raw: &str) -> Result<(), ValidationError> {
     }
 }
 
-/// A bearer token as the registry keeps it: its hash, never the secret.
+/// Longest certificate subject a grant may name, in bytes.
+pub const MAX_SUBJECT_BYTES: usize = 512;
+
+/// A certificate grant's subject: a URI or DNS SAN or a CN, 1 to 512
+/// printable ASCII characters without spaces.
+pub fn check_subject(field: &str, raw: &str) -> Result<(), ValidationError> {
+    let fine = !raw.is_empty()
+        && raw.len() <= MAX_SUBJECT_BYTES
+        && raw.bytes().all(|b| b.is_ascii_graphic());
+    if fine {
+        Ok(())
+    } else {
+        Err(ValidationError::new(
+            field,
+            format!(
+                "{raw:?} is not a certificate principal: 1 to {MAX_SUBJECT_BYTES} printable ASCII characters, no spaces (a URI SAN such as spiffe://prod/agent, a DNS SAN or a CN)"
+            ),
+        ))
+    }
+}
+
+/// A grant of roles, as the registry keeps it: to the holder of a bearer
+/// token (by the secret's hash, never the secret), or to the clients whose
+/// certificate names `subject` (mTLS; no secret at all).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Token {
     pub name: String,
-    /// SHA-256 of the secret, lower-case hex.
+    /// SHA-256 of the secret, lower-case hex; empty for a certificate grant.
     pub hash: String,
+    /// For a certificate grant: the certificate principal it is for (a URI
+    /// or DNS SAN, or a CN), recorded as the actor of what it does.
+    pub subject: Option<String>,
     pub bindings: Vec<Binding>,
     pub created: Micros,
     /// The principal that created it.
@@ -50,6 +76,11 @@ pub struct Token {
 }
 
 impl Token {
+    /// The name recorded as the actor of what its holder does.
+    pub fn principal_name(&self) -> &str {
+        self.subject.as_deref().unwrap_or(&self.name)
+    }
+
     /// Whether the token authenticates at `now`.
     pub fn valid_at(&self, now: Micros) -> bool {
         self.revoked.is_none() && self.expires.is_none_or(|expires| now < expires)

@@ -21,6 +21,13 @@ use std::task::{Context, Poll};
 use tokio_stream::Stream;
 use tonic::{Request, Status};
 
+/// What the server knows of a TLS connection, on each of its requests:
+/// the principal of its verified client certificate (mTLS).
+#[derive(Debug, Clone)]
+pub struct TlsPeer {
+    pub subject: Option<std::sync::Arc<str>>,
+}
+
 /// Authenticates each request of the registry service.
 #[derive(Clone)]
 pub struct Authenticate {
@@ -49,7 +56,11 @@ impl tonic::service::Interceptor for Authenticate {
                 Some(secret.trim())
             }
         };
-        match self.registry.authenticate(secret) {
+        let certificate = request
+            .extensions()
+            .get::<TlsPeer>()
+            .and_then(|peer| peer.subject.clone());
+        match self.registry.authenticate(secret, certificate.as_deref()) {
             Ok(principal) => {
                 request.extensions_mut().insert(principal);
                 Ok(request)
@@ -270,6 +281,7 @@ fn token_to_pb(token: &Token, last_used: i64) -> pb::TokenInfo {
         last_used: (last_used != 0).then(|| to_timestamp(last_used)),
         expires: token.expires.map(to_timestamp),
         revoked: token.revoked.map(to_timestamp),
+        subject: token.subject.clone().unwrap_or_default(),
     }
 }
 
@@ -304,6 +316,7 @@ pub async fn create_token(
     };
     let new = NewToken {
         name: r.name,
+        subject: (!r.subject.is_empty()).then_some(r.subject),
         bindings,
         expires,
     };

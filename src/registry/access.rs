@@ -1,10 +1,12 @@
 //! Tokens: creating, revoking and listing them, and turning a presented
-//! secret into a [`Principal`].
+//! secret or a verified client certificate into a [`Principal`].
 //!
 //! Tokens live in the store (`t/{name}`, the secret's SHA-256 only) and,
 //! for the request path, in memory: a map from hash to token, read under a
 //! read lock with no storage call, so authenticating costs one SHA-256 and
-//! one lookup. Creating and revoking a token is a write like any other
+//! one lookup. A certificate grant is a token without a secret, kept in the
+//! same map under `cert:{name}`; a certificate is matched against the
+//! grants by subject (a scan of the grants, which number in the tens). Creating and revoking a token is a write like any other
 //! (under the writer lock, with its ledger entry, durable before the
 //! answer); the map changes only after the store did. A revocation also
 //! bumps a counter every open watch stream listens to, so a stream opened
@@ -37,6 +39,16 @@ pub enum AuthError {
     /// Unknown, expired and revoked tokens answer alike.
     #[error("the token is not valid: unknown, expired or revoked")]
     Invalid,
+    #[error("the grant of this client certificate is expired or revoked")]
+    CertificateRevoked,
+}
+
+/// Where a token is in the in-memory map.
+fn key_of(token: &Token) -> String {
+    match &token.subject {
+        Some(_) => format!("cert:{}", token.name),
+        None => token.hash.clone(),
+    }
 }
 
 /// A token the server knows, with when it was last used (since start).
@@ -66,7 +78,7 @@ impl Access {
                     token,
                     last_used: AtomicI64::new(0),
                 };
-                (known.token.hash.clone(), Arc::new(known))
+                (key_of(&known.token), Arc::new(known))
             })
             .collect();
         Ok(Access {
@@ -82,11 +94,12 @@ impl Access {
 
     fn put(&self, token: Token) {
         let mut map = self.by_hash.write().unwrap_or_else(|e| e.into_inner());
+        let key = key_of(&token);
         let last_used = map
-            .get(&token.hash)
+            .get(&key)
             .map_or(0, |k| k.last_used.load(Ordering::Relaxed));
         map.insert(
-            token.hash.clone(),
+            key,
             Arc::new(Known {
                 token,
                 last_used: AtomicI64::new(last_used),
@@ -108,6 +121,9 @@ pub struct TokenListing {
 #[derive(Debug, Clone)]
 pub struct NewToken {
     pub name: String,
+    /// Set: a grant for the clients whose certificate names this (mTLS),
+    /// with no secret.
+    pub subject: Option<String>,
     pub bindings: Vec<Binding>,
     pub expires: Option<Micros>,
 }
@@ -119,12 +135,24 @@ impl Registry {
     }
 
     /// The principal of a bearer token (`authorization` metadata, already
-    /// stripped of `Bearer `), or why not. No storage call.
-    pub fn authenticate(&self, secret: Option<&str>) -> std::result::Result<Principal, AuthError> {
+    /// stripped of `Bearer `), else of the verified client certificate's
+    /// principal (`certificate`, mTLS), or why not. No storage call.
+    ///
+    /// A certificate without a grant authenticates with no role at all, so
+    /// each request is denied naming the role it needs.
+    pub fn authenticate(
+        &self,
+        secret: Option<&str>,
+        certificate: Option<&str>,
+    ) -> std::result::Result<Principal, AuthError> {
         if !self.inner.access.enabled {
             return Ok(Principal::anonymous());
         }
-        let secret = secret.ok_or(AuthError::Missing)?;
+        let secret = match (secret, certificate) {
+            (Some(secret), _) => secret,
+            (None, Some(subject)) => return self.authenticate_certificate(subject),
+            (None, None) => return Err(AuthError::Missing),
+        };
         if !is_well_formed(secret) {
             return Err(AuthError::Malformed);
         }
@@ -143,19 +171,50 @@ impl Registry {
         })
     }
 
-    /// Whether `principal` still holds: a token principal whose token was
-    /// revoked (or expired) no longer does. Certificates and the anonymous
-    /// principal always hold.
-    pub fn still_valid(&self, principal: &Principal) -> bool {
-        if principal.credential != Credential::Token {
-            return true;
-        }
+    fn authenticate_certificate(&self, subject: &str) -> std::result::Result<Principal, AuthError> {
         let now = crate::time::now_micros();
-        self.inner
-            .access
-            .read()
+        let map = self.inner.access.read();
+        let mut grants = map
             .values()
-            .any(|k| k.token.name == principal.name && k.token.valid_at(now))
+            .filter(|k| k.token.subject.as_deref() == Some(subject));
+        let mut revoked = false;
+        let bindings = loop {
+            match grants.next() {
+                Some(known) if known.token.valid_at(now) => {
+                    known.last_used.store(now, Ordering::Relaxed);
+                    break known.token.bindings.clone();
+                }
+                Some(_) => revoked = true,
+                None if revoked => return Err(AuthError::CertificateRevoked),
+                None => break Vec::new(),
+            }
+        };
+        Ok(Principal {
+            name: subject.to_string(),
+            credential: Credential::Certificate,
+            bindings,
+        })
+    }
+
+    /// Whether `principal` still holds: a principal whose token or
+    /// certificate grant was revoked (or expired) no longer does. The
+    /// anonymous principal always holds.
+    pub fn still_valid(&self, principal: &Principal) -> bool {
+        let now = crate::time::now_micros();
+        let map = self.inner.access.read();
+        match principal.credential {
+            Credential::Anonymous => true,
+            Credential::Token => map.values().any(|k| {
+                k.token.subject.is_none() && k.token.name == principal.name && k.token.valid_at(now)
+            }),
+            Credential::Certificate => {
+                let mut grants = map
+                    .values()
+                    .filter(|k| k.token.subject.as_deref() == Some(principal.name.as_str()))
+                    .peekable();
+                grants.peek().is_none() || grants.any(|k| k.token.valid_at(now))
+            }
+        }
     }
 
     /// Completes when `principal` stops being valid (its token revoked), to
@@ -166,7 +225,7 @@ impl Registry {
         let principal = principal.clone();
         let mut revocations = self.inner.access.revocations.subscribe();
         async move {
-            if principal.credential != Credential::Token {
+            if principal.credential == Credential::Anonymous {
                 return std::future::pending().await;
             }
             loop {
@@ -181,10 +240,14 @@ impl Registry {
     }
 
     /// Creates a token; the answer holds the secret, the only time it is
-    /// ever shown. Refused when a token of that name exists (revoked ones
-    /// too: names in the ledger stay unambiguous).
+    /// ever shown (empty for a certificate grant). Refused when a token of
+    /// that name exists (revoked ones too: names in the ledger stay
+    /// unambiguous), or a grant for that certificate subject does.
     pub async fn create_token(&self, by: &Principal, new: NewToken) -> Result<(Token, String)> {
         check_token_name("name", &new.name)?;
+        if let Some(subject) = &new.subject {
+            crate::domain::access::check_subject("subject", subject)?;
+        }
         if new.bindings.is_empty() {
             return Err(
                 ValidationError::new("bindings", "at least one role binding is required").into(),
@@ -196,7 +259,10 @@ impl Registry {
                 return Err(ValidationError::new("expires", "must be in the future").into());
             }
         }
-        let secret = generate_token()?;
+        let secret = match new.subject {
+            Some(_) => String::new(),
+            None => generate_token()?,
+        };
         self.insert_token(by, new, secret).await
     }
 
@@ -216,10 +282,26 @@ impl Registry {
                         new.name
                     )));
                 }
+                if let Some(subject) = &new.subject {
+                    let now = crate::time::now_micros();
+                    let active = this.inner.access.read().values().any(|k| {
+                        k.token.subject.as_deref() == Some(subject) && k.token.valid_at(now)
+                    });
+                    if active {
+                        return Err(RegistryError::FailedPrecondition(format!(
+                            "a grant for the certificate {subject} is in force already; revoke it first"
+                        )));
+                    }
+                }
                 let (_, time) = writer.next();
+                let hash = match new.subject {
+                    Some(_) => String::new(),
+                    None => token_hash(&secret),
+                };
                 let token = Token {
                     name: new.name,
-                    hash: token_hash(&secret),
+                    hash,
+                    subject: new.subject,
                     bindings: new.bindings,
                     created: time,
                     created_by: actor.clone(),
@@ -314,6 +396,7 @@ impl Registry {
         };
         let new = NewToken {
             name: BOOTSTRAP_TOKEN.to_string(),
+            subject: None,
             bindings: vec![Binding::everywhere(Role::Admin)],
             expires: None,
         };

@@ -101,6 +101,9 @@ pub(super) fn token_change(
 ) -> AuditEntry {
     let bindings: Vec<String> = token.bindings.iter().map(|b| b.to_string()).collect();
     let mut detail = bindings.join("; ");
+    if let Some(subject) = &token.subject {
+        detail.push_str(&format!("; for certificate {subject}"));
+    }
     if let Some(expires) = token.expires {
         detail.push_str(&format!(
             "; expires {}",

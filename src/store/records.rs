@@ -209,6 +209,10 @@ pub struct KeyRec {
 #[derive(Serialize, Deserialize)]
 pub struct TokenRec {
     pub hash: String,
+    /// A certificate grant's subject (absent in records written before
+    /// mTLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
     pub bindings: Vec<BindingRec>,
     pub created: Micros,
     pub created_by: String,
@@ -228,6 +232,7 @@ impl From<&Token> for TokenRec {
     fn from(token: &Token) -> Self {
         TokenRec {
             hash: token.hash.clone(),
+            subject: token.subject.clone(),
             bindings: token
                 .bindings
                 .iter()
@@ -263,6 +268,7 @@ impl TokenRec {
         Ok(Token {
             name: name.to_string(),
             hash: self.hash,
+            subject: self.subject,
             bindings,
             created: self.created,
             created_by: self.created_by,

@@ -205,6 +205,7 @@ impl TestServer {
                     labels: labels.iter().map(|l| l.to_string()).collect(),
                 }],
                 expires: None,
+                ..Default::default()
             })
             .await
             .expect("create token")
@@ -589,8 +590,21 @@ pub fn run_cli(url: &str, args: &[&str]) -> std::process::Output {
 pub fn cli_command(url: &str) -> std::process::Command {
     let mut command = std::process::Command::new(binary());
     command.env("PROMPTREG_SERVER", url);
-    command.env_remove("PROMPTREG_TOKEN");
-    command.env_remove("PROMPTREG_TOKEN_FILE");
+    for setting in [
+        "PROMPTREG_TOKEN",
+        "PROMPTREG_TOKEN_FILE",
+        "PROMPTREG_CONTEXT",
+        "PROMPTREG_CA_CERT",
+        "PROMPTREG_CLIENT_CERT",
+        "PROMPTREG_CLIENT_KEY",
+    ] {
+        command.env_remove(setting);
+    }
+    // No context of the machine's user leaks into a test.
+    command.env(
+        "PROMPTREG_CONFIG",
+        "/nonexistent/promptreg-tests/config.toml",
+    );
     if let Some(token) = token_for(url) {
         command.env("PROMPTREG_TOKEN", token);
     }
