@@ -19,9 +19,6 @@ use std::path::{Path, PathBuf};
 pub struct ConfigArgs {
     #[command(subcommand)]
     pub action: ConfigAction,
-    /// Output format of get-contexts.
-    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text)]
-    pub output: OutputFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -54,7 +51,11 @@ pub enum ConfigAction {
         name: String,
     },
     /// List the contexts; `*` marks the current one.
-    GetContexts,
+    GetContexts {
+        /// Output format: text, or JSON lines.
+        #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
     /// Remove a context.
     DeleteContext {
         /// The context's name.
@@ -257,7 +258,7 @@ pub(super) fn run(args: ConfigArgs) -> Result<(), Failure> {
             save(&path, &config)?;
             println!("deleted context {name}");
         }
-        ConfigAction::GetContexts => print_contexts(&config, args.output),
+        ConfigAction::GetContexts { output } => print_contexts(&config, output),
     }
     Ok(())
 }
