@@ -55,7 +55,11 @@ fn contexts_choose_the_server_and_credentials() {
     std::fs::write(&prod_token, prod.token.as_deref().unwrap()).unwrap();
     let staging_token = dir.path().join("staging.token");
     std::fs::write(&staging_token, staging.token.as_deref().unwrap()).unwrap();
-    let config = dir.path().join("conf").join("promptreg").join("config.toml");
+    let config = dir
+        .path()
+        .join("conf")
+        .join("promptreg")
+        .join("config.toml");
 
     // Before any context, a client command uses the built-in default.
     fails(
@@ -87,7 +91,10 @@ fn contexts_choose_the_server_and_credentials() {
     assert_eq!(dir_mode, 0o700);
     let text = std::fs::read_to_string(&config).unwrap();
     assert!(text.contains("current-context = \"prod\""), "{text}");
-    assert!(!text.contains("prt_"), "the file names token files, not tokens");
+    assert!(
+        !text.contains("prt_"),
+        "the file names token files, not tokens"
+    );
 
     ok(promptreg(
         &config,
@@ -185,9 +192,5 @@ fn contexts_choose_the_server_and_credentials() {
 
     // A broken file is a clear error, not a silent default.
     std::fs::write(&config, "current-context = [").unwrap();
-    fails(
-        promptreg(&config, &["list"]),
-        2,
-        "is not valid",
-    );
+    fails(promptreg(&config, &["list"]), 2, "is not valid");
 }

@@ -46,6 +46,8 @@ pub fn summary(opts: &Options, r: &Value, harness_cpu_s: f64) -> Value {
         "machine": machine(),
         "server_bin": opts.server_bin.display().to_string(),
         "commit": commit(),
+        // Every promptreg call carries the admin token; the server checks it.
+        "authentication": "on (bearer token on every call)",
         "quick": opts.quick,
         "watchers": opts.watchers,
         "connections": opts.connections,
@@ -193,7 +195,7 @@ pub fn markdown(s: &Value) -> String {
     let m = s["promotes"].as_u64().unwrap_or(0);
     let mut out = String::new();
     out += &format!(
-        "promptreg-bench, {} (promptreg {}): {} watchers over {} connections, {} promotes; {} ({} cores, {} GiB){}\n\n",
+        "promptreg-bench, {} (promptreg {}, authentication on: a bearer token on every call): {} watchers over {} connections, {} promotes; {} ({} cores, {} GiB){}\n\n",
         s["date"].as_str().unwrap_or(""),
         s["commit"].as_str().unwrap_or("?"),
         n,

@@ -6,11 +6,13 @@
 //! and address, for the reconnect storm.
 
 use anyhow::{anyhow, bail, Context};
+use promptreg::grpc::access::Bearer;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 /// How `ServerProcess::restart` stops the running server.
@@ -56,7 +58,13 @@ pub struct ServerProcess {
     data_dir: tempfile::TempDir,
     /// More `serve` flags, given again at every restart.
     extra_args: Vec<String>,
+    /// The admin token the server wrote on its first start, sent on every
+    /// call: the bench measures with authentication on.
+    token: String,
 }
+
+/// A connection that sends the admin token on every call.
+pub type Conn = InterceptedService<Channel, Bearer>;
 
 /// The outcome of starting one server process.
 enum Spawned {
@@ -78,14 +86,22 @@ impl ServerProcess {
             .prefix("promptreg-bench-")
             .tempdir()?;
         match spawn(bin, data_dir.path(), "127.0.0.1:0", extra_args)? {
-            Spawned::Serving(child, addr) => Ok(ServerProcess {
-                child,
-                addr,
-                bin: bin.to_path_buf(),
-                earlier_cpu_s: 0.0,
-                data_dir,
-                extra_args: extra_args.to_vec(),
-            }),
+            Spawned::Serving(child, addr) => {
+                let token_file = data_dir.path().join("data").join("admin.token");
+                let token = std::fs::read_to_string(&token_file)
+                    .with_context(|| format!("read the admin token {}", token_file.display()))?
+                    .trim()
+                    .to_string();
+                Ok(ServerProcess {
+                    child,
+                    addr,
+                    bin: bin.to_path_buf(),
+                    earlier_cpu_s: 0.0,
+                    data_dir,
+                    extra_args: extra_args.to_vec(),
+                    token,
+                })
+            }
             Spawned::Exited(why) => bail!("{} {why}", bin.display()),
         }
     }
@@ -146,9 +162,16 @@ impl ServerProcess {
         format!("http://{}", self.addr)
     }
 
-    /// `n` separate HTTP/2 connections to the server.
-    pub async fn channels(&self, n: usize) -> anyhow::Result<Vec<Channel>> {
-        connect_channels(&self.url(), n).await
+    /// `n` separate HTTP/2 connections to the server, each sending the
+    /// admin token on every call.
+    pub async fn channels(&self, n: usize) -> anyhow::Result<Vec<Conn>> {
+        let bearer = Bearer::new(Some(&self.token))
+            .ok_or_else(|| anyhow!("the admin token cannot travel in a header"))?;
+        Ok(connect_channels(&self.url(), n)
+            .await?
+            .into_iter()
+            .map(|channel| InterceptedService::new(channel, bearer.clone()))
+            .collect())
     }
 }
 
@@ -164,14 +187,7 @@ impl Drop for ServerProcess {
 fn spawn(bin: &Path, dir: &Path, listen: &str, extra_args: &[String]) -> anyhow::Result<Spawned> {
     let log_path = dir.join("server.log");
     let mut child = Command::new(bin)
-        .args([
-            "serve",
-            "--listen",
-            listen,
-            "--log-format",
-            "json",
-            "--insecure-no-auth",
-        ])
+        .args(["serve", "--listen", listen, "--log-format", "json"])
         .arg("--data-dir")
         .arg(dir.join("data"))
         .args(extra_args)

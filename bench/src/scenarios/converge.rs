@@ -7,6 +7,7 @@
 
 use super::{publish, set_label, wait_until, Options};
 use crate::procfs::CpuMeter;
+use crate::server::Conn;
 use crate::server::ServerProcess;
 use crate::stats::Samples;
 use pb::registry_client::RegistryClient;
@@ -16,7 +17,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-use tonic::transport::Channel;
 
 const NAME: &str = "bench/converge";
 const LABEL: &str = "production";
@@ -146,7 +146,7 @@ fn ms(d: Duration) -> f64 {
     d.as_micros() as f64 / 1000.0
 }
 
-async fn fleet(admin: &mut RegistryClient<Channel>) -> anyhow::Result<pb::FleetSummary> {
+async fn fleet(admin: &mut RegistryClient<Conn>) -> anyhow::Result<pb::FleetSummary> {
     let status = admin
         .fleet_status(pb::FleetStatusRequest {
             name: NAME.into(),
@@ -163,7 +163,7 @@ async fn fleet(admin: &mut RegistryClient<Channel>) -> anyhow::Result<pb::FleetS
 /// One agent: watch with an agent id, ack the snapshot's target and every
 /// move after it.
 async fn agent(
-    mut client: RegistryClient<Channel>,
+    mut client: RegistryClient<Conn>,
     agent_id: String,
     acked: Arc<AtomicUsize>,
     mut stop: watch::Receiver<bool>,
@@ -230,7 +230,7 @@ async fn agent(
 }
 
 async fn ack(
-    client: &mut RegistryClient<Channel>,
+    client: &mut RegistryClient<Conn>,
     agent_id: &str,
     version: u64,
     digest: String,

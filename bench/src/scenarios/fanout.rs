@@ -135,7 +135,7 @@ async fn measure(opts: &Options, per_stream: usize) -> anyhow::Result<Value> {
 /// One watcher: open, read the snapshot, then record every label move until
 /// told to stop.
 async fn watcher(
-    mut client: RegistryClient<tonic::transport::Channel>,
+    mut client: RegistryClient<crate::server::Conn>,
     ready: Arc<AtomicUsize>,
     received: Arc<AtomicUsize>,
     mut stop: watch::Receiver<bool>,
@@ -187,7 +187,7 @@ async fn watcher(
 /// read their snapshots, then record every label move for each watcher the
 /// message names, until told to stop.
 async fn shared_stream(
-    mut client: RegistryClient<tonic::transport::Channel>,
+    mut client: RegistryClient<crate::server::Conn>,
     k: usize,
     ready: Arc<AtomicUsize>,
     received: Arc<AtomicUsize>,

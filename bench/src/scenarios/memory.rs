@@ -116,7 +116,7 @@ async fn one(opts: &Options, versions: u64, flags: &[String]) -> anyhow::Result<
 }
 
 /// Reads every version once by number, `TASKS` readers at a time.
-async fn read_all(channels: &[tonic::transport::Channel], versions: u64) -> anyhow::Result<()> {
+async fn read_all(channels: &[crate::server::Conn], versions: u64) -> anyhow::Result<()> {
     let per_prompt = (versions / PROMPTS).max(1);
     let mut tasks = Vec::new();
     for task in 0..TASKS {

@@ -10,6 +10,7 @@ pub mod resolve;
 pub mod storm;
 pub mod write;
 
+use crate::server::Conn;
 use crate::stats::Samples;
 use pb::registry_client::RegistryClient;
 use promptreg::grpc::pb;
@@ -17,7 +18,6 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
 
 /// Everything a scenario may be told from the command line.
 #[derive(Debug, Clone)]
@@ -155,7 +155,7 @@ pub fn template_text(variant: u32) -> String {
 
 /// Publishes `variant` of a benchmark prompt; returns (version, digest).
 pub async fn publish(
-    client: &mut RegistryClient<Channel>,
+    client: &mut RegistryClient<Conn>,
     name: &str,
     variant: u32,
 ) -> anyhow::Result<(u64, String)> {
@@ -178,7 +178,7 @@ pub async fn publish(
 
 /// Moves `label` of `name` to `version`; returns the response.
 pub async fn set_label(
-    client: &mut RegistryClient<Channel>,
+    client: &mut RegistryClient<Conn>,
     name: &str,
     label: &str,
     version: u64,

@@ -20,6 +20,7 @@
 use super::delivery::check_sequences;
 use super::{publish, set_label, wait_until, Options};
 use crate::procfs::{round3, CpuMeter};
+use crate::server::Conn;
 use crate::server::{Restarted, ServerProcess, Stop};
 use crate::stats::Samples;
 use pb::registry_client::RegistryClient;
@@ -32,7 +33,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 const NAME: &str = "bench/storm";
@@ -235,7 +235,7 @@ async fn all_through(
 /// fix.
 async fn watcher(
     i: usize,
-    mut client: RegistryClient<Channel>,
+    mut client: RegistryClient<Conn>,
     through: Arc<Vec<AtomicU64>>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<WatcherLog> {
@@ -273,7 +273,7 @@ async fn watcher(
 
 /// One Watch call, read until the stream ends.
 async fn follow(
-    client: &mut RegistryClient<Channel>,
+    client: &mut RegistryClient<Conn>,
     next: &mut u64,
     log: &mut WatcherLog,
     backoff: &mut Backoff,
@@ -334,7 +334,7 @@ fn retryable(code: Code) -> bool {
 /// until told to stop, retrying a failed promote (the same target) with
 /// backoff. Publishes each acknowledged revision on `last_ack`.
 async fn writer(
-    mut client: RegistryClient<Channel>,
+    mut client: RegistryClient<Conn>,
     versions: [u64; 2],
     interval: Duration,
     last_ack: watch::Sender<Option<Ack>>,
@@ -389,7 +389,7 @@ async fn writer(
 /// from LabelHistory (retried: the writer's channel may still be
 /// reconnecting).
 async fn committed_moves(
-    client: &mut RegistryClient<Channel>,
+    client: &mut RegistryClient<Conn>,
     after: u64,
 ) -> anyhow::Result<Vec<u64>> {
     let deadline = Instant::now() + PATIENCE;
@@ -409,7 +409,7 @@ async fn committed_moves(
     }
 }
 
-async fn label_history(client: &mut RegistryClient<Channel>) -> Result<Vec<u64>, Status> {
+async fn label_history(client: &mut RegistryClient<Conn>) -> Result<Vec<u64>, Status> {
     let mut revisions = Vec::new();
     let mut page_token = String::new();
     loop {
