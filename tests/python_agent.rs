@@ -734,3 +734,85 @@ async fn python_agent_follows_a_label_across_a_server_restart() {
     block_in_place(|| agent.wait_for("stopped", |e| is_event(e, "stopped")));
     drop(server);
 }
+
+/// The agent over TLS: `https://`, the test CA as `--ca-cert`, its token
+/// from `--token-file`; it applies what the label points to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_agent_follows_a_label_over_tls() {
+    let python = block_in_place(python_venv);
+    let temp = tempfile::tempdir().expect("temp dir");
+    let ca = support::certs::Ca::new("python test CA");
+    let (cert, key) = ca.server();
+    let write = |name: &str, text: &str| {
+        let path = temp.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        path
+    };
+    let (cert, key, ca_file) = (
+        write("server.pem", &cert),
+        write("server.key", &key),
+        write("ca.pem", &ca.pem),
+    );
+    let server = block_in_place(|| {
+        ServerProcess::start(
+            &temp.path().join("data"),
+            &[
+                "--tls-cert",
+                cert.to_str().expect("UTF-8"),
+                "--tls-key",
+                key.to_str().expect("UTF-8"),
+            ],
+        )
+    });
+    let port = server.url.rsplit(':').next().expect("port").to_string();
+    let https = format!("https://localhost:{port}");
+    let admin = write("admin.token", server.token.as_deref().expect("token"));
+    let cli = |args: &[&str]| {
+        let out = support::cli_command(&https)
+            .env_remove("PROMPTREG_TOKEN")
+            .env("PROMPTREG_TOKEN_FILE", &admin)
+            .env("PROMPTREG_CA_CERT", &ca_file)
+            .args(args)
+            .output()
+            .expect("run promptreg");
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    block_in_place(|| {
+        cli(&["publish", NAME, "--template", "Over TLS you help."]);
+        cli(&["promote", NAME, "1", "--label", LABEL, "--reason", "tls"]);
+    });
+    let agent_token = block_in_place(|| {
+        cli(&["tokens", "create", "tls-agent", "--role", "agent"])
+            .lines()
+            .next()
+            .expect("secret line")
+            .to_string()
+    });
+    let token_file = write("agent.token", &agent_token);
+    let state_file = temp.path().join("state.json");
+    let gen_dir = temp.path().join("gen");
+    let mut agent = Agent::spawn(
+        &python,
+        &[
+            "--server",
+            &https,
+            "--ca-cert",
+            ca_file.to_str().expect("UTF-8"),
+            "--token-file",
+            token_file.to_str().expect("UTF-8"),
+            "--name",
+            NAME,
+            "--label",
+            LABEL,
+            "--agent-id",
+            "tls-agent-1",
+            "--state-file",
+            state_file.to_str().expect("UTF-8"),
+            "--gen-dir",
+            gen_dir.to_str().expect("UTF-8"),
+        ],
+    );
+    let applied = block_in_place(|| agent.wait_applied(1));
+    assert_eq!(applied["version"].as_u64(), Some(1), "{applied}");
+}

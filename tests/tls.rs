@@ -5,62 +5,12 @@
 
 mod support;
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+use rcgen::SanType;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
+use support::certs::{dns, uri, Ca};
 use support::{binary, ServerProcess};
-
-/// A certificate authority made for one test.
-struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    pem: String,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        let cert = params.self_signed(&key).unwrap();
-        Ca {
-            issuer: Issuer::new(params, key),
-            pem: cert.pem(),
-        }
-    }
-
-    /// A leaf certificate with these SANs and CN; (certificate, key) PEM.
-    fn leaf(&self, sans: Vec<SanType>, common_name: &str) -> (String, String) {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.subject_alt_names = sans;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name);
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-
-    /// A server certificate for localhost and 127.0.0.1.
-    fn server(&self) -> (String, String) {
-        self.leaf(
-            vec![
-                SanType::DnsName("localhost".try_into().unwrap()),
-                SanType::IpAddress("127.0.0.1".parse().unwrap()),
-            ],
-            "promptreg test server",
-        )
-    }
-}
-
-fn dns(name: &str) -> SanType {
-    SanType::DnsName(name.try_into().unwrap())
-}
-
-fn uri(name: &str) -> SanType {
-    SanType::URI(name.try_into().unwrap())
-}
 
 /// Writes `text` to `dir/name` and returns the path.
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {

@@ -7,6 +7,7 @@
 //! [`token_for`] finds the token of a server by its URL.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod rng;
 
 use promptreg::domain::Limits;
