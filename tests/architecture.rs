@@ -47,6 +47,10 @@ const CONFINED_CRATES: &[(&str, &[&str])] = &[
         "tonic",
         &["grpc/", "cli/", "server/", "telemetry/", "testing/"],
     ),
+    // TLS ends in the server layer; clients use tonic's TLS settings.
+    ("rustls", &["server/"]),
+    ("tokio_rustls", &["server/"]),
+    ("x509_parser", &["server/"]),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
