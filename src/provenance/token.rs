@@ -56,7 +56,7 @@ pub fn is_well_formed(raw: &str) -> bool {
 /// How a token is stored and looked up: SHA-256, lower-case hex.
 pub fn token_hash(token: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(digest.as_ref())
 }
 
 /// The CRC-32 (IEEE) of `bytes` in 6 base62 digits, most significant first.
