@@ -12,18 +12,11 @@ use support::{binary, ServerProcess};
 /// the environment.
 fn promptreg(config: &Path, args: &[&str]) -> Output {
     let mut command = Command::new(binary());
-    for setting in [
-        "PROMPTREG_SERVER",
-        "PROMPTREG_TOKEN",
-        "PROMPTREG_TOKEN_FILE",
-        "PROMPTREG_CONTEXT",
-        "PROMPTREG_CA_CERT",
-        "PROMPTREG_CLIENT_CERT",
-        "PROMPTREG_CLIENT_KEY",
-        "XDG_CONFIG_HOME",
-    ] {
+    for setting in support::CLIENT_SETTINGS {
         command.env_remove(setting);
     }
+    command.env_remove("PROMPTREG_SERVER");
+    command.env_remove("XDG_CONFIG_HOME");
     command
         .env("PROMPTREG_CONFIG", config)
         .args(args)

@@ -17,22 +17,16 @@ pub const MAX_TOKEN_NAME_BYTES: usize = 64;
 /// A token's name: 1 to 64 of `a-z 0-9 . _ -`, starting with a letter or a
 /// digit. It is what the audit ledger records as the actor.
 pub fn check_token_name(field: &str, raw: &str) -> Result<(), ValidationError> {
-    let fine = !raw.is_empty()
-        && raw.len() <= MAX_TOKEN_NAME_BYTES
-        && raw.as_bytes()[0].is_ascii_alphanumeric()
+    let fine = raw
+        .as_bytes()
+        .first()
+        .is_some_and(u8::is_ascii_alphanumeric)
         && raw
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
-    if fine {
-        Ok(())
-    } else {
-        Err(ValidationError::new(
-            field,
-            format!(
-                "{raw:?} is not a token name: 1 to {MAX_TOKEN_NAME_BYTES} of a-z, 0-9, '.', '_', '-', starting with a letter or digit"
-            ),
-        ))
-    }
+    check_text(field, raw, MAX_TOKEN_NAME_BYTES, fine, || {
+        format!("a token name: 1 to {MAX_TOKEN_NAME_BYTES} of a-z, 0-9, '.', '_', '-', starting with a letter or digit")
+    })
 }
 
 /// Longest certificate subject a grant may name, in bytes.
@@ -41,19 +35,28 @@ pub const MAX_SUBJECT_BYTES: usize = 512;
 /// A certificate grant's subject: a URI or DNS SAN or a CN, 1 to 512
 /// printable ASCII characters without spaces.
 pub fn check_subject(field: &str, raw: &str) -> Result<(), ValidationError> {
-    let fine = !raw.is_empty()
-        && raw.len() <= MAX_SUBJECT_BYTES
-        && raw.bytes().all(|b| b.is_ascii_graphic());
-    if fine {
-        Ok(())
-    } else {
-        Err(ValidationError::new(
-            field,
-            format!(
-                "{raw:?} is not a certificate principal: 1 to {MAX_SUBJECT_BYTES} printable ASCII characters, no spaces (a URI SAN such as spiffe://prod/agent, a DNS SAN or a CN)"
-            ),
-        ))
+    let fine = raw.bytes().all(|b| b.is_ascii_graphic());
+    check_text(field, raw, MAX_SUBJECT_BYTES, fine, || {
+        format!("a certificate principal: 1 to {MAX_SUBJECT_BYTES} printable ASCII characters, no spaces (a URI SAN such as spiffe://prod/agent, a DNS SAN or a CN)")
+    })
+}
+
+/// `raw` is 1 to `max` bytes and `fine`, or the error saying it is not
+/// `what`.
+fn check_text(
+    field: &str,
+    raw: &str,
+    max: usize,
+    fine: bool,
+    what: impl FnOnce() -> String,
+) -> Result<(), ValidationError> {
+    if fine && !raw.is_empty() && raw.len() <= max {
+        return Ok(());
     }
+    Err(ValidationError::new(
+        field,
+        format!("{raw:?} is not {}", what()),
+    ))
 }
 
 /// A grant of roles, as the registry keeps it: to the holder of a bearer
@@ -556,6 +559,16 @@ mod tests {
             "prefixes[0]"
         );
         assert_eq!(Role::parse("role", "owner").unwrap_err().field, "role");
+        assert!(check_subject("subject", "spiffe://prod/agent").is_ok());
+        for bad in ["", "has space", "ünicode", &"x".repeat(MAX_SUBJECT_BYTES + 1)] {
+            let error = check_subject("subject", bad).unwrap_err();
+            assert_eq!(error.field, "subject");
+            assert!(error.to_string().contains("certificate principal"), "{error}");
+        }
+        assert!(check_token_name("name", "ci-1.deploy_x").is_ok());
+        for bad in ["", "-lead", "Upper", &"x".repeat(MAX_TOKEN_NAME_BYTES + 1)] {
+            assert_eq!(check_token_name("name", bad).unwrap_err().field, "name");
+        }
         assert_eq!(Role::parse("role", "deployer").unwrap(), Role::Deployer);
     }
 

@@ -586,19 +586,23 @@ pub fn run_cli(url: &str, args: &[&str]) -> std::process::Output {
     cli_command(url).args(args).output().expect("run promptreg")
 }
 
+/// The environment variables that tell a client command where and how to
+/// connect (besides PROMPTREG_SERVER); a test clears them.
+pub const CLIENT_SETTINGS: [&str; 6] = [
+    "PROMPTREG_TOKEN",
+    "PROMPTREG_TOKEN_FILE",
+    "PROMPTREG_CONTEXT",
+    "PROMPTREG_CA_CERT",
+    "PROMPTREG_CLIENT_CERT",
+    "PROMPTREG_CLIENT_KEY",
+];
+
 /// A `promptreg` command aimed at the server at `url`, with its admin token
 /// in PROMPTREG_TOKEN.
 pub fn cli_command(url: &str) -> std::process::Command {
     let mut command = std::process::Command::new(binary());
     command.env("PROMPTREG_SERVER", url);
-    for setting in [
-        "PROMPTREG_TOKEN",
-        "PROMPTREG_TOKEN_FILE",
-        "PROMPTREG_CONTEXT",
-        "PROMPTREG_CA_CERT",
-        "PROMPTREG_CLIENT_CERT",
-        "PROMPTREG_CLIENT_KEY",
-    ] {
+    for setting in CLIENT_SETTINGS {
         command.env_remove(setting);
     }
     // No context of the machine's user leaks into a test.
