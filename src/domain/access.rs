@@ -560,10 +560,18 @@ mod tests {
         );
         assert_eq!(Role::parse("role", "owner").unwrap_err().field, "role");
         assert!(check_subject("subject", "spiffe://prod/agent").is_ok());
-        for bad in ["", "has space", "ünicode", &"x".repeat(MAX_SUBJECT_BYTES + 1)] {
+        for bad in [
+            "",
+            "has space",
+            "ünicode",
+            &"x".repeat(MAX_SUBJECT_BYTES + 1),
+        ] {
             let error = check_subject("subject", bad).unwrap_err();
             assert_eq!(error.field, "subject");
-            assert!(error.to_string().contains("certificate principal"), "{error}");
+            assert!(
+                error.to_string().contains("certificate principal"),
+                "{error}"
+            );
         }
         assert!(check_token_name("name", "ci-1.deploy_x").is_ok());
         for bad in ["", "-lead", "Upper", &"x".repeat(MAX_TOKEN_NAME_BYTES + 1)] {

@@ -51,14 +51,25 @@ type Answer<T> = Result<Response<T>, Status>;
 
 /// Adds the prompt's attributes (OpenTelemetry GenAI conventions plus ours)
 /// to the RPC's span, opened by `telemetry::RpcLayer`.
-fn annotate(name: &str, version: u64, digest: &str, label: Option<&str>, revision: Option<u64>) {
+fn annotate(
+    name: &str,
+    version: u64,
+    digest: Option<&ContentDigest>,
+    label: Option<&str>,
+    revision: Option<u64>,
+) {
     let span = tracing::Span::current();
+    // Without a trace exporter the span records nothing: skip the work
+    // (formatting the digest) on the resolve path.
+    if span.is_disabled() {
+        return;
+    }
     span.record("gen_ai.prompt.name", name);
     if version != 0 {
         span.record("gen_ai.prompt.version", version);
     }
-    if !digest.is_empty() {
-        span.record("promptreg.prompt.digest", digest);
+    if let Some(digest) = digest {
+        span.record("promptreg.prompt.digest", digest.to_string().as_str());
     }
     if let Some(label) = label {
         span.record("promptreg.label", label);
@@ -71,11 +82,10 @@ fn annotate(name: &str, version: u64, digest: &str, label: Option<&str>, revisio
 /// Annotates a label move and adds a span event (and a log line) with the
 /// versions and the reason.
 fn annotate_move(name: &str, label: &str, reason: &str, moved: &crate::registry::Moved) {
-    let digest = moved.digest.map(|d| d.to_string()).unwrap_or_default();
     annotate(
         name,
         moved.to_version.unwrap_or(0),
-        &digest,
+        moved.digest.as_ref(),
         Some(label),
         Some(moved.revision),
     );
@@ -175,7 +185,7 @@ impl RegistryApi for RegistryService {
         annotate(
             ack.name.as_str(),
             ack.version,
-            &ack.digest.to_string(),
+            Some(&ack.digest),
             Some(ack.label.as_str()),
             None,
         );
@@ -402,7 +412,7 @@ impl RegistryApi for RegistryService {
         annotate(
             &name,
             published.version,
-            &published.digest.to_string(),
+            Some(&published.digest),
             None,
             Some(published.revision),
         );
@@ -450,7 +460,7 @@ impl RegistryApi for RegistryService {
         annotate(
             name.as_str(),
             version.number,
-            &version.digest.to_string(),
+            Some(&version.digest),
             label,
             None,
         );
@@ -616,7 +626,7 @@ impl RegistryApi for RegistryService {
         annotate(
             name.as_str(),
             version.number,
-            &version.digest.to_string(),
+            Some(&version.digest),
             Some(label.as_str()),
             Some(mv.revision),
         );
