@@ -145,7 +145,8 @@ pub struct WatchArgs {
     #[arg(long, env = "PROMPTREG_MAX_WATCHERS", default_value_t = WatchConfig::default().max_watchers)]
     pub max_watchers: usize,
     /// Most snapshots (watches from revision 0) being built at once; more
-    /// are refused with RESOURCE_EXHAUSTED (clients back off and retry).
+    /// wait up to 5 s for a place, then end RESOURCE_EXHAUSTED (clients
+    /// back off and retry).
     #[arg(long, env = "PROMPTREG_MAX_SNAPSHOTS", default_value_t = WatchConfig::default().max_snapshots)]
     pub max_snapshots: usize,
     /// How often change-log compaction runs.

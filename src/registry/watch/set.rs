@@ -25,7 +25,7 @@
 //! same round: their changes come as one delivery listing every id.
 
 use super::{SharedRevision, WatchEnd, WatchEvent, WatchMembership, WatchRequest, WatchStream};
-use crate::domain::{Limits, ValidationError};
+use crate::domain::{Limits, Selector, ValidationError};
 use crate::registry::{Registry, RegistryError};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -83,6 +83,11 @@ struct Group {
     ids: Vec<u64>,
     /// Each watch's membership, by id.
     members: BTreeMap<u64, WatchMembership>,
+    /// Where the watcher stood after it last sent a message, if it was
+    /// then following live: it stays there until it sends the next one
+    /// (which is for that place), so a watch that arrives there later can
+    /// join it while it waits.
+    parked: Option<(u64, Selector)>,
 }
 
 /// The watches of one multiplexed stream.
@@ -171,6 +176,7 @@ impl WatchSet {
                 stream,
                 ids: vec![id],
                 members,
+                parked: None,
             },
         );
         Ok(())
@@ -261,38 +267,56 @@ impl WatchSet {
                     }
                 }
             }
+            for key in &ready {
+                if let Some(group) = self.groups.get_mut(key) {
+                    group.parked = group.stream.position().map(|(n, s)| (n, s.clone()));
+                }
+            }
             self.merge(&mut ready);
             polling = ready;
         }
         out
     }
 
-    /// Merges the groups among `keys` that stand at the same place into
-    /// one; `keys` keeps the survivors.
+    /// Merges each group among `keys` (those that just sent a message) into
+    /// a group standing at the same place: another of `keys`, or one parked
+    /// there since its last message. `keys` keeps the survivors.
+    ///
+    /// Snapshots finish one by one (each is built off the runtime), so the
+    /// watches of a stream reach the same place in different rounds; the
+    /// parked place lets the later ones join the earlier ones at once
+    /// rather than at the next revision.
     fn merge(&mut self, keys: &mut Vec<u64>) {
-        // Only watchers that just sent something are between two messages
-        // (a pending one is inside its step), so only they can merge.
-        if keys.len() < 2 {
+        if self.groups.len() < 2 {
             return;
         }
+        let hash_of = |selector: &Selector| {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            selector.hash(&mut hasher);
+            hasher.finish()
+        };
+        // Every group with a place, by place; the first of each is where
+        // the others go.
         let mut at: HashMap<(u64, u64), Vec<u64>> = HashMap::new();
-        for &key in keys.iter() {
-            if let Some((next, selector)) = self.groups.get(&key).and_then(|g| g.stream.position())
-            {
-                let mut hasher = std::collections::hash_map::DefaultHasher::new();
-                selector.hash(&mut hasher);
-                at.entry((next, hasher.finish())).or_default().push(key);
+        for (&key, group) in &self.groups {
+            if let Some((next, selector)) = &group.parked {
+                at.entry((*next, hash_of(selector))).or_default().push(key);
             }
         }
-        for candidates in at.into_values().filter(|c| c.len() > 1) {
+        let ready: std::collections::HashSet<u64> = keys.iter().copied().collect();
+        for mut candidates in at.into_values().filter(|c| c.len() > 1) {
+            // Waiting groups first: the ones that just sent join them.
+            candidates.sort_by_key(|k| (ready.contains(k), *k));
             let mut survivors: Vec<u64> = Vec::new();
             for key in candidates {
-                let position = |k: &u64| self.groups.get(k).and_then(|g| g.stream.position());
+                let place = |k: &u64| self.groups.get(k).and_then(|g| g.parked.clone());
                 let into = survivors
                     .iter()
                     .copied()
-                    .find(|s| position(s).is_some() && position(s) == position(&key));
-                let Some(into) = into else {
+                    .find(|s| place(s).is_some() && place(s) == place(&key));
+                // Only a group between two messages can be given away; a
+                // parked one that is waiting keeps its watcher.
+                let (Some(into), true) = (into, ready.contains(&key)) else {
                     survivors.push(key);
                     continue;
                 };

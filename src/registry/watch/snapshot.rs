@@ -6,18 +6,38 @@ use crate::domain::{LabelName, PromptName, Selector};
 use crate::registry::{Registry, Result};
 use std::collections::BTreeMap;
 
+/// What a watch from revision 0 starts with.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The change log is compacted up to here (read before the scan).
+    pub compact_revision: u64,
+    /// The revision the labels are at.
+    pub revision: u64,
+    pub labels: Vec<LabelState>,
+}
+
 impl Registry {
     /// The current target of every selected label, consistent at one
     /// revision, once that revision is durable.
-    pub async fn snapshot(&self, selector: &Selector) -> Result<(u64, Vec<LabelState>)> {
+    pub async fn snapshot(&self, selector: &Selector) -> Result<Snapshot> {
         // On a blocking thread, like every storage call: a scan of a big
-        // store, or a stuck one, must not hold an async worker.
+        // store, or a stuck one, must not hold an async worker. One call
+        // for both reads: a storm of watches queues one blocking task each
+        // (behind --max-snapshots), not two.
         let selector = selector.clone();
-        let (revision, labels) = self
-            .off_runtime(move |registry| registry.scan_consistent(&selector))
+        let snapshot = self
+            .off_runtime(move |registry| {
+                let compact_revision = registry.store().compact_revision()?;
+                let (revision, labels) = registry.scan_consistent(&selector)?;
+                Ok(Snapshot {
+                    compact_revision,
+                    revision,
+                    labels,
+                })
+            })
             .await?;
-        self.wait_durable(revision).await?;
-        Ok((revision, labels))
+        self.wait_durable(snapshot.revision).await?;
+        Ok(snapshot)
     }
 
     /// The selected labels at one revision. Writers never wait for readers:

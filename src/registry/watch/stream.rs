@@ -200,13 +200,16 @@ impl Watcher {
             if let Some(event) = self.queue.pop_front() {
                 return Ok(event);
             }
+            // `begin` and `catch_up_page` are boxed: inline, their state
+            // (the snapshot queue's timeout, a blocking read) would size the
+            // boxed future of every idle watch, which waits in `follow`.
             match self.phase {
                 Phase::Start { start } => {
-                    self.begin(start).await?;
+                    Box::pin(self.begin(start)).await?;
                     self.phase = Phase::Live;
                 }
                 Phase::Live => match self.catch_up_to {
-                    Some(upto) if self.next <= upto => self.catch_up_page(upto).await?,
+                    Some(upto) if self.next <= upto => Box::pin(self.catch_up_page(upto)).await?,
                     _ => {
                         self.catch_up_to = None;
                         self.follow().await?;
@@ -219,11 +222,6 @@ impl Watcher {
     /// Queues Created and the snapshot (start 0), or Created and the
     /// catch-up from `start`.
     async fn begin(&mut self, start: u64) -> Result<(), WatchEnd> {
-        let compact_revision = self
-            .registry
-            .off_runtime(|registry| Ok(registry.store().compact_revision()?))
-            .await
-            .map_err(|e| self.storage_end(e.to_string()))?;
         let hub = &self.registry.inner.hub;
         if start == 0 {
             // A reconnect storm queues here for a while (each snapshot is
@@ -238,7 +236,11 @@ impl Watcher {
                     ),
                 });
             };
-            let (revision, labels) = self
+            let super::snapshot::Snapshot {
+                compact_revision,
+                revision,
+                labels,
+            } = self
                 .registry
                 .snapshot(&self.selector)
                 .await
@@ -262,6 +264,11 @@ impl Watcher {
             }
             self.next = revision + 1;
         } else {
+            let compact_revision = self
+                .registry
+                .off_runtime(|registry| Ok(registry.store().compact_revision()?))
+                .await
+                .map_err(|e| self.storage_end(e.to_string()))?;
             if start <= compact_revision {
                 return Err(WatchEnd::Compacted {
                     requested: start,

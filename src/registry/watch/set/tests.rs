@@ -226,6 +226,52 @@ async fn overlapping_watches_merge_and_each_id_gets_its_events() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_whose_snapshots_finish_apart_merge_before_any_revision() {
+    let mut check = Check::new();
+    check.publish("p", "a").await;
+    let moved = check.promote("p", 1).await;
+    let mut got = Received::default();
+    // One watch, its snapshot delivered and its watcher waiting; then
+    // more, each built in its own round.
+    check.open(1, &["p"], 0).unwrap();
+    check.until(&mut got, |g| g.snapshot_complete(1)).await;
+    for id in 2..=5 {
+        check.open(id, &["p"], 0).unwrap();
+        check.until(&mut got, |g| g.snapshot_complete(id)).await;
+    }
+    assert_eq!(
+        check.set.watchers(),
+        1,
+        "the later watches joined the waiting one"
+    );
+    check.publish("p", "b").await;
+    let second = check.promote("p", 2).await;
+    assert!(second > moved);
+    check
+        .until(&mut got, |g| {
+            (1..=5).all(|id| g.revisions(id).contains(&second))
+        })
+        .await;
+    for id in 1..=5 {
+        let revisions = got.revisions(id);
+        let mut sorted = revisions.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(
+            sorted, revisions,
+            "watch {id}: each revision once, in order"
+        );
+    }
+    assert!(
+        got.change_deliveries
+            .iter()
+            .any(|ids| (1..=5).all(|id| ids.contains(&id))),
+        "{:?}",
+        got.change_deliveries
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closing_one_merged_watch_leaves_the_other_going() {
     let mut check = Check::new();
     check.publish("p", "a").await;
