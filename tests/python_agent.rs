@@ -42,10 +42,17 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// The venv's interpreter, made once per test binary: the tests run in
+/// parallel, and two pip installs into one new venv break it.
+fn python_venv() -> PathBuf {
+    static VENV: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    VENV.get_or_init(make_python_venv).clone()
+}
+
 /// Creates (or reuses) `target/python-venv` with the example's requirements
 /// installed and returns its interpreter. pip runs only when the
 /// requirements changed since the last install.
-fn python_venv() -> PathBuf {
+fn make_python_venv() -> PathBuf {
     let venv = manifest_dir().join("target").join("python-venv");
     let python = venv.join("bin").join("python");
     let requirements = manifest_dir()

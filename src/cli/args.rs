@@ -238,7 +238,9 @@ pub struct PruneArgs {
     /// Why (required unless --dry-run; recorded in the audit ledger).
     #[arg(long, required_unless_present = "dry_run")]
     pub reason: Option<String>,
-    /// Who prunes (default: the local user name).
+    /// Ignored: the server records the authenticated principal (the
+    /// token's name, the certificate's principal, or `anonymous` with
+    /// --insecure-no-auth). Kept so that older scripts still run.
     #[arg(long)]
     pub actor: Option<String>,
     #[command(flatten)]
@@ -326,7 +328,9 @@ pub enum KeysAction {
         /// Why (required; recorded in the audit ledger).
         #[arg(long)]
         reason: String,
-        /// Who rotates (default: the local user name).
+        /// Ignored: the server records the authenticated principal (the
+        /// token's name, the certificate's principal, or `anonymous` with
+        /// --insecure-no-auth). Kept so that older scripts still run.
         #[arg(long)]
         actor: Option<String>,
         #[command(flatten)]
@@ -490,7 +494,9 @@ pub struct PublishArgs {
     /// Why this version exists.
     #[arg(long, value_name = "TEXT", default_value = "")]
     pub description: String,
-    /// Who publishes it (default: the local user name).
+    /// Ignored: the server records the authenticated principal (the
+    /// token's name, the certificate's principal, or `anonymous` with
+    /// --insecure-no-auth). Kept so that older scripts still run.
     #[arg(long, value_name = "WHO")]
     pub author: Option<String>,
     /// A tag KEY=VALUE (repeat for each), e.g. runtime=agent-v3.
@@ -543,7 +549,9 @@ pub struct PromoteArgs {
     /// Move only if the label points to this version now (0: only if unset).
     #[arg(long, value_name = "VERSION")]
     pub expect: Option<u64>,
-    /// Who moves it (default: the local user name).
+    /// Ignored: the server records the authenticated principal (the
+    /// token's name, the certificate's principal, or `anonymous` with
+    /// --insecure-no-auth). Kept so that older scripts still run.
     #[arg(long)]
     pub actor: Option<String>,
     #[command(flatten)]
@@ -569,7 +577,9 @@ pub struct RollbackArgs {
     /// a retried rollback then cannot go one step further back.
     #[arg(long, value_name = "VERSION")]
     pub expect: Option<u64>,
-    /// Who rolls back (default: the local user name).
+    /// Ignored: the server records the authenticated principal (the
+    /// token's name, the certificate's principal, or `anonymous` with
+    /// --insecure-no-auth). Kept so that older scripts still run.
     #[arg(long)]
     pub actor: Option<String>,
     #[command(flatten)]
@@ -588,7 +598,9 @@ pub struct UnlabelArgs {
     /// Why (required).
     #[arg(long)]
     pub reason: String,
-    /// Who removes it (default: the local user name).
+    /// Ignored: the server records the authenticated principal (the
+    /// token's name, the certificate's principal, or `anonymous` with
+    /// --insecure-no-auth). Kept so that older scripts still run.
     #[arg(long)]
     pub actor: Option<String>,
     #[command(flatten)]
