@@ -318,11 +318,34 @@ fn mtls_principals_come_from_the_certificate() {
         "{}",
         stderr(&out)
     );
+    // One grant in force per subject.
+    let second = [
+        "tokens",
+        "create",
+        "billing-2",
+        "--role",
+        "reader",
+        "--subject",
+        "billing.example",
+    ];
+    let out = run(&admin_env, &second);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("in force already"),
+        "{}",
+        stderr(&out)
+    );
     let out = run(&admin_env, &["tokens", "revoke", "billing"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let out = run(&as_client(&by_dns), &["get", "support/refund"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("unauthenticated"), "{}", stderr(&out));
+    // After the revocation a new grant for the subject may be made, and
+    // it is the one that counts.
+    let out = run(&admin_env, &second);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(&as_client(&by_dns), &["get", "support/refund"]);
+    assert!(out.status.success(), "{}", stderr(&out));
 
     // A certificate from another CA does not get through the handshake.
     let outsider_ca = Ca::new("outsider CA");

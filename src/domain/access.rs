@@ -190,6 +190,17 @@ pub enum Action {
 }
 
 impl Action {
+    pub const ALL: [Action; 8] = [
+        Action::ReadContent,
+        Action::Inspect,
+        Action::Watch,
+        Action::Ack,
+        Action::Identify,
+        Action::Publish,
+        Action::MoveLabel,
+        Action::Administer,
+    ];
+
     /// What a denial says the caller tried.
     pub fn describe(self) -> &'static str {
         match self {
@@ -466,16 +477,7 @@ mod tests {
     #[test]
     fn roles_nest_as_documented() {
         use Action::*;
-        let all = [
-            ReadContent,
-            Inspect,
-            Watch,
-            Ack,
-            Identify,
-            Publish,
-            MoveLabel,
-            Administer,
-        ];
+        let all = Action::ALL;
         let allowed = |role: Role| -> Vec<Action> {
             all.iter().copied().filter(|a| role.allows(*a)).collect()
         };

@@ -43,6 +43,36 @@ pub enum AuthError {
     CertificateRevoked,
 }
 
+/// What the grants for one certificate subject say at a time.
+enum Grant<'a> {
+    /// No grant names the subject: it may do nothing.
+    None,
+    /// A grant in force (there is at most one).
+    InForce(&'a Known),
+    /// Grants name it, all revoked or expired.
+    Lapsed,
+}
+
+/// The one rule for a certificate subject's grants, used to authenticate,
+/// to end open streams and to refuse a second grant.
+fn certificate_grant<'a>(
+    map: &'a HashMap<String, Arc<Known>>,
+    subject: &str,
+    now: Micros,
+) -> Grant<'a> {
+    let mut grant = Grant::None;
+    for known in map
+        .values()
+        .filter(|k| k.token.subject.as_deref() == Some(subject))
+    {
+        if known.token.valid_at(now) {
+            return Grant::InForce(known);
+        }
+        grant = Grant::Lapsed;
+    }
+    grant
+}
+
 /// Where a token is in the in-memory map.
 fn key_of(token: &Token) -> String {
     match &token.subject {
@@ -174,20 +204,13 @@ impl Registry {
     fn authenticate_certificate(&self, subject: &str) -> std::result::Result<Principal, AuthError> {
         let now = crate::time::now_micros();
         let map = self.inner.access.read();
-        let mut grants = map
-            .values()
-            .filter(|k| k.token.subject.as_deref() == Some(subject));
-        let mut revoked = false;
-        let bindings = loop {
-            match grants.next() {
-                Some(known) if known.token.valid_at(now) => {
-                    known.last_used.store(now, Ordering::Relaxed);
-                    break known.token.bindings.clone();
-                }
-                Some(_) => revoked = true,
-                None if revoked => return Err(AuthError::CertificateRevoked),
-                None => break Vec::new(),
+        let bindings = match certificate_grant(&map, subject, now) {
+            Grant::InForce(known) => {
+                known.last_used.store(now, Ordering::Relaxed);
+                known.token.bindings.clone()
             }
+            Grant::Lapsed => return Err(AuthError::CertificateRevoked),
+            Grant::None => Vec::new(),
         };
         Ok(Principal {
             name: subject.to_string(),
@@ -208,11 +231,7 @@ impl Registry {
                 k.token.subject.is_none() && k.token.name == principal.name && k.token.valid_at(now)
             }),
             Credential::Certificate => {
-                let mut grants = map
-                    .values()
-                    .filter(|k| k.token.subject.as_deref() == Some(principal.name.as_str()))
-                    .peekable();
-                grants.peek().is_none() || grants.any(|k| k.token.valid_at(now))
+                !matches!(certificate_grant(&map, &principal.name, now), Grant::Lapsed)
             }
         }
     }
@@ -284,10 +303,8 @@ impl Registry {
                 }
                 if let Some(subject) = &new.subject {
                     let now = crate::time::now_micros();
-                    let active = this.inner.access.read().values().any(|k| {
-                        k.token.subject.as_deref() == Some(subject) && k.token.valid_at(now)
-                    });
-                    if active {
+                    let map = this.inner.access.read();
+                    if matches!(certificate_grant(&map, subject, now), Grant::InForce(_)) {
                         return Err(RegistryError::FailedPrecondition(format!(
                             "a grant for the certificate {subject} is in force already; revoke it first"
                         )));
