@@ -36,38 +36,64 @@ pub fn generate_token() -> Result<String, super::KeyError> {
         }
     }
     let checksum = checksum(&token.as_bytes()[TOKEN_PREFIX.len()..]);
-    token.push_str(&checksum);
+    token.extend(checksum.iter().map(|b| char::from(*b)));
     Ok(token)
 }
 
 /// Whether `raw` has the form of a token (prefix, length, alphabet,
-/// checksum). Says nothing about whether the token exists.
+/// checksum). Says nothing about whether the token exists. On every
+/// authenticated request, so it allocates nothing.
 pub fn is_well_formed(raw: &str) -> bool {
     let Some(body) = raw.strip_prefix(TOKEN_PREFIX) else {
         return false;
     };
-    if body.len() != RANDOM_CHARS + CHECKSUM_CHARS || !body.bytes().all(|b| BASE62.contains(&b)) {
+    // The base62 alphabet is exactly the ASCII letters and digits.
+    if body.len() != RANDOM_CHARS + CHECKSUM_CHARS || !body.bytes().all(|b| b.is_ascii_alphanumeric())
+    {
         return false;
     }
     let (random, check) = body.split_at(RANDOM_CHARS);
-    checksum(random.as_bytes()) == check
+    checksum(random.as_bytes()) == check.as_bytes()
 }
 
 /// How a token is stored and looked up: SHA-256, lower-case hex.
 pub fn token_hash(token: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
-    hex::encode(digest.as_ref())
+    let mut hash = String::with_capacity(2 * digest.as_ref().len());
+    for byte in digest.as_ref() {
+        hash.push(char::from(HEX[usize::from(byte >> 4)]));
+        hash.push(char::from(HEX[usize::from(byte & 0xf)]));
+    }
+    hash
 }
 
+/// CRC-32 (IEEE, reflected polynomial 0xEDB88320), one entry per byte value.
+const CRC_TABLE: [u32; 256] = {
+    let mut table = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut crc = i as u32;
+        let mut bit = 0;
+        while bit < 8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+            bit += 1;
+        }
+        table[i] = crc;
+        i += 1;
+    }
+    table
+};
+
 /// The CRC-32 (IEEE) of `bytes` in 6 base62 digits, most significant first.
-fn checksum(bytes: &[u8]) -> String {
+fn checksum(bytes: &[u8]) -> [u8; CHECKSUM_CHARS] {
     let mut crc = 0xffff_ffffu32;
     for byte in bytes {
-        crc ^= u32::from(*byte);
-        for _ in 0..8 {
-            let mask = (crc & 1).wrapping_neg();
-            crc = (crc >> 1) ^ (0xedb8_8320 & mask);
-        }
+        crc = (crc >> 8) ^ CRC_TABLE[usize::from((crc as u8) ^ byte)];
     }
     let mut value = u64::from(!crc);
     let mut digits = [b'0'; CHECKSUM_CHARS];
@@ -75,7 +101,7 @@ fn checksum(bytes: &[u8]) -> String {
         *digit = BASE62[(value % 62) as usize];
         value /= 62;
     }
-    String::from_utf8_lossy(&digits).into_owned()
+    digits
 }
 
 #[cfg(test)]
@@ -113,7 +139,7 @@ mod tests {
             value /= 62;
         }
         expected.reverse();
-        assert_eq!(checksum(b"123456789").as_bytes(), expected.as_slice());
+        assert_eq!(checksum(b"123456789").as_slice(), expected.as_slice());
     }
 
     #[test]

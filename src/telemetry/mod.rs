@@ -65,6 +65,7 @@ pub fn init(style: LogStyle) -> Telemetry {
     // per-layer filter: see `WithoutRpcSpan`.)
     let fmt = WithoutRpcSpan(fmt);
     let provider = trace_provider();
+    TRACES.store(provider.is_some(), std::sync::atomic::Ordering::Relaxed);
     let otel = provider
         .as_ref()
         .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("promptreg")));
@@ -78,6 +79,15 @@ pub fn init(style: LogStyle) -> Telemetry {
         .with(otel)
         .try_init();
     Telemetry { provider }
+}
+
+/// Whether a trace pipeline is installed. Without one the per-RPC span
+/// would be read by nobody (the log layer is blind to it, see
+/// `WithoutRpcSpan`), so `RpcLayer` does not open it at all.
+static TRACES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub(crate) fn traces_on() -> bool {
+    TRACES.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// The log layer, blind to the RPC span (see `init`). A per-layer filter

@@ -69,26 +69,13 @@ where
             .trim_start_matches('/')
             .split_once('/')
             .unwrap_or(("", path.as_str()));
-        let span = tracing::info_span!(
-            RPC_SPAN,
-            otel.name = %path.trim_start_matches('/'),
-            otel.kind = "server",
-            otel.status_code = tracing::field::Empty,
-            rpc.system = "grpc",
-            rpc.service = %service,
-            rpc.method = %method,
-            rpc.grpc.status_code = tracing::field::Empty,
-            gen_ai.prompt.name = tracing::field::Empty,
-            gen_ai.prompt.version = tracing::field::Empty,
-            promptreg.prompt.digest = tracing::field::Empty,
-            promptreg.label = tracing::field::Empty,
-            promptreg.revision = tracing::field::Empty,
-        );
-        let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-            propagator.extract(&HeaderExtractor(request.headers()))
-        });
-        // Without a trace pipeline there is nothing to attach to.
-        let _ = span.set_parent(parent);
+        let span = if super::traces_on() {
+            rpc_span(&path, service, method, request.headers())
+        } else {
+            // Nobody reads it: `annotate` and the records below see a
+            // disabled span and skip their work.
+            tracing::Span::none()
+        };
         let method = method.to_string();
         let started = Instant::now();
         let future = inner.call(request).instrument(span.clone());
@@ -114,6 +101,30 @@ where
             Ok(response.map(|inner| CountedBody { inner, tally }))
         })
     }
+}
+
+/// The per-RPC span, its parent the caller's `traceparent`.
+fn rpc_span(path: &str, service: &str, method: &str, headers: &http::HeaderMap) -> tracing::Span {
+    let span = tracing::info_span!(
+        RPC_SPAN,
+        otel.name = %path.trim_start_matches('/'),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        rpc.system = "grpc",
+        rpc.service = %service,
+        rpc.method = %method,
+        rpc.grpc.status_code = tracing::field::Empty,
+        gen_ai.prompt.name = tracing::field::Empty,
+        gen_ai.prompt.version = tracing::field::Empty,
+        promptreg.prompt.digest = tracing::field::Empty,
+        promptreg.label = tracing::field::Empty,
+        promptreg.revision = tracing::field::Empty,
+    );
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&HeaderExtractor(headers))
+    });
+    let _ = span.set_parent(parent);
+    span
 }
 
 /// The gRPC status in headers or trailers, when there is one.
