@@ -48,7 +48,8 @@ pub fn is_well_formed(raw: &str) -> bool {
         return false;
     };
     // The base62 alphabet is exactly the ASCII letters and digits.
-    if body.len() != RANDOM_CHARS + CHECKSUM_CHARS || !body.bytes().all(|b| b.is_ascii_alphanumeric())
+    if body.len() != RANDOM_CHARS + CHECKSUM_CHARS
+        || !body.bytes().all(|b| b.is_ascii_alphanumeric())
     {
         return false;
     }

@@ -61,6 +61,27 @@ pub struct LoadResult {
 }
 
 impl LoadResult {
+    /// One result from consecutive parts of `measured` each: samples and
+    /// errors summed, the rate over their total measured time.
+    pub fn combine(parts: Vec<LoadResult>, measured: Duration) -> LoadResult {
+        let total = measured.as_secs_f64() * parts.len().max(1) as f64;
+        let mut all = LoadResult {
+            latency: Samples::new(),
+            errors: 0,
+            first_error: None,
+            qps: 0.0,
+        };
+        for part in parts {
+            all.latency.extend(part.latency);
+            all.errors += part.errors;
+            if all.first_error.is_none() {
+                all.first_error = part.first_error;
+            }
+        }
+        all.qps = all.latency.len() as f64 / total;
+        all
+    }
+
     pub fn summary_json(&mut self) -> serde_json::Value {
         let mut v = self.latency.summary();
         v["qps"] = serde_json::json!(self.qps.round());

@@ -23,6 +23,8 @@ pub struct Hub {
     pub(super) snapshots: tokio::sync::Semaphore,
     pub stats: WatchStats,
     pub(super) config: WatchConfig,
+    /// Trims the heap after a burst of watches (see `heap`).
+    pub(super) heap: super::heap::HeapTrim,
 }
 
 impl Hub {
@@ -43,6 +45,8 @@ impl Hub {
                 let _ = sender.send(Published::ProgressTick);
             }
         });
+        let (heap, trimmer) = super::heap::HeapTrim::new();
+        tokio::spawn(trimmer);
         Hub {
             sender,
             published: AtomicU64::new(head),
@@ -51,6 +55,7 @@ impl Hub {
             snapshots: tokio::sync::Semaphore::new(config.max_snapshots.max(1)),
             stats: WatchStats::default(),
             config,
+            heap,
         }
     }
 

@@ -12,8 +12,9 @@
 //! `hub` is the ring, `stream` one watch (its [`WatchStream`] and the
 //! watcher that drives it), `snapshot` the consistent read a watch from
 //! revision 0 starts with, and `set` the many watches of one `WatchMany`
-//! stream.
+//! stream; `heap` gives back what a burst of watches freed.
 
+mod heap;
 mod hub;
 pub mod set;
 mod snapshot;

@@ -35,7 +35,9 @@ impl Registry {
                     labels,
                 })
             })
-            .await?;
+            .await;
+        self.inner.hub.heap.touch();
+        let snapshot = snapshot?;
         self.wait_durable(snapshot.revision).await?;
         Ok(snapshot)
     }

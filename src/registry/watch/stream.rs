@@ -21,6 +21,7 @@ struct OpenStream(Arc<Inner>);
 impl Drop for OpenStream {
     fn drop(&mut self) {
         self.0.hub.stats.open_streams.fetch_sub(1, Ordering::SeqCst);
+        self.0.hub.heap.touch();
         metrics::gauge!(telemetry::WATCH_STREAMS).decrement(1.0);
     }
 }
@@ -135,6 +136,7 @@ impl Registry {
             )));
         }
         inner.hub.stats.open_streams.fetch_add(1, Ordering::SeqCst);
+        inner.hub.heap.touch();
         metrics::gauge!(telemetry::WATCH_STREAMS).increment(1.0);
         let open = OpenStream(inner.clone());
         // Subscribe before reading any state, so no revision published from
