@@ -137,15 +137,22 @@ impl CpuMeter {
         let harness = cpu_seconds(None) - self.harness0;
         let server = (server_cpu_s - self.server0).max(0.0);
         let other = (machine_busy_seconds() - self.machine0 - harness - server).max(0.0);
-        json!({
-            "wall_s": round3(wall),
-            "harness_cpu_s": round3(harness),
-            "server_cpu_s": round3(server),
-            "harness_cores": round3(harness / wall),
-            "server_cores": round3(server / wall),
-            "other_cores": round3(other / wall),
-        })
+        cpu_json(wall, harness, server, other)
     }
+}
+
+/// The meter's answer (see `CpuMeter::stop`) from seconds: wall time, and
+/// CPU time of the harness, the server and every other process.
+pub fn cpu_json(wall: f64, harness: f64, server: f64, other: f64) -> Value {
+    let wall = wall.max(1e-9);
+    json!({
+        "wall_s": round3(wall),
+        "harness_cpu_s": round3(harness),
+        "server_cpu_s": round3(server),
+        "harness_cores": round3(harness / wall),
+        "server_cores": round3(server / wall),
+        "other_cores": round3(other / wall),
+    })
 }
 
 pub fn round3(v: f64) -> f64 {

@@ -142,18 +142,14 @@ async fn load(
 /// The CPU meters of one side's slices as one (see `CpuMeter::stop`).
 fn sum_cpu(parts: &[Value]) -> Value {
     let total = |key: &str| parts.iter().filter_map(|p| p[key].as_f64()).sum::<f64>();
-    let wall = total("wall_s").max(1e-9);
-    let other: f64 = parts
+    let other = parts
         .iter()
         .filter_map(|p| Some(p["other_cores"].as_f64()? * p["wall_s"].as_f64()?))
         .sum();
-    let round3 = crate::procfs::round3;
-    json!({
-        "wall_s": round3(wall),
-        "harness_cpu_s": round3(total("harness_cpu_s")),
-        "server_cpu_s": round3(total("server_cpu_s")),
-        "harness_cores": round3(total("harness_cpu_s") / wall),
-        "server_cores": round3(total("server_cpu_s") / wall),
-        "other_cores": round3(other / wall),
-    })
+    crate::procfs::cpu_json(
+        total("wall_s"),
+        total("harness_cpu_s"),
+        total("server_cpu_s"),
+        other,
+    )
 }
