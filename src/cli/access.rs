@@ -174,10 +174,12 @@ fn role_of(raw: &str) -> Result<pb::Role, Failure> {
         "agent" => pb::Role::Agent,
         "author" => pb::Role::Author,
         "deployer" => pb::Role::Deployer,
+        "attester" => pb::Role::Attester,
+        "approver" => pb::Role::Approver,
         "admin" => pb::Role::Admin,
         other => {
             return Err(Failure::usage(format!(
-                "--role {other:?} is not a role; use one of reader, agent, author, deployer, admin"
+                "--role {other:?} is not a role; use one of reader, agent, author, deployer, attester, approver, admin"
             )))
         }
     })
@@ -189,6 +191,8 @@ fn role_name(raw: i32) -> &'static str {
         Ok(pb::Role::Agent) => "agent",
         Ok(pb::Role::Author) => "author",
         Ok(pb::Role::Deployer) => "deployer",
+        Ok(pb::Role::Attester) => "attester",
+        Ok(pb::Role::Approver) => "approver",
         Ok(pb::Role::Admin) => "admin",
         _ => "unknown",
     }

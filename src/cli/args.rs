@@ -1,6 +1,7 @@
 //! The command line's flags and subcommands (clap definitions): a stable
 //! contract, documented in the README's CLI reference.
 
+use super::release_args::*;
 use super::{filters, ServeArgs};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -87,8 +88,9 @@ pub enum Command {
     Get(GetArgs),
     /// List prompts, optionally under a name prefix.
     List(ListArgs),
-    /// List the versions of a prompt, newest first.
-    Versions(NameArgs),
+    /// List the versions of a prompt, newest first, with their checks;
+    /// filter by tag, passing checks, or what a label's policy accepts.
+    Versions(VersionsArgs),
     /// List the labels of a prompt and where they point.
     Labels(NameArgs),
     /// Move a label to a version.
@@ -126,6 +128,26 @@ pub enum Command {
     Tokens(TokensArgs),
     /// Who the server takes you for, and what you may do.
     Whoami(WhoamiArgs),
+    /// Record a check result for a version (attester): CI or an eval suite.
+    Attest(AttestArgs),
+    /// Show the check results of a version.
+    Checks(ChecksArgs),
+    /// Attester keys for signed (DSSE) check results: add, list, remove.
+    Attesters(AttestersArgs),
+    /// Release policies per label and prefix: set, get, list, delete.
+    Policy(PolicyArgs),
+    /// Freeze a label under a prefix until a time (admin).
+    Freeze(FreezeArgs),
+    /// End a freeze before its time (admin).
+    Unfreeze(UnfreezeArgs),
+    /// List the freezes in force.
+    Freezes(FreezesArgs),
+    /// List promotion requests (moves of protected labels awaiting approval).
+    Requests(RequestsArgs),
+    /// Approve a promotion request (approver); the last approval moves the label.
+    Approve(ReviewArgs),
+    /// Reject a promotion request (approver).
+    Reject(ReviewArgs),
     /// Contexts, as kubectl has them: named servers and credentials in
     /// $XDG_CONFIG_HOME/promptreg/config.toml (or PROMPTREG_CONFIG), one
     /// of them current.
@@ -455,6 +477,27 @@ pub struct FleetArgs {
     /// The label.
     #[arg(long)]
     pub label: String,
+    #[command(flatten)]
+    pub client: ClientOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct VersionsArgs {
+    /// The prompt's name, e.g. support/triage.
+    pub name: String,
+    /// Only versions with this tag (`runtime=agent-v3`; repeatable, ANDed).
+    #[arg(long = "tag", value_name = "KEY=VALUE")]
+    pub tags: Vec<String>,
+    /// Only versions whose newest result of this check passed (repeatable).
+    #[arg(long, value_name = "CHECK")]
+    pub passing: Vec<String>,
+    /// Only versions that satisfy this label's policy checks now.
+    #[arg(long, value_name = "LABEL")]
+    pub eligible_for: Option<String>,
+    /// At most this many (with filters, `--limit 1` is the newest version
+    /// that passes them).
+    #[arg(long)]
+    pub limit: Option<u32>,
     #[command(flatten)]
     pub client: ClientOptions,
 }

@@ -5,7 +5,7 @@
 use super::client::{connect, Failure};
 use super::json::{emit, time_text};
 use super::text::{short_digest, Listing};
-use super::{local_user, DiffArgs, ListArgs, NameArgs, PublishArgs};
+use super::{local_user, DiffArgs, ListArgs, NameArgs, PublishArgs, VersionsArgs};
 use crate::grpc::pb;
 use serde::Serialize;
 use serde_json::Value;
@@ -116,11 +116,20 @@ pub(super) async fn list(args: ListArgs) -> Result<(), Failure> {
     }
 }
 
-pub(super) async fn versions(args: NameArgs) -> Result<(), Failure> {
+pub(super) async fn versions(args: VersionsArgs) -> Result<(), Failure> {
+    let mut tags = HashMap::new();
+    for tag in &args.tags {
+        let Some((key, value)) = tag.split_once('=') else {
+            return Err(Failure::usage(format!(
+                "--tag {tag:?} is not KEY=VALUE (e.g. --tag runtime=agent-v3)"
+            )));
+        };
+        tags.insert(key.to_string(), value.to_string());
+    }
     let mut client = connect(&args.client).await?;
     let mut listing = Listing::new(
         &args.client,
-        &["VERSION", "DIGEST", "CREATED", "AUTHOR", "DESCRIPTION"],
+        &["VERSION", "DIGEST", "CREATED", "AUTHOR", "CHECKS", "DESCRIPTION"],
         "no versions",
     );
     #[derive(Serialize)]
@@ -132,13 +141,18 @@ pub(super) async fn versions(args: NameArgs) -> Result<(), Failure> {
         author: &'a str,
         description: &'a str,
         created_at: &'a str,
+        checks: Vec<super::release::CheckJson<'a>>,
     }
     let mut token = String::new();
+    let mut left = args.limit.map_or(u64::MAX, u64::from);
     loop {
         let request = pb::ListVersionsRequest {
             name: args.name.clone(),
-            page_size: 1000,
+            page_size: left.min(1000) as u32,
             page_token: token,
+            tags: tags.clone(),
+            passing: args.passing.clone(),
+            eligible_for: args.eligible_for.clone().unwrap_or_default(),
         };
         let page = client.list_versions(request).await?.into_inner();
         for v in &page.versions {
@@ -150,6 +164,7 @@ pub(super) async fn versions(args: NameArgs) -> Result<(), Failure> {
                         short_digest(&v.digest),
                         created.clone(),
                         v.author.clone(),
+                        super::release::checks_summary(&page.checks, v.version),
                         v.description.clone(),
                     ]
                 },
@@ -161,10 +176,17 @@ pub(super) async fn versions(args: NameArgs) -> Result<(), Failure> {
                     author: &v.author,
                     description: &v.description,
                     created_at: &created,
+                    checks: page
+                        .checks
+                        .iter()
+                        .filter(|c| c.version == v.version)
+                        .map(super::release::CheckJson::of)
+                        .collect(),
                 },
             );
         }
-        if page.next_page_token.is_empty() {
+        left = left.saturating_sub(page.versions.len() as u64);
+        if page.next_page_token.is_empty() || left == 0 {
             listing.finish();
             return Ok(());
         }

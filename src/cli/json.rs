@@ -131,6 +131,9 @@ pub(super) struct MoveJson<'a> {
     reason: &'a str,
     time: String,
     trace_id: &'a str,
+    request_id: Option<u64>,
+    approvers: &'a [String],
+    emergency: bool,
 }
 
 impl<'a> From<&'a pb::LabelMove> for MoveJson<'a> {
@@ -147,6 +150,9 @@ impl<'a> From<&'a pb::LabelMove> for MoveJson<'a> {
             reason: &m.reason,
             time: time_text(&m.time),
             trace_id: &m.trace_id,
+            request_id: (m.request_id != 0).then_some(m.request_id),
+            approvers: &m.approvers,
+            emergency: m.emergency,
         }
     }
 }

@@ -57,6 +57,7 @@ async fn versions_of(client: &mut Client, name: &str) -> Result<Vec<pb::Version>
             name: name.to_string(),
             page_size: 1000,
             page_token: token,
+            ..Default::default()
         };
         let page = client.list_versions(request).await?.into_inner();
         all.extend(page.versions);
@@ -76,6 +77,7 @@ async fn prompt_names(client: &mut Client) -> Result<Vec<String>, Failure> {
             prefix: String::new(),
             page_size: 1000,
             page_token: token,
+            ..Default::default()
         };
         let page = client.list_prompts(request).await?.into_inner();
         all.extend(page.prompts.into_iter().map(|p| p.name));

@@ -18,11 +18,14 @@ mod json;
 mod lookup;
 mod moves;
 mod provenance;
+mod release;
+mod release_args;
 mod serve;
 mod text;
 mod watch;
 
 pub use args::*;
+pub use release_args::*;
 pub use client::run_client;
 pub use config::{ConfigAction, ConfigArgs};
 pub use serve::{run_serve, ServeArgs};
@@ -36,6 +39,9 @@ pub mod exit {
     /// The label moved, but `--wait` did not see every connected agent
     /// apply it (timed out, or no agent is connected): do not repeat the move.
     pub const NOT_CONVERGED: i32 = 4;
+    /// The label is protected: the promote made a promotion request and
+    /// the label did not move (yet); `promptreg approve ID` moves it.
+    pub const PENDING_APPROVAL: i32 = 5;
 }
 
 /// The user running the CLI, the default `--actor` and `--author`: `$USER`

@@ -93,6 +93,16 @@ async fn finish_move(
         name,
         label,
     } = moving;
+    if let Some(request) = &r.request {
+        print_move(options, name, label, r, None);
+        return Err(Failure {
+            code: exit::PENDING_APPROVAL,
+            message: format!(
+                "the label did not move: it is protected, and promotion request {} awaits approval",
+                request.id
+            ),
+        });
+    }
     if !wait.wait {
         print_move(options, name, label, r, None);
         return Ok(());
@@ -274,6 +284,9 @@ fn print_move(
         to_version: Option<u64>,
         version: Option<u64>,
         digest: &'a str,
+        emergency: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        request: Option<super::release::RequestJson<'a>>,
         #[serde(skip_serializing_if = "Option::is_none")]
         fleet: Option<FleetJson<'a>>,
     }
@@ -286,6 +299,8 @@ fn print_move(
         to_version: version_or_null(r.to_version),
         version: version_or_null(r.to_version),
         digest: &r.digest,
+        emergency: r.emergency,
+        request: r.request.as_ref().map(super::release::RequestJson::of),
         fleet: fleet.map(|fleet| FleetJson {
             converged: fleet.outcome == Outcome::Converged,
             agents: fleet.in_sync,
@@ -345,6 +360,14 @@ fn fleet_text(fleet: &Fleet, target: u64) -> String {
 }
 
 fn move_summary(name: &str, label: &str, r: &pb::LabelMoveResponse) -> String {
+    if let Some(request) = &r.request {
+        return super::release::request_made_text(request);
+    }
+    let emergency = if r.emergency {
+        " (emergency rollback: the label's policy and freezes were passed over; recorded as such)"
+    } else {
+        ""
+    };
     if !r.changed {
         format!(
             "{name} {label} already points to v{} (revision {}): nothing changed",
@@ -362,7 +385,7 @@ fn move_summary(name: &str, label: &str, r: &pb::LabelMoveResponse) -> String {
             format!("v{}", r.from_version)
         };
         format!(
-            "{name} {label}: {from} -> v{} ({}) at revision {}",
+            "{name} {label}: {from} -> v{} ({}) at revision {}{emergency}",
             r.to_version,
             short_digest(&r.digest),
             r.revision

@@ -47,6 +47,11 @@ pub struct ServeArgs {
     /// token to DATA_DIR/admin.token.
     #[arg(long, env = "PROMPTREG_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
+    /// How long a promotion request (a promote of a label whose policy asks
+    /// for approvals) waits for them before it expires, unless its policy
+    /// sets its own (`policy set --request-ttl`).
+    #[arg(long, env = "PROMPTREG_REQUEST_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub request_ttl: Duration,
     /// Serve TLS with this certificate chain (PEM, leaf first); needs
     /// --tls-key. Reloaded on SIGHUP and when the file changes.
     #[arg(
@@ -318,6 +323,7 @@ pub async fn run_serve(args: ServeArgs) -> i32 {
         caches,
         min_free_space: args.min_free_space,
         auth: !args.insecure_no_auth,
+        request_ttl: args.request_ttl,
         signing_key: match args.signing_key {
             Some(file) => KeySource::File(file),
             None => KeySource::DataDir,

@@ -215,10 +215,27 @@ pub(super) fn move_row(m: &pb::LabelMove) -> Vec<String> {
             version_text(m.to_version)
         ),
         short_digest(&m.digest),
-        m.actor.clone(),
+        actor_text(m),
         m.trace_id.clone(),
         m.reason.clone(),
     ]
+}
+
+/// Who moved it, with how release policy cleared the move: `dana (request
+/// 7, approved by erin, frank)`, `oncall (emergency)`.
+pub(super) fn actor_text(m: &pb::LabelMove) -> String {
+    let mut text = m.actor.clone();
+    if m.request_id != 0 {
+        text.push_str(&format!(
+            " (request {}, approved by {})",
+            m.request_id,
+            m.approvers.join(", ")
+        ));
+    }
+    if m.emergency {
+        text.push_str(" (emergency)");
+    }
+    text
 }
 
 /// A move on one line (`resolve`'s "set by").
@@ -237,7 +254,7 @@ pub(super) fn move_text(m: &pb::LabelMove) -> String {
         kind_name(m.kind),
         side(m.from_version),
         side(m.to_version),
-        m.actor,
+        actor_text(m),
         m.reason
     );
     if !m.trace_id.is_empty() {

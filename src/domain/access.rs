@@ -92,22 +92,29 @@ impl Token {
 
 /// The roles, from least to most. Each includes what the ones before it in
 /// its line allow: `reader` ⊂ `author` ⊂ `deployer` ⊂ `admin`; `agent` is
-/// the reads an agent needs plus watching and acknowledging.
+/// the reads an agent needs plus watching and acknowledging; `attester`
+/// (a CI job recording check results) and `approver` (a reviewer of
+/// promotion requests) are a reader plus that one thing, so that neither
+/// can move a label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Role {
     Reader,
     Agent,
     Author,
     Deployer,
+    Attester,
+    Approver,
     Admin,
 }
 
 impl Role {
-    pub const ALL: [Role; 5] = [
+    pub const ALL: [Role; 7] = [
         Role::Reader,
         Role::Agent,
         Role::Author,
         Role::Deployer,
+        Role::Attester,
+        Role::Approver,
         Role::Admin,
     ];
 
@@ -118,7 +125,7 @@ impl Role {
             .ok_or_else(|| {
                 ValidationError::new(
                     field,
-                    format!("unknown role {raw:?}; one of reader, agent, author, deployer, admin"),
+                    format!("unknown role {raw:?}; one of reader, agent, author, deployer, attester, approver, admin"),
                 )
             })
     }
@@ -129,6 +136,8 @@ impl Role {
             Role::Agent => "agent",
             Role::Author => "author",
             Role::Deployer => "deployer",
+            Role::Attester => "attester",
+            Role::Approver => "approver",
             Role::Admin => "admin",
         }
     }
@@ -147,6 +156,8 @@ impl Role {
                     ReadContent | Inspect | Identify | Publish | MoveLabel
                 )
             }
+            Role::Attester => matches!(action, ReadContent | Inspect | Identify | Attest),
+            Role::Approver => matches!(action, ReadContent | Inspect | Identify | Approve),
         }
     }
 
@@ -185,12 +196,17 @@ pub enum Action {
     Publish,
     /// Promote, roll back or remove a label.
     MoveLabel,
-    /// Everything else: tokens, signing keys, checkpoints, prune, backup.
+    /// Record a check result for a version.
+    Attest,
+    /// Approve or reject a promotion request.
+    Approve,
+    /// Everything else: tokens, signing keys, checkpoints, prune, backup,
+    /// attester keys, policies, freezes.
     Administer,
 }
 
 impl Action {
-    pub const ALL: [Action; 8] = [
+    pub const ALL: [Action; 10] = [
         Action::ReadContent,
         Action::Inspect,
         Action::Watch,
@@ -198,8 +214,16 @@ impl Action {
         Action::Identify,
         Action::Publish,
         Action::MoveLabel,
+        Action::Attest,
+        Action::Approve,
         Action::Administer,
     ];
+
+    /// Whether a binding's labels narrow it: moving a label, and approving
+    /// a move of one.
+    fn is_about_a_label(self) -> bool {
+        matches!(self, Action::MoveLabel | Action::Approve)
+    }
 
     /// What a denial says the caller tried.
     pub fn describe(self) -> &'static str {
@@ -211,6 +235,8 @@ impl Action {
             Action::Identify => "asking who you are",
             Action::Publish => "publishing",
             Action::MoveLabel => "moving a label",
+            Action::Attest => "recording a check result",
+            Action::Approve => "reviewing a promotion request",
             Action::Administer => "administering",
         }
     }
@@ -222,7 +248,8 @@ pub struct Binding {
     pub role: Role,
     /// Name prefixes the role covers; empty: every prompt.
     pub prefixes: Vec<String>,
-    /// For `deployer`: the labels it may move; empty: every label.
+    /// For `deployer` and `approver`: the labels it may move or approve
+    /// moves of; empty: every label.
     pub labels: Vec<LabelName>,
 }
 
@@ -253,10 +280,10 @@ impl Binding {
             }
             PromptName::check_prefix(&format!("prefixes[{i}]"), prefix, max_name_bytes)?;
         }
-        if !labels.is_empty() && role != Role::Deployer {
+        if !labels.is_empty() && !matches!(role, Role::Deployer | Role::Approver) {
             return Err(ValidationError::new(
                 "labels",
-                format!("only a deployer binding is narrowed by labels, not {role}"),
+                format!("only a deployer or approver binding is narrowed by labels, not {role}"),
             ));
         }
         Ok(Binding {
@@ -295,7 +322,7 @@ impl Binding {
             Scope::Prefix(prefix) => self.covers_prefix(prefix),
             Scope::Label(name, label) => {
                 self.covers_prompt(name.as_str())
-                    && (action != Action::MoveLabel || self.covers_label(label))
+                    && (!action.is_about_a_label() || self.covers_label(label))
             }
         }
     }
@@ -390,7 +417,7 @@ impl Principal {
             Scope::EveryPrompt => format!("{role} on every prompt"),
             Scope::Prefix(prefix) => format!("{role} on {prefix}"),
             Scope::Prompt(name) => format!("{role} on {name}"),
-            Scope::Label(name, label) if action == Action::MoveLabel => {
+            Scope::Label(name, label) if action.is_about_a_label() => {
                 format!("{role} on {name} for label {label}")
             }
             Scope::Label(name, _) => format!("{role} on {name}"),

@@ -61,6 +61,7 @@ mod tests {
             actor: "a".into(),
             reason: "r".into(),
             trace_id: None,
+            clearance: Default::default(),
         }
     }
 

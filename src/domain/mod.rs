@@ -2,6 +2,7 @@
 //! sled; everything here is testable with plain values.
 
 pub mod access;
+pub mod release;
 mod content;
 mod fleet;
 mod history;
@@ -132,6 +133,20 @@ pub struct LabelMove {
     pub reason: String,
     /// The W3C trace id of the request that made the move, when it had one.
     pub trace_id: Option<String>,
+    /// How release policy cleared it (approvals, an emergency).
+    pub clearance: Clearance,
+}
+
+/// How a label move was cleared by release policy: by default, nothing
+/// was asked of it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Clearance {
+    /// The promotion request it completes (its actor is the requester).
+    pub request: Option<u64>,
+    /// Who approved it, in order.
+    pub approvers: Vec<String>,
+    /// An emergency rollback, past the policy or a freeze.
+    pub emergency: bool,
 }
 
 /// A label's current target.

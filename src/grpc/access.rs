@@ -207,8 +207,13 @@ pub fn action_of(rpc: &str) -> Option<Action> {
         "WhoAmI" => Identify,
         "PublishVersion" => Publish,
         "SetLabel" | "Rollback" | "RemoveLabel" => MoveLabel,
+        "ListChecks" | "ListAttesters" | "GetPolicy" | "ListPolicies" | "ListFreezes"
+        | "ListRequests" => Inspect,
+        "AttestVersion" => Attest,
+        "ApproveRequest" | "RejectRequest" => Approve,
         "RotateSigningKey" | "CreateCheckpoint" | "PruneVersions" | "Backup" | "CreateToken"
-        | "ListTokens" | "RevokeToken" => Administer,
+        | "ListTokens" | "RevokeToken" | "AddAttester" | "RemoveAttester" | "SetPolicy"
+        | "DeletePolicy" | "FreezeLabel" | "UnfreezeLabel" => Administer,
         _ => return None,
     })
 }
@@ -221,6 +226,8 @@ fn role_to_pb(role: Role) -> pb::Role {
         Role::Agent => pb::Role::Agent,
         Role::Author => pb::Role::Author,
         Role::Deployer => pb::Role::Deployer,
+        Role::Attester => pb::Role::Attester,
+        Role::Approver => pb::Role::Approver,
         Role::Admin => pb::Role::Admin,
     }
 }
@@ -231,11 +238,13 @@ fn role_from_pb(field: &str, raw: i32) -> Result<Role, ValidationError> {
         Ok(pb::Role::Agent) => Ok(Role::Agent),
         Ok(pb::Role::Author) => Ok(Role::Author),
         Ok(pb::Role::Deployer) => Ok(Role::Deployer),
+        Ok(pb::Role::Attester) => Ok(Role::Attester),
+        Ok(pb::Role::Approver) => Ok(Role::Approver),
         Ok(pb::Role::Admin) => Ok(Role::Admin),
         Ok(pb::Role::Unspecified) | Err(_) => Err(ValidationError::new(
             field,
             format!(
-                "is {raw}; one of ROLE_READER, ROLE_AGENT, ROLE_AUTHOR, ROLE_DEPLOYER, ROLE_ADMIN"
+                "is {raw}; one of ROLE_READER, ROLE_AGENT, ROLE_AUTHOR, ROLE_DEPLOYER, ROLE_ATTESTER, ROLE_APPROVER, ROLE_ADMIN"
             ),
         )),
     }

@@ -167,6 +167,9 @@ pub fn label_move(m: LabelMove) -> pb::LabelMove {
         actor: m.actor,
         reason: m.reason,
         trace_id: m.trace_id.unwrap_or_default(),
+        request_id: m.clearance.request.unwrap_or(0),
+        approvers: m.clearance.approvers,
+        emergency: m.clearance.emergency,
     }
 }
 
@@ -177,6 +180,8 @@ pub fn moved(m: Moved) -> pb::LabelMoveResponse {
         from_version: m.from_version.unwrap_or(0),
         to_version: m.to_version.unwrap_or(0),
         digest: m.digest.map(|d| d.to_string()).unwrap_or_default(),
+        request: m.request.map(super::release::promotion_request),
+        emergency: m.emergency,
     }
 }
 
@@ -460,6 +465,7 @@ pub fn audit_report(r: AuditReport) -> pb::VerifyAuditResponse {
         intact: r.intact(),
         entries: r.entries,
         versions: r.versions,
+        checks: r.checks,
         first_broken_sequence: r.first_broken_sequence,
         problems: r.problems,
         head_hash: r.head_hash,

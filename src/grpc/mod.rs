@@ -3,6 +3,8 @@
 
 pub mod access;
 pub mod codec;
+mod moves;
+mod release;
 pub(crate) mod convert;
 mod service;
 mod status;

@@ -1,15 +1,16 @@
 //! The `promptreg.v1.Registry` service: thin handlers over the registry core.
 
 use super::access::{self, authorize, take_principal};
-use super::convert::{self, label_name, movable_label, prompt_name};
+use super::release;
+use super::convert::{self, label_name, prompt_name};
 use super::pb;
 use super::pb_server::registry_server::Registry as RegistryApi;
-use crate::domain::access::{Action, Principal, Scope};
+use crate::domain::access::{Action, Scope};
 use crate::domain::validate::{self, version_number};
 use crate::domain::{ContentDigest, PromptName, ValidationError};
 use crate::registry::fleet::{Ack, AgentLabelStatus, ApplyOutcome, FleetCounts};
 use crate::registry::provenance::{AuditFilter, PruneRequest};
-use crate::registry::{MoveRequest, PointInTime, Registry, VersionSelector};
+use crate::registry::{PointInTime, Registry, VersionSelector};
 use prost::Message as _;
 use std::pin::Pin;
 use tokio_stream::{Stream, StreamExt as _};
@@ -23,35 +24,13 @@ impl RegistryService {
     pub fn new(registry: Registry) -> RegistryService {
         RegistryService { registry }
     }
-
-    /// A label move by `principal`, who is recorded as its actor, once it
-    /// may move that label.
-    fn move_request(
-        &self,
-        principal: Principal,
-        name: &str,
-        label: &str,
-        reason: String,
-        trace_id: Option<String>,
-    ) -> Result<MoveRequest, Status> {
-        let name = prompt_name(name, self.registry.limits())?;
-        let label = movable_label(label)?;
-        authorize(&principal, Action::MoveLabel, Scope::Label(&name, &label))?;
-        Ok(MoveRequest {
-            trace_id,
-            name,
-            label,
-            actor: principal.name,
-            reason,
-        })
-    }
 }
 
 type Answer<T> = Result<Response<T>, Status>;
 
 /// Adds the prompt's attributes (OpenTelemetry GenAI conventions plus ours)
 /// to the RPC's span, opened by `telemetry::RpcLayer`.
-fn annotate(
+pub(super) fn annotate(
     name: &str,
     version: u64,
     digest: Option<&ContentDigest>,
@@ -77,27 +56,6 @@ fn annotate(
     if let Some(revision) = revision {
         span.record("promptreg.revision", revision);
     }
-}
-
-/// Annotates a label move and adds a span event (and a log line) with the
-/// versions and the reason.
-fn annotate_move(name: &str, label: &str, reason: &str, moved: &crate::registry::Moved) {
-    annotate(
-        name,
-        moved.to_version.unwrap_or(0),
-        moved.digest.as_ref(),
-        Some(label),
-        Some(moved.revision),
-    );
-    tracing::info!(
-        prompt = name,
-        label,
-        from_version = moved.from_version.unwrap_or(0),
-        to_version = moved.to_version.unwrap_or(0),
-        changed = moved.changed,
-        reason,
-        "label moved"
-    );
 }
 
 type WatchResponseStream =
@@ -504,9 +462,19 @@ impl RegistryApi for RegistryService {
         let req = request.into_inner();
         let name = prompt_name(&req.name, self.registry.limits())?;
         authorize(&principal, Action::ReadContent, Scope::Prompt(&name))?;
-        let page = self
+        let filter = crate::registry::release::VersionFilter {
+            tags: req.tags.into_iter().collect(),
+            passing: req.passing,
+            eligible_for: match req.eligible_for.as_str() {
+                "" => None,
+                raw => Some(crate::domain::LabelName::parse("eligible_for", raw)?),
+            },
+        };
+        let (page, checks) = self
             .registry
-            .off_runtime(move |r| r.list_versions(&name, req.page_size, &req.page_token))
+            .off_runtime(move |r| {
+                r.list_versions_filtered(&name, &filter, req.page_size, &req.page_token)
+            })
             .await?;
         Ok(Response::new(pb::ListVersionsResponse {
             versions: page
@@ -515,54 +483,23 @@ impl RegistryApi for RegistryService {
                 .map(|v| convert::version(v, false))
                 .collect(),
             next_page_token: page.next_page_token,
+            checks: checks.into_iter().map(release::check_result).collect(),
         }))
     }
 
-    async fn set_label(
-        &self,
-        mut request: Request<pb::SetLabelRequest>,
-    ) -> Answer<pb::LabelMoveResponse> {
-        let principal = take_principal(&mut request)?;
-        let trace_id = convert::trace_id(&request);
-        let req = request.into_inner();
-        let version = version_number("version", req.version)?;
-        let (name, label, reason) = (req.name.clone(), req.label.clone(), req.reason.clone());
-        let mv = self.move_request(principal, &req.name, &req.label, req.reason, trace_id)?;
-        let moved = self
-            .registry
-            .set_label(mv, version, req.expected_version)
-            .await?;
-        annotate_move(&name, &label, &reason, &moved);
-        Ok(Response::new(convert::moved(moved)))
+    async fn set_label(&self, request: Request<pb::SetLabelRequest>) -> Answer<pb::LabelMoveResponse> {
+        super::moves::set_label(&self.registry, request).await.map(Response::new)
     }
 
-    async fn rollback(
-        &self,
-        mut request: Request<pb::RollbackRequest>,
-    ) -> Answer<pb::LabelMoveResponse> {
-        let principal = take_principal(&mut request)?;
-        let trace_id = convert::trace_id(&request);
-        let req = request.into_inner();
-        let to = req.to_version.filter(|v| *v != 0);
-        let (name, label, reason) = (req.name.clone(), req.label.clone(), req.reason.clone());
-        let mv = self.move_request(principal, &req.name, &req.label, req.reason, trace_id)?;
-        let moved = self.registry.rollback(mv, to, req.expected_version).await?;
-        annotate_move(&name, &label, &reason, &moved);
-        Ok(Response::new(convert::moved(moved)))
+    async fn rollback(&self, request: Request<pb::RollbackRequest>) -> Answer<pb::LabelMoveResponse> {
+        super::moves::rollback(&self.registry, request).await.map(Response::new)
     }
 
     async fn remove_label(
         &self,
-        mut request: Request<pb::RemoveLabelRequest>,
+        request: Request<pb::RemoveLabelRequest>,
     ) -> Answer<pb::LabelMoveResponse> {
-        let principal = take_principal(&mut request)?;
-        let trace_id = convert::trace_id(&request);
-        let req = request.into_inner();
-        let (name, label, reason) = (req.name.clone(), req.label.clone(), req.reason.clone());
-        let mv = self.move_request(principal, &req.name, &req.label, req.reason, trace_id)?;
-        let moved = self.registry.remove_label(mv).await?;
-        annotate_move(&name, &label, &reason, &moved);
-        Ok(Response::new(convert::moved(moved)))
+        super::moves::remove_label(&self.registry, request).await.map(Response::new)
     }
 
     async fn list_labels(
@@ -688,5 +625,65 @@ impl RegistryApi for RegistryService {
 
     async fn who_am_i(&self, request: Request<pb::WhoAmIRequest>) -> Answer<pb::WhoAmIResponse> {
         Ok(Response::new(access::who_am_i(request)?))
+    }
+
+    async fn attest_version(&self, request: Request<pb::AttestVersionRequest>) -> Answer<pb::AttestVersionResponse> {
+        release::attest_version(&self.registry, request).await.map(Response::new)
+    }
+
+    async fn list_checks(&self, request: Request<pb::ListChecksRequest>) -> Answer<pb::ListChecksResponse> {
+        release::list_checks(&self.registry, request).await.map(Response::new)
+    }
+
+    async fn add_attester(&self, request: Request<pb::AddAttesterRequest>) -> Answer<pb::Attester> {
+        release::add_attester(&self.registry, request).await.map(Response::new)
+    }
+
+    async fn list_attesters(&self, request: Request<pb::ListAttestersRequest>) -> Answer<pb::ListAttestersResponse> {
+        release::list_attesters(&self.registry, request).await.map(Response::new)
+    }
+
+    async fn remove_attester(&self, request: Request<pb::RemoveAttesterRequest>) -> Answer<pb::Attester> {
+        release::remove_attester(&self.registry, request).await.map(Response::new)
+    }
+
+    async fn set_policy(&self, request: Request<pb::SetPolicyRequest>) -> Answer<pb::Policy> {
+        release::set_policy(&self.registry, request).await.map(Response::new)
+    }
+
+    async fn get_policy(&self, request: Request<pb::GetPolicyRequest>) -> Answer<pb::GetPolicyResponse> {
+        release::get_policy(&self.registry, request).await.map(Response::new)
+    }
+
+    async fn list_policies(&self, request: Request<pb::ListPoliciesRequest>) -> Answer<pb::ListPoliciesResponse> {
+        release::list_policies(&self.registry, request).await.map(Response::new)
+    }
+
+    async fn delete_policy(&self, request: Request<pb::DeletePolicyRequest>) -> Answer<pb::DeletePolicyResponse> {
+        release::delete_policy(&self.registry, request).await.map(Response::new)
+    }
+
+    async fn freeze_label(&self, request: Request<pb::FreezeLabelRequest>) -> Answer<pb::Freeze> {
+        release::freeze_label(&self.registry, request).await.map(Response::new)
+    }
+
+    async fn unfreeze_label(&self, request: Request<pb::UnfreezeLabelRequest>) -> Answer<pb::UnfreezeLabelResponse> {
+        release::unfreeze_label(&self.registry, request).await.map(Response::new)
+    }
+
+    async fn list_freezes(&self, request: Request<pb::ListFreezesRequest>) -> Answer<pb::ListFreezesResponse> {
+        release::list_freezes(&self.registry, request).await.map(Response::new)
+    }
+
+    async fn list_requests(&self, request: Request<pb::ListRequestsRequest>) -> Answer<pb::ListRequestsResponse> {
+        release::list_requests(&self.registry, request).await.map(Response::new)
+    }
+
+    async fn approve_request(&self, request: Request<pb::ApproveRequestRequest>) -> Answer<pb::ReviewResponse> {
+        release::approve_request(&self.registry, request).await.map(Response::new)
+    }
+
+    async fn reject_request(&self, request: Request<pb::RejectRequestRequest>) -> Answer<pb::ReviewResponse> {
+        release::reject_request(&self.registry, request).await.map(Response::new)
     }
 }

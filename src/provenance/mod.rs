@@ -7,10 +7,15 @@
 //! signatures and recompute ledger hashes. Change them only with a new
 //! domain-separation tag.
 
+mod attest;
 mod ledger;
 mod signing;
 mod token;
 
+pub use attest::{
+    check_message, pae, verify_envelope, AttestedCheck, EnvelopeError, CHECK_PREDICATE_TYPE,
+    IN_TOTO_PAYLOAD_TYPE, STATEMENT_TYPE,
+};
 pub use ledger::{AuditEntry, LedgerHead};
 pub use signing::{key_id_of, secure_keys_dir, verify_signature, KeyError, SigningKey};
 pub use token::{generate_token, is_well_formed, token_hash, TOKEN_LEN, TOKEN_PREFIX};

@@ -1,6 +1,7 @@
 //! What the audit ledger says about each write: one entry per change of a
 //! revision, per key rotation, per prune, per token created or revoked,
-//! and for enabling encryption. The store appends the entries it is given, chained to its ledger head; the
+//! and for enabling encryption (release policy's entries are written in
+//! `release/`, with the same `AuditEntry::after`). The store appends the entries it is given, chained to its ledger head; the
 //! words are decided here. `AuditEntry.target` in the proto lists every
 //! target form written below.
 
@@ -54,7 +55,7 @@ fn change_entry(
             mv.kind.as_str(),
             format!("{}:{}", mv.name, mv.label),
             mv.reason.as_str(),
-            format!("{} -> {}", side(mv.from_version), side(mv.to_version)),
+            move_detail(mv, side(mv.from_version), side(mv.to_version)),
         ),
     };
     let mut entry = AuditEntry::after(
@@ -72,6 +73,21 @@ fn change_entry(
         entry.hash = entry.compute_hash();
     }
     entry
+}
+
+/// `vA -> vB`, and how release policy cleared the move.
+fn move_detail(mv: &crate::domain::LabelMove, from: String, to: String) -> String {
+    let mut detail = format!("{from} -> {to}");
+    if mv.clearance.emergency {
+        detail.push_str("; emergency rollback");
+    }
+    if let Some(id) = mv.clearance.request {
+        detail.push_str(&format!(
+            "; request {id} approved by {}",
+            mv.clearance.approvers.join(", ")
+        ));
+    }
+    detail
 }
 
 /// A new active signing key.

@@ -22,6 +22,9 @@ pub struct RegistryConfig {
     /// Whether requests must authenticate (default on; off is
     /// `serve --insecure-no-auth`, loopback only).
     pub auth: bool,
+    /// How long a promotion request waits for its approvals, unless its
+    /// policy says otherwise (`--request-ttl`, default 24 h).
+    pub request_ttl: std::time::Duration,
 }
 
 /// The memory bounds of the two caches that grow with the data. Everything
@@ -56,6 +59,9 @@ impl RegistryConfig {
             caches: CacheConfig::default(),
             min_free_space: disk::DEFAULT_MIN_FREE_SPACE,
             auth: true,
+            request_ttl: std::time::Duration::from_secs(
+                crate::domain::release::DEFAULT_REQUEST_TTL_SECS,
+            ),
         }
     }
 }

@@ -28,6 +28,7 @@ mod open;
 mod page;
 pub mod provenance;
 mod read;
+pub mod release;
 mod tasks;
 mod version_cache;
 pub mod watch;
@@ -99,6 +100,8 @@ struct Inner {
     key_source: provenance::KeySource,
     /// Tokens by hash, for authenticating requests; see `access.rs`.
     access: access::Access,
+    /// How long a promotion request waits by default (`--request-ttl`).
+    request_ttl_secs: u64,
     /// Held for the registry's lifetime: the OS lock that keeps a second
     /// process off the data directory.
     _lock: File,

@@ -73,6 +73,7 @@ impl Registry {
             data_dir: dir.clone(),
             key_source: config.signing_key.clone(),
             access,
+            request_ttl_secs: config.request_ttl.as_secs().max(1),
             _lock: lock,
         });
         tokio::spawn(run_flusher(Arc::downgrade(&inner), group_commit));

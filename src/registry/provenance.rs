@@ -76,6 +76,8 @@ pub struct Checkpoint {
 pub struct AuditReport {
     pub entries: u64,
     pub versions: u64,
+    /// Check results whose signature (and envelope) were checked.
+    pub checks: u64,
     /// The first entry whose hash or link is wrong (0: none).
     pub first_broken_sequence: u64,
     pub problems: Vec<String>,
@@ -402,6 +404,8 @@ pub fn verify_store(store: &Store, checkpoint: Option<&Checkpoint>) -> Result<Au
             },
         }
     })?;
+
+    super::release::verify_checks(store, &keys, &mut report)?;
 
     if let Some(c) = checkpoint {
         match keys.get(&c.key_id) {

@@ -4,8 +4,9 @@
 use super::disk::{self, WriteHealth};
 use super::{Registry, RegistryError, Result, WriterState};
 use crate::domain::validate;
+use crate::domain::release::{Gate, PromotionRequest};
 use crate::domain::{
-    rollback_target, Change, ContentDigest, LabelMove, LabelName, LabelTarget, Micros, MoveKind,
+    rollback_target, Change, Clearance, ContentDigest, LabelMove, LabelName, LabelTarget, Micros, MoveKind,
     NewVersion, NoRollbackTarget, PromptName, Revision, Version,
 };
 use crate::store::StoreError;
@@ -31,6 +32,28 @@ pub struct Moved {
     pub from_version: Option<u64>,
     pub to_version: Option<u64>,
     pub digest: Option<ContentDigest>,
+    /// Set when the label is protected: the label did not move, this
+    /// promotion request was made instead (`to_version` is its version).
+    pub request: Option<PromotionRequest>,
+    /// The move was an emergency rollback past the label's policy.
+    pub emergency: bool,
+}
+
+/// What a label move does, once decided.
+#[derive(Debug, Clone)]
+pub(super) struct MoveStep {
+    pub kind: MoveKind,
+    pub from_version: Option<u64>,
+    pub to_version: Option<u64>,
+    pub digest: Option<ContentDigest>,
+    pub clearance: Clearance,
+}
+
+/// The promotion request a move completes, and the ledger entry of its
+/// last approval: both written in the move's batch, before its own entry.
+pub(super) struct Approved<'a> {
+    pub request: &'a PromotionRequest,
+    pub entry: crate::provenance::AuditEntry,
 }
 
 /// A requested label move, before the registry checks it.
@@ -146,6 +169,7 @@ impl Registry {
                         trace_id: new.trace_id.clone(),
                         actor: new.author.clone(),
                         reason: format!("version {number} published"),
+                        clearance: Default::default(),
                     };
                     let change = Revision {
                         revision,
@@ -161,7 +185,7 @@ impl Registry {
                             Change::LabelMoved(latest_move),
                         ],
                     };
-                    this.commit(&mut writer, change, Some(&version))?;
+                    this.commit(&mut writer, change, Some(&version), None)?;
                     Ok(Published {
                         version: number,
                         digest,
@@ -285,7 +309,9 @@ impl Registry {
     }
 
     /// The shared tail of every label move, under the writer lock: checks the
-    /// target exists, reports a no-op, or commits the move as one revision.
+    /// target exists and is not pruned, reports a no-op, passes the release
+    /// gate (which may refuse the move, or turn it into a promotion request),
+    /// and commits the move as one revision.
     fn move_label(
         &self,
         writer: &mut WriterState,
@@ -294,51 +320,129 @@ impl Registry {
         current: Option<LabelTarget>,
         to_version: Option<u64>,
     ) -> Result<Moved> {
-        let digest = match to_version {
-            Some(number) => {
-                let version = self.existing_version(&request.name, number)?;
-                // Agents could neither fetch nor verify what the label would
-                // point to.
-                if version.pruned {
-                    let what = match kind {
-                        MoveKind::Rollback => "roll back",
-                        MoveKind::Promote | MoveKind::Remove => "move",
-                    };
-                    return Err(RegistryError::FailedPrecondition(format!(
-                        "cannot {what} label {} of {} to version {number}: {} v{number} was pruned \
-                         (its content is gone); choose a version that is not pruned",
-                        request.label, request.name, request.name
-                    )));
-                }
-                Some(version.digest)
-            }
-            None => None,
-        };
+        let digest = self.movable_target(&request, kind, to_version)?;
         let from_version = current.as_ref().map(|c| c.version);
+        let unmoved = |revision, request| Moved {
+            changed: false,
+            revision,
+            from_version,
+            to_version,
+            digest,
+            request,
+            emergency: false,
+        };
         if let (Some(current), Some(_)) = (&current, to_version) {
             if Some(current.version) == to_version {
-                return Ok(Moved {
-                    changed: false,
-                    revision: current.revision,
-                    from_version,
-                    to_version,
-                    digest,
-                });
+                return Ok(unmoved(current.revision, None));
             }
         }
+        let (gate, policy) =
+            self.gate_move(&request.name, &request.label, kind, to_version, false)?;
+        let clearance = match gate {
+            Gate::Allow => Clearance::default(),
+            Gate::Emergency => Clearance {
+                emergency: true,
+                ..Clearance::default()
+            },
+            Gate::Refuse(why) => {
+                return Err(RegistryError::FailedPrecondition(why.describe(
+                    &request.name,
+                    &request.label,
+                    crate::time::format_micros,
+                )))
+            }
+            Gate::Request { approvals } => {
+                let (Some(version), Some(digest)) = (to_version, digest) else {
+                    // The gate asks for approvals only for a move to a version.
+                    return Err(RegistryError::FailedPrecondition(format!(
+                        "label {} of {} is protected and cannot be removed",
+                        request.label, request.name
+                    )));
+                };
+                let ttl = policy.as_ref().and_then(|p| p.request_ttl_secs);
+                let opened = self.open_request(
+                    writer,
+                    request,
+                    kind,
+                    (version, digest),
+                    from_version,
+                    approvals,
+                    ttl,
+                )?;
+                return Ok(unmoved(writer.head, Some(opened)));
+            }
+        };
+        let emergency = clearance.emergency;
+        let step = MoveStep {
+            kind,
+            from_version,
+            to_version,
+            digest,
+            clearance,
+        };
+        let revision = self.commit_move(writer, request, step, None)?;
+        Ok(Moved {
+            changed: true,
+            revision,
+            from_version,
+            to_version,
+            digest,
+            request: None,
+            emergency,
+        })
+    }
+
+    /// The digest of the version a label would point to (`None`: removed),
+    /// once it exists and is not pruned.
+    pub(super) fn movable_target(
+        &self,
+        request: &MoveRequest,
+        kind: MoveKind,
+        to_version: Option<u64>,
+    ) -> Result<Option<ContentDigest>> {
+        let Some(number) = to_version else {
+            return Ok(None);
+        };
+        let version = self.existing_version(&request.name, number)?;
+        // Agents could neither fetch nor verify what the label would
+        // point to.
+        if version.pruned {
+            let what = match kind {
+                MoveKind::Rollback => "roll back",
+                MoveKind::Promote | MoveKind::Remove => "move",
+            };
+            return Err(RegistryError::FailedPrecondition(format!(
+                "cannot {what} label {} of {} to version {number}: {} v{number} was pruned \
+                 (its content is gone); choose a version that is not pruned",
+                request.label, request.name, request.name
+            )));
+        }
+        Ok(Some(version.digest))
+    }
+
+    /// Commits one label move as a revision; with `approved`, the
+    /// promotion request it completes is written in the same batch.
+    pub(super) fn commit_move(
+        &self,
+        writer: &mut WriterState,
+        request: MoveRequest,
+        step: MoveStep,
+        approved: Option<Approved<'_>>,
+    ) -> Result<u64> {
         let (revision, time) = writer.next();
         let mv = LabelMove {
             name: request.name,
             label: request.label,
             revision,
             time,
-            kind,
-            from_version,
-            to_version,
-            digest,
+            kind: step.kind,
+            from_version: step.from_version,
+            to_version: step.to_version,
+            digest: step.digest,
             actor: request.actor,
             reason: request.reason,
             trace_id: request.trace_id.clone(),
+            clearance: step.clearance,
         };
         metrics::counter!(
             crate::telemetry::metrics::LABEL_MOVES,
@@ -352,14 +456,8 @@ impl Registry {
             changes: vec![Change::LabelMoved(mv)],
             trace_id: request.trace_id,
         };
-        self.commit(writer, change, None)?;
-        Ok(Moved {
-            changed: true,
-            revision,
-            from_version,
-            to_version,
-            digest,
-        })
+        self.commit(writer, change, None, approved)?;
+        Ok(revision)
     }
 
     /// Writes one revision and hands it to group commit. On error nothing was
@@ -369,10 +467,26 @@ impl Registry {
         writer: &mut WriterState,
         revision: Revision,
         published: Option<&Version>,
+        approved: Option<Approved<'_>>,
     ) -> Result<()> {
         let ledger = self.store().ledger_head()?;
-        let audit = super::audit::revision_entries(&ledger, &revision, published);
-        if let Err(error) = self.store().commit(&revision, published, &audit) {
+        let written = match approved {
+            None => {
+                let audit = super::audit::revision_entries(&ledger, &revision, published);
+                self.store().commit(&revision, published, &audit)
+            }
+            Some(approved) => {
+                let mut audit = vec![approved.entry.clone()];
+                audit.extend(super::audit::revision_entries(
+                    &approved.entry.head(),
+                    &revision,
+                    published,
+                ));
+                self.store()
+                    .commit_approved(&revision, &audit, approved.request)
+            }
+        };
+        if let Err(error) = written {
             if matches!(error, StoreError::Io(_)) {
                 // sled fails every later write after an I/O error.
                 self.inner.gate.set(WriteHealth::FlushFailing(format!(

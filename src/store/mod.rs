@@ -26,6 +26,7 @@
 //! | `meta/signing_key` | the active signing key's id |
 //! | `meta/encryption` | the data key id, when version content is encrypted |
 //! | `t/{name}` | a bearer token: its SHA-256, bindings, expiry, revocation |
+//! | `c/`, `e/`, `y/`, `z/`, `q/`, `meta/requests` | release policy: check results, attester keys, policies, freezes, promotion requests (see `release.rs`) |
 //!
 //! Numbers in keys are big-endian so that byte order is numeric order. The
 //! change log (`r/`) is the source of truth for what happened; `p/`, `l/`,
@@ -41,6 +42,7 @@ pub(crate) mod engine_panics;
 mod keys;
 mod reads;
 pub(crate) mod records;
+mod release;
 mod sealing;
 mod sled;
 mod torn_tail;
@@ -361,6 +363,17 @@ impl Store {
         published: Option<&Version>,
         audit: &[AuditEntry],
     ) -> Result<()> {
+        let batch = self.revision_batch(revision, published, audit)?;
+        self.engine.apply(batch)
+    }
+
+    /// The batch of [`Store::commit`], guarded on the heads it read.
+    fn revision_batch(
+        &self,
+        revision: &Revision,
+        published: Option<&Version>,
+        audit: &[AuditEntry],
+    ) -> Result<Batch> {
         let mut batch = Batch::default();
         let head_raw = self.engine.get(KEY_HEAD)?;
         let head = head_raw
@@ -433,7 +446,7 @@ impl Store {
             encode(&RevisionRec::from(revision)),
         );
         batch.put(KEY_HEAD, revision.revision.to_be_bytes());
-        self.engine.apply(batch)
+        Ok(batch)
     }
 
     /// Makes every committed revision durable. After this returns, the

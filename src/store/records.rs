@@ -174,6 +174,12 @@ pub struct MoveRec {
     pub digest: Option<String>,
     pub actor: String,
     pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvers: Vec<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub emergency: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -379,6 +385,9 @@ impl From<&LabelMove> for MoveRec {
             actor: m.actor.clone(),
             reason: m.reason.clone(),
             trace_id: m.trace_id.clone(),
+            request_id: m.clearance.request,
+            approvers: m.clearance.approvers.clone(),
+            emergency: m.clearance.emergency,
         }
     }
 }
@@ -516,6 +525,11 @@ impl MoveRec {
             actor: self.actor,
             reason: self.reason,
             trace_id: self.trace_id,
+            clearance: crate::domain::Clearance {
+                request: self.request_id,
+                approvers: self.approvers,
+                emergency: self.emergency,
+            },
         })
     }
 }

@@ -217,6 +217,11 @@ pub(super) fn seeds() -> Vec<Vec<u8>> {
         actor: "ops".into(),
         reason: "bad".into(),
         trace_id: Some("0af7651916cd43dd8448eb211c80319c".into()),
+        clearance: crate::domain::Clearance {
+            request: Some(4),
+            approvers: vec!["erin".into()],
+            emergency: false,
+        },
     };
     let revision = crate::domain::Revision {
         revision: 10,
