@@ -48,6 +48,12 @@ fn allowed(role: &str) -> BTreeSet<String> {
         "ListAudit",
         "VerifyAudit",
         "WhoAmI",
+        "ListChecks",
+        "ListAttesters",
+        "GetPolicy",
+        "ListPolicies",
+        "ListFreezes",
+        "ListRequests",
     ];
     let agent = [
         "GetVersion",
@@ -70,6 +76,8 @@ fn allowed(role: &str) -> BTreeSet<String> {
             &["PublishVersion", "SetLabel", "Rollback", "RemoveLabel"],
         ]
         .concat(),
+        "attester" => [&reader[..], &["AttestVersion"]].concat(),
+        "approver" => [&reader[..], &["ApproveRequest", "RejectRequest"]].concat(),
         "admin" => return every_rpc(),
         _ => Vec::new(),
     };
@@ -241,6 +249,110 @@ async fn call(client: &mut Client, rpc: &str, digest: &str, n: usize) -> Code {
             .await
             .map(drop),
         "WhoAmI" => client.who_am_i(pb::WhoAmIRequest {}).await.map(drop),
+        "AttestVersion" => client
+            .attest_version(pb::AttestVersionRequest {
+                name: name(),
+                version: 1,
+                check: "matrix".into(),
+                result: pb::CheckOutcome::Pass.into(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        "ListChecks" => client
+            .list_checks(pb::ListChecksRequest {
+                name: name(),
+                version: 1,
+                history: true,
+            })
+            .await
+            .map(drop),
+        "AddAttester" => client
+            .add_attester(pb::AddAttesterRequest {
+                name: format!("matrix-{n}"),
+                public_key: vec![7; 32],
+            })
+            .await
+            .map(drop),
+        "ListAttesters" => client
+            .list_attesters(pb::ListAttestersRequest {})
+            .await
+            .map(drop),
+        "RemoveAttester" => client
+            .remove_attester(pb::RemoveAttesterRequest {
+                name: "no-such-attester".into(),
+                reason: String::new(),
+            })
+            .await
+            .map(drop),
+        "SetPolicy" => client
+            .set_policy(pb::SetPolicyRequest {
+                prefix: "matrix/".into(),
+                label: "production".into(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        "GetPolicy" => client
+            .get_policy(pb::GetPolicyRequest {
+                name: name(),
+                label: "production".into(),
+            })
+            .await
+            .map(drop),
+        "ListPolicies" => client
+            .list_policies(pb::ListPoliciesRequest {})
+            .await
+            .map(drop),
+        "DeletePolicy" => client
+            .delete_policy(pb::DeletePolicyRequest {
+                prefix: "matrix/none/".into(),
+                label: "production".into(),
+                reason: String::new(),
+            })
+            .await
+            .map(drop),
+        "FreezeLabel" => client
+            .freeze_label(pb::FreezeLabelRequest {
+                prefix: "matrix/".into(),
+                label: "production".into(),
+                until: Some(promptreg::grpc::timestamp::to_timestamp(
+                    promptreg::time::now_micros() + 3_600_000_000,
+                )),
+                reason: "matrix".into(),
+            })
+            .await
+            .map(drop),
+        "UnfreezeLabel" => client
+            .unfreeze_label(pb::UnfreezeLabelRequest {
+                prefix: "matrix/".into(),
+                label: "production".into(),
+                reason: String::new(),
+            })
+            .await
+            .map(drop),
+        "ListFreezes" => client
+            .list_freezes(pb::ListFreezesRequest {})
+            .await
+            .map(drop),
+        "ListRequests" => client
+            .list_requests(pb::ListRequestsRequest::default())
+            .await
+            .map(drop),
+        "ApproveRequest" => client
+            .approve_request(pb::ApproveRequestRequest {
+                id: 999_999,
+                reason: "matrix".into(),
+            })
+            .await
+            .map(drop),
+        "RejectRequest" => client
+            .reject_request(pb::RejectRequestRequest {
+                id: 999_999,
+                reason: "matrix".into(),
+            })
+            .await
+            .map(drop),
         other => panic!("the matrix does not know {other}: add it"),
     };
     match result {
@@ -272,6 +384,8 @@ async fn every_rpc_by_every_role_allows_exactly_its_cells() {
         pb::Role::Agent,
         pb::Role::Author,
         pb::Role::Deployer,
+        pb::Role::Attester,
+        pb::Role::Approver,
         pb::Role::Admin,
     ] {
         let role_name = role

@@ -129,7 +129,14 @@ pub(super) async fn versions(args: VersionsArgs) -> Result<(), Failure> {
     let mut client = connect(&args.client).await?;
     let mut listing = Listing::new(
         &args.client,
-        &["VERSION", "DIGEST", "CREATED", "AUTHOR", "CHECKS", "DESCRIPTION"],
+        &[
+            "VERSION",
+            "DIGEST",
+            "CREATED",
+            "AUTHOR",
+            "CHECKS",
+            "DESCRIPTION",
+        ],
         "no versions",
     );
     #[derive(Serialize)]

@@ -25,9 +25,9 @@ mod text;
 mod watch;
 
 pub use args::*;
-pub use release_args::*;
 pub use client::run_client;
 pub use config::{ConfigAction, ConfigArgs};
+pub use release_args::*;
 pub use serve::{run_serve, ServeArgs};
 pub use watch::Backoff;
 

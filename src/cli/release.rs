@@ -190,9 +190,8 @@ fn public_key_of(path: &Path) -> Result<Vec<u8>, Failure> {
     const SPKI_PREFIX: [u8; 12] = [
         0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
     ];
-    let raw = std::fs::read(path).map_err(|e| {
-        Failure::usage(format!("cannot read --public-key {}: {e}", path.display()))
-    })?;
+    let raw = std::fs::read(path)
+        .map_err(|e| Failure::usage(format!("cannot read --public-key {}: {e}", path.display())))?;
     let bad = |why: &str| {
         Failure::usage(format!(
             "--public-key {}: {why}; give a PEM `PUBLIC KEY` of an Ed25519 key (openssl pkey -pubout), 32 raw bytes or 64 hex digits",
@@ -325,7 +324,9 @@ pub(super) async fn policy(args: PolicyArgs) -> Result<(), Failure> {
             if got.policy.is_none() && got.freezes.is_empty() {
                 emit(
                     &args.client,
-                    || format!("no policy or freeze governs label {label} of {name}: any deployer moves it"),
+                    || {
+                        format!("no policy or freeze governs label {label} of {name}: any deployer moves it")
+                    },
                     serde_json::json!({"name": name, "label": label, "policy": null, "freezes": []}),
                 );
                 return Ok(());
@@ -356,7 +357,15 @@ pub(super) async fn policy(args: PolicyArgs) -> Result<(), Failure> {
     };
     let mut listing = Listing::new(
         &args.client,
-        &["PREFIX", "LABEL", "APPROVALS", "REQUIRE", "EMERGENCY ROLLBACK", "SET BY", "SET"],
+        &[
+            "PREFIX",
+            "LABEL",
+            "APPROVALS",
+            "REQUIRE",
+            "EMERGENCY ROLLBACK",
+            "SET BY",
+            "SET",
+        ],
         "no policies",
     );
     for p in &policies {
@@ -520,7 +529,17 @@ pub(super) async fn requests(args: RequestsArgs) -> Result<(), Failure> {
         .requests;
     let mut listing = Listing::new(
         &args.client,
-        &["ID", "PROMPT", "LABEL", "MOVE", "STATE", "APPROVALS", "REQUESTER", "EXPIRES", "REASON"],
+        &[
+            "ID",
+            "PROMPT",
+            "LABEL",
+            "MOVE",
+            "STATE",
+            "APPROVALS",
+            "REQUESTER",
+            "EXPIRES",
+            "REASON",
+        ],
         "no promotion requests",
     );
     for q in &requests {

@@ -2,7 +2,6 @@
 //! sled; everything here is testable with plain values.
 
 pub mod access;
-pub mod release;
 mod content;
 mod fleet;
 mod history;
@@ -10,6 +9,7 @@ mod instant;
 mod limits;
 mod model_config;
 mod names;
+pub mod release;
 mod selector;
 mod template;
 pub mod validate;

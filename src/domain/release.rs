@@ -44,10 +44,7 @@ pub fn required_checks(field: &str, checks: &[String]) -> Result<(), ValidationE
     if checks.len() > MAX_REQUIRED_CHECKS {
         return Err(ValidationError::new(
             field,
-            format!(
-                "{} checks; at most {MAX_REQUIRED_CHECKS}",
-                checks.len()
-            ),
+            format!("{} checks; at most {MAX_REQUIRED_CHECKS}", checks.len()),
         ));
     }
     for (i, check) in checks.iter().enumerate() {
@@ -381,9 +378,15 @@ pub enum Gate {
 pub enum Refusal {
     Frozen(Freeze),
     /// A protected label cannot be removed.
-    Protected { prefix: String, approvals: u32 },
+    Protected {
+        prefix: String,
+        approvals: u32,
+    },
     /// The target lacks these passing checks (`eval (no result)`).
-    ChecksUnmet { version: u64, unmet: Vec<String> },
+    ChecksUnmet {
+        version: u64,
+        unmet: Vec<String>,
+    },
 }
 
 impl Refusal {

@@ -3,9 +3,9 @@
 
 pub mod access;
 pub mod codec;
+pub(crate) mod convert;
 mod moves;
 mod release;
-pub(crate) mod convert;
 mod service;
 mod status;
 pub mod timestamp;

@@ -74,7 +74,9 @@ pub async fn set_label(
     let req = request.into_inner();
     let version = version_number("version", req.version)?;
     let (name, label, reason) = (req.name.clone(), req.label.clone(), req.reason.clone());
-    let mv = move_request(registry, principal, &req.name, &req.label, req.reason, trace_id)?;
+    let mv = move_request(
+        registry, principal, &req.name, &req.label, req.reason, trace_id,
+    )?;
     let moved = registry
         .set_label(mv, version, req.expected_version)
         .await?;
@@ -91,7 +93,9 @@ pub async fn rollback(
     let req = request.into_inner();
     let to = req.to_version.filter(|v| *v != 0);
     let (name, label, reason) = (req.name.clone(), req.label.clone(), req.reason.clone());
-    let mv = move_request(registry, principal, &req.name, &req.label, req.reason, trace_id)?;
+    let mv = move_request(
+        registry, principal, &req.name, &req.label, req.reason, trace_id,
+    )?;
     let moved = registry.rollback(mv, to, req.expected_version).await?;
     annotate_move(&name, &label, &reason, &moved);
     Ok(convert::moved(moved))
@@ -105,7 +109,9 @@ pub async fn remove_label(
     let trace_id = convert::trace_id(&request);
     let req = request.into_inner();
     let (name, label, reason) = (req.name.clone(), req.label.clone(), req.reason.clone());
-    let mv = move_request(registry, principal, &req.name, &req.label, req.reason, trace_id)?;
+    let mv = move_request(
+        registry, principal, &req.name, &req.label, req.reason, trace_id,
+    )?;
     let moved = registry.remove_label(mv).await?;
     annotate_move(&name, &label, &reason, &moved);
     Ok(convert::moved(moved))

@@ -6,7 +6,9 @@ use super::convert::{instant, prompt_name};
 use super::pb;
 use super::timestamp::to_timestamp;
 use crate::domain::access::{Action, Principal, Scope};
-use crate::domain::release::{Attester, CheckResult, Freeze, Policy, PromotionRequest, RequestState};
+use crate::domain::release::{
+    Attester, CheckResult, Freeze, Policy, PromotionRequest, RequestState,
+};
 use crate::domain::validate::version_number;
 use crate::domain::{LabelName, ValidationError};
 use crate::registry::release::{Attestation, NewFreeze, NewPolicy, RequestFilter, Reviewed};
@@ -47,7 +49,10 @@ pub async fn attest_version(
         Err(_) => {
             return Err(invalid(ValidationError::new(
                 "result",
-                format!("is {}; one of CHECK_OUTCOME_PASS, CHECK_OUTCOME_FAIL", r.result),
+                format!(
+                    "is {}; one of CHECK_OUTCOME_PASS, CHECK_OUTCOME_FAIL",
+                    r.result
+                ),
             )))
         }
     };
@@ -293,6 +298,8 @@ pub async fn list_requests(
 
 /// The request `id`, once `principal` may review moves of its label.
 async fn reviewable(registry: &Registry, principal: &Principal, id: u64) -> Answer<()> {
+    // Without the role anywhere, denied before the request is looked up.
+    authorize(principal, Action::Approve, Scope::Service)?;
     if id == 0 {
         return Err(invalid(ValidationError::new("id", "is required")));
     }

@@ -1,10 +1,10 @@
 //! The `promptreg.v1.Registry` service: thin handlers over the registry core.
 
 use super::access::{self, authorize, take_principal};
-use super::release;
 use super::convert::{self, label_name, prompt_name};
 use super::pb;
 use super::pb_server::registry_server::Registry as RegistryApi;
+use super::release;
 use crate::domain::access::{Action, Scope};
 use crate::domain::validate::{self, version_number};
 use crate::domain::{ContentDigest, PromptName, ValidationError};
@@ -487,19 +487,31 @@ impl RegistryApi for RegistryService {
         }))
     }
 
-    async fn set_label(&self, request: Request<pb::SetLabelRequest>) -> Answer<pb::LabelMoveResponse> {
-        super::moves::set_label(&self.registry, request).await.map(Response::new)
+    async fn set_label(
+        &self,
+        request: Request<pb::SetLabelRequest>,
+    ) -> Answer<pb::LabelMoveResponse> {
+        super::moves::set_label(&self.registry, request)
+            .await
+            .map(Response::new)
     }
 
-    async fn rollback(&self, request: Request<pb::RollbackRequest>) -> Answer<pb::LabelMoveResponse> {
-        super::moves::rollback(&self.registry, request).await.map(Response::new)
+    async fn rollback(
+        &self,
+        request: Request<pb::RollbackRequest>,
+    ) -> Answer<pb::LabelMoveResponse> {
+        super::moves::rollback(&self.registry, request)
+            .await
+            .map(Response::new)
     }
 
     async fn remove_label(
         &self,
         request: Request<pb::RemoveLabelRequest>,
     ) -> Answer<pb::LabelMoveResponse> {
-        super::moves::remove_label(&self.registry, request).await.map(Response::new)
+        super::moves::remove_label(&self.registry, request)
+            .await
+            .map(Response::new)
     }
 
     async fn list_labels(
@@ -627,63 +639,129 @@ impl RegistryApi for RegistryService {
         Ok(Response::new(access::who_am_i(request)?))
     }
 
-    async fn attest_version(&self, request: Request<pb::AttestVersionRequest>) -> Answer<pb::AttestVersionResponse> {
-        release::attest_version(&self.registry, request).await.map(Response::new)
+    async fn attest_version(
+        &self,
+        request: Request<pb::AttestVersionRequest>,
+    ) -> Answer<pb::AttestVersionResponse> {
+        release::attest_version(&self.registry, request)
+            .await
+            .map(Response::new)
     }
 
-    async fn list_checks(&self, request: Request<pb::ListChecksRequest>) -> Answer<pb::ListChecksResponse> {
-        release::list_checks(&self.registry, request).await.map(Response::new)
+    async fn list_checks(
+        &self,
+        request: Request<pb::ListChecksRequest>,
+    ) -> Answer<pb::ListChecksResponse> {
+        release::list_checks(&self.registry, request)
+            .await
+            .map(Response::new)
     }
 
     async fn add_attester(&self, request: Request<pb::AddAttesterRequest>) -> Answer<pb::Attester> {
-        release::add_attester(&self.registry, request).await.map(Response::new)
+        release::add_attester(&self.registry, request)
+            .await
+            .map(Response::new)
     }
 
-    async fn list_attesters(&self, request: Request<pb::ListAttestersRequest>) -> Answer<pb::ListAttestersResponse> {
-        release::list_attesters(&self.registry, request).await.map(Response::new)
+    async fn list_attesters(
+        &self,
+        request: Request<pb::ListAttestersRequest>,
+    ) -> Answer<pb::ListAttestersResponse> {
+        release::list_attesters(&self.registry, request)
+            .await
+            .map(Response::new)
     }
 
-    async fn remove_attester(&self, request: Request<pb::RemoveAttesterRequest>) -> Answer<pb::Attester> {
-        release::remove_attester(&self.registry, request).await.map(Response::new)
+    async fn remove_attester(
+        &self,
+        request: Request<pb::RemoveAttesterRequest>,
+    ) -> Answer<pb::Attester> {
+        release::remove_attester(&self.registry, request)
+            .await
+            .map(Response::new)
     }
 
     async fn set_policy(&self, request: Request<pb::SetPolicyRequest>) -> Answer<pb::Policy> {
-        release::set_policy(&self.registry, request).await.map(Response::new)
+        release::set_policy(&self.registry, request)
+            .await
+            .map(Response::new)
     }
 
-    async fn get_policy(&self, request: Request<pb::GetPolicyRequest>) -> Answer<pb::GetPolicyResponse> {
-        release::get_policy(&self.registry, request).await.map(Response::new)
+    async fn get_policy(
+        &self,
+        request: Request<pb::GetPolicyRequest>,
+    ) -> Answer<pb::GetPolicyResponse> {
+        release::get_policy(&self.registry, request)
+            .await
+            .map(Response::new)
     }
 
-    async fn list_policies(&self, request: Request<pb::ListPoliciesRequest>) -> Answer<pb::ListPoliciesResponse> {
-        release::list_policies(&self.registry, request).await.map(Response::new)
+    async fn list_policies(
+        &self,
+        request: Request<pb::ListPoliciesRequest>,
+    ) -> Answer<pb::ListPoliciesResponse> {
+        release::list_policies(&self.registry, request)
+            .await
+            .map(Response::new)
     }
 
-    async fn delete_policy(&self, request: Request<pb::DeletePolicyRequest>) -> Answer<pb::DeletePolicyResponse> {
-        release::delete_policy(&self.registry, request).await.map(Response::new)
+    async fn delete_policy(
+        &self,
+        request: Request<pb::DeletePolicyRequest>,
+    ) -> Answer<pb::DeletePolicyResponse> {
+        release::delete_policy(&self.registry, request)
+            .await
+            .map(Response::new)
     }
 
     async fn freeze_label(&self, request: Request<pb::FreezeLabelRequest>) -> Answer<pb::Freeze> {
-        release::freeze_label(&self.registry, request).await.map(Response::new)
+        release::freeze_label(&self.registry, request)
+            .await
+            .map(Response::new)
     }
 
-    async fn unfreeze_label(&self, request: Request<pb::UnfreezeLabelRequest>) -> Answer<pb::UnfreezeLabelResponse> {
-        release::unfreeze_label(&self.registry, request).await.map(Response::new)
+    async fn unfreeze_label(
+        &self,
+        request: Request<pb::UnfreezeLabelRequest>,
+    ) -> Answer<pb::UnfreezeLabelResponse> {
+        release::unfreeze_label(&self.registry, request)
+            .await
+            .map(Response::new)
     }
 
-    async fn list_freezes(&self, request: Request<pb::ListFreezesRequest>) -> Answer<pb::ListFreezesResponse> {
-        release::list_freezes(&self.registry, request).await.map(Response::new)
+    async fn list_freezes(
+        &self,
+        request: Request<pb::ListFreezesRequest>,
+    ) -> Answer<pb::ListFreezesResponse> {
+        release::list_freezes(&self.registry, request)
+            .await
+            .map(Response::new)
     }
 
-    async fn list_requests(&self, request: Request<pb::ListRequestsRequest>) -> Answer<pb::ListRequestsResponse> {
-        release::list_requests(&self.registry, request).await.map(Response::new)
+    async fn list_requests(
+        &self,
+        request: Request<pb::ListRequestsRequest>,
+    ) -> Answer<pb::ListRequestsResponse> {
+        release::list_requests(&self.registry, request)
+            .await
+            .map(Response::new)
     }
 
-    async fn approve_request(&self, request: Request<pb::ApproveRequestRequest>) -> Answer<pb::ReviewResponse> {
-        release::approve_request(&self.registry, request).await.map(Response::new)
+    async fn approve_request(
+        &self,
+        request: Request<pb::ApproveRequestRequest>,
+    ) -> Answer<pb::ReviewResponse> {
+        release::approve_request(&self.registry, request)
+            .await
+            .map(Response::new)
     }
 
-    async fn reject_request(&self, request: Request<pb::RejectRequestRequest>) -> Answer<pb::ReviewResponse> {
-        release::reject_request(&self.registry, request).await.map(Response::new)
+    async fn reject_request(
+        &self,
+        request: Request<pb::RejectRequestRequest>,
+    ) -> Answer<pb::ReviewResponse> {
+        release::reject_request(&self.registry, request)
+            .await
+            .map(Response::new)
     }
 }

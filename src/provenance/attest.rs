@@ -33,7 +33,10 @@ pub fn check_message(result: &CheckResult) -> Vec<u8> {
         }
     }
     put_str(&mut out, &result.url);
-    put_str(&mut out, &hex::encode(Sha256::digest(result.details.as_bytes())));
+    put_str(
+        &mut out,
+        &hex::encode(Sha256::digest(result.details.as_bytes())),
+    );
     put_str(&mut out, &result.attester);
     put_str(&mut out, &result.envelope_key);
     out.extend_from_slice(&result.time.to_be_bytes());

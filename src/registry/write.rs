@@ -3,11 +3,11 @@
 
 use super::disk::{self, WriteHealth};
 use super::{Registry, RegistryError, Result, WriterState};
-use crate::domain::validate;
 use crate::domain::release::{Gate, PromotionRequest};
+use crate::domain::validate;
 use crate::domain::{
-    rollback_target, Change, Clearance, ContentDigest, LabelMove, LabelName, LabelTarget, Micros, MoveKind,
-    NewVersion, NoRollbackTarget, PromptName, Revision, Version,
+    rollback_target, Change, Clearance, ContentDigest, LabelMove, LabelName, LabelTarget, Micros,
+    MoveKind, NewVersion, NoRollbackTarget, PromptName, Revision, Version,
 };
 use crate::store::StoreError;
 use std::sync::atomic::Ordering;

@@ -29,7 +29,12 @@ const KEY_REQUESTS: &[u8] = b"meta/requests";
 const STORED_NAME_LIMIT: usize = 4096;
 
 fn checks_prefix(name: &PromptName, version: u64) -> Vec<u8> {
-    key(&[b"c/", name.as_str().as_bytes(), b"\0", &version.to_be_bytes()])
+    key(&[
+        b"c/",
+        name.as_str().as_bytes(),
+        b"\0",
+        &version.to_be_bytes(),
+    ])
 }
 
 fn scoped_key(tag: &[u8], prefix: &str, label: &LabelName) -> Vec<u8> {
@@ -259,7 +264,9 @@ impl Store {
             &checks_prefix(&result.name, result.version),
             &result.sequence.to_be_bytes(),
         ]);
-        self.put_with_entry(entry, |batch| batch.put(key, encode(&CheckRec::from(result))))
+        self.put_with_entry(entry, |batch| {
+            batch.put(key, encode(&CheckRec::from(result)))
+        })
     }
 
     /// Every result of one version, oldest first.

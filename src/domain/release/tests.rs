@@ -71,10 +71,13 @@ fn check_names_follow_the_rule() {
 
 #[test]
 fn the_longest_prefix_governs() {
-    let policies = vec![policy("", 1, &[]), policy("support/", 2, &[]), policy("support/t", 3, &[])];
-    let approvals_for = |n: &str, l: &str| {
-        governing(&policies, &name(n), &label(l)).map(|p| p.approvals)
-    };
+    let policies = vec![
+        policy("", 1, &[]),
+        policy("support/", 2, &[]),
+        policy("support/t", 3, &[]),
+    ];
+    let approvals_for =
+        |n: &str, l: &str| governing(&policies, &name(n), &label(l)).map(|p| p.approvals);
     assert_eq!(approvals_for("support/triage", "production"), Some(3));
     assert_eq!(approvals_for("support/refund", "production"), Some(2));
     assert_eq!(approvals_for("billing/x", "production"), Some(1));
@@ -83,11 +86,18 @@ fn the_longest_prefix_governs() {
 
 #[test]
 fn the_newest_result_per_check_counts() {
-    let results = vec![result("eval", false, 1), result("eval", true, 5), result("safety", false, 3)];
+    let results = vec![
+        result("eval", false, 1),
+        result("eval", true, 5),
+        result("safety", false, 3),
+    ];
     let unmet = unmet_checks(&["eval".into(), "safety".into(), "bias".into()], &results);
     assert_eq!(unmet, vec!["safety (failed)", "bias (no result)"]);
     let later_fail = vec![result("eval", true, 1), result("eval", false, 2)];
-    assert_eq!(unmet_checks(&["eval".into()], &later_fail), vec!["eval (failed)"]);
+    assert_eq!(
+        unmet_checks(&["eval".into()], &later_fail),
+        vec!["eval (failed)"]
+    );
 }
 
 #[test]
@@ -103,29 +113,60 @@ fn the_gate_orders_freeze_checks_approvals_and_lets_emergencies_through() {
     let gated = policy("support/", 2, &["eval"]);
     let passing = vec![result("eval", true, 1)];
     // No policy, no freeze: anything goes.
-    assert_eq!(gate(facts(MoveKind::Promote, Some(2), false), None, &[], &[]), Gate::Allow);
-    // A freeze refuses a promote, not an emergency rollback.
-    let refused = gate(facts(MoveKind::Promote, Some(2), false), Some(&gated), &[&freeze], &passing);
-    assert!(matches!(refused, Gate::Refuse(Refusal::Frozen(_))), "{refused:?}");
     assert_eq!(
-        gate(facts(MoveKind::Rollback, Some(1), true), Some(&gated), &[&freeze], &[]),
+        gate(facts(MoveKind::Promote, Some(2), false), None, &[], &[]),
+        Gate::Allow
+    );
+    // A freeze refuses a promote, not an emergency rollback.
+    let refused = gate(
+        facts(MoveKind::Promote, Some(2), false),
+        Some(&gated),
+        &[&freeze],
+        &passing,
+    );
+    assert!(
+        matches!(refused, Gate::Refuse(Refusal::Frozen(_))),
+        "{refused:?}"
+    );
+    assert_eq!(
+        gate(
+            facts(MoveKind::Rollback, Some(1), true),
+            Some(&gated),
+            &[&freeze],
+            &[]
+        ),
         Gate::Emergency
     );
     // A rollback to a version the label never had is a promote in disguise.
     assert!(matches!(
-        gate(facts(MoveKind::Rollback, Some(3), false), Some(&gated), &[], &[]),
+        gate(
+            facts(MoveKind::Rollback, Some(3), false),
+            Some(&gated),
+            &[],
+            &[]
+        ),
         Gate::Refuse(Refusal::ChecksUnmet { .. })
     ));
     // Checks before approvals; then a request.
     assert_eq!(
-        gate(facts(MoveKind::Promote, Some(2), false), Some(&gated), &[], &[]),
+        gate(
+            facts(MoveKind::Promote, Some(2), false),
+            Some(&gated),
+            &[],
+            &[]
+        ),
         Gate::Refuse(Refusal::ChecksUnmet {
             version: 2,
             unmet: vec!["eval (no result)".into()]
         })
     );
     assert_eq!(
-        gate(facts(MoveKind::Promote, Some(2), false), Some(&gated), &[], &passing),
+        gate(
+            facts(MoveKind::Promote, Some(2), false),
+            Some(&gated),
+            &[],
+            &passing
+        ),
         Gate::Request { approvals: 2 }
     );
     let mut approved = facts(MoveKind::Promote, Some(2), false);
@@ -137,14 +178,24 @@ fn the_gate_orders_freeze_checks_approvals_and_lets_emergencies_through() {
         Gate::Refuse(Refusal::Protected { .. })
     ));
     assert_eq!(
-        gate(facts(MoveKind::Remove, None, false), Some(&policy("", 0, &["eval"])), &[], &[]),
+        gate(
+            facts(MoveKind::Remove, None, false),
+            Some(&policy("", 0, &["eval"])),
+            &[],
+            &[]
+        ),
         Gate::Allow
     );
     // Emergency rollbacks can be switched off.
     let mut strict = gated.clone();
     strict.allow_emergency_rollback = false;
     assert_eq!(
-        gate(facts(MoveKind::Rollback, Some(1), true), Some(&strict), &[], &passing),
+        gate(
+            facts(MoveKind::Rollback, Some(1), true),
+            Some(&strict),
+            &[],
+            &passing
+        ),
         Gate::Request { approvals: 2 }
     );
 }
@@ -175,9 +226,18 @@ fn four_eyes_refuses_the_requester_the_author_and_a_second_approval() {
         closed_reason: String::new(),
         move_revision: 0,
     };
-    assert!(request.refuses_approver("dana", "alice").unwrap().contains("made request 7"));
-    assert!(request.refuses_approver("alice", "alice").unwrap().contains("author"));
-    assert!(request.refuses_approver("erin", "alice").unwrap().contains("counts once"));
+    assert!(request
+        .refuses_approver("dana", "alice")
+        .unwrap()
+        .contains("made request 7"));
+    assert!(request
+        .refuses_approver("alice", "alice")
+        .unwrap()
+        .contains("author"));
+    assert!(request
+        .refuses_approver("erin", "alice")
+        .unwrap()
+        .contains("counts once"));
     assert_eq!(request.refuses_approver("frank", "alice"), None);
     assert_eq!(request.state_at(9), RequestState::Pending);
     assert_eq!(request.state_at(10), RequestState::Expired);

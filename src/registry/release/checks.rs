@@ -146,13 +146,20 @@ impl Registry {
         release::check_name("envelope.predicate.check", &attested.check)?;
         release::score("envelope.predicate.score", attested.score)?;
         let disagree = |field: &str, what: String| -> RegistryError {
-            ValidationError::new(field, format!("disagrees with the envelope's predicate, which says {what}")).into()
+            ValidationError::new(
+                field,
+                format!("disagrees with the envelope's predicate, which says {what}"),
+            )
+            .into()
         };
         if !new.check.is_empty() && new.check != attested.check {
             return Err(disagree("check", format!("{:?}", attested.check)));
         }
         if new.passed.is_some_and(|p| p != attested.passed) {
-            return Err(disagree("result", format!("{:?}", if attested.passed { "pass" } else { "fail" })));
+            return Err(disagree(
+                "result",
+                format!("{:?}", if attested.passed { "pass" } else { "fail" }),
+            ));
         }
         if new.score.is_some() && new.score != attested.score {
             return Err(disagree("score", format!("{:?}", attested.score)));
@@ -240,7 +247,12 @@ impl Registry {
         Ok((page, checks))
     }
 
-    fn passes(&self, version: &Version, filter: &VersionFilter, required: &[String]) -> Result<bool> {
+    fn passes(
+        &self,
+        version: &Version,
+        filter: &VersionFilter,
+        required: &[String],
+    ) -> Result<bool> {
         if !filter
             .tags
             .iter()
@@ -347,7 +359,8 @@ pub(in crate::registry) fn verify_checks(
         let target = format!("{}@v{}#{}", result.name, result.version, result.check);
         let signed = hex::encode(Sha256::digest(&message));
         match entry {
-            Some(e) if e.action == "attest" && e.target == target && e.detail.contains(&signed) => {}
+            Some(e) if e.action == "attest" && e.target == target && e.detail.contains(&signed) => {
+            }
             _ => report.problems.push(format!(
                 "{what}: the ledger has no attest entry for it at sequence {}",
                 result.sequence

@@ -13,9 +13,9 @@
 mod checks;
 mod requests;
 
+pub(super) use checks::verify_checks;
 pub use checks::{Attestation, VersionFilter};
 pub use requests::{RequestFilter, Reviewed};
-pub(super) use checks::verify_checks;
 
 use super::{Registry, RegistryError, Result, WriterState};
 use crate::domain::release::{
@@ -107,7 +107,15 @@ impl Registry {
             .detail(describe_policy(&policy));
         self.record(
             words,
-            move |_, _, time| Ok((Policy { set_at: time, ..policy }, None)),
+            move |_, _, time| {
+                Ok((
+                    Policy {
+                        set_at: time,
+                        ..policy
+                    },
+                    None,
+                ))
+            },
             |store, policy, entry| store.put_policy(policy, entry),
         )
         .await
@@ -187,11 +195,21 @@ impl Registry {
             set_at: 0,
         };
         let target = format!("policy:{}:{}", freeze.prefix, freeze.label);
-        let words = Words::new(actor, "freeze", target, &freeze.reason)
-            .detail(format!("until {}", crate::time::format_micros(freeze.until)));
+        let words = Words::new(actor, "freeze", target, &freeze.reason).detail(format!(
+            "until {}",
+            crate::time::format_micros(freeze.until)
+        ));
         self.record(
             words,
-            move |_, _, time| Ok((Freeze { set_at: time, ..freeze }, None)),
+            move |_, _, time| {
+                Ok((
+                    Freeze {
+                        set_at: time,
+                        ..freeze
+                    },
+                    None,
+                ))
+            },
             |store, freeze, entry| store.put_freeze(freeze, entry),
         )
         .await
@@ -296,7 +314,12 @@ impl Registry {
     ) -> Result<Attester> {
         crate::domain::access::check_token_name("name", &name)?;
         validate::optional_text("reason", &reason, self.inner.limits.max_text_bytes)?;
-        let words = Words::new(actor, "attester_remove", format!("attester:{name}"), &reason);
+        let words = Words::new(
+            actor,
+            "attester_remove",
+            format!("attester:{name}"),
+            &reason,
+        );
         self.record(
             words,
             move |this, _, time| {

@@ -72,7 +72,14 @@ impl Registry {
             side(base_version),
             crate::time::format_micros(opened.expires)
         );
-        let entry = self.request_entry(writer, &opened, "request", &opened.requester, &opened.reason, detail)?;
+        let entry = self.request_entry(
+            writer,
+            &opened,
+            "request",
+            &opened.requester,
+            &opened.reason,
+            detail,
+        )?;
         store.put_request(&opened, &entry)?;
         Ok(opened)
     }
@@ -119,14 +126,16 @@ impl Registry {
     /// approvals.
     fn voided(&self, request: &PromotionRequest) -> Result<Option<String>> {
         let store = self.store();
-        let now_at = store.label(&request.name, &request.label)?.map(|t| t.version);
+        let now_at = store
+            .label(&request.name, &request.label)?
+            .map(|t| t.version);
         if now_at != request.base_version {
             return Ok(Some(format!(
                 "label {} of {} moved since the request ({} then, {} now)",
                 request.label,
                 request.name,
-                side(request.base_version),
-                side(now_at)
+                target_text(request.base_version),
+                target_text(now_at)
             )));
         }
         if store
@@ -160,7 +169,9 @@ impl Registry {
             .write(move |this| {
                 let mut writer = this.lock_writer();
                 let mut request = this.reviewable(&writer, id)?;
-                let author = this.existing_version(&request.name, request.version)?.author;
+                let author = this
+                    .existing_version(&request.name, request.version)?
+                    .author;
                 if let Some(why) = request.refuses_approver(&approver, &author) {
                     return Err(RegistryError::FailedPrecondition(why));
                 }
@@ -172,11 +183,9 @@ impl Registry {
                 });
                 let given = request.approvals.len() as u32;
                 if given < request.approvals_required {
-                    let detail = format!(
-                        "{} of {} approvals",
-                        given, request.approvals_required
-                    );
-                    let entry = this.request_entry(&writer, &request, "approve", &approver, &reason, detail)?;
+                    let detail = format!("{} of {} approvals", given, request.approvals_required);
+                    let entry = this
+                        .request_entry(&writer, &request, "approve", &approver, &reason, detail)?;
                     this.store().put_request(&request, &entry)?;
                     return Ok(Reviewed {
                         request,
@@ -236,7 +245,11 @@ impl Registry {
             digest: Some(request.digest),
             clearance: Clearance {
                 request: Some(request.id),
-                approvers: request.approvals.iter().map(|a| a.approver.clone()).collect(),
+                approvers: request
+                    .approvals
+                    .iter()
+                    .map(|a| a.approver.clone())
+                    .collect(),
                 emergency: false,
             },
         };
@@ -285,7 +298,14 @@ impl Registry {
                 request.state = RequestState::Rejected;
                 request.closed_by = reviewer.clone();
                 request.closed_reason = reason.clone();
-                let entry = this.request_entry(&writer, &request, "reject", &reviewer, &reason, String::new())?;
+                let entry = this.request_entry(
+                    &writer,
+                    &request,
+                    "reject",
+                    &reviewer,
+                    &reason,
+                    String::new(),
+                )?;
                 this.store().put_request(&request, &entry)?;
                 Ok(Reviewed {
                     request,
@@ -365,6 +385,11 @@ impl Registry {
             detail,
         ))
     }
+}
+
+/// A label's target in a sentence.
+fn target_text(version: Option<u64>) -> String {
+    version.map_or("unset".to_string(), |v| format!("v{v}"))
 }
 
 fn side(version: Option<u64>) -> String {
