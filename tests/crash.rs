@@ -415,6 +415,7 @@ async fn versions_of(client: &Client, name: &str) -> Result<Vec<pb::Version>, to
                     name,
                     page_size: 1000,
                     page_token: token,
+                    ..Default::default()
                 })
                 .await?
                 .into_inner();

@@ -552,6 +552,21 @@ async fn malformed_requests_get_deliberate_statuses_and_the_server_keeps_serving
             name: any_name(r),
             page_size: page_size(r),
             page_token: page_token(r),
+            tags: if r.chance(3) {
+                tags(r)
+            } else {
+                Default::default()
+            },
+            passing: if r.chance(3) {
+                strings(r, 3)
+            } else {
+                Vec::new()
+            },
+            eligible_for: if r.chance(3) {
+                any_label(r)
+            } else {
+                String::new()
+            },
         };
         let a = answer(c.list_versions(req.clone())).await;
         tally.record("ListVersions", &req, &a);
@@ -742,6 +757,8 @@ async fn malformed_requests_get_deliberate_statuses_and_the_server_keeps_serving
         };
         let a = answer(c.find_by_digest(req.clone())).await;
         tally.record("FindByDigest", &req, &a);
+
+        release_round(c, r, &mut tally).await;
     }
 
     println!(
@@ -811,6 +828,133 @@ async fn malformed_requests_get_deliberate_statuses_and_the_server_keeps_serving
             listing.join("\n")
         );
     }
+}
+
+/// One random request for each release-policy RPC.
+async fn release_round(c: &mut Client, r: &mut Rng, tally: &mut Tally) {
+    let outcome = r.pick(&[0, 1, 2, 3, -1]);
+    let req = pb::AttestVersionRequest {
+        name: any_name(r),
+        version: number(r),
+        check: string(r),
+        result: outcome,
+        score: r.chance(2).then(|| f64::from_bits(r.next())),
+        url: any_text(r),
+        details: any_text(r),
+        envelope: if r.chance(4) {
+            string(r)
+        } else {
+            String::new()
+        },
+    };
+    let a = answer(c.attest_version(req.clone())).await;
+    tally.record("AttestVersion", &req, &a);
+
+    let req = pb::ListChecksRequest {
+        name: any_name(r),
+        version: number(r),
+        history: r.chance(2),
+    };
+    let a = answer(c.list_checks(req.clone())).await;
+    tally.record("ListChecks", &req, &a);
+
+    let req = pb::AddAttesterRequest {
+        name: string(r),
+        public_key: (0..r.pick(&[0usize, 31, 32, 33]))
+            .map(|_| r.next() as u8)
+            .collect(),
+    };
+    let a = answer(c.add_attester(req.clone())).await;
+    tally.record("AddAttester", &req, &a);
+
+    let req = pb::RemoveAttesterRequest {
+        name: string(r),
+        reason: any_text(r),
+    };
+    let a = answer(c.remove_attester(req.clone())).await;
+    tally.record("RemoveAttester", &req, &a);
+
+    let req = pb::SetPolicyRequest {
+        prefix: string(r),
+        label: any_label(r),
+        approvals: r.pick(&[0, 1, 2, 11, u32::MAX]),
+        require: strings(r, 4),
+        allow_emergency_rollback: r.chance(2).then(|| r.chance(2)),
+        request_ttl_seconds: number(r),
+        reason: any_text(r),
+    };
+    let a = answer(c.set_policy(req.clone())).await;
+    tally.record("SetPolicy", &req, &a);
+
+    let req = pb::GetPolicyRequest {
+        name: any_name(r),
+        label: any_label(r),
+    };
+    let a = answer(c.get_policy(req.clone())).await;
+    tally.record("GetPolicy", &req, &a);
+
+    let req = pb::ListPoliciesRequest {};
+    let a = answer(c.list_policies(req)).await;
+    tally.record("ListPolicies", &req, &a);
+
+    let req = pb::DeletePolicyRequest {
+        prefix: string(r),
+        label: any_label(r),
+        reason: any_text(r),
+    };
+    let a = answer(c.delete_policy(req.clone())).await;
+    tally.record("DeletePolicy", &req, &a);
+
+    let req = pb::FreezeLabelRequest {
+        prefix: string(r),
+        label: any_label(r),
+        until: timestamp(r),
+        reason: any_text(r),
+    };
+    let a = answer(c.freeze_label(req.clone())).await;
+    tally.record("FreezeLabel", &req, &a);
+
+    let req = pb::UnfreezeLabelRequest {
+        prefix: string(r),
+        label: any_label(r),
+        reason: any_text(r),
+    };
+    let a = answer(c.unfreeze_label(req.clone())).await;
+    tally.record("UnfreezeLabel", &req, &a);
+
+    let req = pb::ListFreezesRequest {};
+    let a = answer(c.list_freezes(req)).await;
+    tally.record("ListFreezes", &req, &a);
+
+    let req = pb::ListRequestsRequest {
+        name: if r.chance(2) {
+            any_name(r)
+        } else {
+            String::new()
+        },
+        label: if r.chance(2) {
+            any_label(r)
+        } else {
+            String::new()
+        },
+        pending: r.chance(2),
+    };
+    let a = answer(c.list_requests(req.clone())).await;
+    tally.record("ListRequests", &req, &a);
+
+    let req = pb::ApproveRequestRequest {
+        id: number(r),
+        reason: any_text(r),
+    };
+    let a = answer(c.approve_request(req.clone())).await;
+    tally.record("ApproveRequest", &req, &a);
+
+    let req = pb::RejectRequestRequest {
+        id: number(r),
+        reason: any_text(r),
+    };
+    let a = answer(c.reject_request(req.clone())).await;
+    tally.record("RejectRequest", &req, &a);
 }
 
 /// Opens a watch and reads its first message (and, briefly, a second):

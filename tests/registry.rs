@@ -83,6 +83,7 @@ async fn publish_get_list_and_page() {
                 name: "support/triage".into(),
                 page_size: 2,
                 page_token: token,
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -159,6 +160,7 @@ async fn identical_content_returns_the_existing_version() {
             name: "p".into(),
             page_size: 0,
             page_token: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()

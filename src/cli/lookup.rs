@@ -77,7 +77,6 @@ async fn prompt_names(client: &mut Client) -> Result<Vec<String>, Failure> {
             prefix: String::new(),
             page_size: 1000,
             page_token: token,
-            ..Default::default()
         };
         let page = client.list_prompts(request).await?.into_inner();
         all.extend(page.prompts.into_iter().map(|p| p.name));
