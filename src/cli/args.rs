@@ -392,7 +392,9 @@ pub struct AuditArgs {
     #[arg(long)]
     pub actor: Option<String>,
     /// Only this action: publish, promote, rollback, remove, rotate_key,
-    /// prune, enable_encryption, token_create, token_revoke.
+    /// prune, enable_encryption, token_create, token_revoke, attest,
+    /// attester_add, attester_remove, policy_set, policy_delete, freeze,
+    /// unfreeze, request, approve, reject, void, expired.
     #[arg(long, value_name = "ACTION", value_parser = filters::audit_action)]
     pub action_name: Option<String>,
     /// Only entries at or after this time: RFC 3339 (2026-12-02T14:05:00Z),

@@ -15,6 +15,18 @@ pub(super) const AUDIT_ACTIONS: &[&str] = &[
     "enable_encryption",
     "token_create",
     "token_revoke",
+    "attest",
+    "attester_add",
+    "attester_remove",
+    "policy_set",
+    "policy_delete",
+    "freeze",
+    "unfreeze",
+    "request",
+    "approve",
+    "reject",
+    "void",
+    "expired",
 ];
 
 /// `--action-name`: one of [`AUDIT_ACTIONS`].

@@ -242,10 +242,35 @@ pub(super) async fn get(args: GetArgs) -> Result<(), Failure> {
     };
     let response = client.get_version(request).await?.into_inner();
     let version = response.version.unwrap_or_default();
+    // Check results need the reader role; an agent's token sees none.
+    let checks = match client
+        .list_checks(pb::ListChecksRequest {
+            name: version.name.clone(),
+            version: version.version,
+            history: false,
+        })
+        .await
+    {
+        Ok(answer) => answer.into_inner().results,
+        Err(status) if status.code() == tonic::Code::PermissionDenied => Vec::new(),
+        Err(status) => return Err(status.into()),
+    };
+    let mut json = super::json::to_json(VersionJson::from(&version));
+    json["checks"] = checks
+        .iter()
+        .map(|c| super::json::to_json(super::release::CheckJson::of(c)))
+        .collect();
     emit(
         &args.client,
-        || version_details(&version),
-        VersionJson::from(&version),
+        || {
+            let mut text = version_details(&version);
+            text.push_str(&format!(
+                "\nchecks: {}",
+                super::release::checks_summary(&checks, version.version)
+            ));
+            text
+        },
+        json,
     );
     Ok(())
 }

@@ -130,6 +130,7 @@ pub(super) async fn verify(args: VerifyArgs) -> Result<(), Failure> {
         .into_inner()
         .keys;
     let check = check_version(&version, &keys);
+    let checks = verify_checks(&mut client, &version, &keys).await?;
     #[derive(Serialize)]
     struct Verified<'a> {
         name: &'a str,
@@ -139,22 +140,31 @@ pub(super) async fn verify(args: VerifyArgs) -> Result<(), Failure> {
         digest_ok: bool,
         signature_ok: bool,
         key_id: &'a str,
+        checks: usize,
+        checks_ok: bool,
+        check_problems: &'a [String],
         verified: bool,
     }
     emit(
         &args.client,
         || {
             let mark = |ok: bool| if ok { "ok" } else { "FAILED" };
-            format!(
-                "{} v{} {}\ndigest: {} ({})\nsignature: {} ({})",
+            let mut text = format!(
+                "{} v{} {}\ndigest: {} ({})\nsignature: {} ({})\nchecks: {} ({})",
                 version.name,
                 version.version,
                 short_digest(&version.digest),
                 mark(check.digest_ok),
                 check.digest_note,
                 mark(check.signature_ok),
-                check.signature_note
-            )
+                check.signature_note,
+                mark(checks.problems.is_empty()),
+                counted(checks.count as u64, "check result")
+            );
+            for problem in &checks.problems {
+                text.push_str(&format!("\n  {problem}"));
+            }
+            text
         },
         Verified {
             name: &version.name,
@@ -164,20 +174,91 @@ pub(super) async fn verify(args: VerifyArgs) -> Result<(), Failure> {
             digest_ok: check.digest_ok,
             signature_ok: check.signature_ok,
             key_id: &version.signing_key_id,
-            verified: check.digest_ok && check.signature_ok,
+            checks: checks.count,
+            checks_ok: checks.problems.is_empty(),
+            check_problems: &checks.problems,
+            verified: check.digest_ok && check.signature_ok && checks.problems.is_empty(),
         },
     );
-    if check.digest_ok && check.signature_ok {
+    if check.digest_ok && check.signature_ok && checks.problems.is_empty() {
         Ok(())
     } else {
         Err(Failure {
             code: exit::REFUSED,
             message: format!(
-                "{} v{} did not verify: {}; {}",
-                version.name, version.version, check.digest_note, check.signature_note
+                "{} v{} did not verify: {}; {}; {}",
+                version.name,
+                version.version,
+                check.digest_note,
+                check.signature_note,
+                counted(checks.problems.len() as u64, "check result problem")
             ),
         })
     }
+}
+
+/// The check results of a version, verified here: the server's signature
+/// over the documented message, the digest, and an envelope again.
+struct CheckResults {
+    count: usize,
+    problems: Vec<String>,
+}
+
+async fn verify_checks(
+    client: &mut crate::grpc::access::Client,
+    version: &pb::Version,
+    keys: &[pb::SigningKey],
+) -> Result<CheckResults, Failure> {
+    let results = client
+        .list_checks(pb::ListChecksRequest {
+            name: version.name.clone(),
+            version: version.version,
+            history: true,
+        })
+        .await?
+        .into_inner()
+        .results;
+    let attesters: Vec<(String, Vec<u8>)> = if results.iter().any(|r| !r.envelope.is_empty()) {
+        client
+            .list_attesters(pb::ListAttestersRequest {})
+            .await?
+            .into_inner()
+            .attesters
+            .into_iter()
+            .map(|a| (a.name, a.public_key))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut problems = Vec::new();
+    for r in &results {
+        let what = format!("{} (entry {})", r.check, r.sequence);
+        let Some(result) = crate::grpc::check_result_from_pb(r) else {
+            problems.push(format!("{what}: not well formed"));
+            continue;
+        };
+        if r.digest != version.digest {
+            problems.push(format!("{what}: names digest {}, not the version's", r.digest));
+        }
+        match keys.iter().find(|k| k.key_id == r.signing_key_id) {
+            None => problems.push(format!("{what}: key {} is not published", r.signing_key_id)),
+            Some(key) => {
+                let message = crate::provenance::check_message(&result);
+                if !verify_signature(&key.public_key, &message, &r.signature) {
+                    problems.push(format!("{what}: the signature does not verify with key {}", key.key_id));
+                }
+            }
+        }
+        if !r.envelope.is_empty() {
+            if let Err(e) = crate::provenance::verify_envelope(&r.envelope, &result.digest, &attesters) {
+                problems.push(format!("{what}: its envelope does not verify: {e}"));
+            }
+        }
+    }
+    Ok(CheckResults {
+        count: results.len(),
+        problems,
+    })
 }
 
 pub(super) struct Check {

@@ -6,6 +6,7 @@ pub mod codec;
 pub(crate) mod convert;
 mod moves;
 mod release;
+pub use release::check_result_from_pb;
 mod service;
 mod status;
 pub mod timestamp;

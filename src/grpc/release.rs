@@ -371,6 +371,30 @@ pub fn check_result(r: CheckResult) -> pb::CheckResult {
     }
 }
 
+/// A check result as received, back in domain terms, to verify its
+/// signature on the client side; `None` when a field is not well formed.
+pub fn check_result_from_pb(r: &pb::CheckResult) -> Option<CheckResult> {
+    Some(CheckResult {
+        name: crate::domain::PromptName::parse("name", &r.name, usize::MAX).ok()?,
+        version: r.version,
+        digest: crate::domain::ContentDigest::parse("digest", &r.digest).ok()?,
+        check: r.check.clone(),
+        passed: r.result == pb::CheckOutcome::Pass as i32,
+        score: r.score,
+        url: r.url.clone(),
+        details: r.details.clone(),
+        attester: r.attester.clone(),
+        time: r.time.as_ref().map_or(0, super::timestamp::from_timestamp),
+        sequence: r.sequence,
+        signature: crate::domain::VersionSignature {
+            key_id: r.signing_key_id.clone(),
+            bytes: r.signature.clone(),
+        },
+        envelope_key: r.envelope_key.clone(),
+        envelope: r.envelope.clone(),
+    })
+}
+
 fn attester_to_pb(a: Attester) -> pb::Attester {
     pb::Attester {
         name: a.name,
