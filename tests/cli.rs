@@ -1188,7 +1188,14 @@ fn text_listings_are_tables_with_short_digests_and_json_keeps_them_full() {
         (&["list"], &["NAME", "LATEST", "DIGEST", "UPDATED"]),
         (
             &["versions", "p"],
-            &["VERSION", "DIGEST", "CREATED", "AUTHOR", "DESCRIPTION"],
+            &[
+                "VERSION",
+                "DIGEST",
+                "CREATED",
+                "AUTHOR",
+                "CHECKS",
+                "DESCRIPTION",
+            ],
         ),
         (
             &["labels", "p"],

@@ -327,7 +327,7 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 }
 
 async fn dispatch(command: Command) -> Result<(), Failure> {
-    use super::{access, backup, catalog, lookup, moves, provenance, release, watch};
+    use super::{access, backup, catalog, lookup, moves, policy, provenance, release, watch};
     match command {
         Command::Serve(_) => unreachable!("serve is dispatched by main"),
         Command::Completion(args) => completion(&args),
@@ -350,11 +350,11 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
         Command::Whoami(args) => access::whoami(args).await,
         Command::Attest(args) => release::attest(args).await,
         Command::Checks(args) => release::checks(args).await,
-        Command::Attesters(args) => release::attesters(args).await,
-        Command::Policy(args) => release::policy(args).await,
-        Command::Freeze(args) => release::freeze(args).await,
-        Command::Unfreeze(args) => release::unfreeze(args).await,
-        Command::Freezes(args) => release::freezes(args).await,
+        Command::Attesters(args) => policy::attesters(args).await,
+        Command::Policy(args) => policy::policy(args).await,
+        Command::Freeze(args) => policy::freeze(args).await,
+        Command::Unfreeze(args) => policy::unfreeze(args).await,
+        Command::Freezes(args) => policy::freezes(args).await,
         Command::Requests(args) => release::requests(args).await,
         Command::Approve(args) => release::review(args, true).await,
         Command::Reject(args) => release::review(args, false).await,

@@ -131,8 +131,13 @@ pub(super) struct MoveJson<'a> {
     reason: &'a str,
     time: String,
     trace_id: &'a str,
+    /// Only on a move that completed a promotion request.
+    #[serde(skip_serializing_if = "Option::is_none")]
     request_id: Option<u64>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
     approvers: &'a [String],
+    /// Only on an emergency rollback.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     emergency: bool,
 }
 

@@ -17,6 +17,7 @@ mod filters;
 mod json;
 mod lookup;
 mod moves;
+mod policy;
 mod provenance;
 mod release;
 mod release_args;

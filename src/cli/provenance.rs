@@ -238,19 +238,27 @@ async fn verify_checks(
             continue;
         };
         if r.digest != version.digest {
-            problems.push(format!("{what}: names digest {}, not the version's", r.digest));
+            problems.push(format!(
+                "{what}: names digest {}, not the version's",
+                r.digest
+            ));
         }
         match keys.iter().find(|k| k.key_id == r.signing_key_id) {
             None => problems.push(format!("{what}: key {} is not published", r.signing_key_id)),
             Some(key) => {
                 let message = crate::provenance::check_message(&result);
                 if !verify_signature(&key.public_key, &message, &r.signature) {
-                    problems.push(format!("{what}: the signature does not verify with key {}", key.key_id));
+                    problems.push(format!(
+                        "{what}: the signature does not verify with key {}",
+                        key.key_id
+                    ));
                 }
             }
         }
         if !r.envelope.is_empty() {
-            if let Err(e) = crate::provenance::verify_envelope(&r.envelope, &result.digest, &attesters) {
+            if let Err(e) =
+                crate::provenance::verify_envelope(&r.envelope, &result.digest, &attesters)
+            {
                 problems.push(format!("{what}: its envelope does not verify: {e}"));
             }
         }

@@ -5,6 +5,7 @@ pub mod access;
 pub mod codec;
 pub(crate) mod convert;
 mod moves;
+mod provenance;
 mod release;
 pub use release::check_result_from_pb;
 mod service;
