@@ -342,6 +342,28 @@ async fn four_eyes_the_requester_the_author_and_one_principal_twice_do_not_count
         "{}",
         promote.detail
     );
+    // The prompt's own listing has its requests and reviews, not the policy.
+    let about: Vec<String> = admin
+        .list_audit(pb::ListAuditRequest {
+            name: NAME.into(),
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries
+        .into_iter()
+        .map(|e| format!("{} {}", e.action, e.target))
+        .collect();
+    let request_target = format!("support/triage:production#request-{}", request.id);
+    for action in ["request", "approve"] {
+        assert!(
+            about.contains(&format!("{action} {request_target}")),
+            "{about:?}"
+        );
+    }
+    assert!(!about.iter().any(|e| e.starts_with("policy_")), "{about:?}");
     // Approved is final.
     assert_status(
         erin.approve_request(approve(request.id)).await,

@@ -315,9 +315,11 @@ impl PromotionRequest {
         }
     }
 
-    /// `request:ID`, as the ledger names it.
+    /// `name:label#request-ID`, as the ledger names it: about its prompt
+    /// (a prompt's audit listing finds it) and unambiguous (`#` is in no
+    /// label).
     pub fn target(&self) -> String {
-        format!("request:{}", self.id)
+        format!("{}:{}#request-{}", self.name, self.label, self.id)
     }
 
     /// Why `approver` may not approve it (four eyes), if they may not: the

@@ -43,16 +43,19 @@ impl AuditFilter {
     }
 }
 
-/// Whether a ledger entry is about the prompt `name`. Targets take four
+/// Whether a ledger entry is about the prompt `name`. Targets take these
 /// forms (documented on `AuditEntry.target` in the proto): `name@vN` for a
-/// publish, `name:label` for a label move, the bare `name` for a prune, and
-/// `key:ID` or `store` for what is not about a prompt (a key rotation,
-/// enabling encryption). The action tells them apart, so that a prompt
-/// named `store` or `key` does not collect those.
+/// publish, `name@vN#check` for a check result, `name:label` for a label
+/// move, `name:label#request-ID` for a promotion request and its reviews,
+/// the bare `name` for a prune, and `key:ID`, `store`, `token:NAME`,
+/// `attester:NAME` or `policy:PREFIX:label` for what is not about one
+/// prompt. The action tells them apart, so that a prompt named `store`,
+/// `key`, `token`, `attester` or `policy` does not collect those.
 fn is_about_prompt(entry: &AuditEntry, name: &PromptName) -> bool {
     let name = name.as_str();
     match entry.action.as_str() {
-        "rotate_key" | "enable_encryption" => false,
+        "rotate_key" | "enable_encryption" | "token_create" | "token_revoke" | "attester_add"
+        | "attester_remove" | "policy_set" | "policy_delete" | "freeze" | "unfreeze" => false,
         "prune" => entry.target == name,
         _ => entry
             .target
