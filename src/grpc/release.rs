@@ -11,7 +11,7 @@ use crate::domain::release::{
 };
 use crate::domain::validate::version_number;
 use crate::domain::{LabelName, ValidationError};
-use crate::registry::release::{Attestation, NewFreeze, NewPolicy, RequestFilter, Reviewed};
+use crate::registry::release::{Attestation, RequestFilter, Reviewed};
 use crate::registry::{Registry, RegistryError};
 use tonic::{Request, Status};
 
@@ -136,16 +136,17 @@ pub async fn set_policy(
     let r = request.into_inner();
     let label = label_of("label", &r.label)?;
     authorize(&principal, Action::Administer, prefix_scope(&r.prefix))?;
-    let new = NewPolicy {
+    let new = Policy {
         prefix: r.prefix,
         label,
         approvals: r.approvals,
         require: r.require,
         allow_emergency_rollback: r.allow_emergency_rollback.unwrap_or(true),
         request_ttl_secs: (r.request_ttl_seconds > 0).then_some(r.request_ttl_seconds),
-        reason: r.reason,
+        set_by: String::new(),
+        set_at: 0,
     };
-    let policy = registry.set_policy(&principal.name, new).await?;
+    let policy = registry.set_policy(&principal.name, new, r.reason).await?;
     tracing::info!(prefix = %policy.prefix, label = %policy.label, approvals = policy.approvals, "policy set");
     Ok(policy_to_pb(policy))
 }
@@ -218,11 +219,13 @@ pub async fn freeze_label(
         Some(ts) => instant("until", ts).map_err(invalid)?,
         None => return Err(invalid(ValidationError::new("until", "is required"))),
     };
-    let new = NewFreeze {
+    let new = Freeze {
         prefix: r.prefix,
         label,
         until,
         reason: r.reason,
+        set_by: String::new(),
+        set_at: 0,
     };
     let freeze = registry.freeze(&principal.name, new).await?;
     tracing::warn!(prefix = %freeze.prefix, label = %freeze.label, "label frozen");

@@ -26,27 +26,6 @@ use crate::domain::{LabelName, Micros, MoveKind, PromptName, ValidationError};
 use crate::provenance::AuditEntry;
 use crate::store::Store;
 
-/// A policy as an admin sets it.
-#[derive(Debug, Clone)]
-pub struct NewPolicy {
-    pub prefix: String,
-    pub label: LabelName,
-    pub approvals: u32,
-    pub require: Vec<String>,
-    pub allow_emergency_rollback: bool,
-    pub request_ttl_secs: Option<u64>,
-    pub reason: String,
-}
-
-/// A freeze as an admin sets it.
-#[derive(Debug, Clone)]
-pub struct NewFreeze {
-    pub prefix: String,
-    pub label: LabelName,
-    pub until: Micros,
-    pub reason: String,
-}
-
 impl Registry {
     /// Runs `write` under the writer lock (it may add the entry's detail),
     /// then `commit` with a ledger entry made of the given words at the head
@@ -86,24 +65,20 @@ impl Registry {
         Ok(value)
     }
 
-    /// Sets the policy of a label under a prefix.
-    pub async fn set_policy(&self, actor: &str, new: NewPolicy) -> Result<Policy> {
-        release::policy_prefix("prefix", &new.prefix, self.inner.limits.max_name_bytes)?;
-        movable("label", &new.label)?;
-        release::approvals("approvals", new.approvals)?;
-        release::required_checks("require", &new.require)?;
-        validate::optional_text("reason", &new.reason, self.inner.limits.max_text_bytes)?;
+    /// Sets the policy of a label under a prefix; `set_by` and `set_at`
+    /// are the actor and the time of the write, whatever `policy` says.
+    pub async fn set_policy(&self, actor: &str, policy: Policy, reason: String) -> Result<Policy> {
+        release::policy_prefix("prefix", &policy.prefix, self.inner.limits.max_name_bytes)?;
+        movable("label", &policy.label)?;
+        release::approvals("approvals", policy.approvals)?;
+        release::required_checks("require", &policy.require)?;
+        validate::optional_text("reason", &reason, self.inner.limits.max_text_bytes)?;
         let policy = Policy {
-            prefix: new.prefix,
-            label: new.label,
-            approvals: new.approvals,
-            require: new.require,
-            allow_emergency_rollback: new.allow_emergency_rollback,
-            request_ttl_secs: new.request_ttl_secs.filter(|s| *s > 0),
+            request_ttl_secs: policy.request_ttl_secs.filter(|s| *s > 0),
             set_by: actor.to_string(),
-            set_at: 0,
+            ..policy
         };
-        let words = Words::new(actor, "policy_set", policy.target(), &new.reason)
+        let words = Words::new(actor, "policy_set", policy.target(), &reason)
             .detail(describe_policy(&policy));
         self.record(
             words,
@@ -178,21 +153,18 @@ impl Registry {
         ))
     }
 
-    /// Freezes a label under a prefix until a time.
-    pub async fn freeze(&self, actor: &str, new: NewFreeze) -> Result<Freeze> {
-        release::policy_prefix("prefix", &new.prefix, self.inner.limits.max_name_bytes)?;
-        movable("label", &new.label)?;
-        validate::required_text("reason", &new.reason, self.inner.limits.max_text_bytes)?;
-        if new.until <= crate::time::now_micros() {
+    /// Freezes a label under a prefix until a time; `set_by` and `set_at`
+    /// are the actor and the time of the write, whatever `freeze` says.
+    pub async fn freeze(&self, actor: &str, freeze: Freeze) -> Result<Freeze> {
+        release::policy_prefix("prefix", &freeze.prefix, self.inner.limits.max_name_bytes)?;
+        movable("label", &freeze.label)?;
+        validate::required_text("reason", &freeze.reason, self.inner.limits.max_text_bytes)?;
+        if freeze.until <= crate::time::now_micros() {
             return Err(ValidationError::new("until", "must be in the future").into());
         }
         let freeze = Freeze {
-            prefix: new.prefix,
-            label: new.label,
-            until: new.until,
-            reason: new.reason,
             set_by: actor.to_string(),
-            set_at: 0,
+            ..freeze
         };
         let target = format!("policy:{}:{}", freeze.prefix, freeze.label);
         let words = Words::new(actor, "freeze", target, &freeze.reason).detail(format!(
