@@ -147,7 +147,10 @@ impl RegistryApi for RegistryService {
             Some(ack.label.as_str()),
             None,
         );
-        let target = self.registry.off_runtime(move |r| r.ack(ack)).await?;
+        let target = match self.registry.ack_from_memory(&ack) {
+            Some(target) => target,
+            None => self.registry.off_runtime(move |r| r.ack(ack)).await?,
+        };
         Ok(Response::new(pb::AckAppliedResponse {
             target_version: target.unwrap_or(0),
             in_sync: crate::domain::in_sync(applied, target),

@@ -56,10 +56,7 @@ impl Registry {
     ) -> Option<Arc<SharedVersion>> {
         let number = match selector {
             VersionSelector::Number(number) => *number,
-            VersionSelector::Label(label) => {
-                let cache = self.inner.labels.read().unwrap_or_else(|p| p.into_inner());
-                cache.targets.get(name)?.get(label)?.version
-            }
+            VersionSelector::Label(label) => self.cached_label_target(name, label)?.version,
             VersionSelector::Digest(_) => return None,
         };
         self.inner
@@ -67,6 +64,16 @@ impl Registry {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&(name.clone(), number))
+    }
+
+    /// Where a label points now, when the cache has it (no storage call).
+    pub(super) fn cached_label_target(
+        &self,
+        name: &PromptName,
+        label: &LabelName,
+    ) -> Option<LabelTarget> {
+        let cache = self.inner.labels.read().unwrap_or_else(|p| p.into_inner());
+        cache.targets.get(name)?.get(label).cloned()
     }
 
     /// Where a label points now: from the cache, or read from the store and

@@ -8,11 +8,20 @@ use crate::domain::{LabelName, PromptName};
 impl Registry {
     /// Records an agent's acknowledgement; answers the label's current target.
     pub fn ack(&self, ack: Ack) -> Result<Option<u64>> {
-        let target = self
-            .existing_label_target(&ack.name, &ack.label)?
-            .map(|t| t.version);
+        self.existing_prompt(&ack.name)?;
+        let target = self.label_target(&ack.name, &ack.label)?.map(|t| t.version);
         self.inner.fleet.ack(ack);
         Ok(target)
+    }
+
+    /// [`Registry::ack`] from memory, when the label cache has the label's
+    /// target (a fleet acknowledging a move): no storage call, so it runs
+    /// on the async worker. `None` (nothing recorded) when the store is
+    /// needed: call [`Registry::ack`] off the runtime.
+    pub fn ack_from_memory(&self, ack: &Ack) -> Option<Option<u64>> {
+        let target = self.cached_label_target(&ack.name, &ack.label)?;
+        self.inner.fleet.ack(ack.clone());
+        Some(Some(target.version))
     }
 
     /// Each known agent's state for the selected labels, with the labels'

@@ -48,6 +48,11 @@ impl Registry {
             provenance::open_signing_key(&store, &dir, &config.signing_key, head, last_time)?;
         let access = super::access::Access::load(&store, config.auth)
             .map_err(|e| damaged_if_corrupt(&dir, e))?;
+        // The log's newest records, for watchers resuming after this start.
+        let compacted = store.compact_revision()?;
+        let keep = config.watch.hub_capacity.max(16) as u64;
+        let tail_from = (compacted + 1).max(head.saturating_sub(keep - 1)).max(1);
+        let tail = store.revisions(tail_from, keep as usize)?;
         let group_commit = Arc::new(GroupCommit::new(head));
         let compaction_interval = config.watch.compaction_interval;
         let inner = Arc::new(Inner {
@@ -76,6 +81,7 @@ impl Registry {
             request_ttl_secs: config.request_ttl.as_secs().max(1),
             _lock: lock,
         });
+        inner.hub.prime(compacted, tail);
         tokio::spawn(run_flusher(Arc::downgrade(&inner), group_commit));
         tokio::spawn(disk::run_space_monitor(Arc::downgrade(&inner)));
         tokio::spawn(run_housekeeping(

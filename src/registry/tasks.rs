@@ -33,6 +33,7 @@ impl Registry {
         }
         if upto > store.compact_revision()? {
             let removed = store.compact(upto)?;
+            self.inner.hub.compacted_upto(upto);
             tracing::info!(compact_revision = upto, removed, "change log compacted");
         }
         Ok(upto)

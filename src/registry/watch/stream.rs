@@ -266,11 +266,8 @@ impl Watcher {
             }
             self.next = revision + 1;
         } else {
-            let compact_revision = self
-                .registry
-                .off_runtime(|registry| Ok(registry.store().compact_revision()?))
-                .await
-                .map_err(|e| self.storage_end(e.to_string()))?;
+            // No storage call: the hub knows the compact revision.
+            let compact_revision = hub.compacted();
             if start <= compact_revision {
                 return Err(WatchEnd::Compacted {
                     requested: start,
@@ -333,7 +330,19 @@ impl Watcher {
     /// Queues the matching revisions of one page of the change log, from
     /// `self.next` up to `upto`.
     async fn catch_up_page(&mut self, upto: u64) -> Result<(), WatchEnd> {
-        // One page of the log, read off the async workers.
+        // The newest revisions are in memory: no storage call, and the
+        // ring's own encodings are reused.
+        let hub = &self.registry.inner.hub;
+        if let Some(page) = hub.recent_from(self.next, upto, CATCH_UP_PAGE) {
+            if page.is_empty() {
+                self.catch_up_to = None;
+            }
+            for shared in page {
+                self.deliver(shared);
+            }
+            return Ok(());
+        }
+        // Older: one page of the log, read off the async workers.
         let next = self.next;
         let (compact_revision, page, compact_after) = self
             .registry
