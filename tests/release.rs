@@ -1009,6 +1009,13 @@ async fn the_longest_prefix_governs_and_policy_changes_are_audited() {
         (policy("Support/", 0, &[]), "prefix"),
         (
             pb::SetPolicyRequest {
+                request_ttl_seconds: u64::MAX,
+                ..policy("", 1, &[])
+            },
+            "request_ttl_seconds: is 18446744073709551615",
+        ),
+        (
+            pb::SetPolicyRequest {
                 label: "latest".into(),
                 ..policy("", 0, &[])
             },

@@ -315,6 +315,12 @@ pub async fn run_serve(args: ServeArgs) -> i32 {
             return 1;
         }
     };
+    if args.request_ttl.is_zero()
+        || args.request_ttl.as_secs() > crate::domain::release::MAX_REQUEST_TTL_SECS
+    {
+        eprintln!("error: --request-ttl must be more than 0 and at most 90 days");
+        return super::exit::USAGE;
+    }
     let config = RegistryConfig {
         data_dir: args.data_dir,
         limits,

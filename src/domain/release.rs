@@ -70,6 +70,21 @@ pub fn approvals(field: &str, approvals: u32) -> Result<(), ValidationError> {
     Ok(())
 }
 
+/// Longest a promotion request may wait for its approvals (90 days).
+pub const MAX_REQUEST_TTL_SECS: u64 = 90 * 24 * 3600;
+
+/// A policy's request expiry, in seconds: 0 (the server's default) to
+/// [`MAX_REQUEST_TTL_SECS`].
+pub fn request_ttl(field: &str, seconds: u64) -> Result<(), ValidationError> {
+    if seconds > MAX_REQUEST_TTL_SECS {
+        return Err(ValidationError::new(
+            field,
+            format!("is {seconds}; at most {MAX_REQUEST_TTL_SECS} (90 days)"),
+        ));
+    }
+    Ok(())
+}
+
 /// A check's score: a finite number.
 pub fn score(field: &str, score: Option<f64>) -> Result<(), ValidationError> {
     match score {

@@ -72,6 +72,7 @@ impl Registry {
         movable("label", &policy.label)?;
         release::approvals("approvals", policy.approvals)?;
         release::required_checks("require", &policy.require)?;
+        release::request_ttl("request_ttl_seconds", policy.request_ttl_secs.unwrap_or(0))?;
         validate::optional_text("reason", &reason, self.inner.limits.max_text_bytes)?;
         let policy = Policy {
             request_ttl_secs: policy.request_ttl_secs.filter(|s| *s > 0),

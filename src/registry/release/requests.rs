@@ -57,7 +57,11 @@ impl Registry {
             reason: request.reason,
             trace_id: request.trace_id,
             created: time,
-            expires: time.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX / 2) * 1_000_000),
+            expires: time.saturating_add(
+                i64::try_from(ttl)
+                    .unwrap_or(i64::MAX)
+                    .saturating_mul(1_000_000),
+            ),
             approvals_required: approvals,
             approvals: Vec::new(),
             state: RequestState::Pending,
