@@ -622,6 +622,9 @@ pub struct RollbackArgs {
     /// a retried rollback then cannot go one step further back.
     #[arg(long, value_name = "VERSION")]
     pub expect: Option<u64>,
+    /// During a rollout of the label: abort it, every agent back on the stable version.
+    #[arg(long)]
+    pub emergency: bool,
     /// Ignored: the server records the authenticated principal (the
     /// token's name, the certificate's principal, or `anonymous` with
     /// --insecure-no-auth). Kept so that older scripts still run.

@@ -239,6 +239,7 @@ pub(super) async fn get(args: GetArgs) -> Result<(), Failure> {
     let request = pb::GetVersionRequest {
         name: args.name.clone(),
         selector,
+        ..Default::default()
     };
     let response = client.get_version(request).await?.into_inner();
     let version = response.version.unwrap_or_default();
@@ -357,6 +358,7 @@ async fn resolve_now(
         let request = pb::GetVersionRequest {
             name: name.to_string(),
             selector: Some(pb::get_version_request::Selector::Label(label.to_string())),
+            ..Default::default()
         };
         let version = super::client::get_version(client, request).await?;
         let request = pb::LabelHistoryRequest {

@@ -43,6 +43,7 @@ pub(super) async fn rollback(args: RollbackArgs) -> Result<(), Failure> {
         actor: args.actor.clone().unwrap_or_else(local_user),
         reason: args.reason.clone(),
         expected_version: args.expect,
+        emergency: args.emergency,
     };
     let r = client.rollback(request).await?.into_inner();
     let moving = Moving::new(&args.client, &args.name, &args.label);

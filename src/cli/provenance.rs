@@ -122,6 +122,7 @@ pub(super) async fn verify(args: VerifyArgs) -> Result<(), Failure> {
     let request = pb::GetVersionRequest {
         name: args.name.clone(),
         selector,
+        ..Default::default()
     };
     let version = super::client::get_version(&mut client, request).await?;
     let keys = client

@@ -52,6 +52,11 @@ pub struct ServeArgs {
     /// sets its own (`policy set --request-ttl`).
     #[arg(long, env = "PROMPTREG_REQUEST_TTL", default_value = "24h", value_parser = parse_duration)]
     pub request_ttl: Duration,
+    /// How often running rollouts are evaluated: guardrail breaches abort,
+    /// steps whose bake is over advance, extend or abort (see README,
+    /// Progressive rollouts). 100ms to 1h.
+    #[arg(long, env = "PROMPTREG_ROLLOUT_EVAL_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub rollout_eval_interval: Duration,
     /// Serve TLS with this certificate chain (PEM, leaf first); needs
     /// --tls-key. Reloaded on SIGHUP and when the file changes.
     #[arg(
@@ -321,6 +326,12 @@ pub async fn run_serve(args: ServeArgs) -> i32 {
         eprintln!("error: --request-ttl must be more than 0 and at most 90 days");
         return super::exit::USAGE;
     }
+    if args.rollout_eval_interval < Duration::from_millis(100)
+        || args.rollout_eval_interval > Duration::from_secs(3600)
+    {
+        eprintln!("error: --rollout-eval-interval must be 100ms to 1h");
+        return super::exit::USAGE;
+    }
     let config = RegistryConfig {
         data_dir: args.data_dir,
         limits,
@@ -330,6 +341,7 @@ pub async fn run_serve(args: ServeArgs) -> i32 {
         min_free_space: args.min_free_space,
         auth: !args.insecure_no_auth,
         request_ttl: args.request_ttl,
+        rollout_eval_interval: args.rollout_eval_interval,
         signing_key: match args.signing_key {
             Some(file) => KeySource::File(file),
             None => KeySource::DataDir,

@@ -170,6 +170,7 @@ async fn stream_events(
             host: std::env::var("HOSTNAME").unwrap_or_default(),
             sdk: "promptreg-cli".into(),
             version: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
         }),
     };
     let mut stream = client.watch(request).await?.into_inner();
@@ -361,6 +362,7 @@ async fn apply(
     let request = pb::GetVersionRequest {
         name: name.to_string(),
         selector: Some(pb::get_version_request::Selector::Version(version)),
+        ..Default::default()
     };
     let fetched = super::client::get_version(client, request).await?;
     if !keys.iter().any(|k| k.key_id == fetched.signing_key_id) {

@@ -27,7 +27,8 @@ pub fn rollback_target(history: &[LabelMove]) -> Result<u64, NoRollbackTarget> {
     }
     // The bottom entry is "the label does not exist".
     let mut stack: Vec<Option<u64>> = vec![None];
-    for mv in history {
+    // A rollout's own moves leave the label where it was.
+    for mv in history.iter().filter(|m| m.kind != MoveKind::Rollout) {
         let undoes_previous = mv.kind == MoveKind::Rollback
             && stack.len() >= 2
             && stack[stack.len() - 2] == mv.to_version;
@@ -62,6 +63,7 @@ mod tests {
             reason: "r".into(),
             trace_id: None,
             clearance: Default::default(),
+            rollout: None,
         }
     }
 

@@ -10,6 +10,7 @@ mod limits;
 mod model_config;
 mod names;
 pub mod release;
+pub mod rollout;
 mod selector;
 mod template;
 pub mod validate;
@@ -102,6 +103,9 @@ pub enum MoveKind {
     Promote,
     Rollback,
     Remove,
+    /// A rollout's step, pause, resume, extension or abort: the label's
+    /// own target stays the stable version.
+    Rollout,
 }
 
 impl MoveKind {
@@ -110,6 +114,7 @@ impl MoveKind {
             MoveKind::Promote => "promote",
             MoveKind::Rollback => "rollback",
             MoveKind::Remove => "remove",
+            MoveKind::Rollout => "rollout",
         }
     }
 }
@@ -135,6 +140,8 @@ pub struct LabelMove {
     pub trace_id: Option<String>,
     /// How release policy cleared it (approvals, an emergency).
     pub clearance: Clearance,
+    /// The rollout the move belongs to, as it stands after the move.
+    pub rollout: Option<Box<rollout::Rollout>>,
 }
 
 /// How a label move was cleared by release policy: by default, nothing

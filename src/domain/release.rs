@@ -297,7 +297,7 @@ pub struct Approval {
 /// A move of a protected label waiting for approval, bound to the prompt,
 /// the label, the version (and its digest) and the label's target when it
 /// was made.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PromotionRequest {
     pub id: u64,
     pub name: PromptName,
@@ -318,6 +318,9 @@ pub struct PromotionRequest {
     pub closed_by: String,
     pub closed_reason: String,
     pub move_revision: u64,
+    /// For a rollout's start (`kind` Rollout): how it goes; `version` is
+    /// the candidate.
+    pub rollout: Option<super::rollout::RolloutSpec>,
 }
 
 impl PromotionRequest {

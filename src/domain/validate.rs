@@ -109,6 +109,40 @@ pub fn agent_field(field: &str, raw: &str) -> Result<(), ValidationError> {
     optional_text(field, raw, MAX_AGENT_FIELD_BYTES)
 }
 
+/// Most attributes an agent may declare.
+pub const MAX_AGENT_ATTRIBUTES: usize = 16;
+/// Longest attribute key or value, in bytes.
+pub const MAX_ATTRIBUTE_BYTES: usize = 64;
+
+/// An agent's attributes (what a rollout may assign it by): at most 16,
+/// keys 1 to 64 printable ASCII characters without spaces, values at most
+/// 64 bytes of text.
+pub fn agent_attributes<'a>(
+    field: &str,
+    attributes: impl IntoIterator<Item = (&'a String, &'a String)> + Clone,
+) -> Result<(), ValidationError> {
+    let count = attributes.clone().into_iter().count();
+    if count > MAX_AGENT_ATTRIBUTES {
+        return Err(ValidationError::new(
+            field,
+            format!("has {count} attributes; at most {MAX_AGENT_ATTRIBUTES}"),
+        ));
+    }
+    for (key, value) in attributes {
+        let fine = !key.is_empty()
+            && key.len() <= MAX_ATTRIBUTE_BYTES
+            && key.bytes().all(|b| b.is_ascii_graphic());
+        if !fine {
+            return Err(ValidationError::new(
+                format!("{field}[{key:?}]"),
+                format!("the key must be 1 to {MAX_ATTRIBUTE_BYTES} printable ASCII characters, no spaces"),
+            ));
+        }
+        optional_text(&format!("{field}[{key:?}]"), value, MAX_ATTRIBUTE_BYTES)?;
+    }
+    Ok(())
+}
+
 /// The reason an agent gives when it rejects a version: required.
 pub fn rejection_reason(field: &str, reason: &str) -> Result<(), ValidationError> {
     if reason.trim().is_empty() {

@@ -151,6 +151,7 @@ pub fn move_kind(kind: MoveKind) -> pb::MoveKind {
         MoveKind::Promote => pb::MoveKind::Promote,
         MoveKind::Rollback => pb::MoveKind::Rollback,
         MoveKind::Remove => pb::MoveKind::Remove,
+        MoveKind::Rollout => pb::MoveKind::Rollout,
     }
 }
 
@@ -170,6 +171,7 @@ pub fn label_move(m: LabelMove) -> pb::LabelMove {
         request_id: m.clearance.request.unwrap_or(0),
         approvers: m.clearance.approvers,
         emergency: m.clearance.emergency,
+        rollout: m.rollout.map(|r| super::rollout::rollout(*r)),
     }
 }
 
@@ -182,6 +184,7 @@ pub fn moved(m: Moved) -> pb::LabelMoveResponse {
         digest: m.digest.map(|d| d.to_string()).unwrap_or_default(),
         request: m.request.map(super::release::promotion_request),
         emergency: m.emergency,
+        rollout_aborted: m.rollout_aborted.unwrap_or(0),
     }
 }
 
@@ -226,11 +229,13 @@ pub fn watch_request(
         ] {
             validate::agent_field(field, value)?;
         }
+        validate::agent_attributes("agent.attributes", &info.attributes)?;
         Some(AgentHello {
             agent_id: req.agent_id,
             host: info.host,
             sdk: info.sdk,
             version: info.version,
+            attributes: info.attributes.into_iter().collect(),
         })
     };
     Ok(WatchRequest {
@@ -247,6 +252,11 @@ fn label_state(state: LabelState) -> pb::LabelState {
         version: state.target.version,
         digest: state.target.digest.to_string(),
         revision: state.target.revision,
+        rollout: state.rollout.map(|r| super::rollout::rollout((*r).clone())),
+        arm: state
+            .arm
+            .map_or(pb::Arm::Unspecified, super::rollout::arm_pb)
+            .into(),
     }
 }
 
@@ -393,6 +403,7 @@ pub fn agent_status(row: AgentLabelStatus) -> pb::AgentStatus {
             host: row.hello.host,
             sdk: row.hello.sdk,
             version: row.hello.version,
+            attributes: row.hello.attributes.into_iter().collect(),
         }),
         name: row.name.to_string(),
         label: row.label.to_string(),
@@ -404,6 +415,10 @@ pub fn agent_status(row: AgentLabelStatus) -> pb::AgentStatus {
         in_sync,
         rejected_version: row.rejected.as_ref().map_or(0, |(v, _)| *v),
         rejected_reason: row.rejected.map(|(_, r)| r).unwrap_or_default(),
+        arm: row
+            .arm
+            .map_or(pb::Arm::Unspecified, super::rollout::arm_pb)
+            .into(),
     }
 }
 

@@ -13,7 +13,7 @@ use tonic::{Request, Status};
 
 /// A label move by `principal`, who is recorded as its actor, once it may
 /// move that label.
-fn move_request(
+pub(super) fn move_request(
     registry: &Registry,
     principal: Principal,
     name: &str,
@@ -96,7 +96,13 @@ pub async fn rollback(
     let mv = move_request(
         registry, principal, &req.name, &req.label, req.reason, trace_id,
     )?;
-    let moved = registry.rollback(mv, to, req.expected_version).await?;
+    let moved = if req.emergency {
+        registry
+            .emergency_rollback(mv, to, req.expected_version)
+            .await?
+    } else {
+        registry.rollback(mv, to, req.expected_version).await?
+    };
     annotate_move(&name, &label, &reason, &moved);
     Ok(convert::moved(moved))
 }

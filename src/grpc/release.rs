@@ -466,5 +466,6 @@ pub fn promotion_request(q: PromotionRequest) -> pb::PromotionRequest {
         closed_by: q.closed_by,
         closed_reason: q.closed_reason,
         move_revision: q.move_revision,
+        rollout: q.rollout.map(super::rollout::spec_pb),
     }
 }

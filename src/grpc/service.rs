@@ -290,7 +290,7 @@ impl RegistryApi for RegistryService {
         let name = prompt_name(&req.name, self.registry.limits())?;
         authorize(&principal, Action::ReadContent, Scope::Prompt(&name))?;
         use pb::get_version_request::Selector;
-        let selector = match req.selector {
+        let selector = match req.selector.clone() {
             None => VersionSelector::Label(crate::domain::LabelName::latest()),
             Some(Selector::Version(n)) => VersionSelector::Number(version_number("version", n)?),
             Some(Selector::Digest(d)) => {
@@ -298,6 +298,9 @@ impl RegistryApi for RegistryService {
             }
             Some(Selector::Label(l)) => VersionSelector::Label(label_name(&l)?),
         };
+        // An agent resolving a label under rollout gets its own arm.
+        let arm = super::rollout::agent_selector(&self.registry, &name, &selector, &req)?;
+        let selector = arm.as_ref().map_or(selector, |(_, _, s)| s.clone());
         let revision = self.registry.revision();
         // From memory on this worker when both the label and the version
         // are cached; otherwise from the store, off the async workers.
@@ -323,9 +326,11 @@ impl RegistryApi for RegistryService {
         );
         let encoded =
             version.encoded_with(|v| convert::version(v.clone(), true).encode_to_vec().into());
-        Ok(Response::new(super::wire::GetVersionFrame::new(
-            encoded, revision,
-        )))
+        let frame = super::wire::GetVersionFrame::new(encoded, revision);
+        Ok(Response::new(match arm {
+            Some((rollout_id, arm, _)) => frame.with_rollout(rollout_id, arm),
+            None => frame,
+        }))
     }
 
     async fn list_prompts(
@@ -660,6 +665,39 @@ impl RegistryApi for RegistryService {
         request: Request<pb::RejectRequestRequest>,
     ) -> Answer<pb::ReviewResponse> {
         release::reject_request(&self.registry, request)
+            .await
+            .map(Response::new)
+    }
+
+    async fn start_rollout(
+        &self,
+        r: Request<pb::StartRolloutRequest>,
+    ) -> Answer<pb::RolloutResponse> {
+        super::rollout::start_rollout(&self.registry, r)
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_rollout(&self, r: Request<pb::GetRolloutRequest>) -> Answer<pb::RolloutStatus> {
+        super::rollout::get_rollout(&self.registry, r)
+            .await
+            .map(Response::new)
+    }
+
+    async fn control_rollout(
+        &self,
+        r: Request<pb::ControlRolloutRequest>,
+    ) -> Answer<pb::RolloutResponse> {
+        super::rollout::control_rollout(&self.registry, r)
+            .await
+            .map(Response::new)
+    }
+
+    async fn report_outcome(
+        &self,
+        r: Request<pb::ReportOutcomeRequest>,
+    ) -> Answer<pb::ReportOutcomeResponse> {
+        super::rollout::report_outcome(&self.registry, r)
             .await
             .map(Response::new)
     }

@@ -75,11 +75,15 @@ impl Message for Encoded {
 pub struct GetVersionFrame {
     version: Encoded,
     revision: u64,
+    rollout_id: u64,
+    arm: i32,
 }
 
 /// Field numbers of `GetVersionResponse`.
 const VERSION: u32 = 1;
 const REVISION: u32 = 2;
+const ROLLOUT_ID: u32 = 3;
+const ARM: u32 = 4;
 
 impl GetVersionFrame {
     /// `version`: the encoding of a `promptreg.v1.Version`.
@@ -87,7 +91,16 @@ impl GetVersionFrame {
         GetVersionFrame {
             version: Encoded(version),
             revision,
+            rollout_id: 0,
+            arm: 0,
         }
+    }
+
+    /// The rollout a resolve by label answered for, and the agent's arm.
+    pub fn with_rollout(mut self, rollout_id: u64, arm: super::pb::Arm) -> GetVersionFrame {
+        self.rollout_id = rollout_id;
+        self.arm = arm.into();
+        self
     }
 }
 
@@ -97,6 +110,12 @@ impl Message for GetVersionFrame {
         if self.revision != 0 {
             prost::encoding::uint64::encode(REVISION, &self.revision, buf);
         }
+        if self.rollout_id != 0 {
+            prost::encoding::uint64::encode(ROLLOUT_ID, &self.rollout_id, buf);
+        }
+        if self.arm != 0 {
+            prost::encoding::int32::encode(ARM, &self.arm, buf);
+        }
     }
 
     encode_only!();
@@ -105,6 +124,16 @@ impl Message for GetVersionFrame {
         prost::encoding::message::encoded_len(VERSION, &self.version)
             + if self.revision != 0 {
                 prost::encoding::uint64::encoded_len(REVISION, &self.revision)
+            } else {
+                0
+            }
+            + if self.rollout_id != 0 {
+                prost::encoding::uint64::encoded_len(ROLLOUT_ID, &self.rollout_id)
+            } else {
+                0
+            }
+            + if self.arm != 0 {
+                prost::encoding::int32::encoded_len(ARM, &self.arm)
             } else {
                 0
             }

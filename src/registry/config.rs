@@ -25,6 +25,9 @@ pub struct RegistryConfig {
     /// How long a promotion request waits for its approvals, unless its
     /// policy says otherwise (`--request-ttl`, default 24 h).
     pub request_ttl: std::time::Duration,
+    /// How often running rollouts are decided (`--rollout-eval-interval`,
+    /// default 30 s).
+    pub rollout_eval_interval: std::time::Duration,
 }
 
 /// The memory bounds of the two caches that grow with the data. Everything
@@ -62,6 +65,7 @@ impl RegistryConfig {
             request_ttl: std::time::Duration::from_secs(
                 crate::domain::release::DEFAULT_REQUEST_TTL_SECS,
             ),
+            rollout_eval_interval: std::time::Duration::from_secs(30),
         }
     }
 }

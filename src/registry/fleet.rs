@@ -17,6 +17,8 @@ pub struct AgentHello {
     pub host: String,
     pub sdk: String,
     pub version: String,
+    /// What a rollout may assign the agent by (`sticky_by`).
+    pub attributes: BTreeMap<String, String>,
 }
 
 /// What an agent did with a version.
@@ -50,8 +52,11 @@ pub struct AgentLabelStatus {
     pub applied: Option<(u64, ContentDigest)>,
     /// The version last rejected, when the newest report was a rejection.
     pub rejected: Option<(u64, String)>,
-    /// Filled in by the registry: the label's current target.
+    /// Filled in by the registry: the agent's target (the label's, or its
+    /// arm's during a rollout).
     pub target_version: Option<u64>,
+    /// Filled in by the registry: the agent's arm during a rollout.
+    pub arm: Option<crate::domain::rollout::Arm>,
 }
 
 impl AgentLabelStatus {
@@ -171,10 +176,42 @@ impl Fleet {
         });
     }
 
-    /// Counts agents in sync, stale and disconnected for one label whose
-    /// current target is `target`, without building rows: the cheap path
-    /// that `promote --wait` polls.
-    pub fn count(&self, name: &PromptName, label: &LabelName, target: Option<u64>) -> FleetCounts {
+    /// What the agent declared about itself on its newest watch.
+    pub fn attributes(&self, agent_id: &str) -> Option<BTreeMap<String, String>> {
+        self.lock()
+            .get(agent_id)
+            .map(|a| a.hello.attributes.clone())
+    }
+
+    /// The connected agents following a label, with the version each last
+    /// applied.
+    pub fn followers(
+        &self,
+        name: &PromptName,
+        label: &LabelName,
+    ) -> Vec<(AgentHello, Option<u64>)> {
+        let key = (name.clone(), label.clone());
+        self.lock()
+            .values()
+            .filter(|agent| {
+                agent.streams > 0 && agent.selectors.iter().any(|s| s.matches_label(name, label))
+            })
+            .map(|agent| {
+                let applied = agent.applied.get(&key).and_then(|a| a.version.as_ref());
+                (agent.hello.clone(), applied.map(|(v, _)| *v))
+            })
+            .collect()
+    }
+
+    /// Counts agents in sync, stale and disconnected for one label, each
+    /// against its own target (`target` of the agent), without building
+    /// rows: the cheap path that `promote --wait` polls.
+    pub fn count(
+        &self,
+        name: &PromptName,
+        label: &LabelName,
+        target: impl Fn(&AgentHello) -> Option<u64>,
+    ) -> FleetCounts {
         let key = (name.clone(), label.clone());
         self.lock()
             .values()
@@ -186,7 +223,10 @@ impl Fleet {
                     return None;
                 }
                 let applied = applied.and_then(|a| a.version.as_ref()).map(|(v, _)| *v);
-                Some(AgentState::of(agent.streams > 0, in_sync(applied, target)))
+                Some(AgentState::of(
+                    agent.streams > 0,
+                    in_sync(applied, target(&agent.hello)),
+                ))
             })
             .collect()
     }
@@ -212,6 +252,7 @@ impl Fleet {
                 applied: applied.and_then(|a| a.version),
                 rejected: applied.and_then(|a| a.rejected.clone()),
                 target_version: None,
+                arm: None,
             };
             let wanted = |n: &PromptName, l: &LabelName| {
                 name.is_none_or(|x| x == n) && label.is_none_or(|x| x == l)

@@ -6,12 +6,40 @@ use super::{Registry, Result};
 use crate::domain::{LabelName, PromptName};
 
 impl Registry {
-    /// Records an agent's acknowledgement; answers the label's current target.
+    /// Records an agent's acknowledgement; answers its target (the
+    /// label's, or its arm's during a rollout).
     pub fn ack(&self, ack: Ack) -> Result<Option<u64>> {
         self.existing_prompt(&ack.name)?;
         let target = self.label_target(&ack.name, &ack.label)?.map(|t| t.version);
+        let target = self
+            .arm_target(&ack.name, &ack.label, &ack.agent_id)
+            .or(target);
         self.inner.fleet.ack(ack);
         Ok(target)
+    }
+
+    /// The agent's arm's version while a rollout runs on the label.
+    fn arm_target(&self, name: &PromptName, label: &LabelName, agent_id: &str) -> Option<u64> {
+        let (rollout, arm) = self.agent_arm(name, label, agent_id, None)?;
+        Some(rollout.side(arm).version)
+    }
+
+    /// An agent's target and arm, given the label's target.
+    fn agent_target(
+        &self,
+        rollout: Option<&crate::domain::rollout::Rollout>,
+        hello: &fleet::AgentHello,
+        label_target: Option<u64>,
+    ) -> (Option<u64>, Option<crate::domain::rollout::Arm>) {
+        let Some(rollout) = rollout else {
+            return (label_target, None);
+        };
+        let agent = super::rollout::AgentRef {
+            agent_id: &hello.agent_id,
+            attributes: &hello.attributes,
+        };
+        let arm = super::rollout::arm_of(rollout, Some(agent));
+        (Some(rollout.side(arm).version), Some(arm))
     }
 
     /// [`Registry::ack`] from memory, when the label cache has the label's
@@ -20,8 +48,11 @@ impl Registry {
     /// needed: call [`Registry::ack`] off the runtime.
     pub fn ack_from_memory(&self, ack: &Ack) -> Option<Option<u64>> {
         let target = self.cached_label_target(&ack.name, &ack.label)?;
+        let target = self
+            .arm_target(&ack.name, &ack.label, &ack.agent_id)
+            .unwrap_or(target.version);
         self.inner.fleet.ack(ack.clone());
-        Some(Some(target.version))
+        Some(Some(target))
     }
 
     /// Each known agent's state for the selected labels, with the labels'
@@ -62,7 +93,9 @@ impl Registry {
                     store.label(&row.name, &row.label)?.map(|t| t.version),
                 );
             }
-            row.target_version = targets[&key];
+            let rollout = self.active_rollout(&row.name, &row.label);
+            (row.target_version, row.arm) =
+                self.agent_target(rollout.as_deref(), &row.hello, targets[&key]);
         }
         Ok(rows)
     }
@@ -75,7 +108,10 @@ impl Registry {
     ) -> Result<fleet::FleetCounts> {
         self.expire_agents();
         let target = self.existing_label_target(name, label)?.map(|t| t.version);
-        Ok(self.inner.fleet.count(name, label, target))
+        let rollout = self.active_rollout(name, label);
+        Ok(self.inner.fleet.count(name, label, |hello| {
+            self.agent_target(rollout.as_deref(), hello, target).0
+        }))
     }
 
     pub(super) fn expire_agents(&self) {

@@ -29,6 +29,7 @@ mod page;
 pub mod provenance;
 mod read;
 pub mod release;
+pub mod rollout;
 mod tasks;
 mod version_cache;
 pub mod watch;
@@ -102,6 +103,10 @@ struct Inner {
     access: access::Access,
     /// How long a promotion request waits by default (`--request-ttl`).
     request_ttl_secs: u64,
+    /// The running and paused rollouts and their evidence.
+    rollouts: rollout::Rollouts,
+    /// How often the rollout controller decides (`--rollout-eval-interval`).
+    rollout_eval_interval: std::time::Duration,
     /// Held for the registry's lifetime: the OS lock that keeps a second
     /// process off the data directory.
     _lock: File,

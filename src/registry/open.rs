@@ -79,9 +79,13 @@ impl Registry {
             key_source: config.signing_key.clone(),
             access,
             request_ttl_secs: config.request_ttl.as_secs().max(1),
+            rollouts: Default::default(),
+            rollout_eval_interval: config.rollout_eval_interval,
             _lock: lock,
         });
         inner.hub.prime(compacted, tail);
+        inner.rollouts.prime(inner.store.rollouts()?);
+        tokio::spawn(super::rollout::run_controller(Arc::downgrade(&inner)));
         tokio::spawn(run_flusher(Arc::downgrade(&inner), group_commit));
         tokio::spawn(disk::run_space_monitor(Arc::downgrade(&inner)));
         tokio::spawn(run_housekeeping(

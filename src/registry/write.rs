@@ -37,6 +37,9 @@ pub struct Moved {
     pub request: Option<PromotionRequest>,
     /// The move was an emergency rollback past the label's policy.
     pub emergency: bool,
+    /// The rollout an emergency rollback aborted (the label stays on the
+    /// stable version: `from_version` is the candidate withdrawn).
+    pub rollout_aborted: Option<u64>,
 }
 
 /// What a label move does, once decided.
@@ -47,6 +50,8 @@ pub(super) struct MoveStep {
     pub to_version: Option<u64>,
     pub digest: Option<ContentDigest>,
     pub clearance: Clearance,
+    /// The rollout the move belongs to, as it stands after it.
+    pub rollout: Option<Box<crate::domain::rollout::Rollout>>,
 }
 
 /// The promotion request a move completes, and the ledger entry of its
@@ -170,6 +175,7 @@ impl Registry {
                         actor: new.author.clone(),
                         reason: format!("version {number} published"),
                         clearance: Default::default(),
+                        rollout: None,
                     };
                     let change = Revision {
                         revision,
@@ -263,6 +269,59 @@ impl Registry {
         .await
     }
 
+    /// A rollback asked for as an emergency: while a rollout runs on the
+    /// label, it aborts the rollout (every agent back on the stable
+    /// version, the label unchanged); otherwise it is an ordinary
+    /// [`Registry::rollback`], which the release gate may let past a policy
+    /// or freeze as an emergency.
+    pub async fn emergency_rollback(
+        &self,
+        request: MoveRequest,
+        to_version: Option<u64>,
+        expected_version: Option<u64>,
+    ) -> Result<Moved> {
+        if self.active_rollout(&request.name, &request.label).is_none() {
+            return self.rollback(request, to_version, expected_version).await;
+        }
+        self.check_actor_reason(&request)?;
+        let moved = self
+            .write(move |this| {
+                let mut writer = this.lock_writer();
+                let rollout = this
+                    .store()
+                    .rollout(&request.name, &request.label)?
+                    .filter(|r| r.state.is_active())
+                    .ok_or_else(|| {
+                        RegistryError::FailedPrecondition(format!(
+                            "the rollout of {} {} ended meanwhile: look at the label and retry",
+                            request.name, request.label
+                        ))
+                    })?;
+                if let Some(expected) = expected_version {
+                    if expected != rollout.stable.version && expected != rollout.candidate.version {
+                        return Err(RegistryError::FailedPrecondition(format!(
+                            "label {} of {} is under rollout {} (v{} -> v{}), not at the expected version {expected}",
+                            request.label, request.name, rollout.id, rollout.stable.version, rollout.candidate.version
+                        )));
+                    }
+                }
+                let revision = this.abort_for_rollback(&mut writer, request, &rollout)?;
+                Ok(Moved {
+                    changed: true,
+                    revision,
+                    from_version: Some(rollout.candidate.version),
+                    to_version: Some(rollout.stable.version),
+                    digest: Some(rollout.stable.digest),
+                    request: None,
+                    emergency: true,
+                    rollout_aborted: Some(rollout.id),
+                })
+            })
+            .await?;
+        self.wait_durable(moved.revision).await?;
+        Ok(moved)
+    }
+
     /// Removes a label; a recorded move like any other.
     pub async fn remove_label(&self, request: MoveRequest) -> Result<Moved> {
         self.label_move(
@@ -330,7 +389,22 @@ impl Registry {
             digest,
             request,
             emergency: false,
+            rollout_aborted: None,
         };
+        if let Some(rollout) = self.store().rollout(&request.name, &request.label)? {
+            if rollout.state.is_active() {
+                return Err(RegistryError::FailedPrecondition(format!(
+                    "label {} of {} is under rollout {} ({}, {} on v{}): move it with \
+                     `promptreg rollout abort|promote`, or `rollback --emergency` to abort the rollout",
+                    request.label,
+                    request.name,
+                    rollout.id,
+                    rollout.state.as_str(),
+                    crate::domain::rollout::percent(rollout.weight_bp),
+                    rollout.candidate.version
+                )));
+            }
+        }
         if let (Some(current), Some(_)) = (&current, to_version) {
             if Some(current.version) == to_version {
                 return Ok(unmoved(current.revision, None));
@@ -368,6 +442,7 @@ impl Registry {
                     from_version,
                     approvals,
                     ttl,
+                    None,
                 )?;
                 return Ok(unmoved(writer.head, Some(opened)));
             }
@@ -379,6 +454,7 @@ impl Registry {
             to_version,
             digest,
             clearance,
+            rollout: None,
         };
         let revision = self.commit_move(writer, request, step, None)?;
         Ok(Moved {
@@ -389,6 +465,7 @@ impl Registry {
             digest,
             request: None,
             emergency,
+            rollout_aborted: None,
         })
     }
 
@@ -409,7 +486,7 @@ impl Registry {
         if version.pruned {
             let what = match kind {
                 MoveKind::Rollback => "roll back",
-                MoveKind::Promote | MoveKind::Remove => "move",
+                MoveKind::Promote | MoveKind::Remove | MoveKind::Rollout => "move",
             };
             return Err(RegistryError::FailedPrecondition(format!(
                 "cannot {what} label {} of {} to version {number}: {} v{number} was pruned \
@@ -443,6 +520,7 @@ impl Registry {
             reason: request.reason,
             trace_id: request.trace_id.clone(),
             clearance: step.clearance,
+            rollout: step.rollout,
         };
         metrics::counter!(
             crate::telemetry::metrics::LABEL_MOVES,
@@ -496,6 +574,7 @@ impl Registry {
             return Err(error.into());
         }
         self.forget_moved_labels(&revision);
+        self.inner.rollouts.apply(&revision);
         writer.head = revision.revision;
         writer.last_time = revision.time;
         let number = revision.revision;

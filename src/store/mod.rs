@@ -27,6 +27,7 @@
 //! | `meta/encryption` | the data key id, when version content is encrypted |
 //! | `t/{name}` | a bearer token: its SHA-256, bindings, expiry, revocation |
 //! | `c/`, `e/`, `y/`, `z/`, `q/`, `meta/requests` | release policy: check results, attester keys, policies, freezes, promotion requests (see `release.rs`) |
+//! | `o/`, `meta/rollouts` | each label's newest rollout, written by the revisions that change it (see `rollout.rs`) |
 //!
 //! Numbers in keys are big-endian so that byte order is numeric order. The
 //! change log (`r/`) is the source of truth for what happened; `p/`, `l/`,
@@ -43,6 +44,8 @@ mod keys;
 mod reads;
 pub(crate) mod records;
 mod release;
+mod rollout;
+pub(crate) use rollout::{RolloutRec, SpecRec};
 mod sealing;
 mod sled;
 mod torn_tail;
@@ -421,6 +424,9 @@ impl Store {
                     batch.put(prompt_key(name), encode(&prompt));
                 }
                 Change::LabelMoved(mv) => {
+                    if let Some(rollout) = &mv.rollout {
+                        self.put_rollout(&mut batch, rollout)?;
+                    }
                     batch.put(
                         history_key(&mv.name, &mv.label, mv.revision),
                         encode(&MoveRec::from(mv)),

@@ -180,6 +180,8 @@ pub struct MoveRec {
     pub approvers: Vec<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub emergency: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<super::RolloutRec>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -388,6 +390,7 @@ impl From<&LabelMove> for MoveRec {
             request_id: m.clearance.request,
             approvers: m.clearance.approvers.clone(),
             emergency: m.clearance.emergency,
+            rollout: m.rollout.as_deref().map(Into::into),
         }
     }
 }
@@ -511,6 +514,7 @@ impl MoveRec {
             "promote" => MoveKind::Promote,
             "rollback" => MoveKind::Rollback,
             "remove" => MoveKind::Remove,
+            "rollout" => MoveKind::Rollout,
             other => return Err(format!("unknown move kind {other:?}")),
         };
         Ok(LabelMove {
@@ -530,6 +534,10 @@ impl MoveRec {
                 approvers: self.approvers,
                 emergency: self.emergency,
             },
+            rollout: self
+                .rollout
+                .map(|r| r.into_domain().map(Box::new))
+                .transpose()?,
         })
     }
 }

@@ -167,6 +167,8 @@ struct RequestRec {
     closed_by: String,
     closed_reason: String,
     move_revision: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rollout: Option<super::SpecRec>,
 }
 
 impl From<&PromotionRequest> for RequestRec {
@@ -198,6 +200,7 @@ impl From<&PromotionRequest> for RequestRec {
             closed_by: r.closed_by.clone(),
             closed_reason: r.closed_reason.clone(),
             move_revision: r.move_revision,
+            rollout: r.rollout.as_ref().map(Into::into),
         }
     }
 }
@@ -207,6 +210,7 @@ impl RequestRec {
         let kind = match self.kind.as_str() {
             "promote" => MoveKind::Promote,
             "rollback" => MoveKind::Rollback,
+            "rollout" => MoveKind::Rollout,
             other => return Err(format!("unknown request kind {other:?}")),
         };
         Ok(PromotionRequest {
@@ -237,6 +241,7 @@ impl RequestRec {
             closed_by: self.closed_by,
             closed_reason: self.closed_reason,
             move_revision: self.move_revision,
+            rollout: self.rollout.map(super::SpecRec::into_domain).transpose()?,
         })
     }
 }

@@ -36,6 +36,22 @@ pub const UNAUTHENTICATED: &str = "promptreg_unauthenticated_total";
 pub const DENIED: &str = "promptreg_denied_total";
 /// Label moves by `label` and `kind` (promote, rollback, remove).
 pub const LABEL_MOVES: &str = "promptreg_label_moves_total";
+/// Outcome reports taken, by `arm` (stable, candidate, unassigned).
+pub const ROLLOUT_REPORTS: &str = "promptreg_rollout_reports_total";
+/// Each active rollout's candidate weight in basis points, by `prompt` and
+/// `label` (0 once it has ended: aborted, or completed at 10000 then 0).
+pub const ROLLOUT_WEIGHT: &str = "promptreg_rollout_weight_bp";
+/// 1 for the rollout's current `state` (running, paused, aborted,
+/// completed), 0 for the others, by `prompt` and `label`.
+pub const ROLLOUT_STATE: &str = "promptreg_rollout_state";
+/// The current step's error rate per `arm`, by `prompt` and `label` (NaN
+/// without requests).
+pub const ROLLOUT_ERROR_RATE: &str = "promptreg_rollout_error_rate";
+/// The current step's requests per `arm`, by `prompt` and `label`.
+pub const ROLLOUT_REQUESTS: &str = "promptreg_rollout_requests";
+/// Rollout decisions taken, by `decision` (advance, extend, pause, abort,
+/// complete) and `actor` (guardrail, or by hand: operator).
+pub const ROLLOUT_DECISIONS: &str = "promptreg_rollout_decisions_total";
 
 /// The metrics endpoint could not be served.
 #[derive(Debug, thiserror::Error)]

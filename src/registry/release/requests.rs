@@ -41,6 +41,7 @@ impl Registry {
         base_version: Option<u64>,
         approvals: u32,
         ttl_secs: Option<u64>,
+        rollout: Option<crate::domain::rollout::RolloutSpec>,
     ) -> Result<PromotionRequest> {
         let store = self.store();
         let (_, time) = writer.next();
@@ -68,6 +69,7 @@ impl Registry {
             closed_by: String::new(),
             closed_reason: String::new(),
             move_revision: 0,
+            rollout,
         };
         let detail = format!(
             "{}:{} {} -> v{version}; needs {approvals} approval(s); expires {}",
@@ -216,10 +218,15 @@ impl Registry {
         approver: &str,
         reason: &str,
     ) -> Result<Reviewed> {
+        // A rollout's start passes the gate as the promote it leads to.
+        let gate_kind = match request.kind {
+            MoveKind::Rollout => MoveKind::Promote,
+            kind => kind,
+        };
         let (gate, _) = self.gate_move(
             &request.name,
             &request.label,
-            request.kind,
+            gate_kind,
             Some(request.version),
             true,
         )?;
@@ -256,6 +263,7 @@ impl Registry {
                     .collect(),
                 emergency: false,
             },
+            rollout: None,
         };
         let (move_revision, time) = writer.next();
         request.state = RequestState::Approved;
@@ -275,6 +283,9 @@ impl Registry {
             request: &request,
             entry,
         };
+        if let Some(spec) = request.rollout.clone() {
+            return self.complete_rollout_request(writer, &request, mv, spec, approved);
+        }
         let revision = self.commit_move(writer, mv, step, Some(approved))?;
         let moved = Moved {
             changed: true,
@@ -284,6 +295,56 @@ impl Registry {
             digest: Some(request.digest),
             request: Some(request.clone()),
             emergency: false,
+            rollout_aborted: None,
+        };
+        Ok(Reviewed {
+            request,
+            moved: Some(moved),
+        })
+    }
+
+    /// The last approval of a rollout's request: the rollout starts from
+    /// the label's target (the request's base, or it would be void).
+    fn complete_rollout_request(
+        &self,
+        writer: &mut WriterState,
+        request: &PromotionRequest,
+        mv: MoveRequest,
+        spec: crate::domain::rollout::RolloutSpec,
+        approved: Approved<'_>,
+    ) -> Result<Reviewed> {
+        use crate::domain::rollout::Side;
+        let current = self
+            .store()
+            .label(&request.name, &request.label)?
+            .ok_or_else(|| {
+                RegistryError::FailedPrecondition(format!(
+                    "request {}: label {} of {} is not set",
+                    request.id, request.label, request.name
+                ))
+            })?;
+        let stable = Side {
+            version: current.version,
+            digest: current.digest,
+        };
+        let candidate = Side {
+            version: request.version,
+            digest: request.digest,
+        };
+        let (_, revision) =
+            self.begin_rollout(writer, mv, stable, candidate, spec, Some(approved))?;
+        let mut request = request.clone();
+        request.state = RequestState::Approved;
+        request.move_revision = revision;
+        let moved = Moved {
+            changed: true,
+            revision,
+            from_version: Some(current.version),
+            to_version: Some(current.version),
+            digest: Some(current.digest),
+            request: Some(request.clone()),
+            emergency: false,
+            rollout_aborted: None,
         };
         Ok(Reviewed {
             request,

@@ -14,6 +14,7 @@
 //! revision 0 starts with, and `set` the many watches of one `WatchMany`
 //! stream; `heap` gives back what a burst of watches freed.
 
+pub mod arm;
 mod heap;
 mod hub;
 pub mod set;
@@ -71,7 +72,13 @@ impl Default for WatchConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct LabelState {
     pub name: PromptName,
+    /// The label's target; for an agent's watch during a rollout, its
+    /// arm's version.
     pub target: crate::domain::LabelTarget,
+    /// The rollout running or paused on the label.
+    pub rollout: Option<Arc<crate::domain::rollout::Rollout>>,
+    /// The watching agent's arm (set for an agent's watch only).
+    pub arm: Option<crate::domain::rollout::Arm>,
 }
 
 /// What a watch stream carries, before it becomes protobuf.

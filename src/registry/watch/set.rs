@@ -24,7 +24,9 @@
 //! catch-up) still share a revision's encoding when they send it in the
 //! same round: their changes come as one delivery listing every id.
 
+use super::arm::{self, WatchAgent};
 use super::{SharedRevision, WatchEnd, WatchEvent, WatchMembership, WatchRequest, WatchStream};
+use crate::domain::rollout::Arm;
 use crate::domain::{Limits, Selector, ValidationError};
 use crate::registry::{Registry, RegistryError};
 use std::collections::{BTreeMap, HashMap};
@@ -83,6 +85,9 @@ struct Group {
     ids: Vec<u64>,
     /// Each watch's membership, by id.
     members: BTreeMap<u64, WatchMembership>,
+    /// The agent of each watch that has one, by id: each is sent its own
+    /// view of rollout moves (see `arm.rs`).
+    agents: BTreeMap<u64, Arc<WatchAgent>>,
     /// Where the watcher stood after it last sent a message, if it was
     /// then following live: it stays there until it sends the next one
     /// (which is for that place), so a watch that arrives there later can
@@ -167,6 +172,7 @@ impl WatchSet {
             .map(|m| (id, m))
             .into_iter()
             .collect();
+        let agents = stream.take_agent().map(|a| (id, a)).into_iter().collect();
         let key = self.next_group;
         self.next_group += 1;
         self.group_of.insert(id, key);
@@ -176,6 +182,7 @@ impl WatchSet {
                 stream,
                 ids: vec![id],
                 members,
+                agents,
                 parked: None,
             },
         );
@@ -192,6 +199,7 @@ impl WatchSet {
         if let Some(group) = self.groups.get_mut(&key) {
             group.ids.retain(|&other| other != id);
             group.members.remove(&id);
+            group.agents.remove(&id);
             if group.ids.is_empty() {
                 self.groups.remove(&key);
             }
@@ -229,6 +237,18 @@ impl WatchSet {
                     continue;
                 };
                 let ids = &group.ids;
+                if let Some(Ok(event)) = &item {
+                    if let Some(views) = views(ids, &group.agents, event) {
+                        ready.push(key);
+                        for (watch_ids, event) in views {
+                            out.push(Delivery {
+                                watch_ids,
+                                delivered: Delivered::Event(event),
+                            });
+                        }
+                        continue;
+                    }
+                }
                 match item {
                     Some(Ok(WatchEvent::Changes(revision))) => {
                         ready.push(key);
@@ -329,6 +349,7 @@ impl WatchSet {
                 if let Some(group) = self.groups.get_mut(&into) {
                     group.ids.extend(merged.ids);
                     group.members.extend(merged.members);
+                    group.agents.extend(merged.agents);
                 }
                 // `merged.stream` is dropped here: its watcher is no longer
                 // needed.
@@ -343,6 +364,48 @@ impl WatchSet {
     fn watchers(&self) -> usize {
         self.groups.len()
     }
+}
+
+/// The views of an event for a group's watches, when some of them are
+/// agents and the event depends on the arm: the ids with the same arms get
+/// one message (observers the event itself); ids with nothing to receive
+/// get none. `None` when every id gets the event as it is.
+fn views(
+    ids: &[u64],
+    agents: &BTreeMap<u64, Arc<WatchAgent>>,
+    event: &WatchEvent,
+) -> Option<Vec<(Vec<u64>, WatchEvent)>> {
+    let depends = match event {
+        WatchEvent::Changes(revision) => arm::has_rollout(revision),
+        WatchEvent::Snapshot { labels, .. } => labels.iter().any(|l| l.rollout.is_some()),
+        _ => false,
+    };
+    if agents.is_empty() || !depends {
+        return None;
+    }
+    // By signature (`None`: an observer), in the order ids joined.
+    let mut by_view: Vec<(Option<Vec<(Arm, Arm)>>, Vec<u64>, Option<&Arc<WatchAgent>>)> =
+        Vec::new();
+    for id in ids {
+        let agent = agents.get(id);
+        let signature = agent.map(|a| arm::signature(event, a));
+        match by_view.iter_mut().find(|(s, _, _)| *s == signature) {
+            Some((_, same, _)) => same.push(*id),
+            None => by_view.push((signature, vec![*id], agent)),
+        }
+    }
+    Some(
+        by_view
+            .into_iter()
+            .filter_map(|(_, ids, agent)| {
+                let view = match agent {
+                    Some(agent) => arm::translate(event.clone(), agent)?,
+                    None => event.clone(),
+                };
+                Some((ids, view))
+            })
+            .collect(),
+    )
 }
 
 #[cfg(test)]

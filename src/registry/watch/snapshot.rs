@@ -2,9 +2,11 @@
 //! consistent at one revision, sent once that revision is durable.
 
 use super::LabelState;
+use crate::domain::rollout::Rollout;
 use crate::domain::{LabelName, PromptName, Selector};
 use crate::registry::{Registry, Result};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// What a watch from revision 0 starts with.
 #[derive(Debug)]
@@ -62,13 +64,28 @@ impl Registry {
 
     fn scan_labels(&self, selector: &Selector) -> Result<Vec<LabelState>> {
         let store = self.store();
+        // Rollout records change in the same batches as the labels, so
+        // they are read inside the same bracket.
+        let rollouts: BTreeMap<(PromptName, LabelName), Arc<Rollout>> = store
+            .rollouts()?
+            .into_iter()
+            .filter(|r| r.state.is_active())
+            .map(|r| ((r.name.clone(), r.label.clone()), Arc::new(r)))
+            .collect();
         let mut found: BTreeMap<(PromptName, LabelName), LabelState> = BTreeMap::new();
         let mut add = |pairs: Vec<(PromptName, crate::domain::LabelTarget)>| {
             for (name, target) in pairs {
                 if selector.matches_label(&name, &target.label) {
+                    let key = (name.clone(), target.label.clone());
+                    let rollout = rollouts.get(&key).cloned();
                     found.insert(
-                        (name.clone(), target.label.clone()),
-                        LabelState { name, target },
+                        key,
+                        LabelState {
+                            name,
+                            target,
+                            rollout,
+                            arm: None,
+                        },
                     );
                 }
             }

@@ -2,6 +2,7 @@
 //! which follows the ring live and reads the change log when it must (a
 //! resume, or a lag).
 
+use super::arm::WatchAgent;
 use super::{LabelState, Published, SharedRevision, WatchEnd, WatchEvent};
 use crate::domain::{Change, Revision, Selector};
 use crate::registry::{fleet, Inner, Registry, RegistryError};
@@ -53,6 +54,9 @@ pub struct WatchStream {
     /// The step being run: it owns the watcher until it finishes.
     step: Option<Pin<Box<dyn Future<Output = Step> + Send>>>,
     done: bool,
+    /// The agent whose view the stream sends (see `arm.rs`), unless a
+    /// caller took it to translate per watch.
+    agent: Option<Arc<WatchAgent>>,
 }
 
 type Step = (Box<Watcher>, Result<WatchEvent, WatchEnd>);
@@ -63,6 +67,13 @@ impl WatchStream {
     /// watch counts as long as the caller keeps the membership.
     pub fn take_membership(&mut self) -> Option<WatchMembership> {
         self.watcher.as_mut()?.membership.take()
+    }
+
+    /// Takes the watch's agent out: the stream then sends every event as
+    /// the hub has it, and the caller turns it into the agent's view
+    /// ([`super::arm::translate`]), as `WatchMany` does per watch.
+    pub fn take_agent(&mut self) -> Option<Arc<WatchAgent>> {
+        self.agent.take()
     }
 
     /// Where the watch stands, when that alone decides everything it sends
@@ -87,6 +98,28 @@ impl Stream for WatchStream {
     type Item = Result<WatchEvent, WatchEnd>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            let item = std::task::ready!(self.as_mut().poll_watcher(cx));
+            let Some(agent) = self.agent.clone() else {
+                return Poll::Ready(item);
+            };
+            match item {
+                Some(Ok(event)) => match super::arm::translate(event, &agent) {
+                    Some(event) => return Poll::Ready(Some(Ok(event))),
+                    // Nothing of it for this agent: the next one.
+                    None => continue,
+                },
+                other => return Poll::Ready(other),
+            }
+        }
+    }
+}
+
+impl WatchStream {
+    fn poll_watcher(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<WatchEvent, WatchEnd>>> {
         if self.done {
             return Poll::Ready(None);
         }
@@ -161,10 +194,17 @@ impl Registry {
                 _connection: connection,
             }),
         });
+        let agent = request.agent.map(|hello| {
+            Arc::new(WatchAgent {
+                agent_id: hello.agent_id,
+                attributes: hello.attributes,
+            })
+        });
         Ok(WatchStream {
             watcher: Some(watcher),
             step: None,
             done: false,
+            agent,
         })
     }
 }
