@@ -97,6 +97,7 @@ async fn call(client: &mut Client, rpc: &str, digest: &str, n: usize) -> Code {
             .get_version(pb::GetVersionRequest {
                 name: name(),
                 selector: None,
+                ..Default::default()
             })
             .await
             .map(drop),
@@ -514,6 +515,7 @@ async fn scopes_by_prefix_and_by_label() {
         .get_version(pb::GetVersionRequest {
             name: "support/p".into(),
             selector: None,
+            ..Default::default()
         })
         .await
         .expect("inside its prefix");
@@ -521,6 +523,7 @@ async fn scopes_by_prefix_and_by_label() {
         .get_version(pb::GetVersionRequest {
             name: "sales/q".into(),
             selector: None,
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -32,6 +32,7 @@ async fn everything(client: &mut Client) -> Vec<String> {
                 .get_version(pb::GetVersionRequest {
                     name: p.name.clone(),
                     selector: Some(pb::get_version_request::Selector::Version(v.version)),
+                    ..Default::default()
                 })
                 .await
                 .unwrap()

@@ -672,6 +672,7 @@ async fn check(url: &str, ledger: &Ledger, checked_publishes: &mut usize) -> Vec
                 .get_version(pb::GetVersionRequest {
                     name: acked.name,
                     selector: Some(pb::get_version_request::Selector::Digest(acked.digest)),
+                    ..Default::default()
                 })
                 .await
         }
@@ -932,6 +933,7 @@ async fn acknowledged_writes_survive_sigkill() {
         .get_version(pb::GetVersionRequest {
             name: SHARED.into(),
             selector: Some(pb::get_version_request::Selector::Version(1)),
+            ..Default::default()
         })
         .await
         .expect("get")

@@ -99,6 +99,7 @@ async fn differences(url: &str, acked: &Acked) -> Vec<String> {
             .get_version(pb::GetVersionRequest {
                 name: name.clone(),
                 selector: Some(pb::get_version_request::Selector::Version(*number)),
+                ..Default::default()
             })
             .await
             .map(|r| r.into_inner().version.unwrap_or_default());

@@ -73,6 +73,7 @@ async fn get_latest(client: &mut Client, name: &str) -> pb::Version {
         .get_version(pb::GetVersionRequest {
             name: name.into(),
             selector: None,
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -182,6 +182,7 @@ async fn check_reads(url: &str, acked: &[Acked], may_refuse: bool) {
         let request = pb::GetVersionRequest {
             name: a.name.clone(),
             selector: Some(pb::get_version_request::Selector::Version(a.version)),
+            ..Default::default()
         };
         match within("get_version", client.get_version(request)).await {
             Ok(answer) => {

@@ -536,6 +536,7 @@ async fn malformed_requests_get_deliberate_statuses_and_the_server_keeps_serving
                 2 => Some(Selector::Digest(digest(r, &world))),
                 _ => Some(Selector::Label(string(r))),
             },
+            ..Default::default()
         };
         let a = answer(c.get_version(req.clone())).await;
         tally.record("GetVersion", &req, &a);
@@ -589,6 +590,7 @@ async fn malformed_requests_get_deliberate_statuses_and_the_server_keeps_serving
             actor: any_text(r),
             reason: any_text(r),
             expected_version: r.chance(2).then(|| number(r)),
+            ..Default::default()
         };
         let a = answer(c.rollback(req.clone())).await;
         tally.record("Rollback", &req, &a);
@@ -651,6 +653,7 @@ async fn malformed_requests_get_deliberate_statuses_and_the_server_keeps_serving
                 host: string(r),
                 sdk: string(r),
                 version: string(r),
+                ..Default::default()
             }),
         };
         let a = watch_first_messages(c, req.clone()).await;
@@ -798,6 +801,7 @@ async fn malformed_requests_get_deliberate_statuses_and_the_server_keeps_serving
             selector: Some(pb::get_version_request::Selector::Digest(
                 published.digest.clone(),
             )),
+            ..Default::default()
         })
         .await
         .expect("get after fuzzing")
@@ -1057,6 +1061,7 @@ async fn oversized_fields_get_a_status_that_reaches_the_client() {
     let get = |selector| pb::GetVersionRequest {
         name: "big/p".into(),
         selector: Some(selector),
+        ..Default::default()
     };
     use pb::get_version_request::Selector;
 
@@ -1130,7 +1135,8 @@ async fn oversized_fields_get_a_status_that_reaches_the_client() {
         "GetVersion.name",
         c().get_version(pb::GetVersionRequest {
             name: big.clone(),
-            selector: None
+            selector: None,
+            ..Default::default()
         })
     );
     check!(
@@ -1815,6 +1821,7 @@ fn watch_open_request(rng: &mut Rng, head: u64) -> pb::WatchRequest {
             host: "fuzz-host".into(),
             sdk: "fuzz".into(),
             version: "1".into(),
+            ..Default::default()
         });
     }
     if rng.chance(3) {
@@ -1843,6 +1850,7 @@ fn watch_open_request(rng: &mut Rng, head: u64) -> pb::WatchRequest {
                     host: watch_string(rng),
                     sdk: watch_string(rng),
                     version: watch_string(rng),
+                    ..Default::default()
                 })
             }
             8 => {

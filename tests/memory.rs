@@ -12,6 +12,7 @@ fn get_by_number(name: &str, number: u64) -> pb::GetVersionRequest {
     pb::GetVersionRequest {
         name: name.to_string(),
         selector: Some(pb::get_version_request::Selector::Version(number)),
+        ..Default::default()
     }
 }
 

@@ -236,6 +236,7 @@ async fn spans_continue_the_callers_trace_and_carry_prompt_attributes() {
         .get_version(pb::GetVersionRequest {
             name: "agents/nope".into(),
             selector: None,
+            ..Default::default()
         })
         .await;
     assert_eq!(missing.unwrap_err().code(), tonic::Code::NotFound);
@@ -435,6 +436,7 @@ async fn spans_continue_the_callers_trace_and_carry_prompt_attributes() {
             selector: Some(pb::get_version_request::Selector::Label(
                 "production".into(),
             )),
+            ..Default::default()
         })
         .await
         .expect("resolve production");

@@ -23,6 +23,7 @@ async fn get(client: &mut Client, name: &str, version: u64) -> pb::Version {
         .get_version(pb::GetVersionRequest {
             name: name.into(),
             selector: Some(pb::get_version_request::Selector::Version(version)),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -29,6 +29,7 @@ async fn publish_get_list_and_page() {
         .get_version(pb::GetVersionRequest {
             name: "support/triage".into(),
             selector: Some(pb::get_version_request::Selector::Version(1)),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -45,6 +46,7 @@ async fn publish_get_list_and_page() {
             selector: Some(pb::get_version_request::Selector::Digest(
                 first.digest.clone(),
             )),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -56,6 +58,7 @@ async fn publish_get_list_and_page() {
         .get_version(pb::GetVersionRequest {
             name: "support/triage".into(),
             selector: None,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -349,6 +352,7 @@ async fn every_validation_rule_names_its_field() {
             selector: Some(pb::get_version_request::Selector::Digest(
                 "sha256:xyz".into(),
             )),
+            ..Default::default()
         })
         .await;
     assert_status(
@@ -1005,6 +1009,7 @@ async fn model_config_keeps_numbers_exactly_and_refuses_duplicate_keys() {
             selector: Some(pb::get_version_request::Selector::Version(
                 published.version,
             )),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -695,6 +695,7 @@ async fn acks_and_fleet_status() {
         host: "pod-1".into(),
         sdk: "test".into(),
         version: "1".into(),
+        ..Default::default()
     });
     let mut stream = open(&mut client, request).await;
     next_event(&mut stream).await;

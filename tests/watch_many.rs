@@ -627,6 +627,7 @@ async fn merged_agent_watches_keep_their_own_fleet_membership() {
                     host: "pod-1".into(),
                     sdk: "test".into(),
                     version: id.to_string(),
+                    ..Default::default()
                 }),
                 ..Default::default()
             }),

@@ -7,6 +7,7 @@ pub(crate) mod convert;
 mod moves;
 mod provenance;
 mod release;
+mod resolve;
 mod rollout;
 pub use release::check_result_from_pb;
 mod service;

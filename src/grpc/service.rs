@@ -10,8 +10,7 @@ use crate::domain::access::{Action, Scope};
 use crate::domain::validate::{self, version_number};
 use crate::domain::{ContentDigest, PromptName, ValidationError};
 use crate::registry::fleet::{Ack, AgentLabelStatus, ApplyOutcome, FleetCounts};
-use crate::registry::{PointInTime, Registry, VersionSelector};
-use prost::Message as _;
+use crate::registry::{PointInTime, Registry};
 use std::pin::Pin;
 use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status};
@@ -283,54 +282,11 @@ impl RegistryApi for RegistryService {
 
     async fn get_version(
         &self,
-        mut request: Request<pb::GetVersionRequest>,
+        request: Request<pb::GetVersionRequest>,
     ) -> Answer<super::wire::GetVersionFrame> {
-        let principal = take_principal(&mut request)?;
-        let req = request.into_inner();
-        let name = prompt_name(&req.name, self.registry.limits())?;
-        authorize(&principal, Action::ReadContent, Scope::Prompt(&name))?;
-        use pb::get_version_request::Selector;
-        let selector = match req.selector.clone() {
-            None => VersionSelector::Label(crate::domain::LabelName::latest()),
-            Some(Selector::Version(n)) => VersionSelector::Number(version_number("version", n)?),
-            Some(Selector::Digest(d)) => {
-                VersionSelector::Digest(ContentDigest::parse("digest", &d)?)
-            }
-            Some(Selector::Label(l)) => VersionSelector::Label(label_name(&l)?),
-        };
-        // An agent resolving a label under rollout gets its own arm.
-        let arm = super::rollout::agent_selector(&self.registry, &name, &selector, &req)?;
-        let selector = arm.as_ref().map_or(selector, |(_, _, s)| s.clone());
-        let revision = self.registry.revision();
-        // From memory on this worker when both the label and the version
-        // are cached; otherwise from the store, off the async workers.
-        let version = match self.registry.cached_version(&name, &selector) {
-            Some(version) => version,
-            None => {
-                let (name, selector) = (name.clone(), selector.clone());
-                self.registry
-                    .off_runtime(move |r| r.get_version(&name, &selector))
-                    .await?
-            }
-        };
-        let label = match &selector {
-            VersionSelector::Label(label) => Some(label.as_str()),
-            _ => None,
-        };
-        annotate(
-            name.as_str(),
-            version.number,
-            Some(&version.digest),
-            label,
-            None,
-        );
-        let encoded =
-            version.encoded_with(|v| convert::version(v.clone(), true).encode_to_vec().into());
-        let frame = super::wire::GetVersionFrame::new(encoded, revision);
-        Ok(Response::new(match arm {
-            Some((rollout_id, arm, _)) => frame.with_rollout(rollout_id, arm),
-            None => frame,
-        }))
+        super::resolve::get_version(&self.registry, request)
+            .await
+            .map(Response::new)
     }
 
     async fn list_prompts(

@@ -226,8 +226,19 @@ mod tests {
             let response = pb::GetVersionResponse {
                 version: Some(version.clone()),
                 revision,
+                ..Default::default()
             };
             let frame = GetVersionFrame::new(version.encode_to_vec().into(), revision);
+            let bytes = frame.encode_to_vec();
+            assert_eq!(bytes.len(), frame.encoded_len());
+            assert_eq!(bytes, response.encode_to_vec());
+            // A resolve for an agent during a rollout.
+            let response = pb::GetVersionResponse {
+                rollout_id: 7,
+                arm: pb::Arm::Candidate.into(),
+                ..response
+            };
+            let frame = frame.with_rollout(7, pb::Arm::Candidate);
             let bytes = frame.encode_to_vec();
             assert_eq!(bytes.len(), frame.encoded_len());
             assert_eq!(bytes, response.encode_to_vec());

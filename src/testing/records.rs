@@ -222,6 +222,7 @@ pub(super) fn seeds() -> Vec<Vec<u8>> {
             approvers: vec!["erin".into()],
             emergency: false,
         },
+        rollout: None,
     };
     let revision = crate::domain::Revision {
         revision: 10,

@@ -246,6 +246,7 @@ pub(super) fn seeds() -> Vec<Vec<u8>> {
             host: "h".into(),
             sdk: "python".into(),
             version: "1".into(),
+            ..Default::default()
         }),
     };
     let ack = pb::AckAppliedRequest {
@@ -271,6 +272,7 @@ pub(super) fn seeds() -> Vec<Vec<u8>> {
                 actor: "ops".into(),
                 reason: String::new(),
                 expected_version: None,
+                emergency: false,
             }
             .encode_to_vec(),
         ),

@@ -327,6 +327,7 @@ pub fn rollback(name: &str, label: &str, to: Option<u64>) -> pb::RollbackRequest
         actor: "sre".to_string(),
         reason: "bad outputs".to_string(),
         expected_version: None,
+        emergency: false,
     }
 }
 
@@ -338,6 +339,7 @@ pub async fn resolve(
     let request = pb::GetVersionRequest {
         name: name.to_string(),
         selector: Some(pb::get_version_request::Selector::Label(label.to_string())),
+        ..Default::default()
     };
     Ok(client
         .get_version(request)

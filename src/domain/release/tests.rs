@@ -225,6 +225,7 @@ fn four_eyes_refuses_the_requester_the_author_and_a_second_approval() {
         closed_by: String::new(),
         closed_reason: String::new(),
         move_revision: 0,
+        rollout: None,
     };
     assert!(request
         .refuses_approver("dana", "alice")
