@@ -181,7 +181,7 @@ pub struct MoveRec {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub emergency: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rollout: Option<super::RolloutRec>,
+    pub rollout: Option<Box<super::RolloutRec>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -390,7 +390,7 @@ impl From<&LabelMove> for MoveRec {
             request_id: m.clearance.request,
             approvers: m.clearance.approvers.clone(),
             emergency: m.clearance.emergency,
-            rollout: m.rollout.as_deref().map(Into::into),
+            rollout: m.rollout.as_deref().map(|r| Box::new(r.into())),
         }
     }
 }
@@ -536,7 +536,7 @@ impl MoveRec {
             },
             rollout: self
                 .rollout
-                .map(|r| r.into_domain().map(Box::new))
+                .map(|r| (*r).into_domain().map(Box::new))
                 .transpose()?,
         })
     }

@@ -366,6 +366,13 @@ impl WatchSet {
     }
 }
 
+/// One group of ids: their arm signature, the ids, the agent to translate for.
+type View<'a> = (
+    Option<Vec<(Arm, Arm)>>,
+    Vec<u64>,
+    Option<&'a Arc<WatchAgent>>,
+);
+
 /// The views of an event for a group's watches, when some of them are
 /// agents and the event depends on the arm: the ids with the same arms get
 /// one message (observers the event itself); ids with nothing to receive
@@ -384,8 +391,7 @@ fn views(
         return None;
     }
     // By signature (`None`: an observer), in the order ids joined.
-    let mut by_view: Vec<(Option<Vec<(Arm, Arm)>>, Vec<u64>, Option<&Arc<WatchAgent>>)> =
-        Vec::new();
+    let mut by_view: Vec<View<'_>> = Vec::new();
     for id in ids {
         let agent = agents.get(id);
         let signature = agent.map(|a| arm::signature(event, a));
