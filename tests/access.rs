@@ -54,6 +54,7 @@ fn allowed(role: &str) -> BTreeSet<String> {
         "ListPolicies",
         "ListFreezes",
         "ListRequests",
+        "GetRollout",
     ];
     let agent = [
         "GetVersion",
@@ -66,6 +67,7 @@ fn allowed(role: &str) -> BTreeSet<String> {
         "WatchMany",
         "AckApplied",
         "WhoAmI",
+        "ReportOutcome",
     ];
     let names: Vec<&str> = match role {
         "reader" => reader.to_vec(),
@@ -73,7 +75,14 @@ fn allowed(role: &str) -> BTreeSet<String> {
         "author" => [&reader[..], &["PublishVersion"]].concat(),
         "deployer" => [
             &reader[..],
-            &["PublishVersion", "SetLabel", "Rollback", "RemoveLabel"],
+            &[
+                "PublishVersion",
+                "SetLabel",
+                "Rollback",
+                "RemoveLabel",
+                "StartRollout",
+                "ControlRollout",
+            ],
         ]
         .concat(),
         "attester" => [&reader[..], &["AttestVersion"]].concat(),
@@ -354,6 +363,48 @@ async fn call(client: &mut Client, rpc: &str, digest: &str, n: usize) -> Code {
             })
             .await
             .map(drop),
+        "StartRollout" => client
+            .start_rollout(pb::StartRolloutRequest {
+                name: name(),
+                label: "canary".into(),
+                candidate_version: 2,
+                spec: Some(pb::RolloutSpec {
+                    steps_bp: vec![5000, 10_000],
+                    bake_seconds: 3600,
+                    ..Default::default()
+                }),
+                reason: "matrix".into(),
+            })
+            .await
+            .map(drop),
+        "GetRollout" => client
+            .get_rollout(pb::GetRolloutRequest {
+                name: name(),
+                label: "canary".into(),
+            })
+            .await
+            .map(drop),
+        "ControlRollout" => client
+            .control_rollout(pb::ControlRolloutRequest {
+                name: name(),
+                label: "canary".into(),
+                action: pb::RolloutAction::Pause.into(),
+                reason: "matrix".into(),
+            })
+            .await
+            .map(drop),
+        "ReportOutcome" => client
+            .report_outcome(pb::ReportOutcomeRequest {
+                agent_id: "matrix-agent".into(),
+                name: name(),
+                label: "canary".into(),
+                version: 1,
+                requests: 10,
+                errors: 1,
+                ..Default::default()
+            })
+            .await
+            .map(drop),
         other => panic!("the matrix does not know {other}: add it"),
     };
     match result {
@@ -375,6 +426,10 @@ async fn every_rpc_by_every_role_allows_exactly_its_cells() {
     publish(&mut admin, "support/p", "two").await;
     admin
         .set_label(set_label("support/p", "production", 1, None))
+        .await
+        .unwrap();
+    admin
+        .set_label(set_label("support/p", "canary", 1, None))
         .await
         .unwrap();
 

@@ -4,7 +4,9 @@
 //! (FleetStatus shows it in sync), keeps serving its version while the server
 //! is down, and resumes after a restart without applying anything twice. A
 //! version whose stored signature was tampered with is rejected (and the
-//! agent keeps its version), and a key rotation is picked up.
+//! agent keeps its version), and a key rotation is picked up. During a
+//! rollout the agents follow their own arm, report the outcomes of their
+//! (simulated) traffic, and a guardrail that trips sends them back.
 //!
 //! The agent runs in a virtualenv at `target/python-venv`, created on the
 //! first run with `python3 -m venv` and `pip install -r
@@ -203,7 +205,17 @@ impl Agent {
 
     /// Reads events until one matches `matches` (within TIMEOUT) and returns it.
     fn wait_for(&mut self, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + TIMEOUT;
+        self.wait_for_within(what, TIMEOUT, matches)
+    }
+
+    /// Reads events until one matches `matches` (within `timeout`).
+    fn wait_for_within(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        matches: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.events.recv_timeout(left) {
@@ -214,7 +226,7 @@ impl Agent {
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    panic!("{}", self.report(&format!("no {what} within {TIMEOUT:?}")))
+                    panic!("{}", self.report(&format!("no {what} within {timeout:?}")))
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     panic!("{}", self.report(&format!("stdout closed before {what}")))
@@ -822,4 +834,336 @@ async fn python_agent_follows_a_label_over_tls() {
     );
     let applied = block_in_place(|| agent.wait_applied(1));
     assert_eq!(applied["version"].as_u64(), Some(1), "{applied}");
+}
+
+/// How long one step of the rollout drill may take (generous: the machine
+/// is a loaded 2-core one; nothing here is a speed assertion).
+const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The rollout's outcome counts an agent's `reported` events say the
+/// server counted in the candidate arm of rollout `id`.
+fn candidate_requests_reported(agent: &Agent, id: u64) -> u64 {
+    agent
+        .seen
+        .iter()
+        .filter(|e| {
+            is_event(e, "reported")
+                && e["version"] == 2
+                && e["rollout_id"].as_u64() == Some(id)
+                && e["arm"] == "candidate"
+        })
+        .map(|e| e["requests"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// A blue-green rollout (one step of 100%) to a candidate that fails half
+/// its requests: both agents move to v2 (a promote carrying the rollout,
+/// their arm `candidate`), report their simulated outcomes for it, and the
+/// error-rate guardrail aborts the rollout; both go back to v1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_agents_follow_a_rollout_until_its_guardrail_aborts_it() {
+    let python = block_in_place(python_venv);
+    let temp = tempfile::tempdir().expect("temp dir");
+    let server = block_in_place(|| {
+        ServerProcess::start(
+            &temp.path().join("data"),
+            &[
+                "--rollout-eval-interval",
+                "200ms",
+                "--progress-interval",
+                "1s",
+            ],
+        )
+    });
+    let mut client = connect(&server.url).await;
+    let mut digests = vec![String::new()];
+    for i in 1..=2u64 {
+        let published = client
+            .publish_version(publish_text(
+                NAME,
+                &format!("You are support agent v{i}. Help {{{{customer}}}}."),
+                &["customer"],
+            ))
+            .await
+            .expect("publish")
+            .into_inner();
+        assert_eq!(published.version, i);
+        digests.push(published.digest);
+    }
+    client
+        .set_label(set_label(NAME, LABEL, 1, None))
+        .await
+        .expect("promote v1");
+    let agent_token = client
+        .create_token(pb::CreateTokenRequest {
+            name: "python-rollout-agents".into(),
+            bindings: vec![pb::Binding {
+                role: pb::Role::Agent.into(),
+                prefixes: vec![NAME.into()],
+                labels: vec![],
+            }],
+            expires: None,
+            ..Default::default()
+        })
+        .await
+        .expect("agent token")
+        .into_inner()
+        .secret;
+
+    // Two agents with simulated traffic: v1 never fails, v2 half the time.
+    let ids = ["py-rollout-a", "py-rollout-b"];
+    let mut agents: Vec<Agent> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let gen_dir = temp.path().join(format!("gen-{i}"));
+            let tenant = format!("tenant={id}");
+            Agent::spawn(
+                &python,
+                &[
+                    "--server",
+                    server.url.as_str(),
+                    "--token",
+                    &agent_token,
+                    "--name",
+                    NAME,
+                    "--label",
+                    LABEL,
+                    "--agent-id",
+                    id,
+                    "--attribute",
+                    &tenant,
+                    "--attribute",
+                    "region=eu",
+                    "--gen-dir",
+                    gen_dir.to_str().expect("UTF-8 temp path"),
+                    "--max-backoff",
+                    "1",
+                    "--report-interval",
+                    "0.5",
+                    "--simulate-traffic",
+                    "40",
+                    "--simulate-error-rate",
+                    "2=0.5",
+                ],
+            )
+        })
+        .collect();
+
+    // Before the rollout: on v1, in sync, attributes in the fleet view, and
+    // reports answered "no rollout" (dropped by the server).
+    for agent in &mut agents {
+        let event = block_in_place(|| agent.wait_applied(1));
+        assert!(event.get("arm").is_none(), "no rollout yet: {event}");
+        let event = block_in_place(|| {
+            agent.wait_for_within("a report of v1", ROLLOUT_TIMEOUT, |e| {
+                is_event(e, "reported") && e["version"] == 1
+            })
+        });
+        assert_eq!(event["rollout_id"], 0, "{event}");
+        assert!(event["arm"].is_null(), "{event}");
+        assert!(event["requests"].as_u64().unwrap_or(0) > 0, "{event}");
+        assert_eq!(event["errors"], 0, "v1 never fails: {event}");
+    }
+    let deadline = Instant::now() + ROLLOUT_TIMEOUT;
+    loop {
+        let fleet = client
+            .fleet_status(pb::FleetStatusRequest {
+                name: NAME.to_string(),
+                label: LABEL.to_string(),
+                ..Default::default()
+            })
+            .await
+            .expect("fleet status")
+            .into_inner();
+        let ready = ids.iter().all(|id| {
+            fleet
+                .agents
+                .iter()
+                .any(|a| a.agent_id == *id && a.connected && a.in_sync && a.applied_version == 1)
+        });
+        if ready {
+            for id in ids {
+                let row = fleet.agents.iter().find(|a| a.agent_id == id).unwrap();
+                let info = row.agent.as_ref().expect("agent info");
+                assert_eq!(
+                    info.attributes.get("tenant").map(String::as_str),
+                    Some(id),
+                    "{row:?}"
+                );
+                assert_eq!(
+                    info.attributes.get("region").map(String::as_str),
+                    Some("eu"),
+                    "{row:?}"
+                );
+            }
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agents are not connected and in sync on v1: {fleet:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Blue-green to v2 with a short bake; the guardrail allows 10% errors.
+    let started = client
+        .start_rollout(pb::StartRolloutRequest {
+            name: NAME.to_string(),
+            label: LABEL.to_string(),
+            candidate_version: 2,
+            spec: Some(pb::RolloutSpec {
+                steps_bp: vec![10_000],
+                bake_seconds: 2,
+                guardrails: vec![pb::Guardrail {
+                    metric: pb::GuardrailMetric::ErrorRate.into(),
+                    max: 0.1,
+                }],
+                min_samples: 20,
+                // Thin evidence at the end of a bake extends it: only the
+                // guardrail ends this rollout.
+                max_extensions: 20,
+                salt: "python-drill".to_string(),
+                ..Default::default()
+            }),
+            reason: "drill: v2 is bad".to_string(),
+        })
+        .await
+        .expect("start the rollout")
+        .into_inner();
+    let rollout = started.rollout.expect("the rollout started");
+    let id = rollout.id;
+    assert_eq!((rollout.stable_version, rollout.candidate_version), (1, 2));
+
+    // Each agent moves to v2 as a candidate, then back to v1 when the
+    // guardrail aborts.
+    for agent in &mut agents {
+        let event = block_in_place(|| {
+            agent.wait_for_within("applied v2", ROLLOUT_TIMEOUT, |e| {
+                is_applied(e, 2) || is_event(e, "rejected")
+            })
+        });
+        assert!(
+            is_applied(&event, 2),
+            "{}",
+            agent.report("did not apply v2")
+        );
+        assert_eq!(event["digest"], digests[2].as_str(), "{event}");
+        assert_eq!(event["arm"], "candidate", "{event}");
+        assert_eq!(event["rollout_id"].as_u64(), Some(id), "{event}");
+        assert_eq!(event["rollout_state"], "running", "{event}");
+    }
+    for agent in &mut agents {
+        let event = block_in_place(|| {
+            agent.wait_for_within("back on v1", ROLLOUT_TIMEOUT, |e| {
+                is_applied(e, 1) || is_event(e, "rejected")
+            })
+        });
+        assert!(is_applied(&event, 1), "{}", agent.report("did not go back"));
+        assert_eq!(event["digest"], digests[1].as_str(), "{event}");
+        assert_eq!(event["rollout_id"].as_u64(), Some(id), "{event}");
+        assert_eq!(event["rollout_state"], "aborted", "{event}");
+        assert!(event.get("arm").is_none(), "no arm once aborted: {event}");
+        // The reporter sends in order: once a v1 report is out, every report
+        // of v2 is in `seen`.
+        block_in_place(|| {
+            agent.wait_for_within("a report of v1 after the abort", ROLLOUT_TIMEOUT, |e| {
+                is_event(e, "reported") && e["version"] == 1
+            })
+        });
+    }
+
+    // The guardrail aborted it, on the candidate requests the agents reported.
+    let status = client
+        .get_rollout(pb::GetRolloutRequest {
+            name: NAME.to_string(),
+            label: LABEL.to_string(),
+        })
+        .await
+        .expect("get the rollout")
+        .into_inner();
+    let ended = status.rollout.clone().expect("the rollout");
+    assert_eq!(ended.id, id, "{status:?}");
+    assert_eq!(
+        ended.state,
+        pb::RolloutState::Aborted as i32,
+        "the rollout aborted: {status:?}"
+    );
+    let abort = status
+        .log
+        .iter()
+        .find(|m| {
+            m.rollout
+                .as_ref()
+                .is_some_and(|r| r.state == pb::RolloutState::Aborted as i32)
+        })
+        .unwrap_or_else(|| panic!("no abort in the decision log: {status:?}"));
+    assert_eq!(abort.actor, "guardrail", "{abort:?}");
+    assert!(
+        abort.reason.contains("error_rate"),
+        "the abort names the guardrail: {abort:?}"
+    );
+    let reported: u64 = agents
+        .iter()
+        .map(|a| candidate_requests_reported(a, id))
+        .sum();
+    assert!(
+        reported >= 20,
+        "the agents reported at least min_samples candidate requests ({reported}): {status:?}"
+    );
+    for agent in &mut agents {
+        let reports: Vec<&Value> = agent
+            .seen
+            .iter()
+            .filter(|e| is_event(e, "reported") && e["version"] == 2)
+            .collect();
+        for report in &reports {
+            let requests = report["requests"].as_u64().unwrap_or(0);
+            let errors = report["errors"].as_u64().unwrap_or(u64::MAX);
+            assert!(requests > 0 && errors <= requests, "{report}");
+        }
+        let stderr = agent.stderr.lock().unwrap().clone();
+        assert!(
+            !stderr.contains("its bucket says"),
+            "the server's arm and the agent's own bucket agree: {stderr}"
+        );
+        assert!(
+            agent.child.try_wait().expect("try_wait").is_none(),
+            "{}",
+            agent.report("exited")
+        );
+    }
+
+    // Both in sync on v1, outside any rollout.
+    let deadline = Instant::now() + ROLLOUT_TIMEOUT;
+    loop {
+        let fleet = client
+            .fleet_status(pb::FleetStatusRequest {
+                name: NAME.to_string(),
+                label: LABEL.to_string(),
+                ..Default::default()
+            })
+            .await
+            .expect("fleet status")
+            .into_inner();
+        let back = ids.iter().all(|id| {
+            fleet.agents.iter().any(|a| {
+                a.agent_id == *id
+                    && a.connected
+                    && a.in_sync
+                    && a.applied_version == 1
+                    && a.arm == pb::Arm::Unspecified as i32
+            })
+        });
+        if back {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agents are not back in sync on v1: {fleet:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(agents);
+    drop(server);
 }

@@ -12,6 +12,14 @@ and server restarts it keeps serving the last good version and resumes the
 watch from the next revision it has not processed, so it misses nothing and
 applies nothing twice.
 
+During a progressive rollout of its label the agent follows its own arm: the
+registry assigns it (by its agent id, or by one of its `--attribute`s) to the
+stable version or the candidate, and its watch delivers that arm's version.
+The agent counts the outcome of the requests it serves (`Outcomes.record`)
+and reports them with ReportOutcome every `--report-interval` seconds, which
+is what the rollout's guardrails judge. `--simulate-traffic` makes up such
+requests, for drills and tests.
+
 Every event is one JSON line on stdout:
 
     {"event": "connected", "start_revision": 0, ...}
@@ -21,12 +29,21 @@ Every event is one JSON line on stdout:
     {"event": "removed", "revision": 9, ...}
     {"event": "disconnected", "error": ..., "retry_in": 0.42, "serving_version": 2}
     {"event": "compacted", "compact_revision": 120}
+    {"event": "applied", ..., "version": 3, "arm": "candidate", "rollout_id": 4, "rollout_state": "running"}
+    {"event": "arm", "version": 2, "arm": "stable", "rollout_id": 4, "rollout_state": "running"}
+    {"event": "reported", "version": 3, "requests": 120, "errors": 2, ..., "rollout_id": 4, "arm": "candidate"}
     {"event": "stopped", "serving_version": 2}
+
+Events about a label under rollout carry `arm` (`stable` or `candidate`),
+`rollout_id` and `rollout_state`; `arm` is left out when it is not known
+(no rollout, or one that has ended).
 
 Usage:
 
     pip install -r requirements.txt
     python agent.py --server 127.0.0.1:50051 --name support/triage --label production
+    python agent.py ... --attribute tenant=acme --report-interval 10
+    python agent.py ... --simulate-traffic 20 --simulate-error-rate 5=0.5   # a drill
     python agent.py --self-test     # the documented digest and signature examples, offline
 
 Python 3.9+; dependencies: grpcio, grpcio-tools, protobuf, cryptography. If
@@ -49,6 +66,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -62,6 +80,8 @@ PROTO_FILE = "promptreg/v1/registry.proto"
 RPC_TIMEOUT = 10.0
 # Reconnect backoff: full jitter between 0 and min(cap, BASE * 2**attempt).
 BACKOFF_BASE = 0.1
+# The last outcome report on shutdown gives up after this many seconds.
+FINAL_REPORT_TIMEOUT = 2.0
 
 try:  # Optional tracing: only when the user has OpenTelemetry installed.
     from opentelemetry import trace as _otel_trace
@@ -321,8 +341,17 @@ def self_test() -> int:
     check("other_created_at", created_at_micros=micros + 1)
     check("unsigned", signature=b"", key_id="")
     check("unknown_key", key_id="0123456789abcdef")
+    # The proto's ASSIGNMENT test vectors (tests/rollout_vectors.rs checks
+    # `bucket` against the proto itself and the server).
+    bucket_examples = [
+        ("s1", "agent-0", 5760), ("s1", "agent-1", 9993), ("s1", "agent-2", 7040),
+        ("s1", "", 503), ("", "agent-0", 2498), ("rollout-7", "tenant-acme", 9644),
+        ("é", "ключ", 4371),
+    ]
+    buckets_ok = all(bucket(salt, key) == want for salt, key, want in bucket_examples)
     ok = (
         canonical == documented
+        and buckets_ok
         and message == signed_documented
         and checks["good"] == "verified"
         and all(v.startswith("rejected: ") for k, v in checks.items() if k != "good")
@@ -348,12 +377,239 @@ def self_test() -> int:
                     "signature_hex": signature.hex(),
                     "checks": checks,
                 },
+                "bucket_examples": [
+                    {"salt": salt, "key": key, "bucket": bucket(salt, key), "documented": want}
+                    for salt, key, want in bucket_examples
+                ],
                 "ok": ok,
             }
         ),
         flush=True,
     )
     return 0 if ok else 1
+
+
+# ---------------------------------------------------------------------------
+# Rollouts: the assignment, and outcome counts (see "Progressive rollouts" at
+# the end of registry.proto). Pure Python: needs no generated code.
+# ---------------------------------------------------------------------------
+
+BUCKET_TAG = b"promptreg.bucket.v1\n"
+BUCKETS_BP = 10_000  # basis points: a bucket is in 0..9999
+
+
+def bucket(salt: str, key: str) -> int:
+    """An agent's bucket under a rollout's salt, as the proto's ASSIGNMENT
+    defines it: the first 8 bytes of SHA-256(tag || salt || "\\n" || key),
+    big-endian, times 10000, over 2^64 (Python's integers are exact). The
+    key is the agent id, or the value of the rollout's `sticky_by`
+    attribute. The agent is on the candidate while bucket < weight_bp."""
+    digest = hashlib.sha256(BUCKET_TAG + salt.encode("utf-8") + b"\n" + key.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") * BUCKETS_BP >> 64
+
+
+# Upper bounds (ms, inclusive) of the latency histogram of ReportOutcome;
+# one more bucket holds everything above the last (+Inf): 12 in all.
+LATENCY_BOUNDS_MS = (5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0)
+LATENCY_BUCKETS = len(LATENCY_BOUNDS_MS) + 1
+# The most requests one ReportOutcome may carry.
+MAX_REPORT_REQUESTS = 10**9
+
+
+def latency_bucket(latency_ms: float) -> int:
+    """The histogram bucket of a latency: the first bound it is at or below."""
+    for i, bound in enumerate(LATENCY_BOUNDS_MS):
+        if latency_ms <= bound:
+            return i
+    return LATENCY_BUCKETS - 1
+
+
+class Window:
+    """The outcome counts of one version over one reporting window."""
+
+    def __init__(self, version: int) -> None:
+        self.version = version
+        self.requests = 0
+        self.errors = 0
+        self.safety_violations = 0
+        self.policy_violations = 0
+        self.latency_ms_sum = 0.0
+        self.latency_buckets = [0] * LATENCY_BUCKETS
+
+    def add(self, success: bool, safety_violation: bool, latency_ms: float, policy_violation: bool) -> None:
+        self.requests += 1
+        self.errors += 0 if success else 1
+        self.safety_violations += 1 if safety_violation else 0
+        self.policy_violations += 1 if policy_violation else 0
+        self.latency_ms_sum += latency_ms
+        self.latency_buckets[latency_bucket(latency_ms)] += 1
+
+    def merge(self, other: "Window") -> None:
+        self.requests += other.requests
+        self.errors += other.errors
+        self.safety_violations += other.safety_violations
+        self.policy_violations += other.policy_violations
+        self.latency_ms_sum += other.latency_ms_sum
+        self.latency_buckets = [a + b for a, b in zip(self.latency_buckets, other.latency_buckets)]
+
+    def as_dict(self) -> dict:
+        return {
+            "version": self.version,
+            "requests": self.requests,
+            "errors": self.errors,
+            "safety_violations": self.safety_violations,
+            "policy_violations": self.policy_violations,
+            "latency_ms_sum": round(self.latency_ms_sum, 3),
+        }
+
+
+class Outcomes:
+    """Outcome counts of the requests this agent serves, for the version it
+    serves now; thread-safe. Call `record()` once per request your agent
+    handled; the agent reports the counts since its last report every
+    `--report-interval` seconds (ReportOutcome) and starts a new window. When
+    the served version changes the unreported counts of the old one are
+    dropped: a rollout judges a version by the requests served while the
+    agent was assigned to it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._window: Optional[Window] = None
+
+    @property
+    def version(self) -> Optional[int]:
+        """The version counted now (None before the first apply)."""
+        with self._lock:
+            return self._window.version if self._window else None
+
+    def record(
+        self,
+        success: bool,
+        safety_violation: bool = False,
+        latency_ms: float = 0.0,
+        policy_violation: bool = False,
+        *,
+        version: Optional[int] = None,
+    ) -> bool:
+        """Counts one request: whether it succeeded, whether its output broke
+        a safety or policy rule, and how long it took (ms, 0 or more). With
+        `version` (the version that served the request, e.g. read when it
+        started), it is counted only if that is still the version served.
+        Returns whether it was counted (nothing is before a first apply)."""
+        latency_ms = float(latency_ms)
+        if not (latency_ms >= 0.0 and latency_ms != float("inf")):  # also refuses NaN
+            raise ValueError(f"latency_ms must be a finite number, 0 or more; got {latency_ms!r}")
+        with self._lock:
+            window = self._window
+            if window is None or (version is not None and version != window.version):
+                return False
+            window.add(bool(success), bool(safety_violation), latency_ms, bool(policy_violation))
+            return True
+
+    def serve(self, version: int) -> int:
+        """The agent serves `version` from now on: a new window when it is a
+        different version. Returns the requests dropped from the old one."""
+        with self._lock:
+            if self._window is not None and self._window.version == version:
+                return 0
+            dropped = self._window.requests if self._window else 0
+            self._window = Window(version)
+            return dropped
+
+    def take(self) -> Optional[Window]:
+        """The counts since the last take (None if no request was recorded),
+        and a new window for the same version."""
+        with self._lock:
+            window = self._window
+            if window is None or window.requests == 0:
+                return None
+            self._window = Window(window.version)
+            return window
+
+    def give_back(self, window: Window) -> bool:
+        """Puts back counts whose report failed, to be sent with the next
+        window; False (dropped) when the served version changed since, or
+        when the merged window would be over what one report may carry."""
+        with self._lock:
+            current = self._window
+            if current is None or current.version != window.version:
+                return False
+            if current.requests + window.requests > MAX_REPORT_REQUESTS:
+                return False
+            current.merge(window)
+            return True
+
+
+def parse_error_rates(specs: list[str]) -> dict[Optional[int], float]:
+    """`--simulate-error-rate` values: `VERSION=RATE` for one version, a plain
+    `RATE` for every other version (`None` key); several per value with
+    commas. Raises ValueError naming what is wrong."""
+    rates: dict[Optional[int], float] = {}
+    for spec in specs:
+        for item in spec.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            version_text, sep, rate_text = item.rpartition("=")
+            version: Optional[int] = None
+            if sep:
+                if not version_text.strip().isdigit() or int(version_text) < 1:
+                    raise ValueError(f"{item!r}: the version must be a number from 1")
+                version = int(version_text)
+            try:
+                rate = float(rate_text)
+            except ValueError:
+                raise ValueError(f"{item!r}: the rate must be a number from 0 to 1") from None
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"{item!r}: the rate must be a number from 0 to 1")
+            rates[version] = rate
+    return rates
+
+
+class TrafficSimulator:
+    """Made-up requests for drills and tests: `rps` a second, each failing
+    with the error rate of the version served then (`rates`, see
+    `parse_error_rates`), with latencies around 40 ms, recorded in
+    `outcomes` from a background thread."""
+
+    TICK = 0.05  # seconds between batches
+
+    def __init__(
+        self,
+        outcomes: Outcomes,
+        rps: float,
+        rates: dict[Optional[int], float],
+        halt: threading.Event,
+        seed: Optional[int] = None,
+    ) -> None:
+        self.outcomes = outcomes
+        self.rps = rps
+        self.rates = rates
+        self.halt = halt
+        self.random = random.Random(seed)
+        self.thread = threading.Thread(target=self.run, name="simulate-traffic", daemon=True)
+
+    def rate_for(self, version: int) -> float:
+        return self.rates.get(version, self.rates.get(None, 0.0))
+
+    def one_request(self) -> None:
+        version = self.outcomes.version
+        if version is None:
+            return  # nothing served yet
+        failed = self.random.random() < self.rate_for(version)
+        latency = min(self.random.lognormvariate(3.7, 0.5), 60_000.0)  # median ~40 ms
+        self.outcomes.record(success=not failed, latency_ms=latency, version=version)
+
+    def run(self) -> None:
+        start = time.monotonic()
+        done = 0
+        while not self.halt.is_set():
+            due = int((time.monotonic() - start) * self.rps) - done
+            # After a stall (a loaded machine), catch up at most one second.
+            for _ in range(min(due, int(self.rps) + 1)):
+                self.one_request()
+            done += max(due, 0)
+            self.halt.wait(min(self.TICK, 1.0 / self.rps))
 
 
 # ---------------------------------------------------------------------------
@@ -409,12 +665,22 @@ def load_stubs(proto_dir: Path, gen_dir: Path) -> tuple[Any, Any]:
 # ---------------------------------------------------------------------------
 
 
+# Events come from the watch and the reporter threads: one line at a time.
+_OUTPUT_LOCK = threading.Lock()
+
+
 def emit(event: str, **fields: Any) -> None:
-    print(json.dumps({"event": event, **fields}), flush=True)
+    line = json.dumps({"event": event, **fields}) + "\n"
+    with _OUTPUT_LOCK:
+        sys.stdout.write(line)
+        sys.stdout.flush()
 
 
 def warn(message: str) -> None:
-    print(f"agent: {message}", file=sys.stderr, flush=True)
+    line = f"agent: {message}\n"
+    with _OUTPUT_LOCK:
+        sys.stderr.write(line)
+        sys.stderr.flush()
 
 
 def write_state_atomically(path: Path, state: dict) -> None:
@@ -496,7 +762,12 @@ class Agent:
         self.agent_id: str = args.agent_id
         self.state_file: Optional[Path] = args.state_file
         self.max_backoff: float = args.max_backoff
-        self.info = pb2.AgentInfo(host=socket.gethostname(), sdk=SDK, version=AGENT_VERSION)
+        # Rollouts may assign agents by an attribute (`sticky_by`) instead
+        # of their id.
+        self.attributes: dict[str, str] = dict(args.attribute or [])
+        self.info = pb2.AgentInfo(
+            host=socket.gethostname(), sdk=SDK, version=AGENT_VERSION, attributes=self.attributes
+        )
 
         target, secure = parse_server(args.server)
         backoff_ms = int(max(BACKOFF_BASE, self.max_backoff) * 1000)
@@ -544,16 +815,42 @@ class Agent:
         self.stopping = False
         self.call: Any = None
 
+        # The rollout of the label as this agent last heard of it:
+        # {"rollout_id", "rollout_state", "arm"} ("arm" only while it runs
+        # or is paused), or None when no rollout is known. Written by the
+        # watch and by outcome reports, under `lock`.
+        self.lock = threading.Lock()
+        self.rollout: Optional[dict] = None
+        self.rollout_seq = 0  # counts the watch's updates of `rollout`
+        self.offered_rollout: Optional[dict] = None  # of the event being applied
+        # The outcomes of the requests served (call `outcomes.record()`),
+        # reported every --report-interval seconds by a background thread.
+        self.outcomes = Outcomes()
+        self.report_interval: float = args.report_interval
+        self.halt = threading.Event()  # stops the background threads
+        self.threads: list[threading.Thread] = [
+            threading.Thread(target=self.report_loop, name="report-outcomes", daemon=True)
+        ]
+        self.simulator: Optional[TrafficSimulator] = None
+        if args.simulate_traffic:
+            self.simulator = TrafficSimulator(
+                self.outcomes, args.simulate_traffic, args.simulate_error_rate, self.halt
+            )
+            self.threads.append(self.simulator.thread)
+
     # -- lifecycle -------------------------------------------------------
 
     def stop(self, signum: int, _frame: Any) -> None:
         """Signal handler: end the stream; run() returns soon after."""
         self.stopping = True
+        self.halt.set()
         call = self.call
         if call is not None:
             call.cancel()
 
     def run(self) -> int:
+        for thread in self.threads:
+            thread.start()
         try:
             while not self.stopping:
                 start = self.last_revision + 1 if self.last_revision > 0 else 0
@@ -573,6 +870,10 @@ class Agent:
                 )
                 self.sleep(delay)
         finally:
+            self.halt.set()
+            for thread in self.threads:
+                # The reporter sends what is left (at most FINAL_REPORT_TIMEOUT).
+                thread.join(FINAL_REPORT_TIMEOUT + 1.0)
             self.channel.close()
         emit("stopped", serving_version=self.serving_version())
         return 0
@@ -634,7 +935,11 @@ class Agent:
                     for state in snapshot.labels:
                         if state.name == self.name and state.label == self.label:
                             seen_in_snapshot = True
-                            self.offer(state.version, state.digest, state.revision)
+                            rollout = self.rollout_of(
+                                state.rollout if state.HasField("rollout") else None,
+                                arm=state.arm,
+                            )
+                            self.offer(state.version, state.digest, state.revision, rollout)
                     if snapshot.complete:
                         if not seen_in_snapshot and self.current is not None:
                             self.removed(snapshot.revision)
@@ -649,8 +954,18 @@ class Agent:
                             continue
                         if move.to_version == 0:
                             self.removed(batch.revision)
+                        elif move.kind == pb2.MOVE_KIND_ROLLOUT:
+                            # Not sent to a watch with an agent id (it gets
+                            # a promote or rollback when its arm changes);
+                            # if a server sends it anyway, work the arm out
+                            # from the rollout, as the proto defines it.
+                            version, digest, rollout = self.own_arm(move.rollout)
+                            self.offer(version, digest, batch.revision, rollout)
                         else:
-                            self.offer(move.to_version, move.digest, batch.revision)
+                            rollout = None
+                            if move.HasField("rollout"):
+                                rollout = self.rollout_of(move.rollout, to_version=move.to_version)
+                            self.offer(move.to_version, move.digest, batch.revision, rollout)
                     self.last_revision = max(self.last_revision, batch.revision)
                 elif kind == "progress":
                     self.last_revision = max(self.last_revision, message.progress.revision)
@@ -673,10 +988,13 @@ class Agent:
 
     # -- applying --------------------------------------------------------
 
-    def offer(self, version: int, event_digest: str, revision: int) -> None:
-        """The label points at `version` as of `revision`: apply it unless
-        we already run it."""
+    def offer(self, version: int, event_digest: str, revision: int, rollout: Optional[dict] = None) -> None:
+        """The label points at `version` for this agent as of `revision`
+        (during a rollout: its arm's version, `rollout` saying which):
+        apply it unless we already run it."""
+        self.offered_rollout = rollout
         if self.current and self.current["version"] == version and self.current["digest"] == event_digest:
+            self.set_rollout(rollout, version)
             if self.rejection is not None:
                 # Back to what we run (e.g. a rollback after a rejected
                 # promote): report it, which clears the rejection in the
@@ -744,13 +1062,18 @@ class Agent:
             # Switch: from here on the new content is what this agent serves.
             self.template = fetched.template
             self.model_config_json = fetched.model_config_json
-            self.current = prompt
+            with self.lock:
+                self.current = prompt
+                self.rollout = rollout
+                self.rollout_seq += 1
+            # Outcomes from now on are this version's.
+            self.outcomes.serve(version)
             if self.state_file is not None:
                 write_state_atomically(self.state_file, prompt)
             self.rejection = None
             # Inside the span: the acknowledgement carries its traceparent.
             self.queue_ack(self.pb2.APPLY_OUTCOME_APPLIED, version, computed, revision)
-        emit("applied", **prompt)
+        emit("applied", **prompt, **(rollout or {}))
 
     def list_signing_keys(self) -> list[tuple[str, bytes]]:
         response = self.stub.ListSigningKeys(
@@ -768,6 +1091,7 @@ class Agent:
             revision=revision,
             reason=reason,
             serving_version=self.serving_version(),
+            **(self.offered_rollout or {}),
         )
         self.rejection = self.queue_ack(self.pb2.APPLY_OUTCOME_REJECTED, version, computed, revision, reason)
 
@@ -782,6 +1106,143 @@ class Agent:
             revision=revision,
             serving_version=self.serving_version(),
         )
+
+    # -- rollouts --------------------------------------------------------
+
+    def rollout_of(self, rollout: Any, *, arm: Optional[int] = None, to_version: int = 0) -> Optional[dict]:
+        """What an event says of the label's rollout: its id and state, and
+        while it runs or is paused this agent's arm, from the snapshot's
+        `arm` or from the version a move takes the agent to."""
+        if rollout is None:
+            return None
+        pb2 = self.pb2
+        info: dict = {
+            "rollout_id": rollout.id,
+            "rollout_state": enum_suffix(pb2.RolloutState, rollout.state, "ROLLOUT_STATE_"),
+        }
+        if rollout.state not in (pb2.ROLLOUT_STATE_RUNNING, pb2.ROLLOUT_STATE_PAUSED):
+            return info  # ended: everyone is on one version, no arms
+        name: Optional[str] = None
+        if arm is not None:
+            name = arm_name(pb2, arm)
+        elif to_version and to_version == rollout.candidate_version:
+            name = "candidate"
+        elif to_version and to_version == rollout.stable_version:
+            name = "stable"
+        if name is not None:
+            info["arm"] = name
+            mine = self.local_arm(rollout)
+            if mine != name:
+                warn(
+                    f"the server puts this agent on the {name} arm of rollout {rollout.id}, "
+                    f"but its bucket says {mine} (salt {rollout.spec.salt!r}, "
+                    f"weight {rollout.weight_bp} bp, key {self.assignment_key(rollout)!r})"
+                )
+        return info
+
+    def assignment_key(self, rollout: Any) -> Optional[str]:
+        """What a rollout assigns this agent by: its id, or its `sticky_by`
+        attribute (None when it has not got it: it stays on stable)."""
+        sticky_by = rollout.spec.sticky_by
+        return self.attributes.get(sticky_by) if sticky_by else self.agent_id
+
+    def local_arm(self, rollout: Any) -> str:
+        """This agent's arm in `rollout` by the proto's ASSIGNMENT rule."""
+        pb2 = self.pb2
+        if rollout.state == pb2.ROLLOUT_STATE_COMPLETED:
+            return "candidate"
+        if rollout.state not in (pb2.ROLLOUT_STATE_RUNNING, pb2.ROLLOUT_STATE_PAUSED):
+            return "stable"
+        key = self.assignment_key(rollout)
+        on_candidate = key is not None and bucket(rollout.spec.salt, key) < rollout.weight_bp
+        return "candidate" if on_candidate else "stable"
+
+    def own_arm(self, rollout: Any) -> tuple[int, str, Optional[dict]]:
+        """(version, digest, rollout info) of this agent's arm in a rollout
+        move it was sent as is (MOVE_KIND_ROLLOUT)."""
+        if self.local_arm(rollout) == "candidate":
+            version, digest = rollout.candidate_version, rollout.candidate_digest
+        else:
+            version, digest = rollout.stable_version, rollout.stable_digest
+        return version, digest, self.rollout_of(rollout, to_version=version)
+
+    def set_rollout(self, rollout: Optional[dict], version: int, seq: Optional[int] = None) -> None:
+        """Takes in what is known of the rollout while serving `version`
+        (unchanged); emits an `arm` event when that changes the arm. With
+        `seq` (an outcome report's), only if the watch said nothing since."""
+        with self.lock:
+            if self.serving_version() != version or (seq is not None and seq != self.rollout_seq):
+                return
+            before = self.rollout
+            self.rollout = rollout
+            if seq is None:
+                self.rollout_seq += 1
+        old_arm = (before or {}).get("arm")
+        new_arm = (rollout or {}).get("arm")
+        if old_arm != new_arm:
+            emit("arm", name=self.name, label=self.label, version=version, **{"arm": None, **(rollout or {})})
+
+    # -- outcome reports -------------------------------------------------
+
+    def report_loop(self) -> None:
+        """Every --report-interval seconds, the window since the last report;
+        once more on the way out. Never ends the agent on an error."""
+        while not self.halt.wait(self.report_interval):
+            self.report_once(RPC_TIMEOUT)
+        self.report_once(FINAL_REPORT_TIMEOUT)
+
+    def report_once(self, timeout: float) -> None:
+        window = self.outcomes.take()
+        if window is None:
+            return  # nothing served since the last report
+        try:
+            self.send_report(window, timeout)
+        except Exception as e:  # noqa: BLE001 - the reporter must outlive anything
+            kept = self.outcomes.give_back(window)
+            warn(f"ReportOutcome failed ({'kept for the next report' if kept else 'dropped'}): {e!r}")
+
+    def send_report(self, window: Window, timeout: float) -> None:
+        pb2 = self.pb2
+        request = pb2.ReportOutcomeRequest(
+            agent_id=self.agent_id,
+            name=self.name,
+            label=self.label,
+            version=window.version,
+            requests=window.requests,
+            errors=window.errors,
+            safety_violations=window.safety_violations,
+            policy_violations=window.policy_violations,
+            latency_ms_sum=window.latency_ms_sum,
+            latency_buckets=window.latency_buckets,
+        )
+        seq = self.rollout_seq
+        try:
+            response = self.stub.ReportOutcome(request, timeout=timeout, metadata=self.auth + trace_metadata())
+        except self.grpc.RpcError as e:
+            code = e.code()
+            if code == self.grpc.StatusCode.INVALID_ARGUMENT:
+                # The same counts would be refused again.
+                warn(f"ReportOutcome refused; {window.requests} requests dropped: {code.name}: {e.details()}")
+                return
+            kept = self.outcomes.give_back(window)
+            what = "kept for the next report" if kept else "dropped: the served version changed"
+            warn(f"ReportOutcome failed ({what}): {code.name}: {e.details()}")
+            return
+        arm = arm_name(pb2, response.arm)
+        emit("reported", name=self.name, label=self.label, **window.as_dict(),
+             rollout_id=response.rollout_id, arm=arm)
+        # The report says where the server counts us: it tells a stable
+        # agent (which the watch tells nothing) its arm, and that a rollout
+        # ended. Counted apart (rollout, no arm): a switch is on its way.
+        if response.rollout_id == 0:
+            self.set_rollout(None, window.version, seq)
+        elif arm is not None:
+            with self.lock:
+                known = dict(self.rollout or {})
+            if known.get("rollout_id") != response.rollout_id:
+                known = {"rollout_id": response.rollout_id}
+            known["arm"] = arm
+            self.set_rollout(known, window.version, seq)
 
     # -- acknowledgements ------------------------------------------------
 
@@ -825,6 +1286,19 @@ class Agent:
             self.pending_acks.pop(0)
 
 
+def enum_suffix(enum: Any, value: int, prefix: str) -> str:
+    """`ROLLOUT_STATE_RUNNING` -> `running`; an unknown value as its number."""
+    try:
+        return enum.Name(value).removeprefix(prefix).lower()
+    except ValueError:
+        return str(value)
+
+
+def arm_name(pb2: Any, arm: int) -> Optional[str]:
+    """`stable`, `candidate`, or None for ARM_UNSPECIFIED."""
+    return None if arm == pb2.ARM_UNSPECIFIED else enum_suffix(pb2.Arm, arm, "ARM_")
+
+
 def compact_revision_of(error: Any) -> Optional[int]:
     """The compact revision from the `promptreg-compact-revision` trailer, or
     failing that the status message ("... (compact revision N) ...")."""
@@ -841,6 +1315,30 @@ def parse_server(server: str) -> tuple[str, bool]:
     secure = server.startswith("https://")
     target = re.sub(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", "", server).rstrip("/")
     return target, secure
+
+
+# What AgentInfo.attributes may hold.
+MAX_ATTRIBUTES = 16
+MAX_ATTRIBUTE_BYTES = 64
+
+
+def parse_attributes(specs: list[str]) -> list[tuple[str, str]]:
+    """`--attribute KEY=VALUE` values as (key, value) pairs; ValueError
+    naming the first one that breaks the AgentInfo.attributes limits."""
+    out: dict[str, str] = {}
+    for spec in specs:
+        key, sep, value = spec.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{spec!r}: expected KEY=VALUE")
+        for what, text in (("key", key), ("value", value)):
+            if len(text.encode("utf-8")) > MAX_ATTRIBUTE_BYTES:
+                raise ValueError(f"{spec!r}: the {what} is over {MAX_ATTRIBUTE_BYTES} bytes")
+        if key in out:
+            raise ValueError(f"{spec!r}: {key} is given twice")
+        out[key] = value
+    if len(out) > MAX_ATTRIBUTES:
+        raise ValueError(f"given {len(out)} times; at most {MAX_ATTRIBUTES} attributes")
+    return list(out.items())
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -864,6 +1362,17 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         help="the folder holding promptreg/v1/registry.proto (default ../../proto)")
     parser.add_argument("--gen-dir", type=Path, default=HERE / "_gen",
                         help="where the generated client goes (default _gen next to agent.py)")
+    parser.add_argument("--attribute", action="append", default=[], metavar="KEY=VALUE",
+                        help="an attribute a rollout may assign this agent by (its sticky_by, "
+                             "e.g. tenant=acme); repeatable, at most 16")
+    parser.add_argument("--report-interval", type=float, default=10.0, metavar="SECONDS",
+                        help="send the outcome counts (ReportOutcome) this often (default 10)")
+    parser.add_argument("--simulate-traffic", type=float, metavar="RPS",
+                        help="drills and tests: record this many made-up requests a second")
+    parser.add_argument("--simulate-error-rate", action="append", default=[], metavar="[VERSION=]RATE",
+                        help="with --simulate-traffic: the share of failed requests, for one version "
+                             "(5=0.5) or for every other one (0.01); repeatable or comma-separated "
+                             "(default 0)")
     parser.add_argument("--self-test", action="store_true",
                         help="print the documented digest and signature examples, check them, and exit")
     args = parser.parse_args(argv)
@@ -871,6 +1380,20 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         parser.error("--name is required")
     if args.max_backoff <= 0:
         parser.error("--max-backoff must be positive")
+    try:
+        args.attribute = parse_attributes(args.attribute)
+    except ValueError as e:
+        parser.error(f"--attribute {e}")
+    if not (args.report_interval > 0 and args.report_interval < float("inf")):
+        parser.error("--report-interval must be a positive number of seconds")
+    if args.simulate_traffic is not None and not 0 < args.simulate_traffic <= 100_000:
+        parser.error("--simulate-traffic must be more than 0 and at most 100000 requests a second")
+    try:
+        args.simulate_error_rate = parse_error_rates(args.simulate_error_rate)
+    except ValueError as e:
+        parser.error(f"--simulate-error-rate {e}")
+    if args.simulate_error_rate and args.simulate_traffic is None:
+        parser.error("--simulate-error-rate needs --simulate-traffic")
     if not args.token and args.token_file:
         try:
             args.token = args.token_file.read_text().strip().splitlines()[0].strip()

@@ -87,6 +87,18 @@ fn move_detail(mv: &crate::domain::LabelMove, from: String, to: String) -> Strin
             mv.clearance.approvers.join(", ")
         ));
     }
+    if let Some(r) = &mv.rollout {
+        detail.push_str(&format!(
+            "; rollout {} {} at {} (v{} -> v{}, step {} of {})",
+            r.id,
+            r.state.as_str(),
+            crate::domain::rollout::percent(r.weight_bp),
+            r.stable.version,
+            r.candidate.version,
+            r.step + 1,
+            r.spec.steps_bp.len()
+        ));
+    }
     detail
 }
 

@@ -357,6 +357,7 @@ impl Registry {
         let moved = self
             .write(move |this| {
                 let mut writer = this.lock_writer();
+                this.refuse_under_rollout(&request)?;
                 let current = this.existing_label_target(&request.name, &request.label)?;
                 check_expected(&request, current.as_ref(), expected_version)?;
                 let to_version = target(this, &request, current.as_ref())?;
@@ -367,10 +368,32 @@ impl Registry {
         Ok(moved)
     }
 
+    /// A plain move of a label under an active rollout is refused (and so is
+    /// the last approval of a request for one): the rollout owns the label
+    /// until it completes or aborts.
+    pub(crate) fn refuse_under_rollout(&self, request: &MoveRequest) -> Result<()> {
+        if let Some(rollout) = self.store().rollout(&request.name, &request.label)? {
+            if rollout.state.is_active() {
+                return Err(RegistryError::FailedPrecondition(format!(
+                    "label {} of {} is under rollout {} ({}, {} on v{}): move it with \
+                     `promptreg rollout abort|promote`, or `rollback --emergency` to abort the rollout",
+                    request.label,
+                    request.name,
+                    rollout.id,
+                    rollout.state.as_str(),
+                    crate::domain::rollout::percent(rollout.weight_bp),
+                    rollout.candidate.version
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The shared tail of every label move, under the writer lock: checks the
     /// target exists and is not pruned, reports a no-op, passes the release
     /// gate (which may refuse the move, or turn it into a promotion request),
-    /// and commits the move as one revision.
+    /// and commits the move as one revision. `label_move` has already refused
+    /// a label under an active rollout.
     fn move_label(
         &self,
         writer: &mut WriterState,
@@ -391,20 +414,6 @@ impl Registry {
             emergency: false,
             rollout_aborted: None,
         };
-        if let Some(rollout) = self.store().rollout(&request.name, &request.label)? {
-            if rollout.state.is_active() {
-                return Err(RegistryError::FailedPrecondition(format!(
-                    "label {} of {} is under rollout {} ({}, {} on v{}): move it with \
-                     `promptreg rollout abort|promote`, or `rollback --emergency` to abort the rollout",
-                    request.label,
-                    request.name,
-                    rollout.id,
-                    rollout.state.as_str(),
-                    crate::domain::rollout::percent(rollout.weight_bp),
-                    rollout.candidate.version
-                )));
-            }
-        }
         if let (Some(current), Some(_)) = (&current, to_version) {
             if Some(current.version) == to_version {
                 return Ok(unmoved(current.revision, None));

@@ -88,11 +88,12 @@ proptest! {
     fn raising_the_weight_only_adds_agents(key in ".{0,40}", salt in "[a-z0-9]{0,16}", low in 0u32..=10_000, high in 0u32..=10_000) {
         let (low, high) = (low.min(high), low.max(high));
         let r = Rollout { spec: RolloutSpec { salt, ..sample_rollout().spec }, ..sample_rollout() };
-        let b = Some(r.bucket(&key));
+        let bucket = r.bucket(&key);
+        let b = Some(bucket);
         if r.arm_at(low, b, false) == Arm::Candidate {
             prop_assert_eq!(r.arm_at(high, b, false), Arm::Candidate);
         }
-        prop_assert!(b.unwrap() < 10_000);
+        prop_assert!(bucket < 10_000);
     }
 }
 

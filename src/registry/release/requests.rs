@@ -249,6 +249,13 @@ impl Registry {
             reason: request.reason.clone(),
             trace_id: request.trace_id.clone(),
         };
+        self.refuse_under_rollout(&mv).map_err(|e| match e {
+            RegistryError::FailedPrecondition(why) => RegistryError::FailedPrecondition(format!(
+                "request {} cannot complete now: {why}",
+                request.id
+            )),
+            other => other,
+        })?;
         let step = MoveStep {
             kind: request.kind,
             from_version: request.base_version,
