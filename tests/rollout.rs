@@ -884,3 +884,96 @@ async fn read_many(stream: &mut tonic::Streaming<pb::WatchManyResponse>) -> pb::
         .unwrap()
         .unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_freeze_holds_a_running_rollout_but_never_its_abort() {
+    let server = server().await;
+    let mut client = server.client().await;
+    two_versions(&mut client).await;
+    client
+        .start_rollout(start(spec(&[1000, 10_000], 3600)))
+        .await
+        .expect("start");
+    let in_an_hour =
+        promptreg::grpc::timestamp::to_timestamp(promptreg::time::now_micros() + 3_600_000_000);
+    client
+        .freeze_label(pb::FreezeLabelRequest {
+            prefix: "support/".into(),
+            label: LABEL.into(),
+            until: Some(in_an_hour),
+            reason: "holiday change freeze".into(),
+        })
+        .await
+        .unwrap();
+    for action in [pb::RolloutAction::Advance, pb::RolloutAction::Promote] {
+        assert_status(
+            client.control_rollout(control(action)).await,
+            Code::FailedPrecondition,
+            "holiday change freeze",
+        );
+    }
+    let held = status(&mut client).await.rollout.unwrap();
+    assert_eq!(
+        (held.state(), held.weight_bp),
+        (pb::RolloutState::Running, 1000)
+    );
+    let aborted = client
+        .control_rollout(control(pb::RolloutAction::Abort))
+        .await
+        .expect("an abort passes a freeze")
+        .into_inner();
+    assert_eq!(aborted.rollout.unwrap().state(), pb::RolloutState::Aborted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_promotion_request_cannot_complete_under_a_rollout() {
+    let server = server().await;
+    let mut admin = server.client().await;
+    two_versions(&mut admin).await;
+    publish(&mut admin, NAME, "three").await;
+    admin
+        .set_policy(pb::SetPolicyRequest {
+            label: LABEL.into(),
+            approvals: 1,
+            reason: "four eyes".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // A plain promotion request to v3, then a rollout to v2 (approved first).
+    let plain = admin
+        .set_label(set_label(NAME, LABEL, 3, None))
+        .await
+        .unwrap()
+        .into_inner()
+        .request
+        .expect("a promotion request for v3");
+    let rollout_request = admin
+        .start_rollout(start(spec(&[5000, 10_000], 3600)))
+        .await
+        .unwrap()
+        .into_inner()
+        .request
+        .expect("a promotion request for the rollout");
+    let mut approver = server.client_as("bob", pb::Role::Approver, &[], &[]).await;
+    approver
+        .approve_request(pb::ApproveRequestRequest {
+            id: rollout_request.id,
+            reason: "ok".into(),
+        })
+        .await
+        .expect("approve the rollout");
+    assert_status(
+        approver
+            .approve_request(pb::ApproveRequestRequest {
+                id: plain.id,
+                reason: "ok".into(),
+            })
+            .await,
+        Code::FailedPrecondition,
+        "under rollout",
+    );
+    assert_eq!(resolve(&mut admin, NAME, LABEL).await.unwrap().version, 1);
+    let running = status(&mut admin).await.rollout.unwrap();
+    assert_eq!(running.state(), pb::RolloutState::Running);
+}

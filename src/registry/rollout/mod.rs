@@ -289,6 +289,27 @@ impl Registry {
                 let current = this.store().rollout(&name, &label)?.ok_or_else(|| {
                     RegistryError::NotFound(format!("no rollout of {name} {label} exists"))
                 })?;
+                if matches!(transition, Transition::Advance | Transition::Promote)
+                    && current.state.is_active()
+                {
+                    // More agents on the candidate: the gate the start passed
+                    // must still hold (a freeze since, a check failing since);
+                    // the approvals were given at the start.
+                    let (gate, _) = this.gate_move(
+                        &name,
+                        &label,
+                        MoveKind::Promote,
+                        Some(current.candidate.version),
+                        true,
+                    )?;
+                    if let Gate::Refuse(why) = gate {
+                        return Err(RegistryError::FailedPrecondition(why.describe(
+                            &name,
+                            &label,
+                            crate::time::format_micros,
+                        )));
+                    }
+                }
                 let (_, time) = writer.next();
                 let next = current
                     .after(transition, time)
