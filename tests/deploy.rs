@@ -177,3 +177,50 @@ fn the_tree_holds_no_stale_patches() {
     walk(Path::new(env!("CARGO_MANIFEST_DIR")), &mut found);
     assert!(found.is_empty(), "patch files in the tree: {found:?}");
 }
+
+/// Every alert rule has a `runbook_url` pointing at a row of the README's
+/// failure-mode table, and names only metrics the server exports.
+#[test]
+fn every_alert_has_a_runbook_row_and_names_real_metrics() {
+    let alerts = repo_file("deploy/observability/alerts.yml");
+    let readme = repo_file("README.md");
+    let metrics = repo_file("src/telemetry/metrics.rs");
+    let rules = alerts.matches("- alert: ").count();
+    let runbooks: Vec<&str> = alerts
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("runbook_url: "))
+        .collect();
+    assert!(rules >= 10, "expected the alert rules, found {rules}");
+    assert_eq!(runbooks.len(), rules, "every rule needs a runbook_url");
+    for url in runbooks {
+        let anchor = url
+            .split_once("README.md#")
+            .map(|(_, a)| a)
+            .unwrap_or_else(|| panic!("runbook_url {url} is not a README anchor"));
+        assert!(
+            readme.contains(&format!("<a id=\"{anchor}\"></a>")),
+            "runbook_url {url}: the README has no row with id {anchor}"
+        );
+    }
+    for word in alerts.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        let Some(name) = word.strip_prefix("promptreg_") else {
+            continue;
+        };
+        let base = name
+            .strip_suffix("_bucket")
+            .unwrap_or(name)
+            .trim_end_matches("_count")
+            .trim_end_matches("_sum");
+        assert!(
+            metrics.contains(&format!("\"promptreg_{base}\"")),
+            "alerts.yml names promptreg_{name}, which src/telemetry/metrics.rs does not export"
+        );
+    }
+    let prometheus = repo_file("deploy/observability/prometheus.yml");
+    assert!(
+        prometheus.contains("- alerts.yml"),
+        "prometheus.yml does not load alerts.yml"
+    );
+    let compose = repo_file("deploy/observability/docker-compose.yml");
+    assert!(compose.contains("./alerts.yml:/etc/prometheus/alerts.yml"));
+}

@@ -68,6 +68,21 @@ impl WriteHealth {
     }
 }
 
+/// `promptreg_writes_refused{reason}`: 1 for the reason writes are refused
+/// now (`low_space`, `flush_failing`, `restart_needed`), 0 for the others.
+fn publish_refusal(state: &WriteHealth) {
+    let now = match state {
+        WriteHealth::Serving => "",
+        WriteHealth::LowSpace(_) => "low_space",
+        WriteHealth::FlushFailing(_) => "flush_failing",
+        WriteHealth::RestartNeeded(_) => "restart_needed",
+    };
+    for reason in ["low_space", "flush_failing", "restart_needed"] {
+        let on = if reason == now { 1.0 } else { 0.0 };
+        metrics::gauge!(crate::telemetry::metrics::WRITES_REFUSED, "reason" => reason).set(on);
+    }
+}
+
 /// The free-space rule.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct SpaceRule {
@@ -125,6 +140,7 @@ impl WriteGate {
                 WriteHealth::FlushFailing(why) => tracing::error!(reason = %why, "writes refused"),
                 WriteHealth::RestartNeeded(why) => tracing::error!(reason = %why, "writes refused"),
             }
+            publish_refusal(&next);
             *state = next;
             true
         });

@@ -27,6 +27,9 @@ pub const CACHE_BYTES: &str = "promptreg_cache_bytes";
 pub const CACHE_ENTRIES: &str = "promptreg_cache_entries";
 /// ... and its bound (bytes for `version`, entries for `label`).
 pub const CACHE_CAPACITY: &str = "promptreg_cache_capacity";
+/// 1 for the reason writes are refused now, by `reason` (`low_space`,
+/// `flush_failing`, `restart_needed`); all 0 while writes are taken.
+pub const WRITES_REFUSED: &str = "promptreg_writes_refused";
 /// Group-commit flush latency, in seconds.
 pub const FLUSH_DURATION: &str = "promptreg_flush_duration_seconds";
 /// Requests refused UNAUTHENTICATED (no, malformed, unknown, expired or

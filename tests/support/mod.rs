@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod metrics;
 pub mod rng;
 
 use promptreg::domain::Limits;
