@@ -2,6 +2,7 @@
 //! contract, documented in the README's CLI reference.
 
 use super::release_args::*;
+use super::rollout_args::{ReportArgs, RolloutArgs};
 use super::{filters, ServeArgs};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -148,6 +149,10 @@ pub enum Command {
     Approve(ReviewArgs),
     /// Reject a promotion request (approver).
     Reject(ReviewArgs),
+    /// Progressive rollouts of a label: start, status, pause, resume, abort, advance, promote.
+    Rollout(RolloutArgs),
+    /// Report an agent's outcome counts for one window (agent): what a rollout's guardrails judge.
+    Report(ReportArgs),
     /// Contexts, as kubectl has them: named servers and credentials in
     /// $XDG_CONFIG_HOME/promptreg/config.toml (or PROMPTREG_CONFIG), one
     /// of them current.
@@ -169,39 +174,7 @@ pub enum Command {
         Or for the current shell only: `source <(promptreg completion bash)` (bash, zsh), \
         `promptreg completion fish | source` (fish)."
     )]
-    Completion(CompletionArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct CompletionArgs {
-    /// The shell to write the script for.
-    #[arg(value_enum)]
-    pub shell: CompletionShell,
-}
-
-/// The shells `promptreg completion` writes scripts for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum CompletionShell {
-    Bash,
-    Zsh,
-    Fish,
-}
-
-impl CompletionArgs {
-    /// The completion script of the whole command line.
-    pub fn script(&self) -> Vec<u8> {
-        let shell = match self.shell {
-            CompletionShell::Bash => clap_complete::Shell::Bash,
-            CompletionShell::Zsh => clap_complete::Shell::Zsh,
-            CompletionShell::Fish => clap_complete::Shell::Fish,
-        };
-        let mut command = <Cli as clap::CommandFactory>::command();
-        // Into memory first: `generate` panics when its writer fails, and
-        // stdout fails as soon as the reader of a pipe goes away.
-        let mut script = Vec::new();
-        clap_complete::generate(shell, &mut command, "promptreg", &mut script);
-        script
-    }
+    Completion(super::completion::CompletionArgs),
 }
 
 #[derive(Debug, Args)]
@@ -566,6 +539,9 @@ pub struct GetArgs {
     /// A label to resolve (the default is latest).
     #[arg(long)]
     pub label: Option<String>,
+    /// With --label: resolve for this agent (during a rollout, its arm's version).
+    #[arg(long, value_name = "ID", requires = "label")]
+    pub agent_id: Option<String>,
     #[command(flatten)]
     pub client: ClientOptions,
 }

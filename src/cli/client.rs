@@ -330,7 +330,7 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
     use super::{access, backup, catalog, lookup, moves, policy, provenance, release, watch};
     match command {
         Command::Serve(_) => unreachable!("serve is dispatched by main"),
-        Command::Completion(args) => completion(&args),
+        Command::Completion(args) => super::completion::completion(&args),
         Command::Publish(args) => catalog::publish(args).await,
         Command::List(args) => catalog::list(args).await,
         Command::Versions(args) => catalog::versions(args).await,
@@ -358,6 +358,8 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
         Command::Requests(args) => release::requests(args).await,
         Command::Approve(args) => release::review(args, true).await,
         Command::Reject(args) => release::review(args, false).await,
+        Command::Rollout(args) => super::rollout::rollout(args).await,
+        Command::Report(args) => super::rollout::report(args).await,
         Command::Config(args) => super::config::run(args),
         Command::Health(args) => access::health(args).await,
         Command::Verify(args) => provenance::verify(args).await,
@@ -366,18 +368,6 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
         Command::Backup(args) => backup::backup(args).await,
         Command::Restore(args) => backup::restore(args),
         Command::Check(args) => backup::check(args),
-    }
-}
-
-/// `completion SHELL`: the script on standard output (a closed pipe is not
-/// an error).
-fn completion(args: &super::CompletionArgs) -> Result<(), Failure> {
-    use std::io::Write as _;
-    match std::io::stdout().lock().write_all(&args.script()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(Failure::usage(format!("cannot write the script: {e}")))
-        }
-        _ => Ok(()),
     }
 }
 

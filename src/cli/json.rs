@@ -8,6 +8,7 @@
 //! printed, whatever the order of a struct's fields.
 
 use super::{ClientOptions, OutputFormat};
+use crate::domain::rollout::{percent, Arm, Metric, RolloutState};
 use crate::grpc::pb;
 use crate::grpc::timestamp::from_timestamp;
 use crate::time::format_micros;
@@ -45,6 +46,7 @@ pub(super) fn kind_name(kind: i32) -> &'static str {
         Ok(pb::MoveKind::Promote) => "promote",
         Ok(pb::MoveKind::Rollback) => "rollback",
         Ok(pb::MoveKind::Remove) => "remove",
+        Ok(pb::MoveKind::Rollout) => "rollout",
         _ => "unknown",
     }
 }
@@ -190,7 +192,8 @@ impl<'a> From<&'a pb::AgentStatus> for AgentJson<'a> {
     }
 }
 
-/// An agent as `fleet` lists it: `AgentJson` and its state and SDK.
+/// An agent as `fleet` lists it: `AgentJson` and its state, SDK and arm
+/// (`stable`, `candidate`; `null` when no rollout runs on the label).
 #[derive(Serialize)]
 pub(super) struct FleetAgentJson<'a> {
     #[serde(flatten)]
@@ -198,6 +201,7 @@ pub(super) struct FleetAgentJson<'a> {
     connected: bool,
     in_sync: bool,
     sdk: &'a str,
+    arm: Option<&'static str>,
 }
 
 impl<'a> From<&'a pb::AgentStatus> for FleetAgentJson<'a> {
@@ -207,6 +211,7 @@ impl<'a> From<&'a pb::AgentStatus> for FleetAgentJson<'a> {
             connected: a.connected,
             in_sync: a.in_sync,
             sdk: a.agent.as_ref().map_or("", |i| &i.sdk),
+            arm: arm_of(a.arm).map(Arm::as_str),
         }
     }
 }
@@ -321,6 +326,195 @@ pub(super) fn parse_checkpoint(raw: &str) -> Result<pb::Checkpoint, String> {
     })
 }
 
+pub(super) fn metric_name(raw: i32) -> &'static str {
+    match pb::GuardrailMetric::try_from(raw) {
+        Ok(pb::GuardrailMetric::ErrorRate) => Metric::ErrorRate.as_str(),
+        Ok(pb::GuardrailMetric::SafetyRate) => Metric::SafetyRate.as_str(),
+        Ok(pb::GuardrailMetric::PolicyRate) => Metric::PolicyRate.as_str(),
+        Ok(pb::GuardrailMetric::LatencyP95Ms) => Metric::LatencyP95Ms.as_str(),
+        _ => "unknown",
+    }
+}
+
+pub(super) fn state_of(raw: i32) -> Option<RolloutState> {
+    match pb::RolloutState::try_from(raw) {
+        Ok(pb::RolloutState::Running) => Some(RolloutState::Running),
+        Ok(pb::RolloutState::Paused) => Some(RolloutState::Paused),
+        Ok(pb::RolloutState::Aborted) => Some(RolloutState::Aborted),
+        Ok(pb::RolloutState::Completed) => Some(RolloutState::Completed),
+        _ => None,
+    }
+}
+
+/// An agent's arm (`None`: no rollout, or counted apart).
+pub(super) fn arm_of(raw: i32) -> Option<Arm> {
+    match pb::Arm::try_from(raw) {
+        Ok(pb::Arm::Stable) => Some(Arm::Stable),
+        Ok(pb::Arm::Candidate) => Some(Arm::Candidate),
+        _ => None,
+    }
+}
+
+/// A figure, `None` (JSON `null`) when it is NaN or infinite.
+pub(super) fn finite(x: f64) -> Option<f64> {
+    x.is_finite().then_some(x)
+}
+/// A rollout as JSON. `step` counts from 1 as the text does (the API's
+/// index + 1), of `steps`.
+#[derive(Serialize)]
+pub(super) struct RolloutJson<'a> {
+    id: u64,
+    name: &'a str,
+    label: &'a str,
+    state: &'static str,
+    step: u32,
+    steps: usize,
+    weight_bp: u32,
+    weight: String,
+    previous_weight_bp: u32,
+    stable: SideJson<'a>,
+    candidate: SideJson<'a>,
+    spec: SpecJson<'a>,
+    extensions: u32,
+    step_started: String,
+    started_by: &'a str,
+    started_at: String,
+    request_id: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct SideJson<'a> {
+    version: u64,
+    digest: &'a str,
+}
+
+#[derive(Serialize)]
+struct SpecJson<'a> {
+    steps_bp: &'a [u32],
+    bake_seconds: u64,
+    guardrails: Vec<GuardrailJson>,
+    max_error_rate_increase: Option<f64>,
+    min_samples: u64,
+    max_extensions: u32,
+    pause_when_inconclusive: bool,
+    salt: &'a str,
+    sticky_by: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct GuardrailJson {
+    metric: &'static str,
+    max: f64,
+}
+
+impl<'a> RolloutJson<'a> {
+    pub(super) fn of(r: &'a pb::Rollout) -> RolloutJson<'a> {
+        let spec = r.spec.as_ref();
+        RolloutJson {
+            id: r.id,
+            name: &r.name,
+            label: &r.label,
+            state: state_of(r.state).map_or("unknown", RolloutState::as_str),
+            step: r.step + 1,
+            steps: spec.map_or(0, |s| s.steps_bp.len()),
+            weight_bp: r.weight_bp,
+            weight: percent(r.weight_bp),
+            previous_weight_bp: r.previous_weight_bp,
+            stable: SideJson {
+                version: r.stable_version,
+                digest: &r.stable_digest,
+            },
+            candidate: SideJson {
+                version: r.candidate_version,
+                digest: &r.candidate_digest,
+            },
+            spec: SpecJson {
+                steps_bp: spec.map_or(&[], |s| &s.steps_bp),
+                bake_seconds: spec.map_or(0, |s| s.bake_seconds),
+                guardrails: spec.map_or_else(Vec::new, |s| {
+                    s.guardrails
+                        .iter()
+                        .map(|g| GuardrailJson {
+                            metric: metric_name(g.metric),
+                            max: g.max,
+                        })
+                        .collect()
+                }),
+                max_error_rate_increase: spec.and_then(|s| s.max_error_rate_increase),
+                min_samples: spec.map_or(0, |s| s.min_samples),
+                max_extensions: spec.map_or(0, |s| s.max_extensions),
+                pause_when_inconclusive: spec.is_some_and(|s| s.pause_when_inconclusive),
+                salt: spec.map_or("", |s| &s.salt),
+                sticky_by: spec.map(|s| s.sticky_by.as_str()).filter(|k| !k.is_empty()),
+            },
+            extensions: r.extensions,
+            step_started: time_text(&r.step_started),
+            started_by: &r.started_by,
+            started_at: time_text(&r.started_at),
+            request_id: (r.request_id != 0).then_some(r.request_id),
+        }
+    }
+}
+
+/// One arm of `rollout status`; rates are `null` without requests.
+#[derive(Serialize)]
+pub(super) struct ArmJson {
+    arm: &'static str,
+    version: u64,
+    agents_assigned: u32,
+    agents_acknowledged: u32,
+    requests: u64,
+    errors: u64,
+    safety_violations: u64,
+    policy_violations: u64,
+    error_rate: Option<f64>,
+    error_rate_low: Option<f64>,
+    error_rate_high: Option<f64>,
+    safety_rate: Option<f64>,
+    latency_p95_ms: Option<f64>,
+}
+
+impl ArmJson {
+    pub(super) fn of(a: &pb::ArmStatus) -> ArmJson {
+        ArmJson {
+            arm: arm_of(a.arm).map_or("-", Arm::as_str),
+            version: a.version,
+            agents_assigned: a.agents_assigned,
+            agents_acknowledged: a.agents_acknowledged,
+            requests: a.requests,
+            errors: a.errors,
+            safety_violations: a.safety_violations,
+            policy_violations: a.policy_violations,
+            error_rate: finite(a.error_rate),
+            error_rate_low: finite(a.error_rate).and(finite(a.error_rate_low)),
+            error_rate_high: finite(a.error_rate).and(finite(a.error_rate_high)),
+            safety_rate: finite(a.safety_rate),
+            latency_p95_ms: finite(a.latency_p95_ms),
+        }
+    }
+}
+
+/// A move of the decision log: the move, and the rollout's state and
+/// weight after it.
+#[derive(Serialize)]
+pub(super) struct LogJson<'a> {
+    #[serde(flatten)]
+    recorded: MoveJson<'a>,
+    state: Option<&'static str>,
+    weight_bp: Option<u32>,
+}
+
+impl<'a> LogJson<'a> {
+    pub(super) fn of(m: &'a pb::LabelMove) -> LogJson<'a> {
+        let r = m.rollout.as_ref();
+        LogJson {
+            recorded: MoveJson::from(m),
+            state: r.and_then(|r| state_of(r.state)).map(RolloutState::as_str),
+            weight_bp: r.map(|r| r.weight_bp),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,7 +570,7 @@ mod tests {
         };
         assert_eq!(
             to_json(FleetAgentJson::from(&a)).to_string(),
-            r#"{"agent_id":"a1","applied_digest":"","applied_version":3,"connected":true,"host":"","in_sync":false,"last_seen":"","rejected_reason":"","rejected_version":null,"sdk":"","target_version":null}"#
+            r#"{"agent_id":"a1","applied_digest":"","applied_version":3,"arm":null,"connected":true,"host":"","in_sync":false,"last_seen":"","rejected_reason":"","rejected_version":null,"sdk":"","target_version":null}"#
         );
     }
 }

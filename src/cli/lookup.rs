@@ -239,9 +239,11 @@ pub(super) async fn get(args: GetArgs) -> Result<(), Failure> {
     let request = pb::GetVersionRequest {
         name: args.name.clone(),
         selector,
+        agent_id: args.agent_id.clone().unwrap_or_default(),
         ..Default::default()
     };
     let response = client.get_version(request).await?.into_inner();
+    let arm = arm_line(&args, &response);
     let version = response.version.unwrap_or_default();
     // Check results need the reader role; an agent's token sees none.
     let checks = match client
@@ -261,6 +263,10 @@ pub(super) async fn get(args: GetArgs) -> Result<(), Failure> {
         .iter()
         .map(|c| super::json::to_json(super::release::CheckJson::of(c)))
         .collect();
+    if args.agent_id.is_some() || response.rollout_id != 0 {
+        json["rollout_id"] = serde_json::json!(super::json::version_or_null(response.rollout_id));
+        json["arm"] = serde_json::json!(super::json::arm_of(response.arm).map(|a| a.as_str()));
+    }
     emit(
         &args.client,
         || {
@@ -269,11 +275,31 @@ pub(super) async fn get(args: GetArgs) -> Result<(), Failure> {
                 "\nchecks: {}",
                 super::release::checks_summary(&checks, version.version)
             ));
+            if let Some(arm) = &arm {
+                text.push('\n');
+                text.push_str(arm);
+            }
             text
         },
         json,
     );
     Ok(())
+}
+
+/// What `get` by label says of a rollout: the agent's arm, or that the
+/// version is the stable one everybody without an agent id gets.
+fn arm_line(args: &GetArgs, r: &pb::GetVersionResponse) -> Option<String> {
+    let arm = super::rollout::arm_text(r.arm);
+    match (&args.agent_id, r.rollout_id) {
+        (Some(agent), 0) => Some(format!(
+            "arm: - (no rollout runs on the label: agent {agent} gets its target)"
+        )),
+        (Some(agent), id) => Some(format!("arm: {arm} (rollout {id}, agent {agent})")),
+        (None, 0) => None,
+        (None, id) => Some(format!(
+            "arm: {arm} (rollout {id}; without --agent-id, the stable version)"
+        )),
+    }
 }
 
 /// `resolve`: the version and the move that set the label there, now or at

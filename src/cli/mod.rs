@@ -12,6 +12,7 @@ mod args;
 mod backup;
 mod catalog;
 mod client;
+mod completion;
 mod config;
 mod filters;
 mod json;
@@ -21,14 +22,18 @@ mod policy;
 mod provenance;
 mod release;
 mod release_args;
+mod rollout;
+mod rollout_args;
 mod serve;
 mod text;
 mod watch;
 
 pub use args::*;
 pub use client::run_client;
+pub use completion::{CompletionArgs, CompletionShell};
 pub use config::{ConfigAction, ConfigArgs};
 pub use release_args::*;
+pub use rollout_args::*;
 pub use serve::{run_serve, ServeArgs};
 pub use watch::Backoff;
 

@@ -443,15 +443,32 @@ pub(super) async fn fleet(args: FleetArgs) -> Result<(), Failure> {
             summary.stale,
             summary.disconnected
         );
-        let header = &[
-            "AGENT",
-            "STATE",
-            "APPLIED",
-            "TARGET",
-            "LAST SEEN",
-            "REJECTED",
-        ];
-        let rows: Vec<Vec<String>> = status.agents.iter().map(fleet_row).collect();
+        // The ARM column only while a rollout gives agents an arm.
+        let arms = status
+            .agents
+            .iter()
+            .any(|a| super::json::arm_of(a.arm).is_some());
+        let header: &[&str] = if arms {
+            &[
+                "AGENT",
+                "STATE",
+                "ARM",
+                "APPLIED",
+                "TARGET",
+                "LAST SEEN",
+                "REJECTED",
+            ]
+        } else {
+            &[
+                "AGENT",
+                "STATE",
+                "APPLIED",
+                "TARGET",
+                "LAST SEEN",
+                "REJECTED",
+            ]
+        };
+        let rows: Vec<Vec<String>> = status.agents.iter().map(|a| fleet_row(a, arms)).collect();
         if !rows.is_empty() {
             println!("{}", table(header, &rows));
         }
@@ -487,19 +504,22 @@ pub(super) async fn fleet(args: FleetArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// One agent of `fleet`, as table cells.
-fn fleet_row(a: &pb::AgentStatus) -> Vec<String> {
+/// One agent of `fleet`, as table cells (with its arm when `arms`).
+fn fleet_row(a: &pb::AgentStatus, arms: bool) -> Vec<String> {
     // The domain's rule; "in sync" with a space for people.
     let state = match AgentState::of(a.connected, a.in_sync) {
         AgentState::InSync => "in sync",
         state => state.as_str(),
     };
-    vec![
-        a.agent_id.clone(),
-        state.to_string(),
-        version_text(a.applied_version),
-        version_text(a.target_version),
-        ago(&a.last_seen),
-        rejected_cell(a),
-    ]
+    let arm = arms.then(|| super::rollout::arm_text(a.arm).to_string());
+    [a.agent_id.clone(), state.to_string()]
+        .into_iter()
+        .chain(arm)
+        .chain([
+            version_text(a.applied_version),
+            version_text(a.target_version),
+            ago(&a.last_seen),
+            rejected_cell(a),
+        ])
+        .collect()
 }
