@@ -45,6 +45,16 @@ impl Cli {
         String::from_utf8(out.stdout).expect("UTF-8 output")
     }
 
+    /// Runs and expects exit 5 (a promotion request was made instead);
+    /// returns stdout.
+    fn pending(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(5), "{args:?}: {stderr}");
+        assert!(stderr.contains("awaits approval"), "{args:?}: {stderr}");
+        String::from_utf8(out.stdout).expect("UTF-8 output")
+    }
+
     /// Runs with `--output json` and parses the one object printed.
     fn json(&self, args: &[&str]) -> Value {
         let mut args = args.to_vec();
@@ -440,7 +450,8 @@ fn start_status_and_every_verb_as_status_shows_them() {
     assert_eq!(status["arms"], serde_json::json!([]));
     assert_eq!(cli.json(&["resolve", NAME, "--label", LABEL])["version"], 2);
 
-    // A protected label: the answer is a promotion request, and exit 0.
+    // A protected label: the answer is a promotion request, and exit 5 (as
+    // `promote` there): the request on stdout, why on stderr.
     cli.ok(&["promote", NAME, "1", "--label", "eu", "--reason", "first"]);
     cli.ok(&[
         "policy",
@@ -453,7 +464,7 @@ fn start_status_and_every_verb_as_status_shows_them() {
         "--reason",
         "four eyes",
     ]);
-    let asked = cli.ok(&[
+    let asked = cli.pending(&[
         "rollout",
         "start",
         NAME,

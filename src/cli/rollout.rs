@@ -3,8 +3,8 @@
 //! guardrails judge).
 //!
 //! A rollout of a protected label does not start at once: the answer is a
-//! promotion request, printed as such, and the command succeeds (exit 0),
-//! since the request is what was asked for; its approval starts the
+//! promotion request, printed as such, and the command exits 5 as `promote`
+//! does there (the label's agents did not move); its approval starts the
 //! rollout. Every refusal is the server's, printed as it gives it (exit 1).
 
 use super::client::{connect, Failure};
@@ -56,6 +56,15 @@ async fn start(args: RolloutStartArgs) -> Result<(), Failure> {
     };
     let r = client.start_rollout(request).await?.into_inner();
     print_response(&args.client, &args.name, &args.label, "started", &r);
+    if let Some(request) = &r.request {
+        return Err(Failure {
+            code: super::exit::PENDING_APPROVAL,
+            message: format!(
+                "the rollout did not start: the label is protected, and promotion request {} awaits approval",
+                request.id
+            ),
+        });
+    }
     Ok(())
 }
 
