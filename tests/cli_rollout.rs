@@ -88,9 +88,12 @@ impl Cli {
         self.json(&["fleet", NAME, "--label", LABEL])
     }
 
-    /// `get --label --agent-id`, as JSON.
+    /// `get --label --agent-id`, as JSON; `resolve --agent-id` must agree.
     fn get_for(&self, agent: &str) -> Value {
-        self.json(&["get", NAME, "--label", LABEL, "--agent-id", agent])
+        let got = self.json(&["get", NAME, "--label", LABEL, "--agent-id", agent]);
+        let resolved = self.json(&["resolve", NAME, "--label", LABEL, "--agent-id", agent]);
+        assert_eq!(got, resolved, "get and resolve disagree for {agent}");
+        got
     }
 }
 
@@ -396,6 +399,18 @@ fn start_status_and_every_verb_as_status_shows_them() {
     );
     let status = cli.status();
     assert_eq!(status["rollout"]["state"], "completed");
+    // `status --watch` returns by itself once the rollout has ended.
+    let watched = cli.ok(&[
+        "rollout",
+        "status",
+        NAME,
+        "--label",
+        LABEL,
+        "--watch",
+        "--interval",
+        "100ms",
+    ]);
+    assert!(watched.contains("completed"), "{watched}");
     let reasons: Vec<&str> = status["log"]
         .as_array()
         .unwrap()
@@ -431,7 +446,7 @@ fn start_status_and_every_verb_as_status_shows_them() {
         NAME,
         "--label",
         LABEL,
-        "--candidate",
+        "--to",
         "1",
         "--steps",
         "100%",

@@ -657,6 +657,10 @@ pub struct ResolveArgs {
     /// Resolve as of this revision.
     #[arg(long, value_name = "R")]
     pub revision: Option<u64>,
+    /// Resolve for this agent now: under a rollout, its arm's version (as
+    /// `get --label L --agent-id ID`).
+    #[arg(long, value_name = "ID", conflicts_with_all = ["at", "revision"])]
+    pub agent_id: Option<String>,
     #[command(flatten)]
     pub client: ClientOptions,
 }

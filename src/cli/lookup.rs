@@ -306,6 +306,17 @@ fn arm_line(args: &GetArgs, r: &pb::GetVersionResponse) -> Option<String> {
 /// a time or revision. In JSON, `revision` is that move's revision (as in
 /// `labels` and `history`) and `published_revision` the version's.
 pub(super) async fn resolve(args: ResolveArgs) -> Result<(), Failure> {
+    if let Some(agent_id) = args.agent_id {
+        return get(super::GetArgs {
+            name: args.name,
+            version: None,
+            digest: None,
+            label: Some(args.label),
+            agent_id: Some(agent_id),
+            client: args.client,
+        })
+        .await;
+    }
     let at = match (&args.at, args.revision) {
         (Some(at), _) => Some(pb::resolve_at_request::At::Time(
             crate::grpc::timestamp::to_timestamp(

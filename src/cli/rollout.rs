@@ -148,15 +148,37 @@ fn print_response(
 
 async fn status(args: RolloutStatusArgs) -> Result<(), Failure> {
     let mut client = connect(&args.client).await?;
-    let request = pb::GetRolloutRequest {
-        name: args.name.clone(),
-        label: args.label.clone(),
-    };
-    let s = client.get_rollout(request).await?.into_inner();
+    loop {
+        let request = pb::GetRolloutRequest {
+            name: args.name.clone(),
+            label: args.label.clone(),
+        };
+        let s = client.get_rollout(request).await?.into_inner();
+        print_status(&args, &s);
+        if !args.watch {
+            return Ok(());
+        }
+        match s.rollout.as_ref().map(|r| r.state()) {
+            Some(pb::RolloutState::Completed) => return Ok(()),
+            Some(pb::RolloutState::Aborted) => {
+                return Err(Failure {
+                    code: 1,
+                    message: "the rollout was aborted".into(),
+                })
+            }
+            _ => tokio::time::sleep(args.interval).await,
+        }
+        if args.client.output == OutputFormat::Text {
+            println!();
+        }
+    }
+}
+
+fn print_status(args: &RolloutStatusArgs, s: &pb::RolloutStatus) {
     let rollout = s.rollout.clone().unwrap_or_default();
     if args.client.output == OutputFormat::Text {
-        println!("{}", status_text(&args.name, &args.label, &rollout, &s));
-        return Ok(());
+        println!("{}", status_text(&args.name, &args.label, &rollout, s));
+        return;
     }
     #[derive(Serialize)]
     struct Status<'a> {
@@ -184,7 +206,6 @@ async fn status(args: RolloutStatusArgs) -> Result<(), Failure> {
             log: s.log.iter().map(LogJson::of).collect(),
         },
     );
-    Ok(())
 }
 
 fn status_text(name: &str, label: &str, rollout: &pb::Rollout, s: &pb::RolloutStatus) -> String {

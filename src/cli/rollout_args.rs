@@ -48,8 +48,8 @@ pub struct RolloutStartArgs {
     /// stable one.
     #[arg(long)]
     pub label: String,
-    /// The version to roll out.
-    #[arg(long, value_name = "VERSION")]
+    /// The version to roll out (also `--to`).
+    #[arg(long, visible_alias = "to", value_name = "VERSION")]
     pub candidate: u64,
     /// The candidate's share of agents at each step, comma-separated,
     /// increasing, ending at 100%: percentages to 0.01% (`1%,5%,25%,100%`,
@@ -104,6 +104,13 @@ pub struct RolloutStatusArgs {
     /// The label.
     #[arg(long)]
     pub label: String,
+    /// Print the status again every --interval until the rollout ends
+    /// (exit 0 once completed, 1 once aborted).
+    #[arg(long)]
+    pub watch: bool,
+    /// With --watch: how often, e.g. `2s`, `1m`.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_interval)]
+    pub interval: std::time::Duration,
     #[command(flatten)]
     pub client: ClientOptions,
 }
@@ -147,8 +154,13 @@ pub struct ReportArgs {
     /// Of those, the ones with a policy violation.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub policy_violations: u64,
-    /// The sum of their latencies, in ms.
-    #[arg(long, value_name = "MS", default_value_t = 0.0)]
+    /// The sum of their latencies, in ms (also `--latency-ms`).
+    #[arg(
+        long,
+        visible_alias = "latency-ms",
+        value_name = "MS",
+        default_value_t = 0.0
+    )]
     pub latency_ms_sum: f64,
     /// Requests per latency bucket, 12 comma-separated counts summing to
     /// --requests, for the bounds 5,10,25,50,100,250,500,1000,2500,5000,
@@ -270,4 +282,14 @@ mod tests {
         let message = parse_guardrail("errors<0.1").unwrap_err();
         assert!(message.contains("error_rate, safety_rate"), "{message}");
     }
+}
+
+/// A polling interval for `rollout status --watch`: 100 ms to 1 h.
+fn parse_interval(raw: &str) -> Result<std::time::Duration, String> {
+    let every = crate::time::parse_duration(raw)?;
+    if every < std::time::Duration::from_millis(100) || every > std::time::Duration::from_secs(3600)
+    {
+        return Err(format!("{raw:?}: the interval must be 100ms to 1h"));
+    }
+    Ok(every)
 }
