@@ -236,6 +236,16 @@ pub fn parse_guardrail(raw: &str) -> Result<Guardrail, String> {
     Guardrail::parse("--guardrail", raw).map_err(|e| e.rule)
 }
 
+/// A polling interval for `rollout status --watch`: 100 ms to 1 h.
+fn parse_interval(raw: &str) -> Result<std::time::Duration, String> {
+    let every = crate::time::parse_duration(raw)?;
+    if every < std::time::Duration::from_millis(100) || every > std::time::Duration::from_secs(3600)
+    {
+        return Err(format!("{raw:?}: the interval must be 100ms to 1h"));
+    }
+    Ok(every)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,14 +292,4 @@ mod tests {
         let message = parse_guardrail("errors<0.1").unwrap_err();
         assert!(message.contains("error_rate, safety_rate"), "{message}");
     }
-}
-
-/// A polling interval for `rollout status --watch`: 100 ms to 1 h.
-fn parse_interval(raw: &str) -> Result<std::time::Duration, String> {
-    let every = crate::time::parse_duration(raw)?;
-    if every < std::time::Duration::from_millis(100) || every > std::time::Duration::from_secs(3600)
-    {
-        return Err(format!("{raw:?}: the interval must be 100ms to 1h"));
-    }
-    Ok(every)
 }
