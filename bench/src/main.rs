@@ -34,6 +34,10 @@ enum Scenario {
     Resolve,
     /// Durable SetLabel with 1 and 64 writers.
     Write,
+    /// ReportOutcome from N agents during a rollout at concurrency 1 and
+    /// 64: reports/s, latency, server CPU per report; checked against
+    /// GetRollout.
+    Rollout,
     /// The same fan-out, Range and Put work against etcd 3.4.
     Etcd,
     /// Resident memory after publishing and reading N versions of 8 KiB,
@@ -92,7 +96,7 @@ struct Cli {
     /// Write the JSON result (the summary for `all`) here too.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// `all` only: write the markdown tables here too.
+    /// `all` and `rollout` only: write the markdown tables here too.
     #[arg(long)]
     markdown: Option<PathBuf>,
 }
@@ -143,7 +147,10 @@ fn main() -> anyhow::Result<()> {
     #[cfg(tokio_unstable)]
     builder.disable_lifo_slot();
     let runtime = builder.build()?;
-    let output = runtime.block_on(run(cli.scenario, &opts))?;
+    let mut output = runtime.block_on(run(cli.scenario, &opts))?;
+    if cli.scenario != Scenario::All {
+        output["run"] = report::run_info(&opts);
+    }
     // Leave no stream task running against a stopped server.
     runtime.shutdown_timeout(Duration::from_secs(1));
     if cli.scenario == Scenario::All {
@@ -154,6 +161,9 @@ fn main() -> anyhow::Result<()> {
         }
     } else {
         println!("{}", serde_json::to_string_pretty(&output)?);
+        if let (Scenario::Rollout, Some(path)) = (cli.scenario, &cli.markdown) {
+            std::fs::write(path, report::rollout_table(&output))?;
+        }
     }
     if let Some(path) = &cli.json {
         std::fs::write(path, serde_json::to_string_pretty(&output)? + "\n")?;
@@ -175,6 +185,7 @@ async fn run(scenario: Scenario, opts: &Options) -> anyhow::Result<Value> {
         Scenario::Storm => scenarios::storm::run(opts).await?,
         Scenario::Resolve => scenarios::resolve::run(opts).await?,
         Scenario::Write => scenarios::write::run(opts).await?,
+        Scenario::Rollout => scenarios::rollout::run(opts).await?,
         Scenario::Etcd => scenarios::etcd::run(opts).await?,
         Scenario::Memory => scenarios::memory::run(opts).await?,
         Scenario::All => {
@@ -189,6 +200,8 @@ async fn run(scenario: Scenario, opts: &Options) -> anyhow::Result<Value> {
             results["resolve"] = scenarios::resolve::run(opts).await?;
             one("write");
             results["write"] = scenarios::write::run(opts).await?;
+            one("rollout");
+            results["rollout"] = scenarios::rollout::run(opts).await?;
             one("etcd");
             results["etcd"] = scenarios::etcd::run(opts).await?;
             one("memory");

@@ -30,9 +30,13 @@ fn restart<'a>(storm: &'a Value, stop: &str) -> &'a Value {
         .unwrap_or(&Value::Null)
 }
 
-/// Builds the summary from `{fanout, converge, storm, resolve, write, etcd}`.
+/// Builds the summary from `{fanout, converge, storm, resolve, write,
+/// rollout, etcd, memory}`.
 pub fn summary(opts: &Options, r: &Value, harness_cpu_s: f64) -> Value {
     let f = &r["fanout"];
+    let ro = &r["rollout"];
+    let ro1 = cell(&ro["cells"], "concurrency", 1);
+    let ro64 = cell(&ro["cells"], "concurrency", 64);
     let e = &r["etcd"];
     let st = &r["storm"];
     let kill = restart(st, "SIGKILL");
@@ -41,14 +45,7 @@ pub fn summary(opts: &Options, r: &Value, harness_cpu_s: f64) -> Value {
     let w64 = cell(&r["write"]["cells"], "writers", 64);
     let p1 = cell(&e["put"]["cells"], "writers", 1);
     let p64 = cell(&e["put"]["cells"], "writers", 64);
-    json!({
-        "date": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        "machine": machine(),
-        "server_bin": opts.server_bin.display().to_string(),
-        "commit": commit(),
-        // Every promptreg call carries the admin token; the server checks it.
-        "authentication": "on (bearer token on every call)",
-        "quick": opts.quick,
+    let mut s = json!({
         "watchers": opts.watchers,
         "connections": opts.connections,
         "promotes": opts.promotes,
@@ -99,6 +96,20 @@ pub fn summary(opts: &Options, r: &Value, harness_cpu_s: f64) -> Value {
         "etcd_put_qps": num(p1, "/qps"),
         "etcd_put64_p50_ms": num(p64, "/p50_ms"),
         "etcd_put64_qps": num(p64, "/qps"),
+        "rollout_agents": ro["agents"],
+        "rollout_report_qps": num(ro1, "/qps"),
+        "rollout_report_p50_ms": num(ro1, "/p50_ms"),
+        "rollout_report_p99_ms": num(ro1, "/p99_ms"),
+        "rollout_report64_qps": num(ro64, "/qps"),
+        "rollout_report64_p50_ms": num(ro64, "/p50_ms"),
+        "rollout_report64_p99_ms": num(ro64, "/p99_ms"),
+        "rollout_server_us_per_report": num(ro, "/server_cpu_us_per_report"),
+        "rollout_reports_per_core_s": num(ro, "/reports_per_core_s"),
+        "rollout_agents_per_core_at_5s": num(ro, "/agents_per_core_at_5s"),
+        "rollout_server_us_per_report_saturated": num(ro, "/server_cpu_us_per_report_saturated"),
+        "rollout_agents_per_core_at_5s_saturated": num(ro, "/agents_per_core_at_5s_saturated"),
+        "rollout_rss_delta_kib": num(ro, "/rss_delta_kib"),
+        "rollout_correct": ro["correct"],
         "bytes_per_watch": f["bytes_per_watch"],
         "etcd_bytes_per_watch": e["fanout"]["bytes_per_watch"],
         "etcd_shared_bytes_per_watch": e["fanout_shared_stream"]["bytes_per_watch"],
@@ -110,6 +121,27 @@ pub fn summary(opts: &Options, r: &Value, harness_cpu_s: f64) -> Value {
         "memory_small_hwm_mib": num(&r["memory"], "/runs/1/hwm_mib"),
         "harness_cpu_s": crate::procfs::round3(harness_cpu_s),
         "scenarios": r,
+    });
+    if let (Some(s), Value::Object(info)) = (s.as_object_mut(), run_info(opts)) {
+        s.extend(info);
+    }
+    s
+}
+
+/// When, where and what was measured: date, machine, server binary, commit,
+/// authentication, `--quick`, the harness's command line. The summary holds
+/// these at its top level; a single scenario's JSON under `run`.
+pub fn run_info(opts: &Options) -> Value {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    json!({
+        "command": format!("promptreg-bench {}", args.join(" ")),
+        "date": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "machine": machine(),
+        "server_bin": opts.server_bin.display().to_string(),
+        "commit": commit(),
+        // Every promptreg call carries the admin token; the server checks it.
+        "authentication": "on (bearer token on every call)",
+        "quick": opts.quick,
     })
 }
 
@@ -336,6 +368,27 @@ pub fn markdown(s: &Value) -> String {
         fmt(g("etcd_put64_p50_ms")),
         fmt(g("etcd_put64_qps"))
     );
+    let ra = s["rollout_agents"].as_u64().unwrap_or(0);
+    out += &format!(
+        "| rollout: ReportOutcome from {ra} agents, concurrency 1 / 64, req/s | {} / {} | | | | |\n",
+        fmt(g("rollout_report_qps")),
+        fmt(g("rollout_report64_qps"))
+    );
+    out += &format!(
+        "| rollout: server CPU per report, each alone / saturated (µs) | {} / {} | | | | |\n",
+        fmt(g("rollout_server_us_per_report")),
+        fmt(g("rollout_server_us_per_report_saturated"))
+    );
+    out += &format!(
+        "| rollout: agents one core serves at one report every 5 s, each alone / saturated | {} / {} | | | | |\n",
+        fmt(g("rollout_agents_per_core_at_5s")),
+        fmt(g("rollout_agents_per_core_at_5s_saturated"))
+    );
+    out += &format!(
+        "| rollout: GetRollout counts per arm equal the requests reported | {} | | | required | {} |\n",
+        yes(ok("rollout_correct")),
+        yes(ok("rollout_correct"))
+    );
     let (bw, ebw) = (g("bytes_per_watch"), g("etcd_bytes_per_watch"));
     out += &format!(
         "| memory per idle watch stream (bytes) | {} | {} | {} | < 10,000 | {} |\n",
@@ -380,6 +433,8 @@ pub fn markdown(s: &Value) -> String {
             );
         }
     }
+
+    out += &rollout_table(&sc["rollout"]);
 
     // Resident memory as the data grows.
     if let Some(runs) = sc["memory"]["runs"].as_array() {
@@ -464,6 +519,16 @@ pub fn markdown(s: &Value) -> String {
         cpu_row(format!("write, {} writers", cl["writers"]), &cl["cpu"]);
     }
     cpu_row(
+        "rollout: at rest, agents connected".into(),
+        &sc["rollout"]["idle_cpu"],
+    );
+    for cl in sc["rollout"]["cells"].as_array().into_iter().flatten() {
+        cpu_row(
+            format!("rollout: ReportOutcome, concurrency {}", cl["concurrency"]),
+            &cl["cpu"],
+        );
+    }
+    cpu_row(
         format!("etcd fanout: {m} puts"),
         &sc["etcd"]["fanout"]["cpu"],
     );
@@ -489,5 +554,69 @@ pub fn markdown(s: &Value) -> String {
         g("harness_cpu_s"),
         s["machine"]["nproc"]
     );
+    out
+}
+
+/// The `rollout` scenario's cells as a markdown table (empty without them):
+/// per concurrency the reports/s, latency and the CPU per report, then the
+/// server's memory and the per-arm check. Also what `rollout` alone prints
+/// with `--markdown`.
+pub fn rollout_table(r: &Value) -> String {
+    let Some(cells) = r["cells"].as_array() else {
+        return String::new();
+    };
+    let mut out = format!(
+        "\n| ReportOutcome ({} agents, {} requests per report) | reports/s | p50 / p99 (ms) | server CPU per report (µs; less at-rest) | harness CPU per report (µs) | server / harness / other (cores) |\n",
+        r["agents"], r["requests_per_report"]
+    );
+    out += "| ---: | ---: | ---: | ---: | ---: | ---: |\n";
+    for cl in cells {
+        let cpu = &cl["cpu"];
+        out += &format!(
+            "| concurrency {} | {} | {} / {} | {} ({}) | {} | {:.2} / {:.2} / {:.2} |\n",
+            cl["concurrency"],
+            fmt(num(cl, "/qps")),
+            fmt(num(cl, "/p50_ms")),
+            fmt(num(cl, "/p99_ms")),
+            fmt(num(cpu, "/server_us_per_report")),
+            fmt(num(cpu, "/server_net_us_per_report")),
+            fmt(num(cpu, "/harness_us_per_report")),
+            num(cpu, "/server_cores"),
+            num(cpu, "/harness_cores"),
+            num(cpu, "/other_cores"),
+        );
+    }
+    out += &format!(
+        "\nServer at rest (agents connected, rollout running): {:.3} cores. Server RSS {} MiB before the reports, {} MiB after ({:+.0} KiB).\n\n\
+         Server CPU per report, less at rest: {} µs when each report arrives alone (concurrency 1), so one core serves {} reports/s, \
+         {} agents at one report every {} s; {} µs when the server is saturated (concurrency 64): {} reports/s, {} agents.\n",
+        num(r, "/idle_cpu/server_cores"),
+        fmt(num(r, "/rss_before_mib")),
+        fmt(num(r, "/rss_after_mib")),
+        num(r, "/rss_delta_kib"),
+        fmt(num(r, "/server_cpu_us_per_report")),
+        fmt(num(r, "/reports_per_core_s")),
+        fmt(num(r, "/agents_per_core_at_5s")),
+        r["report_interval_s"],
+        fmt(num(r, "/server_cpu_us_per_report_saturated")),
+        fmt(num(r, "/reports_per_core_s_saturated")),
+        fmt(num(r, "/agents_per_core_at_5s_saturated")),
+    );
+    if let Some(arms) = r["arms"].as_array() {
+        out += "\n| arm | agents assigned / acknowledged | requests reported | requests counted (GetRollout) | errors reported / counted |\n";
+        out += "| --- | ---: | ---: | ---: | ---: |\n";
+        for a in arms {
+            out += &format!(
+                "| {} | {} / {} | {} | {} | {} / {} |\n",
+                a["arm"].as_str().unwrap_or("?"),
+                a["agents_assigned"],
+                a["agents_acknowledged"],
+                a["requests_reported"],
+                a["requests_counted"],
+                a["errors_reported"],
+                a["errors_counted"],
+            );
+        }
+    }
     out
 }

@@ -80,6 +80,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Value> {
             actor: "promptreg-bench".into(),
             reason: "benchmark rollback".into(),
             expected_version: None,
+            emergency: false,
         })
         .await?
         .into_inner();
@@ -178,6 +179,7 @@ async fn agent(
                 host: "localhost".into(),
                 sdk: "promptreg-bench".into(),
                 version: env!("CARGO_PKG_VERSION").into(),
+                ..Default::default()
             }),
             ..Default::default()
         })

@@ -129,6 +129,7 @@ async fn read_all(channels: &[crate::server::Conn], versions: u64) -> anyhow::Re
                         selector: Some(pb::get_version_request::Selector::Version(
                             1 + (i / PROMPTS) % per_prompt,
                         )),
+                        ..Default::default()
                     })
                     .await?
                     .into_inner();

@@ -7,6 +7,7 @@ pub mod etcd;
 pub mod fanout;
 pub mod memory;
 pub mod resolve;
+pub mod rollout;
 pub mod storm;
 pub mod write;
 

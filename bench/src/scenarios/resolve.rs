@@ -124,6 +124,7 @@ async fn load(
                         .get_version(pb::GetVersionRequest {
                             name: NAME.into(),
                             selector: Some(pb::get_version_request::Selector::Label(LABEL.into())),
+                            ..Default::default()
                         })
                         .await?
                         .into_inner();
