@@ -109,6 +109,13 @@ pub fn summary(opts: &Options, r: &Value, harness_cpu_s: f64) -> Value {
         "rollout_server_us_per_report_saturated": num(ro, "/server_cpu_us_per_report_saturated"),
         "rollout_agents_per_core_at_5s_saturated": num(ro, "/agents_per_core_at_5s_saturated"),
         "rollout_rss_delta_kib": num(ro, "/rss_delta_kib"),
+        "rollout_fanout_plain_p99_ms": num(ro, "/fanout_plain/deliveries/p99_ms"),
+        "rollout_fanout_active_p99_ms": num(ro, "/fanout_rollout_active/deliveries/p99_ms"),
+        "rollout_fanout_ratio_p99": num(ro, "/fanout_ratio_p99"),
+        "rollout_step_newly_assigned": ro["step"]["newly_assigned"],
+        "rollout_step_all_acknowledged_ms": num(ro, "/step/all_acknowledged_ms"),
+        "rollout_abort_canary_agents": ro["breach"]["canary_agents"],
+        "rollout_abort_all_back_ms": num(ro, "/breach/all_back_ms"),
         "rollout_correct": ro["correct"],
         "bytes_per_watch": f["bytes_per_watch"],
         "etcd_bytes_per_watch": e["fanout"]["bytes_per_watch"],
@@ -602,6 +609,7 @@ pub fn rollout_table(r: &Value) -> String {
         fmt(num(r, "/reports_per_core_s_saturated")),
         fmt(num(r, "/agents_per_core_at_5s_saturated")),
     );
+    out += &rollout_moves_table(r);
     if let Some(arms) = r["arms"].as_array() {
         out += "\n| arm | agents assigned / acknowledged | requests reported | requests counted (GetRollout) | errors reported / counted |\n";
         out += "| --- | ---: | ---: | ---: | ---: |\n";
@@ -618,5 +626,64 @@ pub fn rollout_table(r: &Value) -> String {
             );
         }
     }
+    out
+}
+
+/// The rollout's timed moves: fan-out with and without it, the step and
+/// the guardrail's abort.
+fn rollout_moves_table(r: &Value) -> String {
+    let fan = |key: &str| {
+        format!(
+            "{} / {} / {}",
+            fmt(num(r, &format!("/{key}/deliveries/p50_ms"))),
+            fmt(num(r, &format!("/{key}/deliveries/p99_ms"))),
+            fmt(num(r, &format!("/{key}/last_agent/max_ms"))),
+        )
+    };
+    let mut out = format!(
+        "\n| {} agents, guardrail every {} | agents | p50 / p99 / max (ms) |\n| --- | ---: | ---: |\n",
+        r["agents"],
+        r["eval_interval"].as_str().unwrap_or("?")
+    );
+    out += &format!(
+        "| promote fan-out of another prompt, no rollout ({} promotes; per delivery, max is the slowest promote's last agent) | {} | {} |\n",
+        r["fanout_plain"]["promotes"],
+        r["agents"],
+        fan("fanout_plain")
+    );
+    out += &format!(
+        "| the same, rollout running at {}% (p99 ratio {}) | {} | {} |\n",
+        num(r, "/steps_bp/0") / 100.0,
+        fmt(num(r, "/fanout_ratio_p99")),
+        r["agents"],
+        fan("fanout_rollout_active")
+    );
+    out += &format!(
+        "| StartRollout until the {}% cohort acknowledged | {} | - / - / {} |\n",
+        num(r, "/steps_bp/0") / 100.0,
+        r["step"]["agents_before"],
+        fmt(num(r, "/start_to_exposed_ms"))
+    );
+    out += &format!(
+        "| step {}% -> {}% until every newly assigned agent acknowledged | {} | {} / {} / {} |\n",
+        num(r, "/step/from_bp") / 100.0,
+        num(r, "/step/to_bp") / 100.0,
+        r["step"]["newly_assigned"],
+        fmt(num(r, "/step/acks_after_send/p50_ms")),
+        fmt(num(r, "/step/acks_after_send/p99_ms")),
+        fmt(num(r, "/step/all_acknowledged_ms"))
+    );
+    out += &format!(
+        "| guardrail abort: decision until every canary agent is back on stable and acknowledged | {} | {} / {} / {} |\n",
+        r["breach"]["canary_agents"],
+        fmt(num(r, "/breach/acks_after_decision/p50_ms")),
+        fmt(num(r, "/breach/acks_after_decision/p99_ms")),
+        fmt(num(r, "/breach/all_back_ms"))
+    );
+    out += &format!(
+        "\nThe breach: {}; the last bad report to the decision took {} ms (the guardrail looks on a timer).\n",
+        r["breach"]["rule"].as_str().unwrap_or("?"),
+        fmt(num(r, "/breach/last_report_to_decision_ms"))
+    );
     out
 }

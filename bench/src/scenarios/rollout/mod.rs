@@ -1,16 +1,27 @@
-//! `rollout`: what outcome reporting costs. N agents watch `production` with
-//! an agent id and acknowledge what they are given (as in `converge`); a
-//! rollout from v1 to v2 starts (steps 50%, 100%, a bake of an hour, the salt
-//! pinned), so it stays at step 0 while the harness drives ReportOutcome from
-//! the agents' ids, each report naming the version its agent was given, at
-//! concurrency 1 and 64. Per cell: reports/s, latency, and the CPU used by the
-//! server (from /proc) per report; the server's resident memory before and
-//! after. The issue asks that reporting be "cheap enough for every agent to
-//! report every few seconds": `agents_per_core_at_5s` answers it.
+//! `rollout`: a progressive rollout on a fleet of N agents (10,000 by
+//! default). Every agent watches two prompts' `production` label on one
+//! stream with its agent id and acknowledges what it is given; a rollout of
+//! the first prompt from v1 to v2 runs at steps 10%, 50%, 100% (a bake of an
+//! hour, the salt pinned, the guardrail looking every 200 ms). Measured:
 //!
-//! **Checks** that GetRollout afterwards counts, per arm, exactly the
-//! requests and errors the harness reported (every report answered is in
-//! its arm, none counted apart), and that the rollout is still at step 0.
+//! - promote fan-out of the *second* prompt to all N agents, before the
+//!   rollout starts and while it runs (the issue's bar: within 1.2x);
+//! - StartRollout until every agent of the 10% cohort acknowledged v2;
+//! - ReportOutcome ingest at concurrency 1 and 64: reports/s, latency, and
+//!   the server's CPU (from /proc) per report, so `agents_per_core_at_5s`
+//!   answers "cheap enough for every agent to report every few seconds";
+//! - the step 10% -> 50% (an operator's `advance`) until every newly
+//!   assigned agent has acknowledged v2;
+//! - a guardrail breach (every canary agent reports half its requests
+//!   failed) until every canary agent is back on v1 and acknowledged it,
+//!   counted from the decision's own timestamp (the target: under 1 s).
+//!
+//! **Checks** that GetRollout counts, per arm, exactly the requests and
+//! errors the harness reported (every report answered is in its arm, none
+//! counted apart), that the ingest left the rollout at step 0, that the
+//! step assigns agents only to the candidate and the abort returns all.
+
+mod moves;
 
 use super::{closed_loop, publish, set_label, wait_until, Options};
 use crate::procfs::{self, round3, CpuMeter};
@@ -20,13 +31,20 @@ use promptreg::grpc::pb;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 const NAME: &str = "bench/rollout";
+/// Promoted plainly for the fan-out comparison; never under rollout.
+const OTHER: &str = "bench/rollout-other";
 const LABEL: &str = "production";
-/// The steps (basis points): the first holds half the agents on each arm.
-const STEPS_BP: [u32; 2] = [5_000, 10_000];
+/// How often the server's guardrail looks (`--rollout-eval-interval`).
+const EVAL_INTERVAL: &str = "200ms";
+/// Requests per arm before a breach may abort (40 bad reports).
+const MIN_SAMPLES: u64 = 2_000;
+/// The steps (basis points): a 10% canary, then half, then everyone.
+const STEPS_BP: [u32; 3] = [1_000, 5_000, 10_000];
 /// Long enough that no step ends while the harness measures.
 const BAKE_SECONDS: u64 = 3_600;
 /// Pinned, so the same agent ids land on the same arms in every run.
@@ -61,41 +79,29 @@ impl Tally {
 }
 
 pub async fn run(opts: &Options) -> anyhow::Result<Value> {
-    let server = ServerProcess::start(&opts.server_bin)?;
+    let args = [
+        "--rollout-eval-interval".to_string(),
+        EVAL_INTERVAL.to_string(),
+    ];
+    let server = ServerProcess::start_with_args(&opts.server_bin, &args)?;
     let channels = server.channels(opts.connections).await?;
     let rpc_channels = server.channels(opts.rpc_connections).await?;
     let mut admin = RegistryClient::new(rpc_channels[0].clone());
     let (v1, _) = publish(&mut admin, NAME, 1).await?;
     let (v2, _) = publish(&mut admin, NAME, 2).await?;
     set_label(&mut admin, NAME, LABEL, v1).await?;
+    let (o1, _) = publish(&mut admin, OTHER, 1).await?;
+    let (o2, _) = publish(&mut admin, OTHER, 2).await?;
+    set_label(&mut admin, OTHER, LABEL, o1).await?;
+    let mut other = o1;
 
-    // The agents; each slot holds the version its agent last acknowledged.
     let n = opts.watchers.max(1);
-    let applied: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
-    let acks = Arc::new(AtomicUsize::new(0));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut agents = Vec::with_capacity(n);
-    for i in 0..n {
-        agents.push(tokio::spawn(agent(
-            RegistryClient::new(channels[i % channels.len()].clone()),
-            i,
-            applied.clone(),
-            acks.clone(),
-            stop_rx.clone(),
-        )));
-    }
-    wait_until(
-        "every agent's first ack",
-        Duration::from_secs(120),
-        Duration::from_millis(5),
-        || acks.load(Ordering::Relaxed) >= n || agents.iter().any(|t| t.is_finished()),
-    )
-    .await?;
-    anyhow::ensure!(
-        !agents.iter().any(|t| t.is_finished()),
-        "an agent ended early"
-    );
+    let fleet = Fleet::start(&channels, n).await?;
 
+    // Promote fan-out with no rollout anywhere.
+    let plain = moves::fanout(&mut admin, &fleet, (o1, o2), &mut other, opts.promotes).await?;
+
+    let started_at = unix_ns();
     let started = admin
         .start_rollout(pb::StartRolloutRequest {
             name: NAME.into(),
@@ -109,6 +115,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Value> {
                     max: 0.10,
                 }],
                 max_error_rate_increase: Some(0.02),
+                min_samples: MIN_SAMPLES,
                 salt: SALT.into(),
                 ..Default::default()
             }),
@@ -135,21 +142,33 @@ pub async fn run(opts: &Options) -> anyhow::Result<Value> {
         status = rollout_status(&mut admin).await?;
     }
     let assigned: Vec<u32> = status.arms.iter().map(|a| a.agents_assigned).collect();
-    let on_v2 = applied
-        .iter()
-        .filter(|v| v.load(Ordering::Relaxed) == v2)
-        .count();
+    let on_v2 = fleet.on(v2);
     anyhow::ensure!(
         on_v2 as u32 == assigned[1],
         "{on_v2} agents applied v{v2}, GetRollout assigns {} to the candidate",
         assigned[1]
     );
+    let exposed_ms = (0..n)
+        .filter(|&i| fleet.applied[i].load(Ordering::Relaxed) == v2)
+        .map(|i| {
+            fleet.acked_at[i]
+                .load(Ordering::Relaxed)
+                .saturating_sub(started_at)
+        })
+        .max()
+        .unwrap_or(0) as f64
+        / 1e6;
+
+    // The same promotes of the other prompt, with the rollout running on
+    // this one (per-agent targets on every stream).
+    let active = moves::fanout(&mut admin, &fleet, (o1, o2), &mut other, opts.promotes).await?;
 
     // The server at rest with N agents connected and the rollout running.
     let idle = CpuMeter::start(Some(server.pid()));
     tokio::time::sleep(opts.warmup.max(Duration::from_secs(1))).await;
     let idle = idle.stop();
     let rss_before = procfs::rss_bytes(server.pid())?;
+    let applied = fleet.applied.clone();
 
     let tally = Arc::new(Tally::default());
     let cursor = Arc::new(AtomicUsize::new(0));
@@ -262,15 +281,23 @@ pub async fn run(opts: &Options) -> anyhow::Result<Value> {
         wrong.push(format!("{load_errors} ReportOutcome calls failed"));
     }
 
-    stop_tx.send(true)?;
-    for a in agents {
-        a.await??;
-    }
     anyhow::ensure!(
         wrong.is_empty(),
         "rollout: GetRollout disagrees with the reports: {}",
         wrong.join("; ")
     );
+
+    // The step 10% -> 50%, then a breach that the guardrail aborts on.
+    let step = moves::step(&mut admin, &fleet, v2).await?;
+    let breach = moves::breach(&mut admin, &rpc_channels, &fleet, (v1, v2)).await?;
+    fleet.stop().await?;
+    let ratio = |key: &str| {
+        let (a, p) = (
+            active[key]["p99_ms"].as_f64().unwrap_or(f64::NAN),
+            plain[key]["p99_ms"].as_f64().unwrap_or(f64::NAN),
+        );
+        round3(a / p)
+    };
 
     // The headline: server CPU per report, less what the server uses at
     // rest. At concurrency 1 every report reaches an idle server on its own
@@ -321,6 +348,14 @@ pub async fn run(opts: &Options) -> anyhow::Result<Value> {
         "unassigned_reports": status.unassigned_reports,
         "rollout_state_after": rollout.state,
         "rollout_step_after": rollout.step,
+        "eval_interval": EVAL_INTERVAL,
+        "start_to_exposed_ms": round3(exposed_ms),
+        "fanout_plain": plain,
+        "fanout_rollout_active": active,
+        "fanout_ratio_p99": ratio("deliveries"),
+        "fanout_ratio_last_agent_p99": ratio("last_agent"),
+        "step": step,
+        "breach": breach,
         "correct": true,
     }))
 }
@@ -394,20 +429,115 @@ fn exposed(status: &pb::RolloutStatus, n: usize) -> bool {
             .is_some_and(|c| c.agents_assigned > 0 && c.agents_acknowledged == c.agents_assigned)
 }
 
-/// One agent: watch with an agent id, acknowledge the snapshot's target and
-/// every move after it, and keep the version acknowledged last in
-/// `applied[i]` (what its reports name).
+/// Now, in nanoseconds since the Unix epoch: the clock the agents stamp
+/// their acknowledgements with and the server stamps its moves with.
+fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// The N agents and what each saw, in slots indexed by agent.
+pub(super) struct Fleet {
+    n: usize,
+    /// The version of `NAME` each agent acknowledged last, and when.
+    applied: Arc<Vec<AtomicU64>>,
+    acked_at: Arc<Vec<AtomicU64>>,
+    acks: Arc<AtomicUsize>,
+    /// When each agent last received a move of `OTHER`; moves received.
+    other_at: Arc<Vec<AtomicU64>>,
+    other_received: Arc<AtomicUsize>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Fleet {
+    /// Opens the N agents' streams over `channels` and waits for every
+    /// agent's first acknowledgement.
+    async fn start(channels: &[Conn], n: usize) -> anyhow::Result<Fleet> {
+        let slots = || Arc::new((0..n).map(|_| AtomicU64::new(0)).collect::<Vec<_>>());
+        let (stop, stop_rx) = watch::channel(false);
+        let mut fleet = Fleet {
+            n,
+            applied: slots(),
+            acked_at: slots(),
+            acks: Arc::new(AtomicUsize::new(0)),
+            other_at: slots(),
+            other_received: Arc::new(AtomicUsize::new(0)),
+            stop,
+            tasks: Vec::with_capacity(n),
+        };
+        for i in 0..n {
+            let client = RegistryClient::new(channels[i % channels.len()].clone());
+            let task = agent(client, i, fleet.slots(), stop_rx.clone());
+            fleet.tasks.push(tokio::spawn(task));
+        }
+        wait_until(
+            "every agent's first ack",
+            Duration::from_secs(120),
+            Duration::from_millis(5),
+            || {
+                fleet.acks.load(Ordering::Relaxed) >= n
+                    || fleet.tasks.iter().any(|t| t.is_finished())
+            },
+        )
+        .await?;
+        if let Some(i) = fleet.tasks.iter().position(|t| t.is_finished()) {
+            let ended = fleet.tasks.swap_remove(i).await?;
+            anyhow::bail!("agent {i} ended early: {ended:?}");
+        }
+        Ok(fleet)
+    }
+
+    fn slots(&self) -> Slots {
+        Slots {
+            applied: self.applied.clone(),
+            acked_at: self.acked_at.clone(),
+            acks: self.acks.clone(),
+            other_at: self.other_at.clone(),
+            other_received: self.other_received.clone(),
+        }
+    }
+
+    /// Agents whose last acknowledged version is `version`.
+    fn on(&self, version: u64) -> usize {
+        self.applied
+            .iter()
+            .filter(|v| v.load(Ordering::Relaxed) == version)
+            .count()
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        self.stop.send(true)?;
+        for task in self.tasks {
+            task.await??;
+        }
+        Ok(())
+    }
+}
+
+/// One agent's handles on the fleet's slots.
+struct Slots {
+    applied: Arc<Vec<AtomicU64>>,
+    acked_at: Arc<Vec<AtomicU64>>,
+    acks: Arc<AtomicUsize>,
+    other_at: Arc<Vec<AtomicU64>>,
+    other_received: Arc<AtomicUsize>,
+}
+
+/// One agent: watch both prompts with an agent id; acknowledge the
+/// snapshot's target of `NAME` and every move of it after, stamping
+/// `applied[i]` and `acked_at[i]`; stamp every move of `OTHER` it receives.
 async fn agent(
     mut client: RegistryClient<Conn>,
     i: usize,
-    applied: Arc<Vec<AtomicU64>>,
-    acks: Arc<AtomicUsize>,
+    slots: Slots,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let agent_id = agent_id(i);
     let mut stream = client
         .watch(pb::WatchRequest {
-            names: vec![NAME.into()],
+            names: vec![NAME.into(), OTHER.into()],
             labels: vec![LABEL.into()],
             start_revision: 0,
             agent_id: agent_id.clone(),
@@ -435,20 +565,26 @@ async fn agent(
             }) => s
                 .labels
                 .into_iter()
+                .filter(|l| l.name == NAME)
                 .map(|l| (l.version, l.digest, l.revision))
                 .collect(),
             Some(pb::WatchResponse {
                 event: Some(Event::Changes(batch)),
-            }) => batch
-                .changes
-                .into_iter()
-                .filter_map(|change| match change.kind {
-                    Some(pb::change::Kind::LabelMoved(m)) => {
-                        Some((m.to_version, m.digest, batch.revision))
+            }) => {
+                let mut targets = Vec::new();
+                for change in batch.changes {
+                    let Some(pb::change::Kind::LabelMoved(m)) = change.kind else {
+                        continue;
+                    };
+                    if m.name == NAME {
+                        targets.push((m.to_version, m.digest, batch.revision));
+                    } else {
+                        slots.other_at[i].store(unix_ns(), Ordering::Relaxed);
+                        slots.other_received.fetch_add(1, Ordering::Relaxed);
                     }
-                    _ => None,
-                })
-                .collect(),
+                }
+                targets
+            }
             Some(_) => Vec::new(),
             None => break,
         };
@@ -465,8 +601,9 @@ async fn agent(
                     reason: String::new(),
                 })
                 .await?;
-            applied[i].store(version, Ordering::Relaxed);
-            acks.fetch_add(1, Ordering::Relaxed);
+            slots.applied[i].store(version, Ordering::Relaxed);
+            slots.acked_at[i].store(unix_ns(), Ordering::Relaxed);
+            slots.acks.fetch_add(1, Ordering::Relaxed);
         }
     }
     Ok(())
