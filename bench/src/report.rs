@@ -646,7 +646,7 @@ fn rollout_moves_table(r: &Value) -> String {
         r["eval_interval"].as_str().unwrap_or("?")
     );
     out += &format!(
-        "| promote fan-out of another prompt, no rollout ({} promotes; per delivery, max is the slowest promote's last agent) | {} | {} |\n",
+        "| promote fan-out of another prompt, no rollout ({} promotes, half before the rollout and half after it; per delivery, max is the slowest promote's last agent) | {} | {} |\n",
         r["fanout_plain"]["promotes"],
         r["agents"],
         fan("fanout_plain")
@@ -681,7 +681,7 @@ fn rollout_moves_table(r: &Value) -> String {
         fmt(num(r, "/breach/all_back_ms"))
     );
     out += &format!(
-        "\nThe breach: {}; the last bad report to the decision took {} ms (the guardrail looks on a timer).\n",
+        "\nThe breach: {}; the decision came {} ms after the last bad report was answered (0: while reports were still arriving; the guardrail looks every interval).\n",
         r["breach"]["rule"].as_str().unwrap_or("?"),
         fmt(num(r, "/breach/last_report_to_decision_ms"))
     );

@@ -183,24 +183,23 @@ impl Fleet {
             .map(|a| a.hello.attributes.clone())
     }
 
-    /// The connected agents following a label, with the version each last
-    /// applied.
-    pub fn followers(
+    /// Hands every connected agent that follows `name`'s `label` to
+    /// `visit` with the version it last applied there, under the lock and
+    /// without copying: the rollout controller counts 10,000 agents this
+    /// way on every evaluation, and acknowledgements wait on this lock.
+    pub fn for_each_follower(
         &self,
         name: &PromptName,
         label: &LabelName,
-    ) -> Vec<(AgentHello, Option<u64>)> {
+        mut visit: impl FnMut(&AgentHello, Option<u64>),
+    ) {
         let key = (name.clone(), label.clone());
-        self.lock()
-            .values()
-            .filter(|agent| {
-                agent.streams > 0 && agent.selectors.iter().any(|s| s.matches_label(name, label))
-            })
-            .map(|agent| {
+        for agent in self.lock().values() {
+            if agent.streams > 0 && agent.selectors.iter().any(|s| s.matches_label(name, label)) {
                 let applied = agent.applied.get(&key).and_then(|a| a.version.as_ref());
-                (agent.hello.clone(), applied.map(|(v, _)| *v))
-            })
-            .collect()
+                visit(&agent.hello, applied.map(|(v, _)| *v));
+            }
+        }
     }
 
     /// Counts agents in sync, stale and disconnected for one label, each

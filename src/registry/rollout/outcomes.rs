@@ -113,7 +113,9 @@ impl Registry {
     /// stable and candidate, connected agents only.
     fn cohorts(&self, rollout: &Rollout) -> [(u32, u32); 2] {
         let mut out = [(0, 0); 2];
-        for (hello, applied) in self.inner.fleet.followers(&rollout.name, &rollout.label) {
+        let versions = [Arm::Stable, Arm::Candidate].map(|arm| rollout.side(arm).version);
+        let fleet = &self.inner.fleet;
+        fleet.for_each_follower(&rollout.name, &rollout.label, |hello, applied| {
             let arm = arm_of(
                 rollout,
                 Some(AgentRef {
@@ -123,10 +125,10 @@ impl Registry {
             );
             let slot = &mut out[arm as usize];
             slot.0 += 1;
-            if applied == Some(rollout.side(arm).version) {
+            if applied == Some(versions[arm as usize]) {
                 slot.1 += 1;
             }
-        }
+        });
         out
     }
 

@@ -290,7 +290,17 @@ pub async fn run(opts: &Options) -> anyhow::Result<Value> {
     // The step 10% -> 50%, then a breach that the guardrail aborts on.
     let step = moves::step(&mut admin, &fleet, v2).await?;
     let breach = moves::breach(&mut admin, &rpc_channels, &fleet, (v1, v2)).await?;
+    // Plain fan-out again with the rollout over: the comparison pools the
+    // runs before and after, so drift over the scenario does not favour
+    // either side.
+    let after = moves::fanout(&mut admin, &fleet, (o1, o2), &mut other, opts.promotes).await?;
     fleet.stop().await?;
+    let (mut plain, mut active) = (plain, active);
+    let plain_before = plain.summary();
+    let mut after = after;
+    let plain_after = after.summary();
+    plain.extend(after);
+    let (plain, active) = (plain.summary(), active.summary());
     let ratio = |key: &str| {
         let (a, p) = (
             active[key]["p99_ms"].as_f64().unwrap_or(f64::NAN),
@@ -351,6 +361,8 @@ pub async fn run(opts: &Options) -> anyhow::Result<Value> {
         "eval_interval": EVAL_INTERVAL,
         "start_to_exposed_ms": round3(exposed_ms),
         "fanout_plain": plain,
+        "fanout_plain_before": plain_before,
+        "fanout_plain_after": plain_after,
         "fanout_rollout_active": active,
         "fanout_ratio_p99": ratio("deliveries"),
         "fanout_ratio_last_agent_p99": ratio("last_agent"),

@@ -22,6 +22,28 @@ use std::time::Duration;
 /// The guardrail's name for itself in label history.
 const GUARDRAIL: &str = "guardrail";
 
+/// One fan-out run: every delivery, and each promote's slowest one.
+#[derive(Default)]
+pub struct Fanout {
+    pub deliveries: Samples,
+    pub last: Samples,
+}
+
+impl Fanout {
+    pub fn extend(&mut self, other: Fanout) {
+        self.deliveries.extend(other.deliveries);
+        self.last.extend(other.last);
+    }
+
+    pub fn summary(&mut self) -> Value {
+        json!({
+            "promotes": self.last.len(),
+            "deliveries": self.deliveries.summary(),
+            "last_agent": self.last.summary(),
+        })
+    }
+}
+
 /// `promotes` moves of `OTHER`'s label, alternating between its two
 /// versions, one after another; per move, the time from sending SetLabel to
 /// each agent receiving it. The agents watch `NAME` (under rollout, or not)
@@ -33,7 +55,7 @@ pub async fn fanout(
     versions: (u64, u64),
     current: &mut u64,
     promotes: usize,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<Fanout> {
     let n = fleet.n;
     let mut deliveries = Samples::new();
     let mut last = Samples::new();
@@ -68,14 +90,10 @@ pub async fn fanout(
     tokio::time::sleep(Duration::from_millis(200)).await;
     let extra = fleet.other_received.load(Ordering::Relaxed);
     anyhow::ensure!(
-        extra % n == 0,
+        extra.is_multiple_of(n),
         "{OTHER}: {extra} deliveries to {n} agents, not a whole number of promotes"
     );
-    Ok(json!({
-        "promotes": promotes,
-        "deliveries": deliveries.summary(),
-        "last_agent": last.summary(),
-    }))
+    Ok(Fanout { deliveries, last })
 }
 
 /// The operator's `advance` from the first step to the second; the time
