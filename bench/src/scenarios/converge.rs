@@ -170,19 +170,7 @@ async fn agent(
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<AgentTrace> {
     let mut stream = client
-        .watch(pb::WatchRequest {
-            names: vec![NAME.into()],
-            labels: vec![LABEL.into()],
-            start_revision: 0,
-            agent_id: agent_id.clone(),
-            agent: Some(pb::AgentInfo {
-                host: "localhost".into(),
-                sdk: "promptreg-bench".into(),
-                version: env!("CARGO_PKG_VERSION").into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
+        .watch(super::agent_watch(&[NAME], LABEL, &agent_id))
         .await?
         .into_inner();
     use pb::watch_response::Event;

@@ -175,6 +175,24 @@ pub fn template_text(variant: u32) -> String {
     )
 }
 
+/// A Watch of `label` on `names` from the start, as the agent `agent_id`
+/// of the benchmark's SDK: what every acknowledging bench agent opens.
+pub fn agent_watch(names: &[&str], label: &str, agent_id: &str) -> pb::WatchRequest {
+    pb::WatchRequest {
+        names: names.iter().map(|n| n.to_string()).collect(),
+        labels: vec![label.to_string()],
+        start_revision: 0,
+        agent_id: agent_id.to_string(),
+        agent: Some(pb::AgentInfo {
+            host: "localhost".into(),
+            sdk: "promptreg-bench".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// Publishes `variant` of a benchmark prompt; returns (version, digest).
 pub async fn publish(
     client: &mut RegistryClient<Conn>,

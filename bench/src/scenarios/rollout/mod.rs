@@ -548,19 +548,7 @@ async fn agent(
 ) -> anyhow::Result<()> {
     let agent_id = agent_id(i);
     let mut stream = client
-        .watch(pb::WatchRequest {
-            names: vec![NAME.into(), OTHER.into()],
-            labels: vec![LABEL.into()],
-            start_revision: 0,
-            agent_id: agent_id.clone(),
-            agent: Some(pb::AgentInfo {
-                host: "localhost".into(),
-                sdk: "promptreg-bench".into(),
-                version: env!("CARGO_PKG_VERSION").into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
+        .watch(super::agent_watch(&[NAME, OTHER], LABEL, &agent_id))
         .await?
         .into_inner();
     use pb::watch_response::Event;
