@@ -38,6 +38,10 @@ enum Scenario {
     /// 64: reports/s, latency, server CPU per report; checked against
     /// GetRollout.
     Rollout,
+    /// Unit costs for the README's Cost section: storage per version and
+    /// per revision; memory, CPU and loopback bytes per connected agent, per
+    /// promote and per resolve.
+    Cost,
     /// The same fan-out, Range and Put work against etcd 3.4.
     Etcd,
     /// Resident memory after publishing and reading N versions of 8 KiB,
@@ -96,7 +100,7 @@ struct Cli {
     /// Write the JSON result (the summary for `all`) here too.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// `all` and `rollout` only: write the markdown tables here too.
+    /// `all`, `rollout` and `cost` only: write the markdown tables here too.
     #[arg(long)]
     markdown: Option<PathBuf>,
 }
@@ -161,8 +165,12 @@ fn main() -> anyhow::Result<()> {
         }
     } else {
         println!("{}", serde_json::to_string_pretty(&output)?);
-        if let (Scenario::Rollout, Some(path)) = (cli.scenario, &cli.markdown) {
-            std::fs::write(path, report::rollout_table(&output))?;
+        match (cli.scenario, &cli.markdown) {
+            (Scenario::Rollout, Some(path)) => {
+                std::fs::write(path, report::rollout_table(&output))?
+            }
+            (Scenario::Cost, Some(path)) => std::fs::write(path, report::cost_table(&output))?,
+            _ => {}
         }
     }
     if let Some(path) = &cli.json {
@@ -186,6 +194,7 @@ async fn run(scenario: Scenario, opts: &Options) -> anyhow::Result<Value> {
         Scenario::Resolve => scenarios::resolve::run(opts).await?,
         Scenario::Write => scenarios::write::run(opts).await?,
         Scenario::Rollout => scenarios::rollout::run(opts).await?,
+        Scenario::Cost => scenarios::cost::run(opts).await?,
         Scenario::Etcd => scenarios::etcd::run(opts).await?,
         Scenario::Memory => scenarios::memory::run(opts).await?,
         Scenario::All => {
@@ -202,6 +211,8 @@ async fn run(scenario: Scenario, opts: &Options) -> anyhow::Result<Value> {
             results["write"] = scenarios::write::run(opts).await?;
             one("rollout");
             results["rollout"] = scenarios::rollout::run(opts).await?;
+            one("cost");
+            results["cost"] = scenarios::cost::run(opts).await?;
             one("etcd");
             results["etcd"] = scenarios::etcd::run(opts).await?;
             one("memory");

@@ -442,6 +442,7 @@ pub fn markdown(s: &Value) -> String {
     }
 
     out += &rollout_table(&sc["rollout"]);
+    out += &cost_table(&sc["cost"]);
 
     // Resident memory as the data grows.
     if let Some(runs) = sc["memory"]["runs"].as_array() {
@@ -684,6 +685,44 @@ fn rollout_moves_table(r: &Value) -> String {
         "\nThe breach: {}; the decision came {} ms after the last bad report was answered (0: while reports were still arriving; the guardrail looks every interval).\n",
         r["breach"]["rule"].as_str().unwrap_or("?"),
         fmt(num(r, "/breach/last_report_to_decision_ms"))
+    );
+    out
+}
+
+/// The unit costs of the `cost` scenario.
+pub fn cost_table(r: &Value) -> String {
+    if r.is_null() {
+        return String::new();
+    }
+    let mut out = format!(
+        "\n| unit cost ({} agents over {} connections) | server CPU | memory | loopback bytes |\n| --- | ---: | ---: | ---: |\n",
+        r["agents"], r["connections"]
+    );
+    out += &format!(
+        "| a connected idle agent | {} µs per second | {} bytes | {} per hour |\n",
+        fmt(num(r, "/idle/server_cpu_us_per_agent_s")),
+        r["rss_bytes_per_agent"],
+        fmt(num(r, "/idle/lo_bytes_per_agent_hour")),
+    );
+    out += &format!(
+        "| a promote, delivered to and acknowledged by every agent | {} ms ({} µs per agent) | | {} per agent |\n",
+        fmt(num(r, "/promote/server_cpu_ms_per_promote")),
+        fmt(num(r, "/promote/server_cpu_us_per_agent_promote")),
+        fmt(num(r, "/promote/lo_bytes_per_agent_promote")),
+    );
+    out += &format!(
+        "| a resolve (GetVersion by label, concurrency 64) | {} µs | | {} |\n",
+        fmt(num(r, "/resolve/server_cpu_us_per_resolve")),
+        fmt(num(r, "/resolve/lo_bytes_per_resolve")),
+    );
+    out += &format!(
+        "\nStorage: {} bytes on disk per published version ({} versions of the ~1 KB template), {} bytes per label move ({} moves); the data directory held {} bytes empty and {} bytes after both.\n",
+        r["storage"]["bytes_per_version"],
+        r["storage"]["versions"],
+        r["storage"]["bytes_per_revision"],
+        r["storage"]["moves"],
+        r["storage"]["empty_bytes"],
+        r["storage"]["after_moves_bytes"],
     );
     out
 }

@@ -148,6 +148,11 @@ impl ServerProcess {
         }
     }
 
+    /// The server's `--data-dir`.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.path().join("data")
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

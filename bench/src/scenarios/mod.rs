@@ -2,6 +2,7 @@
 //! runner for unary calls, and small helpers that set up prompts.
 
 pub mod converge;
+pub mod cost;
 pub mod delivery;
 pub mod etcd;
 pub mod fanout;

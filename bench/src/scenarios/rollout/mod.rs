@@ -35,10 +35,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-const NAME: &str = "bench/rollout";
+pub(crate) const NAME: &str = "bench/rollout";
 /// Promoted plainly for the fan-out comparison; never under rollout.
-const OTHER: &str = "bench/rollout-other";
-const LABEL: &str = "production";
+pub(crate) const OTHER: &str = "bench/rollout-other";
+pub(crate) const LABEL: &str = "production";
 /// How often the server's guardrail looks (`--rollout-eval-interval`).
 const EVAL_INTERVAL: &str = "200ms";
 /// Requests per arm before a breach may abort (40 bad reports).
@@ -450,8 +450,8 @@ fn unix_ns() -> u64 {
 }
 
 /// The N agents and what each saw, in slots indexed by agent.
-pub(super) struct Fleet {
-    n: usize,
+pub(crate) struct Fleet {
+    pub(crate) n: usize,
     /// The version of `NAME` each agent acknowledged last, and when.
     applied: Arc<Vec<AtomicU64>>,
     acked_at: Arc<Vec<AtomicU64>>,
@@ -466,7 +466,7 @@ pub(super) struct Fleet {
 impl Fleet {
     /// Opens the N agents' streams over `channels` and waits for every
     /// agent's first acknowledgement.
-    async fn start(channels: &[Conn], n: usize) -> anyhow::Result<Fleet> {
+    pub(crate) async fn start(channels: &[Conn], n: usize) -> anyhow::Result<Fleet> {
         let slots = || Arc::new((0..n).map(|_| AtomicU64::new(0)).collect::<Vec<_>>());
         let (stop, stop_rx) = watch::channel(false);
         let mut fleet = Fleet {
@@ -512,14 +512,14 @@ impl Fleet {
     }
 
     /// Agents whose last acknowledged version is `version`.
-    fn on(&self, version: u64) -> usize {
+    pub(crate) fn on(&self, version: u64) -> usize {
         self.applied
             .iter()
             .filter(|v| v.load(Ordering::Relaxed) == version)
             .count()
     }
 
-    async fn stop(self) -> anyhow::Result<()> {
+    pub(crate) async fn stop(self) -> anyhow::Result<()> {
         self.stop.send(true)?;
         for task in self.tasks {
             task.await??;
