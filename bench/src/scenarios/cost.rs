@@ -31,7 +31,11 @@ pub async fn run(opts: &Options) -> anyhow::Result<Value> {
     let server = ServerProcess::start(&opts.server_bin)?;
     let rpc = server.channels(opts.rpc_connections).await?;
     let mut admin = RegistryClient::new(rpc[0].clone());
-    let (versions, moves) = if opts.quick { (200, 500) } else { (2_000, 5_000) };
+    let (versions, moves) = if opts.quick {
+        (200, 500)
+    } else {
+        (2_000, 5_000)
+    };
 
     // Storage: versions, then label moves between two of them.
     let dir = server.data_dir();
