@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 const PROTO_FILES: &[&str] = &["proto/promptreg/v1/registry.proto"];
+const ETCD_PROTO: &str = "proto/etcd/etcd.proto";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for file in PROTO_FILES {
@@ -51,5 +52,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .extern_path(".promptreg.v1", "crate::grpc::pb")
         .codec_path("crate::grpc::codec::ServerCodec")
         .compile_fds(compiler.file_descriptor_set())?;
+
+    // The etcd v3 client of the cluster store (`store/etcd/`): the subset of
+    // etcd's API in proto/etcd/etcd.proto, client only.
+    println!("cargo:rerun-if-changed={ETCD_PROTO}");
+    let mut etcd = protox::Compiler::new(["proto"])?;
+    etcd.open_files([ETCD_PROTO.trim_start_matches("proto/")])?;
+    let etcd_dir = out_dir.join("etcd");
+    std::fs::create_dir_all(&etcd_dir)?;
+    tonic_prost_build::configure()
+        .build_server(false)
+        .build_client(true)
+        .out_dir(&etcd_dir)
+        .compile_fds(etcd.file_descriptor_set())?;
     Ok(())
 }

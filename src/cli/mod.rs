@@ -25,6 +25,7 @@ mod release_args;
 mod rollout;
 mod rollout_args;
 mod serve;
+mod serve_store;
 mod text;
 mod watch;
 

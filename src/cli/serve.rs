@@ -86,6 +86,8 @@ pub struct ServeArgs {
     )]
     pub tls_client_ca: Option<PathBuf>,
     #[command(flatten)]
+    pub store: super::serve_store::StoreArgs,
+    #[command(flatten)]
     pub limits: LimitArgs,
     #[command(flatten)]
     pub watch: WatchArgs,
@@ -168,7 +170,7 @@ pub struct WatchArgs {
     pub agent_ttl: Duration,
 }
 
-fn parse_duration(raw: &str) -> Result<Duration, String> {
+pub(super) fn parse_duration(raw: &str) -> Result<Duration, String> {
     crate::time::parse_duration(raw)
 }
 
@@ -332,8 +334,16 @@ pub async fn run_serve(args: ServeArgs) -> i32 {
         eprintln!("error: --rollout-eval-interval must be 100ms to 1h");
         return super::exit::USAGE;
     }
+    let store = match args.store.to_backend(limits.max_template_bytes) {
+        Ok(store) => store,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return super::exit::USAGE;
+        }
+    };
     let config = RegistryConfig {
         data_dir: args.data_dir,
+        store,
         limits,
         watch,
         encryption_key_file: args.encryption_key_file,

@@ -24,7 +24,9 @@ impl From<RegistryError> for Status {
             }
             RegistryError::Key(_) => Code::Internal,
             RegistryError::Store(store) => match store {
-                StoreError::Io(_) | StoreError::DurableHead { .. } => Code::Unavailable,
+                StoreError::Io(_) | StoreError::DurableHead { .. } | StoreError::Unavailable(_) => {
+                    Code::Unavailable
+                }
                 StoreError::Corrupt(_)
                 | StoreError::Engine(_)
                 | StoreError::Damaged(_)

@@ -8,7 +8,10 @@ use std::path::PathBuf;
 /// How the registry is set up.
 #[derive(Debug, Clone)]
 pub struct RegistryConfig {
+    /// This server's local files; on sled also the store itself.
     pub data_dir: PathBuf,
+    /// Where the state lives (`--store`).
+    pub store: StoreBackend,
     pub limits: Limits,
     pub watch: WatchConfig,
     pub signing_key: provenance::KeySource,
@@ -28,6 +31,16 @@ pub struct RegistryConfig {
     /// How often running rollouts are decided (`--rollout-eval-interval`,
     /// default 30 s).
     pub rollout_eval_interval: std::time::Duration,
+}
+
+/// The storage backend (`serve --store`).
+#[derive(Debug, Clone, Default)]
+pub enum StoreBackend {
+    /// sled in `DATA_DIR/sled/`.
+    #[default]
+    Sled,
+    /// An etcd cluster.
+    Etcd(crate::store::etcd::EtcdConfig),
 }
 
 /// The memory bounds of the two caches that grow with the data. Everything
@@ -55,6 +68,7 @@ impl RegistryConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> RegistryConfig {
         RegistryConfig {
             data_dir: data_dir.into(),
+            store: StoreBackend::Sled,
             limits: Limits::default(),
             watch: WatchConfig::default(),
             signing_key: provenance::KeySource::DataDir,

@@ -52,7 +52,7 @@ use watch::Hub;
 
 pub use access::{AuthError, NewToken, TokenListing, ADMIN_TOKEN_FILE, BOOTSTRAP_TOKEN};
 pub use check::check_offline;
-pub use config::{CacheConfig, RegistryConfig};
+pub use config::{CacheConfig, RegistryConfig, StoreBackend};
 pub use encodable::{Encodable, SharedVersion};
 pub use error::{OpenError, RegistryError, Result};
 pub use page::{Page, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
@@ -119,6 +119,9 @@ struct WriterState {
     last_time: Micros,
     /// The key that signs new versions; replaced by rotation under this lock.
     signer: crate::provenance::SigningKey,
+    /// A write failed in a way that may have committed it after all: the
+    /// store's head is read before the next one (see `write.rs`).
+    behind: bool,
 }
 
 impl Registry {

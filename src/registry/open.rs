@@ -32,8 +32,13 @@ impl Registry {
             Some(path) => Some(crate::store::DataKey::load(path)?),
             None => None,
         };
-        let store = Store::open_with_cache(&dir, data_key, config.caches.store_bytes)
-            .map_err(|e| damaged_if_corrupt(&dir, e))?;
+        let store = match &config.store {
+            super::StoreBackend::Sled => {
+                Store::open_with_cache(&dir, data_key, config.caches.store_bytes)
+            }
+            super::StoreBackend::Etcd(etcd) => Store::open_etcd(etcd, data_key),
+        }
+        .map_err(|e| damaged_if_corrupt(&dir, e))?;
         discard_torn_tail(&store).map_err(|e| damaged_if_corrupt(&dir, e))?;
         seal_if_asked(&store).map_err(|e| damaged_if_corrupt(&dir, e))?;
         store
@@ -62,6 +67,7 @@ impl Registry {
                 head,
                 last_time,
                 signer,
+                behind: false,
             }),
             write_turn: Default::default(),
             committed_head: AtomicU64::new(head),

@@ -574,14 +574,28 @@ impl Registry {
             }
         };
         if let Err(error) = written {
-            if matches!(error, StoreError::Io(_)) {
-                // sled fails every later write after an I/O error.
-                self.inner.gate.set(WriteHealth::FlushFailing(format!(
-                    "a write failed in storage ({error}); writes are refused (nothing unflushed was acknowledged)"
-                )));
+            match error {
+                StoreError::Io(_) => {
+                    // sled fails every later write after an I/O error.
+                    self.inner.gate.set(WriteHealth::FlushFailing(format!(
+                        "a write failed in storage ({error}); writes are refused (nothing unflushed was acknowledged)"
+                    )));
+                }
+                // The head may have moved without this writer (a write that
+                // timed out and committed later): look before the next one.
+                StoreError::Unavailable(_) | StoreError::Conflict(_) => writer.behind = true,
+                _ => {}
             }
             return Err(error.into());
         }
+        self.committed(writer, revision);
+        Ok(())
+    }
+
+    /// What every revision in the store does to the writer, the caches,
+    /// the rollouts and group commit (which hands it to the hub once it is
+    /// durable).
+    fn committed(&self, writer: &mut WriterState, revision: Revision) {
         self.forget_moved_labels(&revision);
         self.inner.rollouts.apply(&revision);
         writer.head = revision.revision;
@@ -594,16 +608,44 @@ impl Registry {
             .unwrap_or_else(|p| p.into_inner())
             .push_back(Arc::new(revision));
         self.inner.group_commit.committed(number);
-        Ok(())
     }
 
     pub(super) fn lock_writer(&self) -> std::sync::MutexGuard<'_, WriterState> {
         // A panic while holding the lock cannot leave the state half-updated:
         // `commit` updates it only after the batch is applied.
-        self.inner
+        let mut writer = self
+            .inner
             .writer
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if writer.behind {
+            match self.catch_up(&mut writer) {
+                Ok(()) => writer.behind = false,
+                // The next write fails on its guard and tries again.
+                Err(error) => tracing::warn!(%error, "cannot read the store's head revision"),
+            }
+        }
+        writer
+    }
+
+    /// Takes in the revisions the store holds past the writer's head: those
+    /// of a write that was reported failed but committed after all.
+    fn catch_up(&self, writer: &mut WriterState) -> Result<()> {
+        let head = self.store().head_revision()?;
+        while writer.head < head {
+            let number = writer.head + 1;
+            let revision = self.store().revision(number)?.ok_or_else(|| {
+                StoreError::Inconsistent(format!(
+                    "the head revision is {head} but revision {number} is not in the log"
+                ))
+            })?;
+            tracing::warn!(
+                revision = number,
+                "a write reported as failed was committed: taking it in"
+            );
+            self.committed(writer, revision);
+        }
+        Ok(())
     }
 
     pub(super) fn check_actor_reason(&self, request: &MoveRequest) -> Result<()> {

@@ -46,6 +46,7 @@ pub(crate) mod records;
 mod release;
 mod rollout;
 pub(crate) use rollout::{RolloutRec, SpecRec};
+pub mod etcd;
 mod sealing;
 mod sled;
 mod torn_tail;
@@ -136,6 +137,12 @@ pub enum StoreError {
     /// written.
     #[error("the store moved on while this write was prepared ({0} changed); nothing was written")]
     Conflict(String),
+    /// The cluster store cannot serve the request now (no endpoint
+    /// answers, no leader, no quorum, or the request ran out of time).
+    /// Retrying later may succeed; a write that got this may still have
+    /// been committed (the registry finds out when it next writes).
+    #[error("{0}")]
+    Unavailable(String),
     /// The caller broke a precondition of a write (a bug, not bad input).
     #[error("a write was refused by the store: {0}")]
     Precondition(String),
@@ -153,12 +160,14 @@ pub struct Store {
     #[cfg(feature = "testkit")]
     failing_flushes: Arc<std::sync::atomic::AtomicU64>,
     /// Advanced by every flush, so that a store that the engine's recovery
-    /// rolled back is noticed (see `durable_head.rs`).
-    durable_head: Arc<DurableHeadFile>,
+    /// rolled back is noticed (see `durable_head.rs`). None on a cluster
+    /// engine, whose every applied batch is already durable.
+    durable_head: Option<Arc<DurableHeadFile>>,
     /// What the durable-head file said when the store was opened.
     recorded_head: Option<DurableHead>,
-    /// The data directory, for the free-space check.
-    dir: Arc<std::path::PathBuf>,
+    /// The data directory, for the free-space check and the encryption
+    /// marker; None on a cluster engine (etcd keeps its own disk).
+    dir: Option<Arc<std::path::PathBuf>>,
 }
 
 /// The bytes an unprivileged process may still write on the filesystem
@@ -212,17 +221,24 @@ impl Store {
             data_key: data_key.map(Arc::new),
             #[cfg(feature = "testkit")]
             failing_flushes: Default::default(),
-            durable_head: Arc::new(durable_head),
+            durable_head: Some(Arc::new(durable_head)),
             recorded_head,
-            dir: Arc::new(dir.to_path_buf()),
+            dir: Some(Arc::new(dir.to_path_buf())),
         };
+        store.check_opened()?;
+        Ok(store)
+    }
+
+    /// The checks of every open: the schema and the data key.
+    fn check_opened(&self) -> Result<()> {
+        let store = self;
         store.check_schema()?;
         let stored = store.stored_encryption_key_id()?;
         if stored.is_some() {
             check_data_key(stored, store.data_key.as_deref())?;
             store.write_encryption_marker()?;
         }
-        Ok(store)
+        Ok(())
     }
 
     fn check_schema(&self) -> Result<()> {
@@ -254,9 +270,10 @@ impl Store {
     }
 
     fn write_encryption_marker(&self) -> Result<()> {
-        let (Some(key), marker) = (&self.data_key, self.dir.join(ENCRYPTION_MARKER)) else {
+        let (Some(key), Some(dir)) = (&self.data_key, &self.dir) else {
             return Ok(());
         };
+        let marker = dir.join(ENCRYPTION_MARKER);
         if marker.exists() {
             return Ok(());
         }
@@ -367,7 +384,7 @@ impl Store {
         audit: &[AuditEntry],
     ) -> Result<()> {
         let batch = self.revision_batch(revision, published, audit)?;
-        self.engine.apply(batch)
+        self.apply_revision(batch, revision)
     }
 
     /// The batch of [`Store::commit`], guarded on the heads it read.
@@ -507,18 +524,26 @@ impl Store {
     /// The same as [`Store::flush`], blocking (call it off the async
     /// workers).
     pub fn flush_blocking(&self) -> Result<()> {
+        let Some(file) = &self.durable_head else {
+            self.injected_failure()?;
+            return self.engine.flush();
+        };
         // Read before the flush: everything committed by now is covered by it.
         let head = self.current_head()?;
         self.injected_failure()?;
         self.engine.flush()?;
-        self.durable_head
-            .advance(&head)
+        file.advance(&head)
             .map_err(|source| StoreError::DurableHead { source })
     }
 
     /// The bytes free for this process on the filesystem holding the store.
+    /// On a cluster engine there is no local store to fill: `u64::MAX`
+    /// (etcd refuses writes past its own `--quota-backend-bytes`).
     pub fn free_space(&self) -> std::io::Result<u64> {
-        free_space(&self.dir)
+        match &self.dir {
+            Some(dir) => free_space(dir),
+            None => Ok(u64::MAX),
+        }
     }
 
     /// Removes change-log records up to and including `upto`, in batches,

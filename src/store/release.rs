@@ -434,7 +434,7 @@ impl Store {
     ) -> Result<()> {
         let mut batch = self.revision_batch(revision, None, audit)?;
         batch.put(request_key(request.id), encode(&RequestRec::from(request)));
-        self.engine.apply(batch)
+        self.apply_revision(batch, revision)
     }
 
     fn decode_all<R: for<'de> Deserialize<'de>, T>(

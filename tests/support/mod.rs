@@ -8,12 +8,13 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod etcd;
 pub mod metrics;
 pub mod rng;
 
 use promptreg::domain::Limits;
 use promptreg::grpc::pb::{self, registry_client::RegistryClient};
-use promptreg::registry::{Registry, RegistryConfig};
+use promptreg::registry::{Registry, RegistryConfig, StoreBackend};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -109,6 +110,11 @@ impl TestServer {
     pub async fn start_with(adjust: impl FnOnce(&mut RegistryConfig)) -> TestServer {
         let temp = std::sync::Arc::new(tempfile::tempdir().expect("temp dir"));
         let mut config = RegistryConfig::new(temp.path().join("data"));
+        // `PROMPTREG_TEST_STORE=etcd` runs the same tests on a real etcd
+        // cluster, one prefix per server.
+        if etcd::requested() {
+            config.store = StoreBackend::Etcd(etcd::shared().config(&etcd::unique_prefix()));
+        }
         adjust(&mut config);
         Self::start_in(config, temp).await
     }
