@@ -189,9 +189,14 @@ pub struct BackupArgs {
 pub struct RestoreArgs {
     /// A file written by `promptreg backup`.
     pub file: PathBuf,
-    /// The data directory to create; it must be empty or missing.
+    /// The data directory to create; it must be empty or missing. Needed
+    /// with `--store sled` (the default).
     #[arg(long)]
-    pub data_dir: PathBuf,
+    pub data_dir: Option<PathBuf>,
+    /// With `--store etcd`: restore into an empty prefix of an etcd cluster
+    /// instead (moving a registry from sled to the cluster).
+    #[command(flatten)]
+    pub store: super::serve_store::StoreArgs,
     #[command(flatten)]
     pub client: ClientOptions,
 }

@@ -105,16 +105,43 @@ pub(super) fn restore(args: RestoreArgs) -> Result<(), Failure> {
         code: exit::REFUSED,
         message: format!("{} is not a usable backup: {e}", args.file.display()),
     })?;
-    backup::restore_into(&args.data_dir, &header, entries).map_err(|message| Failure {
-        code: exit::REFUSED,
-        message,
-    })?;
-    let dir = args.data_dir.display();
+    let target = match args.store.to_backend(usize::MIN) {
+        Ok(crate::registry::StoreBackend::Etcd(etcd)) => {
+            if args.data_dir.is_some() {
+                return Err(Failure::usage(
+                    "give --data-dir or --store etcd, not both".to_string(),
+                ));
+            }
+            backup::restore_into_etcd(&etcd, entries).map_err(|message| Failure {
+                code: exit::REFUSED,
+                message,
+            })?;
+            format!(
+                "etcd prefix {} at {}",
+                etcd.prefix,
+                etcd.endpoints.join(",")
+            )
+        }
+        Ok(crate::registry::StoreBackend::Sled) => {
+            let Some(dir) = &args.data_dir else {
+                return Err(Failure::usage(
+                    "restore needs --data-dir DIR (or --store etcd --etcd-endpoints …)".to_string(),
+                ));
+            };
+            backup::restore_into(dir, &header, entries).map_err(|message| Failure {
+                code: exit::REFUSED,
+                message,
+            })?;
+            dir.display().to_string()
+        }
+        Err(message) => return Err(Failure::usage(message)),
+    };
+    let dir = &target;
     emit(
         &args.client,
         || {
             let mut text = format!(
-                "restored revision {} into {dir}.\nSigning keys are not in backups: copy your backup of the old DATA_DIR/keys/ into {dir}/keys/, or start with --signing-key FILE.",
+                "restored revision {} into {dir}.\nSigning keys are not in backups: copy your backup of the old DATA_DIR/keys/ into the server's DATA_DIR/keys/, or start with --signing-key FILE.",
                 header.revision
             );
             if let Some(id) = &header.encryption_key_id {

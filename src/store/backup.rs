@@ -125,3 +125,62 @@ pub fn restore_into(
     }
     Ok(())
 }
+
+/// Writes a decoded backup under an etcd prefix, which must be empty.
+///
+/// A backup is larger than one etcd transaction, so it goes in batches of
+/// at most 100 records and 1 MiB; the schema stamp and the head revision go
+/// in the last one, so a server refuses a prefix whose restore did not end
+/// (it finds records but no schema: restore again into an emptied prefix).
+pub fn restore_into_etcd(
+    config: &super::etcd::EtcdConfig,
+    entries: Vec<(Vec<u8>, Vec<u8>)>,
+) -> Result<(), String> {
+    use super::keys::{KEY_HEAD, KEY_SCHEMA};
+    use super::Engine as _;
+    let engine = super::etcd::EtcdEngine::open(config)
+        .map_err(|e| format!("cannot reach the etcd cluster: {e}"))?;
+    let held = engine
+        .range(b"", None, false, 1)
+        .map_err(|e| format!("cannot read the etcd prefix: {e}"))?;
+    if !held.is_empty() {
+        return Err(format!(
+            "the etcd prefix {:?} is not empty; restore only into an empty prefix \
+             (after a restore that did not finish: etcdctl del --prefix {:?})",
+            config.prefix, config.prefix
+        ));
+    }
+    let (last, rest): (Vec<_>, Vec<_>) = entries
+        .into_iter()
+        .partition(|(key, _)| key == KEY_HEAD || key == KEY_SCHEMA);
+    let write = |batch: super::Batch| {
+        engine
+            .apply(batch)
+            .map_err(|e| format!("writing to etcd failed: {e}"))
+    };
+    // Every batch is guarded on the schema stamp's absence: nothing else
+    // may have started on the prefix meanwhile.
+    let fresh = || {
+        let mut batch = super::Batch::default();
+        batch.guard(KEY_SCHEMA, None);
+        batch
+    };
+    let mut batch = fresh();
+    let mut bytes = 0;
+    for (key, value) in rest {
+        if batch.ops.len() >= 100 || bytes + key.len() + value.len() > 1024 * 1024 {
+            write(std::mem::replace(&mut batch, fresh()))?;
+            bytes = 0;
+        }
+        bytes += key.len() + value.len();
+        batch.put(key, value);
+    }
+    if !batch.ops.is_empty() {
+        write(batch)?;
+    }
+    let mut batch = fresh();
+    for (key, value) in last {
+        batch.put(key, value);
+    }
+    write(batch)
+}

@@ -27,14 +27,49 @@ pub struct EtcdCluster {
     initial_cluster: String,
 }
 
-/// Whether the `etcd` binary is here (`.ci/run` installs it).
-pub fn available() -> bool {
+fn installed() -> bool {
     Command::new("etcd")
         .arg("--version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// Makes sure the `etcd` binary is here: on a fresh machine, installs
+/// Debian's `etcd-server` (as root, or through `sudo -n`), once per process,
+/// as `.ci/run` and `bench/run.sh` do.
+pub fn ensure_installed() {
+    static CHECKED: std::sync::Once = std::sync::Once::new();
+    CHECKED.call_once(|| {
+        if installed() {
+            return;
+        }
+        eprintln!("etcd is missing: installing Debian's etcd-server");
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let apt = |args: &[&str]| {
+            let mut command = if root {
+                Command::new("apt-get")
+            } else {
+                let mut sudo = Command::new("sudo");
+                sudo.args(["-n", "apt-get"]);
+                sudo
+            };
+            command
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let _ = apt(&["update", "-qq"]);
+        let _ = apt(&["install", "-y", "-qq", "etcd-server"]);
+    });
+    assert!(
+        installed(),
+        "the etcd binary is missing and could not be installed: apt-get install etcd-server"
+    );
 }
 
 /// A command to spawn and where to send the child.
@@ -78,10 +113,7 @@ fn spawn(mut command: Command) -> Child {
 impl EtcdCluster {
     /// Starts `size` members and waits until they have a leader.
     pub fn start(size: usize) -> EtcdCluster {
-        assert!(
-            available(),
-            "the etcd binary is missing: apt-get install etcd-server"
-        );
+        ensure_installed();
         let dir = tempfile::tempdir().expect("temp dir");
         let members: Vec<Member> = (0..size)
             .map(|i| Member {
