@@ -39,13 +39,24 @@ const LAYERS: &[(&str, &[&str])] = &[
 
 /// External crates that only some layers may name: the storage engine
 /// lives behind `store::Engine`, the wire format in `grpc` (and the layers
-/// that serve or call it).
+/// that serve or call it). The etcd engine is a gRPC client of etcd, so it
+/// names both wire crates, and only for etcd's own API.
 const CONFINED_CRATES: &[(&str, &[&str])] = &[
     ("sled", &["store/sled/"]),
-    ("prost", &["grpc/", "cli/", "server/", "testing/"]),
+    (
+        "prost",
+        &["grpc/", "cli/", "server/", "testing/", "store/etcd/"],
+    ),
     (
         "tonic",
-        &["grpc/", "cli/", "server/", "telemetry/", "testing/"],
+        &[
+            "grpc/",
+            "cli/",
+            "server/",
+            "telemetry/",
+            "testing/",
+            "store/etcd/",
+        ],
     ),
     // TLS ends in the server layer; clients use tonic's TLS settings.
     ("rustls", &["server/"]),

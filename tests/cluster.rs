@@ -341,3 +341,128 @@ fn store_flags_that_cannot_work_are_refused_with_a_clear_message() {
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
 }
+
+/// The next Watch event, waiting generously.
+async fn next_event(
+    stream: &mut tonic::Streaming<pb::WatchResponse>,
+) -> Option<pb::watch_response::Event> {
+    tokio::time::timeout(PATIENCE, stream.message())
+        .await
+        .expect("an event within the timeout")
+        .expect("the stream is healthy")
+        .and_then(|response| response.event)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_on_one_prefix_see_each_others_writes_and_tokens() {
+    use pb::watch_response::Event;
+    let cluster = tokio::task::block_in_place(|| EtcdCluster::start(3));
+    let prefix = unique_prefix();
+    let (config_a, config_b) = (cluster.config(&prefix), cluster.config(&prefix));
+    let a = TestServer::start_with(move |c| c.store = StoreBackend::Etcd(config_a)).await;
+    // Every server of a prefix signs with the same key (in production:
+    // --signing-key from one secret).
+    let keys_from = a.data_dir().to_path_buf();
+    let b = TestServer::start_with(move |c| {
+        copy_keys(&keys_from, &c.data_dir);
+        c.store = StoreBackend::Etcd(config_b);
+    })
+    .await;
+    use_token(&b.url, &a.admin_token());
+    let mut on_a = a.client().await;
+
+    // A token made on A authenticates on B; B's watch sees A's writes.
+    let reader = a.token_as("fleet-reader", pb::Role::Agent, &[], &[]).await;
+    let endpoint = tonic::transport::Endpoint::from_shared(b.url.clone()).unwrap();
+    let mut reader_on_b = client_with(endpoint.connect().await.unwrap(), Some(&reader));
+    let deadline = Instant::now() + PATIENCE;
+    let mut stream = loop {
+        let request = pb::WatchRequest {
+            names: vec!["support/triage".into()],
+            labels: vec!["production".into()],
+            ..Default::default()
+        };
+        match reader_on_b.watch(request).await {
+            Ok(stream) => break stream.into_inner(),
+            Err(status) if status.code() == Code::Unauthenticated && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(status) => panic!("watch on B: {status:?}"),
+        }
+    };
+    let first = publish(&mut on_a, "support/triage", "v1 text").await;
+    let moved = on_a
+        .set_label(set_label(
+            "support/triage",
+            "production",
+            first.version,
+            None,
+        ))
+        .await
+        .expect("promote on A")
+        .into_inner();
+    let seen = loop {
+        match next_event(&mut stream).await {
+            Some(Event::Changes(batch)) if batch.revision >= moved.revision => break batch,
+            Some(_) => {}
+            None => panic!("B's watch ended"),
+        }
+    };
+    assert_eq!(
+        seen.revision, moved.revision,
+        "B delivers A's revision under its own number"
+    );
+    // B reads it too, and writes after it.
+    let mut on_b = b.client().await;
+    assert_eq!(
+        resolve(&mut on_b, "support/triage", "production")
+            .await
+            .unwrap()
+            .version,
+        1
+    );
+    let second = publish(&mut on_b, "support/triage", "v2 text").await;
+    assert_eq!(second.revision, moved.revision + 1);
+    let third = publish(&mut on_a, "support/triage", "v3 text").await;
+    assert_eq!((third.version, third.revision), (3, moved.revision + 2));
+
+    // Compare-and-set across servers: one winner.
+    let (won_a, won_b) = tokio::join!(
+        on_a.set_label(set_label("support/triage", "production", 2, Some(1))),
+        on_b.set_label(set_label("support/triage", "production", 3, Some(1))),
+    );
+    let wins = [won_a.is_ok(), won_b.is_ok()];
+    assert_eq!(
+        wins.iter().filter(|w| **w).count(),
+        1,
+        "{won_a:?} {won_b:?}"
+    );
+    for lost in [won_a.err(), won_b.err()].into_iter().flatten() {
+        assert!(
+            matches!(lost.code(), Code::FailedPrecondition | Code::Aborted),
+            "{lost:?}"
+        );
+    }
+
+    // Revoking the token on A ends the watch it opened on B.
+    on_a.revoke_token(pb::RevokeTokenRequest {
+        name: "fleet-reader".into(),
+        reason: "rotated".into(),
+    })
+    .await
+    .expect("revoke on A");
+    let ended = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) => return None,
+                Err(status) => return Some(status),
+            }
+        }
+    })
+    .await
+    .expect("B ends the revoked watch");
+    if let Some(status) = ended {
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    }
+}

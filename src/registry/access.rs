@@ -118,6 +118,26 @@ impl Access {
         })
     }
 
+    /// Reloads every token from the store (another server on the same
+    /// cluster store created or revoked one), and has every open watch
+    /// check its principal again.
+    pub(super) fn refresh(
+        &self,
+        store: &Store,
+    ) -> std::result::Result<(), crate::store::StoreError> {
+        let tokens = store.tokens()?;
+        let keep: std::collections::HashSet<String> = tokens.iter().map(key_of).collect();
+        self.by_hash
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|key, _| keep.contains(key));
+        for token in tokens {
+            self.put(token);
+        }
+        self.revocations.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Known>>> {
         self.by_hash.read().unwrap_or_else(|e| e.into_inner())
     }

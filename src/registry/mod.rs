@@ -23,6 +23,7 @@ mod encodable;
 mod error;
 pub mod fleet;
 mod fleet_ops;
+mod follow;
 mod group_commit;
 mod open;
 mod page;

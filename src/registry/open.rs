@@ -92,6 +92,9 @@ impl Registry {
         inner.hub.prime(compacted, tail);
         inner.rollouts.prime(inner.store.rollouts()?);
         tokio::spawn(super::rollout::run_controller(Arc::downgrade(&inner)));
+        if let Some(changes) = inner.store.follow() {
+            tokio::spawn(super::follow::run_follower(Arc::downgrade(&inner), changes));
+        }
         tokio::spawn(run_flusher(Arc::downgrade(&inner), group_commit));
         tokio::spawn(disk::run_space_monitor(Arc::downgrade(&inner)));
         tokio::spawn(run_housekeeping(

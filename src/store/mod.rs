@@ -168,6 +168,8 @@ pub struct Store {
     /// The data directory, for the free-space check and the encryption
     /// marker; None on a cluster engine (etcd keeps its own disk).
     dir: Option<Arc<std::path::PathBuf>>,
+    /// The cluster engine again, for following its changes.
+    cluster: Option<Arc<etcd::EtcdEngine>>,
 }
 
 /// The bytes an unprivileged process may still write on the filesystem
@@ -224,6 +226,7 @@ impl Store {
             durable_head: Some(Arc::new(durable_head)),
             recorded_head,
             dir: Some(Arc::new(dir.to_path_buf())),
+            cluster: None,
         };
         store.check_opened()?;
         Ok(store)

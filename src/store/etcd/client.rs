@@ -216,6 +216,104 @@ impl Cluster {
     }
 }
 
+/// What the follower of a prefix reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Followed {
+    /// This key (the engine's prefix stripped) changed.
+    Key(Vec<u8>),
+    /// The watch was lost and opened again (or compacted past): anything
+    /// may have changed meanwhile.
+    Anything,
+}
+
+impl Cluster {
+    /// Follows every change in `[start, end)`: one etcd watch (with
+    /// progress notifications), opened again on another member when it
+    /// fails, from the revision after the last one it saw. Runs until the
+    /// receiver is dropped.
+    pub fn follow(
+        &self,
+        start: Vec<u8>,
+        end: Vec<u8>,
+        strip: usize,
+    ) -> tokio::sync::mpsc::UnboundedReceiver<Followed> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let Some(runtime) = &self.runtime else {
+            return rx;
+        };
+        let channels = self.channels.clone();
+        runtime.spawn(async move {
+            let mut next_revision = 0i64;
+            let mut attempt = 0usize;
+            while !tx.is_closed() {
+                let (url, channel) = &channels[attempt % channels.len()];
+                attempt += 1;
+                let create = pb::WatchRequest {
+                    request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
+                        pb::WatchCreateRequest {
+                            key: start.clone(),
+                            range_end: end.clone(),
+                            start_revision: next_revision,
+                            progress_notify: true,
+                            ..Default::default()
+                        },
+                    )),
+                };
+                let requests = tokio_stream::StreamExt::chain(
+                    tokio_stream::once(create),
+                    tokio_stream::pending(),
+                );
+                let opened = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    pb::watch_client::WatchClient::new(channel.clone()).watch(requests),
+                )
+                .await;
+                let mut responses = match opened {
+                    Ok(Ok(answer)) => answer.into_inner(),
+                    Ok(Err(status)) => {
+                        tracing::debug!(%url, %status, "cannot open the etcd watch");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                    Err(_) => continue,
+                };
+                // Whatever happened while no watch was open.
+                if tx.send(Followed::Anything).is_err() {
+                    return;
+                }
+                loop {
+                    let response = match responses.message().await {
+                        Ok(Some(response)) => response,
+                        Ok(None) | Err(_) => break,
+                    };
+                    if response.compact_revision > 0 {
+                        // Compacted past our place: start again from now.
+                        next_revision = 0;
+                        break;
+                    }
+                    if response.canceled {
+                        break;
+                    }
+                    for event in response.events {
+                        if let Some(kv) = event.kv {
+                            next_revision = next_revision.max(kv.mod_revision + 1);
+                            let key = kv.key[strip.min(kv.key.len())..].to_vec();
+                            if tx.send(Followed::Key(key)).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    if let Some(header) = response.header {
+                        next_revision = next_revision.max(header.revision + 1);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        rx
+    }
+}
+
 fn client(channel: Channel) -> KvClient<Channel> {
     KvClient::new(channel)
         .max_decoding_message_size(512 * 1024 * 1024)

@@ -32,12 +32,31 @@
 
 mod client;
 
-pub use client::{pb, EtcdConfig, EtcdTls};
+pub use client::{pb, EtcdConfig, EtcdTls, Followed};
 
 use super::engine::{prefix_end, Batch, Engine, Entry, Op};
 use super::{DataKey, Result, StoreError};
 use client::Cluster;
 use std::sync::Arc;
+
+impl Followed {
+    /// Whether the change may have moved the head revision (a revision was
+    /// committed).
+    pub fn moves_head(&self) -> bool {
+        match self {
+            Followed::Key(key) => key == super::keys::KEY_HEAD,
+            Followed::Anything => true,
+        }
+    }
+
+    /// Whether the change may have created, revoked or altered a token.
+    pub fn touches_tokens(&self) -> bool {
+        match self {
+            Followed::Key(key) => key.starts_with(b"t/"),
+            Followed::Anything => true,
+        }
+    }
+}
 
 /// etcd's default `--max-request-bytes`.
 pub const MAX_REQUEST_BYTES: usize = 1536 * 1024;
@@ -79,6 +98,15 @@ impl EtcdEngine {
 
     fn strip(&self, key: Vec<u8>) -> Vec<u8> {
         key[self.prefix.len().min(key.len())..].to_vec()
+    }
+}
+
+impl EtcdEngine {
+    /// Every change under the engine's prefix, as it is committed (see
+    /// [`Cluster::follow`]).
+    pub fn follow(&self) -> tokio::sync::mpsc::UnboundedReceiver<Followed> {
+        self.cluster
+            .follow(self.prefix.clone(), self.space_end(), self.prefix.len())
     }
 }
 
@@ -233,15 +261,16 @@ impl super::Store {
     /// The same checks as [`Store::open`]: the schema, and the data key the
     /// store was encrypted with (kept in the cluster, not in a local file).
     pub fn open_etcd(config: &EtcdConfig, data_key: Option<DataKey>) -> Result<super::Store> {
-        let engine = EtcdEngine::open(config)?;
+        let engine = Arc::new(EtcdEngine::open(config)?);
         let store = super::Store {
-            engine: Arc::new(engine),
+            engine: engine.clone(),
             data_key: data_key.map(Arc::new),
             #[cfg(feature = "testkit")]
             failing_flushes: Default::default(),
             durable_head: None,
             recorded_head: None,
             dir: None,
+            cluster: Some(engine),
         };
         store.check_opened()?;
         Ok(store)
@@ -250,7 +279,13 @@ impl super::Store {
     /// Whether the store lives on a cluster engine rather than in a local
     /// data directory.
     pub fn is_cluster(&self) -> bool {
-        self.dir.is_none()
+        self.cluster.is_some()
+    }
+
+    /// On a cluster engine, every key that changes in the store, whoever
+    /// wrote it; None on an embedded one (this process is its only writer).
+    pub fn follow(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Followed>> {
+        self.cluster.as_ref().map(|engine| engine.follow())
     }
 
     /// Applies the batch of one revision. On a cluster engine, a write
