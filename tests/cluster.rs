@@ -22,6 +22,24 @@ async fn server_on(cluster: &EtcdCluster) -> TestServer {
     TestServer::start_with(move |c| c.store = StoreBackend::Etcd(config)).await
 }
 
+/// A server on `cluster` (its own prefix) with support/triage v1 in
+/// production, and an admin client of it.
+async fn serving_v1_in_production(cluster: &EtcdCluster) -> (TestServer, Client) {
+    let server = server_on(cluster).await;
+    let mut client = server.client().await;
+    let first = publish(&mut client, "support/triage", "v1 text").await;
+    client
+        .set_label(set_label(
+            "support/triage",
+            "production",
+            first.version,
+            None,
+        ))
+        .await
+        .expect("promote");
+    (server, client)
+}
+
 /// Publishes until it is accepted (writes answer UNAVAILABLE while the
 /// cluster elects a leader); the answer.
 async fn publish_until_accepted(
@@ -44,18 +62,7 @@ async fn publish_until_accepted(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_go_on_after_the_leader_is_lost_and_a_restart_keeps_everything() {
     let mut cluster = tokio::task::block_in_place(|| EtcdCluster::start(3));
-    let server = server_on(&cluster).await;
-    let mut client = server.client().await;
-    let first = publish(&mut client, "support/triage", "v1 text").await;
-    client
-        .set_label(set_label(
-            "support/triage",
-            "production",
-            first.version,
-            None,
-        ))
-        .await
-        .expect("promote");
+    let (server, mut client) = serving_v1_in_production(&cluster).await;
 
     tokio::task::block_in_place(|| {
         let leader = cluster.wait_for_leader();
@@ -94,18 +101,7 @@ async fn writes_go_on_after_the_leader_is_lost_and_a_restart_keeps_everything() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_quorum_writes_are_unavailable_reads_serve_and_all_recovers() {
     let mut cluster = tokio::task::block_in_place(|| EtcdCluster::start(3));
-    let server = server_on(&cluster).await;
-    let mut client = server.client().await;
-    let first = publish(&mut client, "support/triage", "v1 text").await;
-    client
-        .set_label(set_label(
-            "support/triage",
-            "production",
-            first.version,
-            None,
-        ))
-        .await
-        .expect("promote");
+    let (_server, mut client) = serving_v1_in_production(&cluster).await;
 
     tokio::task::block_in_place(|| {
         cluster.kill(1);

@@ -182,6 +182,12 @@ impl Engine for EtcdEngine {
                  {MAX_TXN_OPS} by default (raise the cluster's --max-txn-ops)"
             )));
         }
+        // The guarded keys, for the message of a failed compare.
+        let guarded = batch
+            .guards
+            .iter()
+            .map(|guard| String::from_utf8_lossy(&guard.key).replace('\0', "/"))
+            .collect::<Vec<_>>();
         let compare = batch
             .guards
             .into_iter()
@@ -220,12 +226,7 @@ impl Engine for EtcdEngine {
                 }
             })
             .collect::<Vec<_>>();
-        let guarded = compare
-            .iter()
-            .map(|c| {
-                String::from_utf8_lossy(self.strip(c.key.clone()).as_slice()).replace('\0', "/")
-            })
-            .collect::<Vec<_>>();
+
         let request = pb::TxnRequest {
             compare,
             success,
